@@ -1,0 +1,10 @@
+"""edge-calib: on-device domain adaptation with light-weight data calibrators.
+
+A frozen (possibly compressed) classifier F_s stays untouched; per target domain a small
+image-to-image network G_c is trained so that F_s(G_c(x)) works on the target domain and still
+on the source domain (Ye et al., CVPR 2020). The workstation side (``data``, ``models``,
+``train``, ``compress``, ``export``) uses torch; the device side (``bundle``, ``engines``,
+``runtime``, ``bench``) uses numpy, onnxruntime or TensorRT, and OpenCV only.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,41 @@
+"""The ``edge-calib`` command line."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import __version__
+from .errors import EdgeCalibError
+
+
+class EdgeCalibGroup(click.Group):
+    """Turns EdgeCalibError into one ``error:`` line and a non-zero exit status."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EdgeCalibError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=EdgeCalibGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edge-calib")
+def main():
+    """Light-weight data calibrators for frozen, compressed classifiers at the edge."""
+
+
+def _register():
+    from .commands import data, training
+
+    main.add_command(data.data)
+    for cmd in (training.train_classifier, training.train, training.evaluate):
+        main.add_command(cmd)
+
+
+_register()
+
+if __name__ == "__main__":
+    main()

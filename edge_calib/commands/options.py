@@ -1,0 +1,26 @@
+"""Options shared by several commands."""
+
+from __future__ import annotations
+
+import click
+
+
+def data_root_option(f):
+    return click.option("--data-root", type=click.Path(file_okay=False), default=None,
+                        help="Dataset folder [default: $EDGE_CALIB_DATA, else "
+                             "~/.cache/edge-calib/data].")(f)
+
+
+def training_options(f):
+    """--epochs/--batch-size/--seed/--device/--max-samples/--quiet, as every trainer takes."""
+    for decorator in reversed([
+        click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--device", default="auto", show_default=True,
+                     help="auto (CUDA when present), cpu, cuda or cuda:N."),
+        click.option("--max-samples", type=click.IntRange(min=1), default=None,
+                     help="Use a random subset of N images per domain (quick runs)."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]):
+        f = decorator(f)
+    return f

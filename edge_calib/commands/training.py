@@ -1,0 +1,211 @@
+"""``edge-calib train-classifier``, ``train`` and ``eval``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import EdgeCalibError
+from .options import data_root_option, training_options
+
+
+def _load_domain(name, split, root, spec, max_samples=None, seed=0, unlabelled=False):
+    from ..data import load_dataset
+    from ..train.tensors import DomainData
+
+    ds = load_dataset(name, split, root, image_size=(spec.height, spec.width))
+    ds = ds.subset(max_samples, seed)
+    if unlabelled:
+        ds.labels = None
+    return DomainData(ds, spec)
+
+
+def _has_test_split(name: str) -> bool:
+    from ..data.catalog import CATALOG
+
+    return name in CATALOG or (Path(name) / "test").is_dir()
+
+
+@click.command("train-classifier")
+@click.option("--dataset", required=True, help="Labelled source: mnist, usps, svhn or a folder.")
+@click.option("--arch", default="dtn", show_default=True, help="dtn or lenet.")
+@data_root_option
+@click.option("--out", required=True, type=click.Path(dir_okay=False))
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--augment/--no-augment", default=False, show_default=True,
+              help="Random small rotations, scalings and shifts.")
+@training_options
+def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, batch_size, seed, device,
+                     max_samples, quiet):
+    """Train a source classifier; the checkpoint holds weights, architecture and input spec."""
+    from ..models.classifiers import default_input_spec
+    from ..train.classifier import train_classifier as fit
+    from ..train.tensors import resolve_device
+
+    spec = default_input_spec(arch)
+    dev = resolve_device(device)
+    train = _load_domain(dataset, "train", data_root, spec, max_samples, seed)
+    if train.labels is None:
+        raise EdgeCalibError(f"{dataset}: training a classifier needs labelled images "
+                             "(class-index subfolders)")
+    test = _load_domain(dataset, "test", data_root, spec) if _has_test_split(dataset) else None
+    clf = fit(arch, spec, train, test, epochs, batch_size, lr, seed, dev, augment,
+              progress=not quiet)
+    fingerprint = clf.save(out)
+    click.echo(json.dumps({"out": out, "arch": arch, "fingerprint": fingerprint,
+                           "params": clf.params,
+                           "val_acc": clf.metrics.get("val_acc"),
+                           "source_test_acc": clf.metrics.get("source_test_acc")}))
+
+
+@click.command()
+@click.option("--classifier", required=True, type=click.Path(dir_okay=False),
+              help="Frozen classifier checkpoint (float or compressed).")
+@click.option("--source", required=True, help="Source domain images (labels unused).")
+@click.option("--target", required=True, help="Target domain: a dataset or a folder of "
+                                               "unlabelled images.")
+@data_root_option
+@click.option("--domain", required=True, help="Name of the target domain (e.g. city, night).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False))
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--eps", type=float, default=0.5, show_default=True,
+              help="Bound on |delta| in normalised input units.")
+@click.option("--width", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--blocks", type=click.IntRange(min=0), default=9, show_default=True)
+@click.option("--perturbation", type=click.Choice(["symmetric", "one-sided"]),
+              default="symmetric", show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True)
+@click.option("--d-lr", type=float, default=1e-4, show_default=True)
+@click.option("--patch", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Pixel discriminator patch size.")
+@click.option("--w-target", type=float, default=1.0, show_default=True)
+@click.option("--w-source", type=float, default=0.1, show_default=True)
+@click.option("--w-pixel", type=float, default=1.0, show_default=True)
+@click.option("--w-feature", type=float, default=1.0, show_default=True)
+@click.option("--classifier-mode", type=click.Choice(["eval", "dropout", "batch-stats", "train"]),
+              default="eval", show_default=True,
+              help="How the frozen classifier runs in the training forward pass (its stored "
+                   "state never changes).")
+@click.option("--d-steps", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--ema", type=float, default=0.0, show_default=True,
+              help="Exponential moving average of the calibrator weights (0: off).")
+@click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="constant",
+              show_default=True)
+@click.option("--select", type=click.Choice(["last", "entropy"]), default="last",
+              show_default=True, help="Epoch selection (never on target labels).")
+@click.option("--holdout", type=float, default=0.0, show_default=True,
+              help="Fraction of unlabelled target training images held out for --select.")
+@click.option("--monitor-test/--no-monitor-test", default=False,
+              help="Log target test accuracy per epoch (curves only, never used to select).")
+@click.option("--resume", is_flag=True, help="Continue from the saved training state.")
+@click.option("--force", is_flag=True, help="Discard an existing training state.")
+@training_options
+def train(classifier, source, target, data_root, domain, out, epochs, eps, width, blocks,
+          perturbation, lr, d_lr, patch, w_target, w_source, w_pixel, w_feature, classifier_mode,
+          d_steps, ema, schedule, select, holdout, monitor_test, resume, force, batch_size, seed,
+          device, max_samples, quiet):
+    """Train a data calibrator for DOMAIN against a frozen classifier."""
+    from ..models.store import load_classifier, save_calibrator
+    from ..train.calibrate import CalibratorConfig, CalibratorTrainer, state_paths
+    from ..train.tensors import resolve_device
+
+    out = Path(out)
+    cfg = CalibratorConfig(epochs=epochs, batch_size=batch_size, lr=lr, d_lr=d_lr, eps=eps,
+                           width=width, blocks=blocks, perturbation=perturbation, patch=patch,
+                           w_target=w_target, w_source=w_source, w_pixel=w_pixel,
+                           w_feature=w_feature, classifier_mode=classifier_mode,
+                           d_steps=d_steps, ema=ema, schedule=schedule, select=select,
+                           holdout=holdout, seed=seed)
+    cfg.validate()
+    state_path, metrics_path = state_paths(out)
+    if state_path.exists() and not (resume or force):
+        raise EdgeCalibError(f"a training state exists at {state_path}: pass --resume to continue "
+                             "or --force to start over")
+    if resume and not state_path.exists():
+        raise EdgeCalibError(f"--resume: no training state at {state_path}")
+    clf = load_classifier(classifier)
+    dev = resolve_device(device)
+    src = _load_domain(source, "train", data_root, clf.spec, max_samples, seed, unlabelled=True)
+    tgt = _load_domain(target, "train", data_root, clf.spec, max_samples, seed, unlabelled=True)
+    src_test = (_load_domain(source, "test", data_root, clf.spec, 2000, seed)
+                if _has_test_split(source) else None)
+    monitor = _load_domain(target, "test", data_root, clf.spec) if monitor_test else None
+    trainer = CalibratorTrainer(clf, src, tgt, cfg, dev, state_path, metrics_path,
+                                source_test=src_test, monitor=monitor)
+    if resume:
+        trainer.load_state()
+    elif force:
+        metrics_path.unlink(missing_ok=True)
+    module, summary = trainer.run(progress=not quiet)
+    meta = {"domain": domain, "classifier_fingerprint": trainer.fingerprint,
+            "classifier_path": str(classifier), "input_spec": clf.spec.to_dict(),
+            "source": source, "target": target, "max_samples": max_samples,
+            "config": cfg.__dict__, "training": summary}
+    saved = save_calibrator(out, module, meta)
+    click.echo(json.dumps({"out": str(out), "domain": domain, "fingerprint": saved["fingerprint"],
+                           "params": saved["params"], "epochs": summary["epochs"],
+                           "selection": summary["selection"],
+                           "classifier_fingerprint": trainer.fingerprint}))
+
+
+@click.command("eval")
+@click.option("--classifier", type=click.Path(dir_okay=False), default=None)
+@click.option("--calibrator", type=click.Path(dir_okay=False), default=None)
+@click.option("--deploy", type=click.Path(file_okay=False), default=None,
+              help="Evaluate through a deploy bundle (ONNX Runtime) instead of checkpoints.")
+@click.option("--domain", default=None, help="With --deploy: the domain whose calibrator runs.")
+@click.option("--fused/--separate", default=False,
+              help="With --deploy: run the fused graph instead of two sessions.")
+@click.option("--dataset", required=True)
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@data_root_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--max-samples", type=click.IntRange(min=1), default=None)
+def evaluate(classifier, calibrator, deploy, domain, fused, dataset, split, data_root, as_json,
+             batch_size, device, max_samples):
+    """Accuracy of the frozen classifier, with a calibrator in front when one is given."""
+    if deploy:
+        if classifier or calibrator:
+            raise EdgeCalibError("--deploy replaces --classifier/--calibrator; give one or the other")
+        from ..deploy_eval import evaluate_bundle
+
+        result = evaluate_bundle(deploy, domain, dataset, split, data_root, batch_size,
+                                 max_samples, fused)
+    else:
+        if not classifier:
+            raise EdgeCalibError("give --classifier (and optionally --calibrator), or --deploy")
+        result = _evaluate_checkpoints(classifier, calibrator, dataset, split, data_root,
+                                       batch_size, device, max_samples)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        for key, value in result.items():
+            click.echo(f"{key:>22}: {value}")
+
+
+def _evaluate_checkpoints(classifier, calibrator, dataset, split, data_root, batch_size, device,
+                          max_samples):
+    from ..models.store import load_calibrator, load_classifier
+    from ..train.evaluate import accuracy
+    from ..train.tensors import resolve_device
+
+    clf = load_classifier(classifier)
+    cal = None
+    if calibrator:
+        cal = load_calibrator(calibrator)
+        cal.check_pairs_with(clf)
+    dev = resolve_device(device)
+    data = _load_domain(dataset, split, data_root, clf.spec, max_samples)
+    acc = accuracy(clf.module.to(dev), data, None if cal is None else cal.module.to(dev),
+                   batch_size, dev)
+    return {"dataset": dataset, "split": split, "n": len(data), "accuracy": round(acc, 3),
+            "backend": "torch", "classifier": classifier,
+            "classifier_fingerprint": clf.fingerprint, "classifier_params": clf.params,
+            "calibrator": calibrator, "domain": None if cal is None else cal.meta.get("domain"),
+            "calibrator_params": None if cal is None else cal.params,
+            "overhead_params_pct": None if cal is None else round(100.0 * cal.params / clf.params, 3)}

@@ -1,0 +1,175 @@
+"""Parsers for the canonical digit-dataset formats and for image folders.
+
+Every parser returns uint8 images shaped (N, H, W, C) and int64 labels (or None).
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import EdgeCalibError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def _open_maybe_compressed(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rb")
+    if path.suffix == ".bz2":
+        return bz2.open(path, "rb")
+    return open(path, "rb")
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """IDX file (MNIST): big-endian header ``0 0 dtype ndim``, ndim uint32 dims, raw data."""
+    path = Path(path)
+    try:
+        with _open_maybe_compressed(path) as handle:
+            data = handle.read()
+    except (OSError, EOFError) as exc:
+        raise EdgeCalibError(f"{path}: cannot read IDX file ({exc})") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise EdgeCalibError(f"{path}: not an IDX file (bad magic)")
+    if data[2] != 0x08:
+        raise EdgeCalibError(f"{path}: IDX element type 0x{data[2]:02x} is not uint8")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise EdgeCalibError(f"{path}: truncated IDX header")
+    dims = struct.unpack(f">{ndim}I", data[4:header])
+    count = int(np.prod(dims))
+    if len(data) - header != count:
+        raise EdgeCalibError(f"{path}: IDX payload has {len(data) - header} bytes, "
+                             f"header says {count}")
+    return np.frombuffer(data, np.uint8, count, header).reshape(dims)
+
+
+def usps_float_to_uint8(values: np.ndarray) -> np.ndarray:
+    """USPS values in [-1, 1] -> uint8 the way torchvision converts them: (v + 1) / 2 * 255."""
+    return ((values + 1.0) / 2.0 * 255.0).astype(np.uint8)
+
+
+def read_usps_esl(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """ESL ``zip.train.gz``: one image a line, ``label v1 ... v256`` (16x16, values in [-1, 1])."""
+    path = Path(path)
+    try:
+        with _open_maybe_compressed(path) as handle:
+            rows = np.loadtxt(handle, dtype=np.float64, ndmin=2)
+    except (OSError, EOFError, ValueError) as exc:
+        raise EdgeCalibError(f"{path}: cannot parse USPS text file ({exc})") from None
+    if rows.shape[1] != 257:
+        raise EdgeCalibError(f"{path}: USPS lines need 257 numbers, found {rows.shape[1]}")
+    labels = rows[:, 0].astype(np.int64)
+    if labels.min() < 0 or labels.max() > 9:
+        raise EdgeCalibError(f"{path}: USPS labels outside 0-9")
+    images = usps_float_to_uint8(rows[:, 1:]).reshape(-1, 16, 16, 1)
+    return images, labels
+
+
+def read_usps_libsvm(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """LIBSVM ``usps.bz2``: lines ``label idx:value ...``; label 1-10 is digit label-1."""
+    path = Path(path)
+    images, labels = [], []
+    try:
+        with _open_maybe_compressed(path) as handle:
+            for lineno, raw in enumerate(handle, 1):
+                parts = raw.split()
+                if not parts:
+                    continue
+                pixels = np.zeros(256, np.float64)
+                for item in parts[1:]:
+                    idx, _, val = item.partition(b":")
+                    pixels[int(idx) - 1] = float(val)
+                labels.append(int(float(parts[0])) - 1)
+                images.append(pixels)
+    except (OSError, EOFError, ValueError, IndexError) as exc:
+        raise EdgeCalibError(f"{path}: cannot parse LIBSVM USPS file ({exc})") from None
+    if not images:
+        raise EdgeCalibError(f"{path}: no samples in LIBSVM file")
+    labels_arr = np.asarray(labels, np.int64)
+    if labels_arr.min() < 0 or labels_arr.max() > 9:
+        raise EdgeCalibError(f"{path}: LIBSVM USPS labels outside 1-10")
+    return usps_float_to_uint8(np.stack(images)).reshape(-1, 16, 16, 1), labels_arr
+
+
+def read_svhn_mat(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """SVHN ``*_32x32.mat`` (MATLAB v5): ``X`` is 32x32x3xN uint8, ``y`` is Nx1, 10 means 0."""
+    from scipy.io import loadmat
+
+    path = Path(path)
+    try:
+        mat = loadmat(path, variable_names=("X", "y"))
+    except Exception as exc:  # scipy raises several types for corrupt files
+        raise EdgeCalibError(f"{path}: cannot read SVHN .mat file ({exc})") from None
+    if "X" not in mat or "y" not in mat:
+        raise EdgeCalibError(f"{path}: SVHN .mat file lacks X or y")
+    x, y = mat["X"], mat["y"]
+    if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.shape[3] != y.size:
+        raise EdgeCalibError(f"{path}: SVHN X has shape {x.shape}, y has {y.size} labels")
+    images = np.ascontiguousarray(x.transpose(3, 0, 1, 2).astype(np.uint8))
+    labels = y.reshape(-1).astype(np.int64)
+    labels[labels == 10] = 0
+    return images, labels
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _read_image(path: Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise EdgeCalibError(f"{path}: not a readable image")
+    if img.dtype != np.uint8:
+        img = cv2.convertScaleAbs(img, alpha=255.0 / max(1, int(img.max())))
+    if img.ndim == 2:
+        return img[..., None]
+    if img.shape[-1] == 4:
+        img = img[..., :3]
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_image_folder(folder: str | Path, size: tuple[int, int] | None = None):
+    """Images of a folder, labelled or not.
+
+    Labelled (ImageFolder layout): one subfolder per class, named by the class index (``0``,
+    ``1``, ...). Unlabelled: image files directly in the folder. Images of any size are resized
+    to ``size`` (h, w) when given (needed to stack them); otherwise they must share one size.
+    Returns (images uint8 (N,H,W,C), labels int64 or None).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EdgeCalibError(f"{folder}: not a folder")
+    class_dirs = sorted((d for d in folder.iterdir() if d.is_dir() and d.name.isdigit()),
+                        key=lambda d: int(d.name))
+    entries: list[tuple[Path, int | None]] = []
+    if class_dirs:
+        for d in class_dirs:
+            entries += [(p, int(d.name)) for p in _list_images(d)]
+    else:
+        entries = [(p, None) for p in _list_images(folder)]
+    if not entries:
+        raise EdgeCalibError(f"{folder}: no images found (looked for {', '.join(IMAGE_SUFFIXES)}"
+                             " directly or in class-index subfolders)")
+    images = []
+    for path, _ in entries:
+        img = _read_image(path)
+        if size is not None and img.shape[:2] != size:
+            img = cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+            img = img[..., None] if img.ndim == 2 else img
+        images.append(img)
+    channels = {img.shape[-1] for img in images}
+    if len(channels) > 1:  # mixed grey and colour: promote grey to RGB
+        images = [np.repeat(i, 3, -1) if i.shape[-1] == 1 else i for i in images]
+    shapes = {img.shape for img in images}
+    if len(shapes) > 1:
+        raise EdgeCalibError(f"{folder}: images differ in size {sorted(shapes)[:3]}...; "
+                             "give a target size")
+    labels = None if class_dirs == [] else np.asarray([lab for _, lab in entries], np.int64)
+    return np.stack(images), labels

@@ -1,0 +1,1 @@
+"""Networks (classifiers, calibrator, discriminators) and their safe checkpoint format."""

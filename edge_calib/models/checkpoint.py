@@ -1,0 +1,87 @@
+"""Checkpoints are data, never programs.
+
+A checkpoint file is ``torch.save`` of a plain dict: ``format``, ``kind``, ``version``, a JSON
+string ``meta`` and ``tensors`` (name -> {param name -> tensor}). It is read back with
+``torch.load(weights_only=True)``, which refuses any pickled object that is not a tensor or a
+plain container, so a file carrying a code payload fails to load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from ..errors import EdgeCalibError
+from ..fileio import atomic_path
+
+FORMAT = "edge-calib"
+VERSION = 1
+
+
+def save_checkpoint(path: str | Path, kind: str, meta: dict, tensors: dict) -> None:
+    """Write atomically: the previous file stays in place until the new one is complete."""
+    payload = {"format": FORMAT, "kind": kind, "version": VERSION,
+               "meta": json.dumps(meta, sort_keys=True),
+               "tensors": _to_cpu(tensors)}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _to_cpu(obj):
+    """Tensors anywhere in nested dicts/lists moved to the CPU (optimiser states included)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().contiguous()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def load_checkpoint(path: str | Path, kind: str | tuple[str, ...]) -> tuple[dict, dict]:
+    """(meta, tensors) of an edge-calib checkpoint of the expected kind, or a one-line error."""
+    path = Path(path)
+    kinds = (kind,) if isinstance(kind, str) else kind
+    if not path.is_file():
+        raise EdgeCalibError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise EdgeCalibError(f"{path}: refused to load, the file holds objects that are not "
+                             f"plain data ({first[:160]})") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise EdgeCalibError(f"{path}: corrupt or truncated checkpoint "
+                             f"({str(exc).splitlines()[0][:160]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise EdgeCalibError(f"{path}: not an edge-calib checkpoint")
+    if payload.get("kind") not in kinds:
+        raise EdgeCalibError(f"{path}: is a {payload.get('kind')} checkpoint, expected "
+                             f"{' or '.join(kinds)}")
+    if payload.get("version") != VERSION:
+        raise EdgeCalibError(f"{path}: checkpoint version {payload.get('version')} is not "
+                             f"supported (this edge-calib reads version {VERSION})")
+    try:
+        meta = json.loads(payload["meta"])
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise EdgeCalibError(f"{path}: checkpoint metadata is unreadable") from None
+    return meta, payload.get("tensors", {})
+
+
+def state_fingerprint(state: dict, identity: dict) -> str:
+    """sha256 over every tensor (name, dtype, shape, bytes) and a JSON identity (arch, spec...).
+
+    Any change to a weight, a BatchNorm statistic or the architecture changes the fingerprint.
+    """
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.numpy().tobytes() if tensor.dtype != torch.bfloat16
+                      else tensor.view(torch.int16).numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,139 @@
+"""Saving and loading classifiers and calibrators, with their fingerprints.
+
+A classifier checkpoint holds the architecture name, the input spec, the labels, its
+compression (folded / pruned / INT8) and the weights; its *fingerprint* is a hash of all of
+that and every tensor. A calibrator checkpoint records the fingerprint of the classifier it
+was trained against; pairing it with another classifier is an error naming both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import EdgeCalibError
+from ..spec import InputSpec
+from .calibrator import ResnetCalibrator
+from .checkpoint import load_checkpoint, save_checkpoint, state_fingerprint
+from .classifiers import build_classifier, count_parameters
+from .quantized import fold_batchnorm, quantize_layers
+
+CLASSIFIER, CALIBRATOR = "classifier", "calibrator"
+
+
+@dataclass
+class Classifier:
+    """A frozen classifier as deployed: module (eval mode), identity and fingerprint."""
+
+    module: nn.Module
+    arch: str
+    spec: InputSpec
+    num_classes: int
+    labels: list[str]
+    compression: dict | None = None
+    metrics: dict = field(default_factory=dict)
+    path: str | None = None
+
+    def identity(self) -> dict:
+        return {"arch": self.arch, "num_classes": self.num_classes,
+                "input_spec": self.spec.to_dict(), "compression": self.compression}
+
+    @property
+    def fingerprint(self) -> str:
+        return state_fingerprint(self.module.state_dict(), self.identity())
+
+    @property
+    def params(self) -> int:
+        return count_parameters(self.module)
+
+    def save(self, path: str | Path) -> str:
+        meta = self.identity() | {"labels": self.labels, "metrics": self.metrics,
+                                  "fingerprint": self.fingerprint}
+        save_checkpoint(path, CLASSIFIER, meta, {"state": self.module.state_dict()})
+        return meta["fingerprint"]
+
+
+def build_structure(arch: str, num_classes: int, compression: dict | None) -> nn.Module:
+    """The module a checkpoint's weights fit: the float net, or its folded / INT8 form."""
+    module = build_classifier(arch, num_classes)
+    if compression and compression.get("folded"):
+        module = fold_batchnorm(module)
+        if compression.get("int8"):
+            module = quantize_layers(module)
+    return module
+
+
+def load_classifier(path: str | Path) -> Classifier:
+    meta, tensors = load_checkpoint(path, CLASSIFIER)
+    try:
+        module = build_structure(meta["arch"], int(meta["num_classes"]), meta.get("compression"))
+        module.load_state_dict(tensors["state"])
+        clf = Classifier(module.eval(), meta["arch"], InputSpec.from_dict(meta["input_spec"]),
+                         int(meta["num_classes"]), list(meta["labels"]), meta.get("compression"),
+                         meta.get("metrics", {}), str(path))
+    except (KeyError, RuntimeError, TypeError) as exc:
+        raise EdgeCalibError(f"{path}: classifier checkpoint does not match its architecture "
+                             f"({str(exc).splitlines()[0][:160]})") from None
+    for p in clf.module.parameters():
+        p.requires_grad_(False)
+    if meta.get("fingerprint") != clf.fingerprint:
+        raise EdgeCalibError(f"{path}: weights do not match the recorded fingerprint "
+                             f"{meta.get('fingerprint')} (got {clf.fingerprint}); file altered?")
+    return clf
+
+
+@dataclass
+class Calibrator:
+    module: ResnetCalibrator
+    meta: dict
+    path: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        return state_fingerprint(self.module.state_dict(), self.module.config)
+
+    @property
+    def params(self) -> int:
+        return count_parameters(self.module)
+
+    def check_pairs_with(self, classifier: Classifier) -> None:
+        expected = self.meta["classifier_fingerprint"]
+        if expected != classifier.fingerprint:
+            raise EdgeCalibError(
+                f"calibrator {self.path or self.meta.get('domain')} was trained against classifier "
+                f"{expected}, not {classifier.fingerprint} ({classifier.path}); train it again for "
+                "this classifier")
+
+
+def build_calibrator(config: dict, spec: InputSpec) -> ResnetCalibrator:
+    return ResnetCalibrator(channels=spec.channels, width=config["width"],
+                            blocks=config["blocks"], eps=config["eps"], lo=spec.lo, hi=spec.hi,
+                            perturbation=config["perturbation"])
+
+
+def save_calibrator(path: str | Path, module: ResnetCalibrator, meta: dict) -> dict:
+    """``meta`` must name the classifier fingerprint, the domain, the data and the training."""
+    full = dict(meta) | {"calibrator": module.config,
+                         "fingerprint": state_fingerprint(module.state_dict(), module.config),
+                         "params": count_parameters(module)}
+    save_checkpoint(path, CALIBRATOR, full, {"state": module.state_dict()})
+    return full
+
+
+def load_calibrator(path: str | Path) -> Calibrator:
+    meta, tensors = load_checkpoint(path, CALIBRATOR)
+    try:
+        spec = InputSpec.from_dict(meta["input_spec"])
+        module = build_calibrator(meta["calibrator"], spec)
+        module.load_state_dict(tensors["state"])
+    except (KeyError, RuntimeError, TypeError) as exc:
+        raise EdgeCalibError(f"{path}: calibrator checkpoint is malformed "
+                             f"({str(exc).splitlines()[0][:160]})") from None
+    module.eval()
+    calib = Calibrator(module, meta, str(path))
+    if meta.get("fingerprint") != calib.fingerprint:
+        raise EdgeCalibError(f"{path}: weights do not match the recorded fingerprint")
+    return calib

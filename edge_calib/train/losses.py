@@ -1,0 +1,59 @@
+"""The losses of the light-weight calibrator (Ye et al., CVPR 2020, eq. 5-7).
+
+Groups: g = 0 source images x_s (G1), 1 target images x_t (G2), 2 calibrated source G(x_s)
+(G3), 3 calibrated target G(x_t) (G4).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GroupDiscriminatorLoss(nn.Module):
+    """4-way cross-entropy of a discriminator over the four groups (eq. 5 pixel, eq. 6 feature):
+
+        L_D = sum_{g=0..3} (1/n_g) sum_i -log softmax(D(z_i^g))_g
+
+    ``logits`` is a sequence of four (n_g, 4) tensors, one per group, in group order.
+    """
+
+    def forward(self, logits):
+        return sum(F.cross_entropy(lg, torch.full((lg.shape[0],), g, dtype=torch.long,
+                                                  device=lg.device))
+                   for g, lg in enumerate(logits))
+
+
+class CalibratorAdversarialLoss(nn.Module):
+    """Calibrator loss (eq. 7): both discriminators should label G3 and G4 as G1 (source):
+
+        L_G = w_t * [w_pix CE(D_pix(G(x_t)), 0) + w_feat CE(D_feat(F(G(x_t))), 0)]
+            + w_s * [w_pix CE(D_pix(G(x_s)), 0) + w_feat CE(D_feat(F(G(x_s))), 0)]
+
+    The w_s (source) terms keep the source domain intact; the w_t (target) terms adapt.
+    Reference weights: w_t = 1.0, w_s = 0.1 (digits) or 0.2 (segmentation).
+    """
+
+    def __init__(self, w_target=1.0, w_source=0.1, w_pixel=1.0, w_feature=1.0):
+        super().__init__()
+        self.w_target, self.w_source = w_target, w_source
+        self.w_pixel, self.w_feature = w_pixel, w_feature
+
+    @staticmethod
+    def _as_source(logits):
+        return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long,
+                                                   device=logits.device))
+
+    def forward(self, pix_cal_target, feat_cal_target, pix_cal_source, feat_cal_source):
+        target = (self.w_pixel * self._as_source(pix_cal_target)
+                  + self.w_feature * self._as_source(feat_cal_target))
+        source = (self.w_pixel * self._as_source(pix_cal_source)
+                  + self.w_feature * self._as_source(feat_cal_source))
+        return self.w_target * target + self.w_source * source
+
+
+def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Mean Shannon entropy of softmax predictions: -(1/n) sum_i sum_k p_ik log p_ik."""
+    logp = F.log_softmax(logits, dim=1)
+    return -(logp.exp() * logp).sum(dim=1).mean()

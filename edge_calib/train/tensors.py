@@ -1,0 +1,69 @@
+"""Datasets held in memory as uint8 at the classifier's input size, batched to torch on demand."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..data import ImageSet
+from ..errors import EdgeCalibError
+from ..spec import InputSpec
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; anything else as torch understands it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise EdgeCalibError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EdgeCalibError(f"device {name} asked for, but torch sees no CUDA GPU")
+    return device
+
+
+class DomainData:
+    """One domain's images resized to ``spec`` (uint8, N,h,w,C) and labels (or None)."""
+
+    def __init__(self, images: ImageSet, spec: InputSpec):
+        self.name = images.name
+        self.spec = spec
+        self.images = spec.resize_uint8(images.images)
+        self.labels = images.labels
+
+    def __len__(self):
+        return len(self.images)
+
+    def batch(self, index, device) -> torch.Tensor:
+        index = np.asarray(index)
+        return torch.from_numpy(self.spec.normalize(self.images[index])).to(device)
+
+    def labels_of(self, index, device) -> torch.Tensor:
+        if self.labels is None:
+            raise EdgeCalibError(f"{self.name} has no labels")
+        return torch.from_numpy(self.labels[np.asarray(index)]).to(device)
+
+    def split(self, fraction: float, seed: int) -> tuple["DomainData", "DomainData | None"]:
+        """(kept, held-out) by a seeded permutation; held-out is None when fraction is 0."""
+        if fraction <= 0:
+            return self, None
+        if not 0 < fraction < 1:
+            raise EdgeCalibError(f"held-out fraction must be in [0, 1), got {fraction}")
+        perm = np.random.default_rng(seed).permutation(len(self))
+        cut = len(self) - max(1, int(round(fraction * len(self))))
+        return self._take(np.sort(perm[:cut])), self._take(np.sort(perm[cut:]))
+
+    def _take(self, index) -> "DomainData":
+        part = object.__new__(DomainData)
+        part.name, part.spec = self.name, self.spec
+        part.images = self.images[index]
+        part.labels = None if self.labels is None else self.labels[index]
+        return part
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The sample order of one epoch: a permutation fixed by (seed, epoch), so runs resume
+    bit-for-bit."""
+    gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=gen)

@@ -1,0 +1,63 @@
+"""Checkpoints are data: pickled payloads refused, corruption named, fingerprints enforced."""
+
+import io
+import pickle
+
+import pytest
+import torch
+
+from edge_calib.errors import EdgeCalibError
+from edge_calib.models.calibrator import ResnetCalibrator
+from edge_calib.models.store import load_calibrator, load_classifier, save_calibrator
+from helpers import random_classifier
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this ran while loading",))
+
+
+def test_pickled_payload_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "edge-calib", "kind": "classifier", "version": 1, "meta": "{}",
+                "tensors": {"x": Payload()}}, path)
+    with pytest.raises(EdgeCalibError, match="refused to load"):
+        load_classifier(path)
+
+
+def test_truncated_and_foreign_files(tmp_path):
+    clf = random_classifier("lenet")
+    good = tmp_path / "clf.pt"
+    clf.save(good)
+    assert load_classifier(good).fingerprint == clf.fingerprint
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:5000])
+    with pytest.raises(EdgeCalibError, match="corrupt or truncated"):
+        load_classifier(tmp_path / "cut.pt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(EdgeCalibError, match="not an edge-calib checkpoint"):
+        load_classifier(tmp_path / "other.pt")
+    with pytest.raises(EdgeCalibError, match="no such checkpoint"):
+        load_classifier(tmp_path / "missing.pt")
+    with pytest.raises(EdgeCalibError, match="is a classifier checkpoint, expected calibrator"):
+        load_calibrator(good)
+
+
+def test_fingerprint_changes_with_any_state(tmp_path):
+    clf = random_classifier("dtn")
+    before = clf.fingerprint
+    clf.module.bn2.running_var[3] += 1e-3  # a BatchNorm statistic, not a parameter
+    assert clf.fingerprint != before
+
+
+def test_calibrator_for_another_classifier_names_both(tmp_path):
+    a, b = random_classifier("lenet", seed=0), random_classifier("lenet", seed=1)
+    a.path, b.path = "a.pt", "b.pt"
+    spec = a.spec
+    g = ResnetCalibrator(channels=1, width=2, blocks=1, lo=spec.lo, hi=spec.hi)
+    save_calibrator(tmp_path / "g.pt", g, {"domain": "usps", "classifier_fingerprint": a.fingerprint,
+                                           "input_spec": spec.to_dict()})
+    cal = load_calibrator(tmp_path / "g.pt")
+    cal.check_pairs_with(a)
+    with pytest.raises(EdgeCalibError) as err:
+        cal.check_pairs_with(b)
+    assert a.fingerprint in str(err.value) and b.fingerprint in str(err.value)

@@ -1,0 +1,104 @@
+"""The training commands end to end on a few hundred real images, and their bad-input errors."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from edge_calib.cli import main
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, shared_data):
+    """A DTN trained briefly on 600 MNIST images and a 1-epoch USPS calibrator."""
+    out = tmp_path_factory.mktemp("cli")
+    clf = out / "mnist_dtn.pt"
+    r = invoke("train-classifier", "--dataset", "mnist", "--arch", "dtn", "--data-root", shared_data,
+               "--out", clf, "--epochs", 2, "--max-samples", 600, "--batch-size", 64, "--quiet")
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output.strip().splitlines()[-1])
+    assert info["params"] == 3_133_962 and info["source_test_acc"] > 50
+    cal = out / "usps.calib.pt"
+    r = invoke("train", "--classifier", clf, "--source", "mnist", "--target", "usps",
+               "--data-root", shared_data, "--domain", "usps", "--out", cal, "--epochs", 1,
+               "--max-samples", 256, "--batch-size", 64, "--width", 4, "--blocks", 2, "--quiet")
+    assert r.exit_code == 0, r.output
+    return out, clf, cal
+
+
+def test_eval_json_with_and_without_calibrator(trained, shared_data):
+    out, clf, cal = trained
+    r = invoke("eval", "--classifier", clf, "--dataset", "usps", "--split", "test",
+               "--data-root", shared_data, "--json", "--max-samples", 300)
+    plain = json.loads(r.output)
+    assert plain["n"] == 300 and plain["calibrator_params"] is None and 0 <= plain["accuracy"] <= 100
+    r = invoke("eval", "--classifier", clf, "--calibrator", cal, "--dataset", "usps",
+               "--data-root", shared_data, "--json", "--max-samples", 300)
+    res = json.loads(r.output)
+    for key in ("dataset", "split", "n", "accuracy", "classifier_params", "calibrator_params",
+                "overhead_params_pct"):
+        assert key in res
+    from edge_calib.models.calibrator import ResnetCalibrator
+    from edge_calib.models.classifiers import count_parameters
+    assert res["calibrator_params"] == count_parameters(ResnetCalibrator(width=4, blocks=2))
+    assert res["overhead_params_pct"] == pytest.approx(100 * res["calibrator_params"] / 3_133_962, abs=1e-3)
+    lines = (out / "usps.calib.metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and "source_test_acc" in json.loads(lines[0])
+
+
+def test_target_as_unlabelled_folder(trained, tmp_path, shared_data):
+    import cv2
+    from edge_calib.data import load_dataset
+
+    _, clf, _ = trained
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    usps = load_dataset("usps", "train", shared_data)
+    for i in range(40):  # frames of another size and format, as a camera would give
+        cv2.imwrite(str(frames / f"{i:03d}.jpg"), cv2.resize(usps.images[i], (48, 48)))
+    r = invoke("train", "--classifier", clf, "--source", "mnist", "--target", frames,
+               "--data-root", shared_data, "--domain", "cam", "--out", tmp_path / "cam.calib.pt",
+               "--epochs", 1, "--max-samples", 40, "--batch-size", 20, "--width", 2, "--blocks", 1,
+               "--quiet")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output.strip().splitlines()[-1])["domain"] == "cam"
+
+
+def test_existing_state_needs_resume_or_force(trained, shared_data):
+    out, clf, cal = trained
+    r = CliRunner().invoke(main, ["train", "--classifier", str(clf), "--source", "mnist",
+                                  "--target", "usps", "--data-root", str(shared_data),
+                                  "--domain", "usps", "--out", str(cal), "--epochs", 1])
+    assert r.exit_code == 2 and "--resume" in r.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train-classifier", "--dataset", "mnistt", "--out", "{tmp}/x.pt"], "unknown dataset 'mnistt'"),
+    (["train-classifier", "--dataset", "mnist", "--arch", "vgg", "--out", "{tmp}/x.pt"],
+     "unknown architecture 'vgg'"),
+    (["train", "--classifier", "{clf}", "--source", "mnist", "--target", "usps", "--domain", "u",
+      "--out", "{tmp}/x.pt", "--eps", "0"], "--eps must be positive"),
+    (["train", "--classifier", "{tmp}/missing.pt", "--source", "mnist", "--target", "usps",
+      "--domain", "u", "--out", "{tmp}/x.pt"], "no such checkpoint"),
+    (["train", "--classifier", "{clf}", "--source", "mnist", "--target", "{tmp}/empty",
+      "--domain", "u", "--out", "{tmp}/x.pt"], "no images found"),
+    (["eval", "--classifier", "{other}", "--calibrator", "{cal}", "--dataset", "usps"],
+     "was trained against classifier"),
+])
+def test_bad_input_one_line_no_output(trained, tmp_path, shared_data, args, message):
+    out, clf, cal = trained
+    (tmp_path / "empty").mkdir()
+    other = tmp_path / "other.pt"
+    if "{other}" in args:
+        from helpers import random_classifier
+        random_classifier("dtn", seed=5).save(other)
+    args = [a.format(tmp=tmp_path, clf=clf, cal=cal, other=other) for a in args]
+    r = CliRunner().invoke(main, args + ["--data-root", str(shared_data)])
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+    assert r.output.strip().count("\n") == 0 and r.output.startswith("error: ")
+    assert not (tmp_path / "x.pt").exists()

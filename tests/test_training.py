@@ -1,0 +1,91 @@
+"""The frozen classifier stays frozen; training resumes bit-for-bit."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from edge_calib.errors import EdgeCalibError
+from edge_calib.models.checkpoint import load_checkpoint
+from edge_calib.train.calibrate import CalibratorConfig, CalibratorTrainer, state_paths
+from edge_calib.train.frozen import FrozenForward
+from helpers import random_classifier, random_domain
+
+
+def test_train_mode_forward_leaves_state_untouched():
+    clf = random_classifier("dtn")
+    before = clf.fingerprint
+    x = torch.rand(16, 3, 32, 32) * 2 - 1
+    eval_out = clf.module(x)
+    torch.manual_seed(0)
+    train_out = FrozenForward(clf.module, "train")(x)
+    assert not torch.allclose(train_out, eval_out)  # dropout and batch statistics were active
+    batch_stats = FrozenForward(clf.module, "batch-stats")(x)
+    assert torch.allclose(FrozenForward(clf.module, "batch-stats")(x), batch_stats)  # no dropout
+    assert clf.fingerprint == before
+    assert not clf.module.training and all(not m.training for m in clf.module.modules())
+    assert torch.equal(clf.module(x), eval_out)
+
+
+def small_config(**kw):
+    base = dict(epochs=2, batch_size=16, width=2, blocks=1, patch=4, eps=0.3, seed=3)
+    return CalibratorConfig(**(base | kw))
+
+
+def make_trainer(tmp_path, cfg, name="g"):
+    clf = random_classifier("dtn")
+    src = random_domain(48, seed=1, labelled=False)
+    tgt = random_domain(48, seed=2, bright=40, labelled=False)
+    state, metrics = state_paths(tmp_path / f"{name}.calib.pt")
+    return CalibratorTrainer(clf, src, tgt, cfg, torch.device("cpu"), state, metrics)
+
+
+def test_resume_is_bit_for_bit(tmp_path):
+    straight = make_trainer(tmp_path, small_config(ema=0.9, classifier_mode="train"), "a")
+    g_straight, _ = straight.run(progress=False)
+
+    first = make_trainer(tmp_path, small_config(epochs=1, ema=0.9, classifier_mode="train"), "b")
+    first.run(progress=False)
+    resumed = make_trainer(tmp_path, small_config(ema=0.9, classifier_mode="train"), "b")
+    resumed.load_state()
+    assert resumed.epoch == 1
+    g_resumed, _ = resumed.run(progress=False)
+
+    for (name, a), (_, b) in zip(g_straight.state_dict().items(), g_resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    for a, b in zip(straight.D_feat.parameters(), resumed.D_feat.parameters()):
+        assert torch.equal(a, b)
+    hist_a = [{k: v for k, v in h.items() if k != "time_s"} for h in straight.history]
+    hist_b = [{k: v for k, v in h.items() if k != "time_s"} for h in resumed.history]
+    assert hist_a == hist_b
+    meta, _ = load_checkpoint(resumed.state_path, "calibrator-training-state")
+    assert meta["epoch"] == 2 and len(resumed.metrics_path.read_text().splitlines()) == 2
+
+
+def test_resume_refuses_changed_settings(tmp_path):
+    make_trainer(tmp_path, small_config(epochs=1), "c").run(progress=False)
+    other = make_trainer(tmp_path, small_config(epochs=2, eps=0.5), "c")
+    with pytest.raises(EdgeCalibError, match="settings differ.*eps"):
+        other.load_state()
+
+
+def test_frozen_check_fails_when_a_weight_changes(tmp_path):
+    trainer = make_trainer(tmp_path, small_config(epochs=1), "d")
+    trainer.run(progress=False)
+    with torch.no_grad():
+        trainer.classifier.module.fc2.weight[0, 0] += 1.0
+    with pytest.raises(EdgeCalibError, match="frozen classifier changed"):
+        trainer.check_frozen()
+
+
+def test_training_moves_the_calibrator_and_selection_uses_holdout(tmp_path):
+    cfg = small_config(epochs=2, select="entropy", holdout=0.25, lr=1e-3)
+    trainer = make_trainer(tmp_path, cfg, "e")
+    g, summary = trainer.run(progress=False)
+    assert summary["selection"]["rule"].startswith("lowest prediction entropy")
+    assert summary["selection"]["epoch"] in (1, 2)
+    assert len(trainer.holdout) == 12 and len(trainer.target) == 36
+    assert all("holdout_entropy" in h for h in trainer.history)
+    x = trainer.target.batch(range(8), "cpu")
+    assert (g(x) - x).abs().max() > 0  # no longer the identity
+    assert dataclasses.asdict(cfg)["select"] == "entropy"
