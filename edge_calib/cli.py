@@ -19,6 +19,10 @@ class EdgeCalibGroup(click.Group):
         except EdgeCalibError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except click.UsageError as exc:  # bad option values: one line, not the usage text
+            command = exc.ctx.command_path if exc.ctx else "edge-calib"
+            click.echo(f"error: {command}: {exc.format_message()}", err=True)
+            sys.exit(2)
 
 
 @click.group(cls=EdgeCalibGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,10 +32,11 @@ def main():
 
 
 def _register():
-    from .commands import data, training
+    from .commands import data, deploy, training
 
     main.add_command(data.data)
-    for cmd in (training.train_classifier, training.train, training.evaluate):
+    for cmd in (training.train_classifier, training.train, training.evaluate,
+                deploy.compress, deploy.build_engine):
         main.add_command(cmd)
 
 

@@ -16,3 +16,52 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "mnist").is_dir() or not (SHARED_DATA / "usps").is_dir():
         pytest.skip(f"real digit data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def digits(shared_data):
+    """MNIST/USPS splits at the DTN's input spec (real images)."""
+    from edge_calib.data import load_dataset
+    from edge_calib.spec import DIGITS_RGB32
+    from edge_calib.train.tensors import DomainData
+
+    load = lambda name, split, n=None: DomainData(  # noqa: E731
+        load_dataset(name, split, shared_data).subset(n), DIGITS_RGB32)
+    return {"mnist_train": load("mnist", "train", 4000), "mnist_test": load("mnist", "test"),
+            "usps_train": load("usps", "train", 1000), "usps_test": load("usps", "test")}
+
+
+@pytest.fixture(scope="session")
+def trained_dtn(digits, tmp_path_factory):
+    """A DTN trained for 2 epochs on 4000 real MNIST images, saved as a checkpoint."""
+    import torch
+
+    from edge_calib.spec import DIGITS_RGB32
+    from edge_calib.train.classifier import train_classifier
+
+    clf = train_classifier("dtn", DIGITS_RGB32, digits["mnist_train"], None, epochs=2,
+                           batch_size=64, lr=1e-3, seed=0, device=torch.device("cpu"),
+                           val_fraction=0.0, progress=False)
+    path = tmp_path_factory.mktemp("models") / "mnist_dtn.pt"
+    clf.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_calibrator(trained_dtn, digits, tmp_path_factory):
+    """A small (width 4, 2 blocks) USPS calibrator trained for 1 epoch against ``trained_dtn``."""
+    import torch
+
+    from edge_calib.models.store import load_classifier, save_calibrator
+    from edge_calib.train.calibrate import CalibratorConfig, CalibratorTrainer, state_paths
+
+    clf = load_classifier(trained_dtn)
+    out = tmp_path_factory.mktemp("calib") / "usps.calib.pt"
+    cfg = CalibratorConfig(epochs=1, batch_size=64, width=4, blocks=2, lr=1e-3)
+    trainer = CalibratorTrainer(clf, digits["mnist_train"], digits["usps_train"], cfg,
+                                torch.device("cpu"), *state_paths(out))
+    module, summary = trainer.run(progress=False)
+    save_calibrator(out, module, {"domain": "usps", "classifier_fingerprint": clf.fingerprint,
+                                  "input_spec": clf.spec.to_dict(), "source": "mnist",
+                                  "target": "usps", "training": summary})
+    return out

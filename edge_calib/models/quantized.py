@@ -11,6 +11,7 @@ calibrator can be trained against exactly the deployed INT8 behaviour.
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +39,7 @@ def fold_batchnorm(model: nn.Sequential) -> nn.Sequential:
             layers[-1] = (prev_name, _fold(prev, module))
             continue
         layers.append((name, copy.deepcopy(module)))
-    return nn.Sequential(dict(layers))
+    return nn.Sequential(OrderedDict(layers))
 
 
 def _fold(layer: nn.Module, bn: nn.Module) -> nn.Module:
@@ -58,6 +59,7 @@ class _QuantLayer(nn.Module):
 
     def __init__(self, layer: nn.Module):
         super().__init__()
+        self.enabled = True  # False while estimating activation ranges in float
         self.weight = nn.Parameter(layer.weight.detach().clone())
         self.bias = nn.Parameter(layer.bias.detach().clone())
         out = self.weight.shape[0]
@@ -70,9 +72,13 @@ class _QuantLayer(nn.Module):
         self.weight_scale.copy_(torch.where(amax > 0, amax / 127.0, torch.ones_like(amax)))
 
     def quant_input(self, x):
+        if not self.enabled:
+            return x
         return torch.fake_quantize_per_tensor_affine(x, float(self.input_scale), 0, QMIN, QMAX)
 
     def quant_weight(self):
+        if not self.enabled:
+            return self.weight
         zero = torch.zeros(self.weight.shape[0], dtype=torch.int32, device=self.weight.device)
         return torch.fake_quantize_per_channel_affine(self.weight, self.weight_scale, zero, 0,
                                                       QMIN, QMAX)
@@ -103,4 +109,4 @@ def quantize_layers(model: nn.Sequential) -> nn.Sequential:
         elif isinstance(module, nn.Linear):
             module = QuantLinear(module)
         layers.append((name, module))
-    return nn.Sequential(dict(layers))
+    return nn.Sequential(OrderedDict(layers))

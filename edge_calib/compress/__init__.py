@@ -1,0 +1,1 @@
+"""Compression of the classifier into the exact model that is deployed and calibrated against."""

@@ -1,0 +1,142 @@
+"""Build a deploy bundle from checkpoints (workstation side).
+
+Writes every graph a device may need: the classifier for ONNX Runtime (real INT8 kernels) and
+for TensorRT (Q/DQ on Conv/Gemm inputs only), each calibrator in FP32 and FP16-inside, and per
+domain the fused calibrator -> classifier graph. The bundle is built in a temporary folder and
+renamed into place: a failed build leaves the previous bundle untouched.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .. import __version__
+from ..bundle import FORMAT, FORMAT_VERSION, write_manifest
+from ..errors import EdgeCalibError
+from ..fileio import atomic_directory
+from ..models.store import load_calibrator, load_classifier
+from .onnx_graphs import export_calibrator, export_classifier, export_classifier_fp16, fuse
+
+IDENTITY = "identity"
+
+
+def parse_calibrator_args(values: tuple[str, ...]) -> list[tuple[str, str]]:
+    """``DOMAIN=PATH`` or ``DOMAIN=identity`` pairs, in order, names unique."""
+    pairs, seen = [], set()
+    for value in values:
+        domain, sep, path = value.partition("=")
+        if not sep or not domain or not path:
+            raise EdgeCalibError(f"--calibrator {value!r}: use DOMAIN=PATH or DOMAIN=identity")
+        if domain in seen:
+            raise EdgeCalibError(f"--calibrator: domain {domain!r} given twice")
+        seen.add(domain)
+        pairs.append((domain, path))
+    if not pairs:
+        raise EdgeCalibError("give at least one --calibrator DOMAIN=PATH (or DOMAIN=identity)")
+    return pairs
+
+
+def _check_fused(fused: onnx.ModelProto, calibrator: onnx.ModelProto,
+                 classifier: onnx.ModelProto, shape) -> float:
+    """Max |fused - classifier(calibrator(x))| on random inputs (ONNX Runtime)."""
+    import onnxruntime as ort
+
+    def run(model, x):
+        return ort.InferenceSession(model.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+
+    x = np.random.default_rng(0).uniform(-1, 1, (4, *shape)).astype(np.float32)
+    return float(np.abs(run(fused, x) - run(classifier, run(calibrator, x))).max())
+
+
+def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: str | Path,
+                 precision: str, force: bool = False, domain_classifier=None,
+                 progress: bool = True) -> dict:
+    """Export everything into ``out`` and write its manifest; returns the manifest."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise EdgeCalibError(f"{out} already exists; pass --force to replace it")
+    clf = load_classifier(classifier_path)
+    int8 = bool(clf.compression and clf.compression.get("int8"))
+    if precision == "int8" and not int8:
+        raise EdgeCalibError(f"--precision int8 needs an INT8 classifier; {classifier_path} is "
+                             "float (run `edge-calib compress --int8` first)")
+    if precision in ("fp32", "fp16") and int8:
+        raise EdgeCalibError(f"{classifier_path} is INT8-compressed; use --precision int8")
+    loaded = {}
+    for domain, path in calibrators:
+        if path != IDENTITY:
+            cal = load_calibrator(path)
+            cal.check_pairs_with(clf)
+            loaded[domain] = cal
+    spec = clf.spec
+    with atomic_directory(out, force=force) as tmp:
+        (tmp / "calibrators").mkdir()
+        (tmp / "fused").mkdir()
+        cls_ort = export_classifier(clf, "onnxruntime")
+        onnx.save(cls_ort, tmp / "classifier.onnx")
+        files = {"onnxruntime": "classifier.onnx", "tensorrt": "classifier.onnx"}
+        cls_trt = cls_ort
+        if int8:
+            cls_trt = export_classifier(clf, "tensorrt")
+            onnx.save(cls_trt, tmp / "classifier.trt.onnx")
+            files["tensorrt"] = "classifier.trt.onnx"
+        else:
+            onnx.save(export_classifier_fp16(clf), tmp / "classifier.fp16.onnx")
+            files["tensorrt_fp16"] = "classifier.fp16.onnx"
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "edge_calib": __version__, "built_on": platform.node(),
+            "classifier": {"files": files, "fingerprint": clf.fingerprint, "arch": clf.arch,
+                           "checkpoint": str(classifier_path), "input_spec": spec.to_dict(),
+                           "labels": clf.labels, "precision": precision,
+                           "compression": clf.compression,
+                           "sparsity": (clf.compression or {}).get("sparsity", 0.0),
+                           "params": clf.params, "opset": cls_ort.opset_import[0].version,
+                           "metrics": {k: v for k, v in clf.metrics.items()
+                                       if k.endswith("acc") or k in ("source_test", "source")}},
+            "domains": {}, "default_domain": calibrators[0][0],
+            "domain_classifier": None, "engines": {}}
+        for domain, path in calibrators:
+            if path == IDENTITY:
+                manifest["domains"][domain] = {"calibrator": None, "fused": None}
+                continue
+            cal = loaded[domain]
+            graph = export_calibrator(cal)
+            onnx.save(graph, tmp / "calibrators" / f"{domain}.onnx")
+            onnx.save(export_calibrator(cal, half=True), tmp / "calibrators" / f"{domain}.fp16.onnx")
+            fused_ort = fuse(graph, cls_ort, domain)
+            error = _check_fused(fused_ort, graph, cls_ort, spec.shape)
+            if error > 1e-4:
+                raise EdgeCalibError(f"fused graph for {domain} differs from calibrator then "
+                                     f"classifier by {error:.2e}")
+            onnx.save(fused_ort, tmp / "fused" / f"{domain}.onnx")
+            fused = {"onnxruntime": f"fused/{domain}.onnx", "tensorrt": f"fused/{domain}.onnx"}
+            if int8:
+                onnx.save(fuse(graph, cls_trt, domain), tmp / "fused" / f"{domain}.trt.onnx")
+                fused["tensorrt"] = f"fused/{domain}.trt.onnx"
+            training = cal.meta.get("training", {})
+            manifest["domains"][domain] = {
+                "calibrator": {"files": {"onnxruntime": f"calibrators/{domain}.onnx",
+                                         "tensorrt": f"calibrators/{domain}.onnx",
+                                         "tensorrt_fp16": f"calibrators/{domain}.fp16.onnx"},
+                               "fingerprint": cal.meta["fingerprint"], "eps": cal.module.eps,
+                               "architecture": cal.module.config, "params": cal.params,
+                               "trained_against": cal.meta["classifier_fingerprint"],
+                               "checkpoint": str(path), "source": cal.meta.get("source"),
+                               "target": cal.meta.get("target"),
+                               "metrics": {"epochs": training.get("epochs"),
+                                           "selection": training.get("selection"),
+                                           "last_epoch": training.get("last_epoch")}},
+                "fused": fused, "fused_check_max_abs": error}
+        if domain_classifier is not None:
+            manifest["domain_classifier"] = domain_classifier(tmp, clf.spec, calibrators, loaded)
+        write_manifest(tmp, manifest)
+    return json.loads((out / "manifest.json").read_text())

@@ -1,0 +1,170 @@
+"""Torch -> ONNX for classifiers and calibrators, onnxsim on float graphs only, and fusion.
+
+Conventions: one opset for every graph (13: per-channel Q/DQ, and parsed by TensorRT 8.2 on
+the original Jetson Nano as well as by 8.5/10.x), static C x H x W, dynamic batch, input
+``input``, outputs ``logits`` (classifier, fused) or ``output`` (calibrator). edge-calib
+metadata travels in ``metadata_props`` under ``edge_calib.*`` keys.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import warnings
+
+import onnx
+import torch
+from onnx import compose
+
+from ..errors import EdgeCalibError
+from ..models.quantized import _QuantLayer
+from ..models.store import Calibrator, Classifier
+from .qdq import count_qdq, insert_qdq
+
+OPSET = 13
+INPUT, LOGITS, CALIBRATED = "input", "logits", "output"
+
+
+def _torch_to_onnx(module: torch.nn.Module, shape: tuple[int, ...], output: str) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    module = module.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.zeros(1, *shape),), buffer, dynamo=False,
+                          opset_version=OPSET, input_names=[INPUT], output_names=[output],
+                          dynamic_axes={INPUT: {0: "batch"}, output: {0: "batch"}},
+                          do_constant_folding=True)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def simplify_float(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxsim on a float graph. It folds weight DequantizeLinear nodes into FP32 constants, so
+    it is never run on Q/DQ graphs: a graph with Q/DQ nodes, or a Q/DQ count that changes, is
+    an error."""
+    import onnxsim
+
+    before = count_qdq(model)
+    if before:
+        raise EdgeCalibError(f"refusing to run onnxsim on a graph with {before} Q/DQ nodes")
+    simplified, ok = onnxsim.simplify(model)
+    if not ok:
+        raise EdgeCalibError("onnxsim could not validate the simplified graph")
+    if count_qdq(simplified) != before:
+        raise EdgeCalibError("onnxsim changed the number of Q/DQ nodes")
+    return simplified
+
+
+def set_metadata(model: onnx.ModelProto, values: dict) -> onnx.ModelProto:
+    del model.metadata_props[:]
+    for key, value in values.items():
+        entry = model.metadata_props.add()
+        entry.key = f"edge_calib.{key}"
+        entry.value = value if isinstance(value, str) else json.dumps(value)
+    return model
+
+
+def read_metadata(model: onnx.ModelProto) -> dict:
+    return {p.key[len("edge_calib."):]: p.value for p in model.metadata_props
+            if p.key.startswith("edge_calib.")}
+
+
+def quant_params(module: torch.nn.Module) -> dict:
+    """{layer name: (input scale, per-channel weight scales)} of a fake-quantised model."""
+    return {name: (float(m.input_scale), m.weight_scale.detach().numpy().copy())
+            for name, m in module.named_modules() if isinstance(m, _QuantLayer)}
+
+
+def export_classifier(clf: Classifier, target: str = "onnxruntime") -> onnx.ModelProto:
+    """The classifier as deployed. INT8 classifiers get explicit Q/DQ pairs on the input of each
+    Conv/Gemm (TensorRT's pattern); for ``onnxruntime`` biases are int32-quantised, each
+    Conv/Gemm output is re-quantised with the next layer's input scale, and the int8 grid is
+    stored as uint8 with zero point 128, so that ONNX Runtime fuses QLinearConv / QGemm kernels
+    and takes its non-saturating U8U8 path. Both variants compute the same values as the torch
+    fake-quant model up to rounding."""
+    if target not in ("onnxruntime", "tensorrt"):
+        raise EdgeCalibError(f"unknown export target {target!r}")
+    int8 = bool(clf.compression and clf.compression.get("int8"))
+    layers = [m for m in clf.module.modules() if isinstance(m, _QuantLayer)]
+    for m in layers:
+        m.enabled = False
+    try:
+        model = _torch_to_onnx(clf.module, clf.spec.shape, LOGITS)
+    finally:
+        for m in layers:
+            m.enabled = True
+    model = simplify_float(model)
+    if int8:
+        params = quant_params(clf.module)
+        ort = target == "onnxruntime"
+        model = insert_qdq(model, params, int32_bias=ort, output_qdq=ort, unsigned=ort)
+        expected = 3 * len(params) if target == "tensorrt" else None  # Q+DQ in, DQ weight
+        if expected is not None and count_qdq(model) != expected:
+            raise EdgeCalibError(f"Q/DQ insertion produced {count_qdq(model)} nodes, "
+                                 f"expected {expected}")
+    onnx.checker.check_model(model)
+    return set_metadata(model, {"kind": "classifier", "fingerprint": clf.fingerprint,
+                                "arch": clf.arch, "input_spec": clf.spec.to_dict(),
+                                "labels": clf.labels, "precision": "int8" if int8 else "fp32",
+                                "target": target})
+
+
+def export_classifier_fp16(clf: Classifier) -> onnx.ModelProto:
+    """A float classifier with FP16 inside and FP32 I/O (strongly typed TensorRT >= 11)."""
+    model = simplify_float(_torch_to_onnx(_HalfPrecision(clf.module), clf.spec.shape, LOGITS))
+    onnx.checker.check_model(model)
+    return set_metadata(model, {"kind": "classifier", "fingerprint": clf.fingerprint,
+                                "arch": clf.arch, "input_spec": clf.spec.to_dict(),
+                                "labels": clf.labels, "precision": "fp16", "target": "tensorrt"})
+
+
+def export_calibrator(cal: Calibrator, half: bool = False) -> onnx.ModelProto:
+    """The calibrator as a simplified float graph (``half``: FP16 inside, FP32 at the I/O, for
+    strongly typed TensorRT >= 11)."""
+    spec_shape = (cal.module.config["channels"],) + tuple(
+        cal.meta["input_spec"][k] for k in ("height", "width"))
+    module = _HalfPrecision(cal.module) if half else cal.module
+    model = simplify_float(_torch_to_onnx(module, spec_shape, CALIBRATED))
+    onnx.checker.check_model(model)
+    return set_metadata(model, {"kind": "calibrator", "fingerprint": cal.meta["fingerprint"],
+                                "domain": cal.meta.get("domain", ""), "eps": cal.module.eps,
+                                "trained_against": cal.meta["classifier_fingerprint"],
+                                "precision": "fp16" if half else "fp32"})
+
+
+class _HalfPrecision(torch.nn.Module):
+    def __init__(self, module):
+        super().__init__()
+        self.module = copy.deepcopy(module).half()
+
+    def forward(self, x):
+        return self.module(x.half()).float()
+
+
+def fuse(calibrator: onnx.ModelProto, classifier: onnx.ModelProto, domain: str) -> onnx.ModelProto:
+    """One graph ``input -> calibrator -> classifier -> logits`` (onnx.compose.merge_models with
+    prefixes; the same opset and IR version are required)."""
+    if calibrator.ir_version != classifier.ir_version:
+        raise EdgeCalibError(f"cannot fuse: IR versions differ ({calibrator.ir_version} vs "
+                             f"{classifier.ir_version})")
+    a, b = onnx.ModelProto(), onnx.ModelProto()
+    a.CopyFrom(calibrator)
+    b.CopyFrom(classifier)
+    meta = read_metadata(classifier)
+    for m in (a, b):
+        del m.metadata_props[:]
+    merged = compose.merge_models(a, b, io_map=[(CALIBRATED, INPUT)],
+                                  prefix1="calibrator/", prefix2="classifier/")
+    _rename(merged, {f"calibrator/{INPUT}": INPUT, f"classifier/{LOGITS}": LOGITS})
+    onnx.checker.check_model(merged)
+    return set_metadata(merged, meta | {"kind": "fused", "domain": domain,
+                                        "calibrator_fingerprint": read_metadata(calibrator)["fingerprint"]})
+
+
+def _rename(model: onnx.ModelProto, names: dict[str, str]) -> None:
+    for value in list(model.graph.input) + list(model.graph.output):
+        if value.name in names:
+            value.name = names[value.name]
+    for node in model.graph.node:
+        node.input[:] = [names.get(n, n) for n in node.input]
+        node.output[:] = [names.get(n, n) for n in node.output]

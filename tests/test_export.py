@@ -1,0 +1,176 @@
+"""ONNX export, Q/DQ, fusion and the deploy bundle, checked with ONNX Runtime on real images."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edge_calib.bundle import open_bundle
+from edge_calib.cli import main
+from edge_calib.compress.pipeline import compress_classifier
+from edge_calib.errors import EdgeCalibError
+from edge_calib.export.onnx_graphs import (export_calibrator, export_classifier, fuse,
+                                           read_metadata, simplify_float)
+from edge_calib.export.qdq import count_qdq
+from edge_calib.models.store import load_calibrator, load_classifier
+
+
+def run(model, x):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x})[0]
+
+
+@pytest.fixture(scope="module")
+def int8_dtn(trained_dtn, digits, tmp_path_factory):
+    clf = load_classifier(trained_dtn)
+    q = compress_classifier(clf, "2:4", True, digits["mnist_train"], test=digits["mnist_test"],
+                            progress=False)
+    path = tmp_path_factory.mktemp("int8") / "mnist_dtn_int8.pt"
+    q.save(path)
+    return path
+
+
+def test_float_graphs_match_torch_on_real_images(trained_dtn, trained_calibrator, digits):
+    clf, cal = load_classifier(trained_dtn), load_calibrator(trained_calibrator)
+    x = digits["usps_test"].batch(range(256), "cpu")
+    cls_graph, cal_graph = export_classifier(clf), export_calibrator(cal)
+    with torch.no_grad():
+        calibrated = cal.module(x)
+        logits = clf.module(calibrated)
+        assert (calibrated - x).abs().max() > 1e-3  # a calibrator that really changes images
+        raw_logits = clf.module(x)
+    assert np.abs(run(cls_graph, x.numpy()) - raw_logits.numpy()).max() <= 1e-4
+    assert np.abs(run(cal_graph, x.numpy()) - calibrated.numpy()).max() <= 1e-4
+    fused = fuse(cal_graph, cls_graph, "usps")
+    assert np.abs(run(fused, x.numpy()) - logits.numpy()).max() <= 1e-4
+    separate = run(cls_graph, run(cal_graph, x.numpy()))
+    assert np.abs(run(fused, x.numpy()) - separate).max() <= 1e-5
+    meta = read_metadata(fused)
+    assert meta["kind"] == "fused" and meta["fingerprint"] == clf.fingerprint
+    assert json.loads(meta["input_spec"])["height"] == 32
+    for graph in (cls_graph, cal_graph, fused):
+        onnx.checker.check_model(graph)
+        assert graph.opset_import[0].version == 13
+        assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+def test_int8_onnxruntime_agrees_with_fake_quant(int8_dtn, trained_dtn, digits):
+    q, f = load_classifier(int8_dtn), load_classifier(trained_dtn)
+    test = digits["mnist_test"]
+    x = test.batch(np.arange(len(test)), "cpu")
+    with torch.no_grad():
+        fake = q.module(x).argmax(1).numpy()
+    real = run(export_classifier(q, "onnxruntime"), x.numpy()).argmax(1)
+    agreement = (fake == real).mean()
+    assert agreement >= 0.99, agreement
+    float_acc, int8_acc = q.metrics["float_acc"], q.metrics["compressed_acc"]
+    assert float_acc == pytest.approx(float((f.module(x).argmax(1).numpy() == test.labels).mean() * 100))
+    assert abs(float_acc - int8_acc) <= 1.0, (float_acc, int8_acc)
+    assert q.compression["prune"]["pattern"] == "2:4" and q.fingerprint != f.fingerprint
+
+
+def test_qdq_graphs(int8_dtn):
+    q = load_classifier(int8_dtn)
+    trt, ort_graph = export_classifier(q, "tensorrt"), export_classifier(q, "onnxruntime")
+    assert count_qdq(trt) == 3 * 5  # input Q+DQ and weight DQ for 3 convs and 2 gemms
+    zero_points = [i for i in trt.graph.initializer if i.name.endswith("zero") or "zero_point" in i.name]
+    assert all(not onnx.numpy_helper.to_array(z).any() for z in zero_points)  # TensorRT: zp 0
+    assert all(onnx.numpy_helper.to_array(z).dtype == np.int8 for z in zero_points)
+    assert count_qdq(ort_graph) > count_qdq(trt)  # int32 biases and output re-quantisation
+    with pytest.raises(EdgeCalibError, match="refusing to run onnxsim"):
+        simplify_float(trt)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(int8_dtn) + ".opt.onnx"
+    ort.InferenceSession(ort_graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
+    assert "QLinearConv" in ops  # real INT8 kernels, not simulated
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_bundle_build_eval_and_refusals(int8_dtn, trained_dtn, trained_calibrator, tmp_path,
+                                        shared_data, digits):
+    out = tmp_path / "deploy"
+    # a calibrator trained against the float DTN is refused for the INT8 one
+    r = invoke("build-engine", "--classifier", int8_dtn, "--calibrator", f"usps={trained_calibrator}",
+               "--out", out, "--no-auto-domain")
+    assert r.exit_code == 2 and "was trained against classifier" in r.output and not out.exists()
+    r = invoke("build-engine", "--classifier", trained_dtn, "--calibrator", f"usps={trained_calibrator}",
+               "--calibrator", "mnist=identity", "--out", out, "--data-root", shared_data)
+    assert r.exit_code == 0, r.output
+    bundle = open_bundle(out)
+    m = bundle.manifest
+    assert m["classifier"]["precision"] == "fp32" and set(bundle.domains) == {"usps", "mnist"}
+    assert m["domains"]["mnist"]["calibrator"] is None
+    assert m["domains"]["usps"]["calibrator"]["trained_against"] == m["classifier"]["fingerprint"]
+    assert m["domains"]["usps"]["fused_check_max_abs"] <= 1e-4
+    assert set(m["files"]) >= {"classifier.onnx", "classifier.fp16.onnx", "calibrators/usps.onnx",
+                               "calibrators/usps.fp16.onnx", "fused/usps.onnx",
+                               "domain_classifier.json"}
+    assert m["domain_classifier"]["holdout_accuracy"] > 90
+
+    r = invoke("eval", "--deploy", out, "--domain", "usps", "--dataset", "usps", "--json",
+               "--data-root", shared_data)
+    through_bundle = json.loads(r.output)
+    r = invoke("eval", "--classifier", trained_dtn, "--calibrator", trained_calibrator,
+               "--dataset", "usps", "--json", "--data-root", shared_data)
+    through_torch = json.loads(r.output)
+    assert through_bundle["n"] == 2007
+    assert abs(through_bundle["accuracy"] - through_torch["accuracy"]) <= 0.1
+    r = invoke("eval", "--deploy", out, "--domain", "night", "--dataset", "usps")
+    assert r.exit_code == 2 and "usps, mnist" in r.output
+
+    before = (out / "manifest.json").read_bytes()
+    r = invoke("build-engine", "--classifier", trained_dtn, "--calibrator", "usps=identity",
+               "--out", out)
+    assert r.exit_code == 2 and "already exists" in r.output
+    assert (out / "manifest.json").read_bytes() == before
+    (out / "calibrators" / "usps.onnx").write_bytes(b"tampered")
+    with pytest.raises(EdgeCalibError, match="does not match its sha256"):
+        open_bundle(out)
+
+
+def test_int8_bundle_through_cli(int8_dtn, tmp_path, shared_data):
+    out = tmp_path / "deploy8"
+    r = invoke("build-engine", "--classifier", int8_dtn, "--calibrator", "mnist=identity",
+               "--out", out, "--no-auto-domain")
+    assert r.exit_code == 0, r.output
+    m = open_bundle(out).manifest
+    assert m["classifier"]["precision"] == "int8"
+    assert m["classifier"]["files"]["tensorrt"] == "classifier.trt.onnx"
+    assert m["classifier"]["sparsity"] > 0.45
+    r = invoke("eval", "--deploy", out, "--dataset", "mnist", "--json", "--data-root", shared_data,
+               "--max-samples", 2000)
+    assert json.loads(r.output)["accuracy"] > 90
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--precision", "int9"], "Invalid value for '--precision'"),
+    (["--backend", "coreml"], "Invalid value for '--backend'"),
+    (["--backend", "tensorrt"], "needs the 'tensorrt' Python package"),
+    (["--precision", "int8"], "needs an INT8 classifier"),
+    (["--profile", "jetson-tx1"], "unknown profile 'jetson-tx1'"),
+])
+def test_bad_build_arguments(trained_dtn, tmp_path, args, message):
+    r = invoke("build-engine", "--classifier", trained_dtn, "--calibrator", "usps=identity",
+               "--out", tmp_path / "b", *args)
+    assert r.exit_code == 2, r.output
+    assert message in r.output and r.output.count("\n") == 1
+    assert not (tmp_path / "b").exists()
+
+
+def test_corrupt_checkpoint_and_onnx(trained_dtn, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(trained_dtn.read_bytes()[:1000])
+    r = invoke("build-engine", "--classifier", bad, "--calibrator", "a=identity", "--out", tmp_path / "o")
+    assert r.exit_code == 2 and "corrupt or truncated" in r.output
+    from edge_calib.engines.onnxruntime_backend import make_session
+    (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage")
+    with pytest.raises(EdgeCalibError, match="ONNX Runtime cannot load it"):
+        make_session(tmp_path / "bad.onnx")
