@@ -65,3 +65,34 @@ def trained_calibrator(trained_dtn, digits, tmp_path_factory):
                                   "input_spec": clf.spec.to_dict(), "source": "mnist",
                                   "target": "usps", "training": summary})
     return out
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(trained_dtn, trained_calibrator, shared_data, tmp_path_factory):
+    """A deploy bundle: domains usps (calibrated) and mnist (identity), with the auto-domain
+    classifier, built through the CLI."""
+    from click.testing import CliRunner
+
+    from edge_calib.cli import main
+
+    out = tmp_path_factory.mktemp("bundle") / "digits"
+    result = CliRunner().invoke(main, ["build-engine", "--classifier", str(trained_dtn),
+                                       "--calibrator", f"usps={trained_calibrator}",
+                                       "--calibrator", "mnist=identity", "--out", str(out),
+                                       "--data-root", str(shared_data)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def domain_video(shared_data, tmp_path_factory):
+    """A real video: 60 MNIST test frames, then 60 USPS test frames, with ground truth."""
+    from edge_calib.data import load_dataset
+    from edge_calib.runtime.testvideo import write_domain_video
+
+    m = load_dataset("mnist", "test", shared_data)
+    u = load_dataset("usps", "test", shared_data)
+    path = tmp_path_factory.mktemp("video") / "digits.avi"
+    truth = write_domain_video(path, [("mnist", m.images[:60], m.labels[:60]),
+                                      ("usps", u.images[:60], u.labels[:60])])
+    return path, truth

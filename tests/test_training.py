@@ -40,13 +40,14 @@ def make_trainer(tmp_path, cfg, name="g"):
     return CalibratorTrainer(clf, src, tgt, cfg, torch.device("cpu"), state, metrics)
 
 
-def test_resume_is_bit_for_bit(tmp_path):
-    straight = make_trainer(tmp_path, small_config(ema=0.9, classifier_mode="train"), "a")
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_resume_is_bit_for_bit(tmp_path, mode):
+    straight = make_trainer(tmp_path, small_config(ema=0.9, classifier_mode=mode), "a")
     g_straight, _ = straight.run(progress=False)
 
-    first = make_trainer(tmp_path, small_config(epochs=1, ema=0.9, classifier_mode="train"), "b")
+    first = make_trainer(tmp_path, small_config(epochs=1, ema=0.9, classifier_mode=mode), "b")
     first.run(progress=False)
-    resumed = make_trainer(tmp_path, small_config(ema=0.9, classifier_mode="train"), "b")
+    resumed = make_trainer(tmp_path, small_config(ema=0.9, classifier_mode=mode), "b")
     resumed.load_state()
     assert resumed.epoch == 1
     g_resumed, _ = resumed.run(progress=False)

@@ -209,3 +209,23 @@ def _evaluate_checkpoints(classifier, calibrator, dataset, split, data_root, bat
             "calibrator": calibrator, "domain": None if cal is None else cal.meta.get("domain"),
             "calibrator_params": None if cal is None else cal.params,
             "overhead_params_pct": None if cal is None else round(100.0 * cal.params / clf.params, 3)}
+
+
+@click.command()
+@click.option("--classifier", required=True, type=click.Path(dir_okay=False))
+@click.option("--target", required=True, help="Target images (labels unused).")
+@data_root_option
+@click.option("--out", required=True, type=click.Path(dir_okay=False))
+@click.option("--max-samples", type=click.IntRange(min=1), default=None)
+def adabn(classifier, target, data_root, out, max_samples):
+    """Baseline: re-estimate BatchNorm statistics on TARGET (changes the deployed model)."""
+    from ..models.store import load_classifier
+    from ..train.adabn import adapt_batchnorm
+
+    clf = load_classifier(classifier)
+    data = _load_domain(target, "train", data_root, clf.spec, max_samples, unlabelled=True)
+    adapted = adapt_batchnorm(clf, data)
+    fingerprint = adapted.save(out)
+    click.echo(json.dumps({"out": out, "fingerprint": fingerprint,
+                           "source_fingerprint": clf.fingerprint, "target": target,
+                           "images": len(data)}))

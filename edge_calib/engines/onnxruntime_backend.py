@@ -3,6 +3,8 @@ graphs. INT8 classifiers run as real QDQ kernels (QLinearConv / QGemm) on the CP
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import onnxruntime as ort
 
@@ -58,3 +60,12 @@ class OrtEngines:
             raise EdgeCalibError(f"unknown domain {domain!r}; this bundle has: "
                                  f"{', '.join(self.calibrators)}")
         return self.run_fused(domain, x) if fused else self.classify(self.calibrate(domain, x))
+
+    def infer(self, domain: str, x: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Logits and wall times (ms) of the calibrator and classifier sessions."""
+        t0 = time.perf_counter()
+        y = self.calibrate(domain, x)
+        t1 = time.perf_counter()
+        logits = self.classify(y)
+        t2 = time.perf_counter()
+        return logits, {"calibrator": (t1 - t0) * 1e3, "classifier": (t2 - t1) * 1e3}

@@ -210,22 +210,28 @@ class TrtChain:
         self.d_logits = self.cuda.mem_alloc(self.h_logits.nbytes)
         self.stream = self.cuda.Stream()
 
-    def logits(self, domain: str, x: np.ndarray) -> np.ndarray:
+    def infer(self, domain: str, x: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Logits and GPU times (ms, CUDA events) of the calibrator and classifier stages."""
         n = x.shape[0]
         if n > self.max_batch:
             raise EdgeCalibError(f"batch {n} exceeds the engine's maximum {self.max_batch}")
         x = np.ascontiguousarray(x, np.float32)
         shape = (n, *self.shape)
+        start, mid, end = self.cuda.Event(), self.cuda.Event(), self.cuda.Event()
         calibrator = self.calibrators[domain]
+        start.record(self.stream)
         if calibrator is None:
             self.cuda.memcpy_htod_async(self.d_calibrated, x, self.stream)
         else:
             self.cuda.memcpy_htod_async(self.d_raw, x, self.stream)
             calibrator.enqueue(int(self.d_raw), int(self.d_calibrated), shape, self.stream)
+        mid.record(self.stream)
         self.classifier.enqueue(int(self.d_calibrated), int(self.d_logits), shape, self.stream)
         self.cuda.memcpy_dtoh_async(self.h_logits, self.d_logits, self.stream)
+        end.record(self.stream)
         self.stream.synchronize()
-        return self.h_logits[:n].copy()
+        times = {"calibrator": start.time_till(mid), "classifier": mid.time_till(end)}
+        return self.h_logits[:n].copy(), times
 
 
 def refit_from_onnx(plan_path: Path, onnx_path: Path) -> int:

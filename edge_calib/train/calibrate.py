@@ -133,6 +133,7 @@ class CalibratorTrainer:
         self.loss_D, self.loss_G = GroupDiscriminatorLoss(), CalibratorAdversarialLoss(
             config.w_target, config.w_source, config.w_pixel, config.w_feature)
         self.epoch, self.history = 0, []
+        self._logit_cache: dict[str, torch.Tensor] = {}
         self.best = None  # (score, epoch, state) for entropy selection
 
     # -- the calibrator used for evaluation and output --------------------------------------
@@ -183,10 +184,29 @@ class CalibratorTrainer:
             self.best = (meta["best"][0], meta["best"][1], t["best_G"])
 
     # -- one training step ------------------------------------------------------------------
-    def _discriminator_step(self, xs, xt):
+    @torch.no_grad()
+    def _precompute_logits(self, data: DomainData) -> torch.Tensor:
+        """F(x) of every unmodified training image, in fixed chunks (deterministic, so a
+        resumed run sees the same values)."""
+        chunks = [self.frozen(data.batch(np.arange(i, min(i + 256, len(data))), self.device))
+                  for i in range(0, len(data), 256)]
+        return torch.cat(chunks)
+
+    def _raw_logits(self, which: str, index: np.ndarray, x: torch.Tensor) -> torch.Tensor:
+        """F(x) of unmodified training images. With the classifier in eval mode it is a fixed
+        function of the image: computed once for the whole set, then looked up."""
+        if self.cfg.classifier_mode != "eval":
+            return self.frozen(x)
+        if which not in self._logit_cache:
+            self._logit_cache[which] = self._precompute_logits(
+                self.source if which == "source" else self.target)
+        return self._logit_cache[which][torch.as_tensor(index)]
+
+    def _discriminator_step(self, xs, xt, src, it):
         with torch.no_grad():
             cs, ct = self.G(torch.cat([xs, xt])).split([len(xs), len(xt)])
-            feats = [self.frozen(x) for x in (xs, xt, cs, ct)]
+            feats = [self._raw_logits("source", src, xs), self._raw_logits("target", it, xt),
+                     self.frozen(cs), self.frozen(ct)]
         pix = [self.D_pix(x) for x in (xs, xt, cs, ct)]
         feat = [self.D_feat(f) for f in feats]
         loss_pix, loss_feat = self.loss_D(pix), self.loss_D(feat)
@@ -228,7 +248,7 @@ class CalibratorTrainer:
                 src = order_s[step * b:(step + 1) * b].numpy()
                 xs, xt = self.source.batch(src, self.device), self.target.batch(it, self.device)
                 for _ in range(cfg.d_steps):
-                    d = self._discriminator_step(xs, xt)
+                    d = self._discriminator_step(xs, xt, src, it)
                 g = self._calibrator_step(xs, xt)
                 self.sched_G.step()
                 self.sched_D.step()

@@ -1,0 +1,113 @@
+"""Aggregate ``benchmarks/results/digits`` into digits.json, digits.md and the README section."""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from pathlib import Path
+
+ROWS = [  # (label, target step, source step)
+    ("source only (float DTN)", "source_only_target", "source_only_source"),
+    ("AdaBN (changes the deployed model)", "adabn_target", "adabn_source"),
+    ("calibrator, edge-calib recipe", "ours_target", "ours_source"),
+    ("calibrator, reference-code behaviour", "reference_target", "reference_source"),
+    ("source only, INT8 2:4 bundle (ONNX Runtime)", "int8_source_only_target", "int8_source_only_source"),
+    ("calibrator, INT8 2:4 bundle (ONNX Runtime)", "int8_target", "int8_source"),
+]
+BEGIN, END = "<!-- digits-results:begin -->", "<!-- digits-results:end -->"
+
+
+def _load(folder: Path) -> dict:
+    return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+
+
+def _fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f} (n={len(values)})"
+
+
+def collect(results: Path) -> dict:
+    tasks = {}
+    for task_dir in sorted(p for p in results.iterdir() if p.is_dir()):
+        seeds = {p.name: _load(p) for p in sorted(task_dir.glob("seed*"))}
+        table = []
+        for label, t_step, s_step in ROWS:
+            t = [s[t_step]["result"]["accuracy"] for s in seeds.values() if t_step in s]
+            src = [s[s_step]["result"]["accuracy"] for s in seeds.values() if s_step in s]
+            if not t:
+                continue
+            train = label.split(",")[0] == "calibrator" and t_step.replace("_target", "_train")
+            last5 = [s[train]["result"]["last5_monitor_target_test_acc"] for s in seeds.values()
+                     if train and train in s]
+            epochs = sorted({s[train]["result"]["epochs"] for s in seeds.values()
+                             if train and train in s})
+            per_epoch = [s[train]["result"]["time_per_epoch_s"] for s in seeds.values()
+                         if train and train in s]
+            commands = {name: s[step]["command"] for name, s in seeds.items()
+                        for step in ([t_step, s_step] + ([train] if train else [])) if step in s}
+            table.append({"method": label, "target_acc": t, "source_acc": src,
+                          "target_last5_mean": last5, "epochs": epochs,
+                          "time_per_epoch_s": per_epoch, "seeds": sorted(seeds),
+                          "commands": commands})
+        sweeps = {}
+        for name, s in seeds.items():
+            for sweep_dir in sorted(task_dir.joinpath(name).glob("sweep_e*")):
+                rows = _load(sweep_dir)
+                for key, rec in rows.items():
+                    if key.endswith("_target"):
+                        cfg = key[:-len("_target")]
+                        sweeps.setdefault(sweep_dir.name, {})[cfg] = {
+                            "target_acc": rec["result"]["accuracy"],
+                            "source_acc": rows.get(f"{cfg}_source", {}).get("result", {}).get("accuracy"),
+                            "params": rec["result"]["calibrator_params"],
+                            "command": rows.get(f"{cfg}_train", {}).get("command")}
+        commit = {rec["commit"] for s in seeds.values() for rec in s.values()}
+        machines = {rec["machine"]["cpu"] + (f" + {rec['machine']['gpu']}" if rec["machine"]["gpu"] else "")
+                    for s in seeds.values() for rec in s.values()}
+        tasks[task_dir.name] = {"table": table, "sweeps": sweeps, "commits": sorted(commit),
+                                "machines": sorted(machines)}
+    return tasks
+
+
+def markdown(tasks: dict) -> str:
+    out = []
+    for task, data in tasks.items():
+        src, tgt = task.split("-")
+        out.append(f"### {src.upper()} → {tgt.upper()} (DTN, real data)\n")
+        out.append(f"| method | {tgt.upper()} test (target) | mean of last 5 epochs | "
+                   f"{src.upper()} test (source, retention) | epochs |")
+        out.append("|---|---|---|---|---|")
+        for row in data["table"]:
+            out.append(f"| {row['method']} | {_fmt(row['target_acc'])} | "
+                       f"{_fmt(row['target_last5_mean'])} | {_fmt(row['source_acc'])} | "
+                       f"{','.join(map(str, row['epochs'])) or '-'} |")
+        for sweep, rows in data["sweeps"].items():
+            out.append(f"\nCalibrator size sweep ({sweep.split('_e')[1]} epochs, last epoch):\n")
+            out.append("| width × blocks | parameters | target | source |")
+            out.append("|---|---|---|---|")
+            for cfg, r in sorted(rows.items(), key=lambda kv: kv[1]["params"]):
+                out.append(f"| {cfg} | {r['params']:,} | {r['target_acc']:.1f} | "
+                           f"{r['source_acc'] if r['source_acc'] is not None else '-'} |")
+        out.append(f"\nCommits: {', '.join(c[:10] for c in data['commits'])}. "
+                   f"Machines: {'; '.join(data['machines'])}. Exact commands: "
+                   f"`benchmarks/results/digits/{task}/seed*/*.json`.\n")
+    return "\n".join(out)
+
+
+def write_report(results: Path, readme: Path | None = None) -> None:
+    tasks = collect(results)
+    (results / "digits.json").write_text(json.dumps(tasks, indent=2) + "\n")
+    md = markdown(tasks)
+    (results / "digits.md").write_text("# Digits accuracy (generated by "
+                                       "`python benchmarks/digits.py report`)\n\n" + md)
+    if readme is not None and readme.exists():
+        text = readme.read_text()
+        if BEGIN in text and END in text:
+            text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END),
+                          BEGIN + "\n" + md + "\n" + END, text, flags=re.S)
+            readme.write_text(text)
+    print(md)

@@ -1,0 +1,66 @@
+"""``edge-calib run``: the camera-stream runtime (device side: never imports torch)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from ..errors import EdgeCalibError
+
+
+@click.command()
+@click.option("--deploy", required=True, type=click.Path(file_okay=False),
+              help="Deploy bundle (from `edge-calib build-engine`).")
+@click.option("--camera", type=int, default=None, help="OpenCV camera index.")
+@click.option("--input", "uri", default=None,
+              help="/dev/videoN, v4l2:///dev/videoN, csi://N, a video file, an image folder, "
+                   "rtsp:// or http:// stream, or a GStreamer pipeline.")
+@click.option("--domain", required=True, help="Domain to start with, or auto.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime",
+              show_default=True)
+@click.option("--headless", is_flag=True, help="No window.")
+@click.option("--output", default=None, help="Write the annotated video here (.mp4, .avi).")
+@click.option("--predictions", default=None, help="One JSON line per frame.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at exit.")
+@click.option("--control", default=None, help="UNIX socket path (or - for stdin) for line "
+                                              "commands: domain NAME, status, reload, quit.")
+@click.option("--watch", is_flag=True, help="Reload when the bundle changes on disk.")
+@click.option("--input-width", type=int, default=None)
+@click.option("--input-height", type=int, default=None)
+@click.option("--fps", type=float, default=None, help="Camera rate, or the pace of --realtime.")
+@click.option("--loop", is_flag=True, help="Loop files and folders.")
+@click.option("--realtime", is_flag=True,
+              help="Treat a file like a live camera: paced at --fps, oldest frames dropped "
+                   "when processing falls behind.")
+@click.option("--queue", "queue_size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--reconnect-timeout", type=float, default=10.0, show_default=True,
+              help="Seconds to keep reconnecting to a live source that stopped.")
+@click.option("--max-frames", type=click.IntRange(min=1), default=None)
+@click.option("--threads", type=click.IntRange(min=0), default=0,
+              help="ONNX Runtime intra-op threads (0: its default).")
+@click.option("--verbose", is_flag=True, help="Print the timing report every few seconds.")
+def run(deploy, camera, uri, domain, backend, headless, output, predictions, as_json, control,
+        watch, input_width, input_height, fps, loop, realtime, queue_size, reconnect_timeout,
+        max_frames, threads, verbose):
+    """Run the camera stream through the current domain's calibrator and the classifier."""
+    from ..runtime.sources import parse_source
+    from ..runtime.stream import RunOptions, StreamRunner
+
+    source = parse_source(camera, uri, input_width, input_height, fps, loop)
+    options = RunOptions(deploy=deploy, domain=domain, backend=backend, headless=headless,
+                         output=output, predictions=predictions, control=control, watch=watch,
+                         verbose=verbose, queue_size=queue_size,
+                         reconnect_timeout=reconnect_timeout, realtime=realtime,
+                         max_frames=max_frames, threads=threads)
+    runner = StreamRunner(options, source)
+    summary = runner.run()
+    click.echo(runner.times.report(runner._counters()), err=True)
+    if as_json:
+        click.echo(json.dumps(summary))
+    if summary["error"]:
+        click.echo(f"error: {summary['error']}", err=True)
+        sys.exit(1)
+    if summary["frames"] == 0:
+        raise EdgeCalibError(f"{source.describe()} delivered no frames")

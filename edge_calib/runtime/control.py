@@ -1,0 +1,102 @@
+"""Line commands while the stream runs: ``domain NAME``, ``status``, ``reload``, ``quit``.
+
+From a UNIX socket (``--control PATH``; one command per line, one JSON reply per line) or
+from standard input (``--control -``). Commands are queued and applied by the pipeline between
+frames, so a switch takes effect on the next frame.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import socket
+import sys
+import threading
+
+
+class Command:
+    def __init__(self, text: str):
+        self.text = text.strip()
+        self.reply: queue.Queue[dict] = queue.Queue(maxsize=1)
+
+
+class ControlChannel:
+    def __init__(self, where: str):
+        self.where = where
+        self.commands: queue.Queue[Command] = queue.Queue()
+        self.stopped = threading.Event()
+        self.server = None
+        if where == "-":
+            target = self._read_stdin
+        else:
+            if os.path.exists(where):
+                os.unlink(where)
+            self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.server.bind(where)
+            self.server.listen(4)
+            self.server.settimeout(0.2)
+            target = self._serve
+        self.thread = threading.Thread(target=target, name="control", daemon=True)
+        self.thread.start()
+
+    def _submit(self, text: str, timeout: float = 5.0) -> dict:
+        command = Command(text)
+        self.commands.put(command)
+        try:
+            return command.reply.get(timeout=timeout)
+        except queue.Empty:
+            return {"ok": False, "error": "the pipeline did not answer (stopped?)"}
+
+    def _read_stdin(self):
+        for line in sys.stdin:
+            if self.stopped.is_set():
+                break
+            if line.strip():
+                print(json.dumps(self._submit(line)), file=sys.stderr, flush=True)
+
+    def _serve(self):
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except (socket.timeout, OSError):
+                continue
+            threading.Thread(target=self._client, args=(conn,), daemon=True).start()
+
+    def _client(self, conn):
+        with conn, conn.makefile("rw") as stream:
+            for line in stream:
+                if not line.strip():
+                    continue
+                stream.write(json.dumps(self._submit(line)) + "\n")
+                stream.flush()
+
+    def pending(self):
+        """Commands received since the last call (non-blocking)."""
+        while True:
+            try:
+                yield self.commands.get_nowait()
+            except queue.Empty:
+                return
+
+    def close(self):
+        self.stopped.set()
+        if self.server is not None:
+            self.server.close()
+            if os.path.exists(self.where):
+                os.unlink(self.where)
+
+
+def send_command(path: str, text: str, timeout: float = 5.0) -> dict:
+    """Client side: one command to a running ``edge-calib run --control PATH``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall((text.strip() + "\n").encode())
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data.decode())
