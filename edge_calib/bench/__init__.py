@@ -1,0 +1,1 @@
+"""Latency, compute and overhead reports for a deploy bundle (device side, no torch needed)."""

@@ -1,0 +1,37 @@
+"""``edge-calib bench``: latency and overhead report of a deploy bundle."""
+
+from __future__ import annotations
+
+import click
+
+from .options import data_root_option
+
+
+@click.command()
+@click.option("--deploy", required=True, type=click.Path(file_okay=False))
+@click.option("--report", "report_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for report.json, report.md and the PNG plots.")
+@click.option("--batch", "batches", type=click.IntRange(min=1), multiple=True, default=(1, 16),
+              show_default=True)
+@click.option("--iterations", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True)
+@click.option("--threads", type=click.IntRange(min=0), default=0,
+              help="ONNX Runtime intra-op threads (0: its default).")
+@click.option("--video", default=None, help="Video for the stream FPS (else one is generated "
+                                            "from the domains' test images).")
+@click.option("--stream-frames", type=click.IntRange(min=10), default=600, show_default=True)
+@click.option("--torch/--no-torch", "use_torch", default=True,
+              help="Also time torch eager (CUDA when present) from the bundle's checkpoints.")
+@data_root_option
+def bench(deploy, report_dir, batches, iterations, warmup, threads, video, stream_frames,
+          use_torch, data_root):
+    """Measure a bundle: latency (trtexec-style, interleaved), MACs, bytes, overhead."""
+    from ..bench.report import run_bench
+    from ..data import default_data_root
+
+    report = run_bench(deploy, report_dir, tuple(batches), iterations, warmup, threads, video,
+                       data_root or default_data_root(), stream_frames, use_torch,
+                       log=lambda m: click.echo(m, err=True))
+    click.echo((open(f"{report_dir}/report.md").read()))
+    click.echo(f"wrote {report_dir}/report.json, report.md, {', '.join(report.get('plots') or [])}",
+               err=True)
