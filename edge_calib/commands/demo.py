@@ -1,0 +1,33 @@
+"""``edge-calib demo``: the README's main job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .options import data_root_option
+
+
+@click.command()
+@click.option("--work", type=click.Path(file_okay=False), default=".edge-calib-demo",
+              show_default=True, help="Folder for everything the demo builds (reused on re-run).")
+@data_root_option
+@click.option("--fast", is_flag=True, help="Smaller subsets and fewer epochs (about a minute).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON at the end.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def demo(work, data_root, fast, as_json, quiet):
+    """Train, compress, calibrate, build and stream the digits end to end (MNIST -> USPS)."""
+    from ..data import default_data_root
+    from ..demo import DemoConfig, check_data, run_demo
+
+    root = Path(data_root) if data_root else default_data_root()
+    check_data(root)
+    cfg = DemoConfig(Path(work), root, quiet=quiet)
+    if fast:
+        cfg.source_samples, cfg.target_samples = 3000, 1000
+        cfg.classifier_epochs, cfg.calibrator_epochs, cfg.frames_per_segment = 1, 2, 40
+    result = run_demo(cfg)
+    if as_json:
+        click.echo(json.dumps(result))
