@@ -90,10 +90,10 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, batch_s
               help="How the frozen classifier runs in the training forward pass (its stored "
                    "state never changes).")
 @click.option("--d-steps", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--ema", type=float, default=0.0, show_default=True,
+@click.option("--ema", type=float, default=0.99, show_default=True,
               help="Exponential moving average of the calibrator weights (0: off).")
-@click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="constant",
-              show_default=True)
+@click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="cosine",
+              show_default=True, help="Learning-rate schedule over all epochs.")
 @click.option("--select", type=click.Choice(["last", "entropy"]), default="last",
               show_default=True, help="Epoch selection (never on target labels).")
 @click.option("--holdout", type=float, default=0.0, show_default=True,

@@ -58,8 +58,8 @@ class CalibratorConfig:
     w_feature: float = 1.0
     classifier_mode: str = "eval"
     d_steps: int = 1
-    ema: float = 0.0
-    schedule: str = "constant"
+    ema: float = 0.99
+    schedule: str = "cosine"
     select: str = "last"
     holdout: float = 0.0
     seed: int = 0
