@@ -45,8 +45,8 @@ def test_resume_is_bit_for_bit(tmp_path, mode):
     straight = make_trainer(tmp_path, small_config(ema=0.9, classifier_mode=mode), "a")
     g_straight, _ = straight.run(progress=False)
 
-    first = make_trainer(tmp_path, small_config(epochs=1, ema=0.9, classifier_mode=mode), "b")
-    first.run(progress=False)
+    first = make_trainer(tmp_path, small_config(ema=0.9, classifier_mode=mode), "b")
+    first.run(progress=False, until_epoch=1)  # interrupted after the first epoch
     resumed = make_trainer(tmp_path, small_config(ema=0.9, classifier_mode=mode), "b")
     resumed.load_state()
     assert resumed.epoch == 1
@@ -65,9 +65,17 @@ def test_resume_is_bit_for_bit(tmp_path, mode):
 
 def test_resume_refuses_changed_settings(tmp_path):
     make_trainer(tmp_path, small_config(epochs=1), "c").run(progress=False)
-    other = make_trainer(tmp_path, small_config(epochs=2, eps=0.5), "c")
+    other = make_trainer(tmp_path, small_config(epochs=1, eps=0.5), "c")
     with pytest.raises(EdgeCalibError, match="settings differ.*eps"):
         other.load_state()
+    longer = make_trainer(tmp_path, small_config(epochs=3), "c")
+    with pytest.raises(EdgeCalibError, match="cosine schedule depends on it"):
+        longer.load_state()
+    extended = make_trainer(tmp_path, small_config(epochs=1, schedule="constant"), "f")
+    extended.run(progress=False)
+    more = make_trainer(tmp_path, small_config(epochs=2, schedule="constant"), "f")
+    more.load_state()  # a constant schedule may be extended
+    assert more.run(progress=False)[1]["epochs"] == 2
 
 
 def test_frozen_check_fails_when_a_weight_changes(tmp_path):

@@ -283,9 +283,11 @@ class CalibratorTrainer:
             raise EdgeCalibError(f"the frozen classifier changed during training (fingerprint "
                                  f"{self.fingerprint} -> {now}); nothing was written")
 
-    def run(self, progress: bool = True) -> tuple[torch.nn.Module, dict]:
-        """Train up to ``config.epochs``; returns (selected calibrator on CPU, summary)."""
-        while self.epoch < self.cfg.epochs:
+    def run(self, progress: bool = True, until_epoch: int | None = None):
+        """Train up to ``config.epochs`` (or stop after ``until_epoch``, as an interruption
+        would); returns (selected calibrator on CPU, summary)."""
+        last = self.cfg.epochs if until_epoch is None else min(until_epoch, self.cfg.epochs)
+        while self.epoch < last:
             row = self._train_epoch(progress)
             self._evaluate(row)
             self.epoch += 1
