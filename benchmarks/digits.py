@@ -81,12 +81,12 @@ class Step:
         if "--data-root" not in args and args[0] not in ("build-engine",):
             command += ["--data-root", self.data_root]
         print(f"[{name}] {shlex.join(command)}", file=sys.stderr, flush=True)
+        sha, dirty = git_commit()  # the code this step runs, read before it starts
         started = time.time()
         proc = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
         if proc.returncode != 0:
             sys.exit(f"step {name} failed (exit {proc.returncode}); rerun to resume")
         result = json.loads(proc.stdout.strip().splitlines()[-1])
-        sha, dirty = git_commit()
         record = {"step": name, "command": shlex.join(command), "commit": sha,
                   "uncommitted_changes": dirty, "seconds": round(time.time() - started, 1),
                   "finished": datetime.datetime.now().isoformat(timespec="seconds"),
