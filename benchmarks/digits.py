@@ -78,7 +78,7 @@ class Step:
         if path.exists():
             return json.loads(path.read_text())["result"]
         command = ["edge-calib", *args]
-        if "--data-root" not in args and args[0] not in ("build-engine",):
+        if "--data-root" not in args and args[0] not in ("build-engine", "bench"):
             command += ["--data-root", self.data_root]
         print(f"[{name}] {shlex.join(command)}", file=sys.stderr, flush=True)
         sha, dirty = git_commit()  # the code this step runs, read before it starts
@@ -159,23 +159,36 @@ def run_task(args):
 
 
 def run_sweep(args):
+    """Calibrator sizes: accuracy (last epoch) and measured latency overhead (ONNX Runtime,
+    batch 1, interleaved with the classifier alone) for each width x blocks."""
     source, target = TASKS[args.task]
     base = RESULTS / args.task / f"seed{args.seed}"
     work = Path(args.work) / args.task / f"seed{args.seed}"
     clf = work / f"{source}_dtn.pt"
     if not clf.exists():
         sys.exit(f"{clf} missing: run `digits.py run --task {args.task} --seed {args.seed}` first")
-    step = Step(base / f"sweep_e{args.epochs}", args.data_root)
+    sweep = f"sweep_e{args.epochs}"
+    step = Step(base / sweep, args.data_root)
     for width in args.widths:
         for blocks in args.blocks:
             name = f"w{width}_b{blocks}"
             recipe = list(OURS)
             recipe[recipe.index("--width") + 1] = str(width)
             recipe[recipe.index("--blocks") + 1] = str(blocks)
-            cal, _ = train_calibrator(step, work / f"sweep_e{args.epochs}", name, clf, source,
-                                      target, args.seed, args.epochs, recipe)
-            evaluate(step, f"{name}_target", ["--classifier", str(clf), "--calibrator", str(cal)], target)
-            evaluate(step, f"{name}_source", ["--classifier", str(clf), "--calibrator", str(cal)], source)
+            if args.lr:
+                recipe[recipe.index("--lr") + 1] = recipe[recipe.index("--d-lr") + 1] = args.lr
+            cal, _ = train_calibrator(step, work / sweep, name, clf, source, target, args.seed,
+                                      args.epochs, recipe)
+            with_cal = ["--classifier", str(clf), "--calibrator", str(cal)]
+            evaluate(step, f"{name}_target", with_cal, target)
+            evaluate(step, f"{name}_source", with_cal, source)
+            bundle = work / sweep / f"{name}.bundle"
+            step(f"{name}_bundle", ["build-engine", "--classifier", str(clf), "--calibrator",
+                                    f"{target}={cal}", "--out", str(bundle), "--force",
+                                    "--no-auto-domain", "--quiet"])
+            step(f"{name}_latency", ["bench", "--deploy", str(bundle), "--report",
+                                     str(work / sweep / f"{name}.report"), "--batch", "1",
+                                     "--iterations", "300", "--no-torch", "--no-stream", "--json"])
 
 
 def main():
@@ -196,6 +209,7 @@ def main():
     sweep = sub.choices["sweep"]
     sweep.add_argument("--widths", type=lambda s: [int(v) for v in s.split(",")], default=[2, 4, 8, 16])
     sweep.add_argument("--blocks", type=lambda s: [int(v) for v in s.split(",")], default=[1, 3, 9])
+    sweep.add_argument("--lr", default=None, help="Learning rate for G and D (default: OURS).")
     sub.add_parser("report")
     args = parser.parse_args()
     if args.cmd == "run":

@@ -58,13 +58,20 @@ def collect(results: Path) -> dict:
             for sweep_dir in sorted(task_dir.joinpath(name).glob("sweep_e*")):
                 rows = _load(sweep_dir)
                 for key, rec in rows.items():
-                    if key.endswith("_target"):
-                        cfg = key[:-len("_target")]
-                        sweeps.setdefault(sweep_dir.name, {})[cfg] = {
-                            "target_acc": rec["result"]["accuracy"],
-                            "source_acc": rows.get(f"{cfg}_source", {}).get("result", {}).get("accuracy"),
-                            "params": rec["result"]["calibrator_params"],
-                            "command": rows.get(f"{cfg}_train", {}).get("command")}
+                    if not key.endswith("_target"):
+                        continue
+                    cfg = key[:-len("_target")]
+                    entry = {"target_acc": rec["result"]["accuracy"],
+                             "source_acc": rows.get(f"{cfg}_source", {}).get("result", {}).get("accuracy"),
+                             "params": rec["result"]["calibrator_params"],
+                             "command": rows.get(f"{cfg}_train", {}).get("command")}
+                    lat = rows.get(f"{cfg}_latency", {}).get("result")
+                    if lat:
+                        ratios = next(iter(lat["overhead_ratios"].values()))
+                        chain = next(iter(lat["onnxruntime"]["batch1"]["overhead"].values()))["chain"]
+                        entry |= {"macs_pct": ratios["macs_pct_of_classifier"],
+                                  "latency_overhead_ms": chain["ms"], "latency_overhead_pct": chain["pct"]}
+                    sweeps.setdefault(f"{name}/{sweep_dir.name}", {})[cfg] = entry
         commit = {rec["commit"] for s in seeds.values() for rec in s.values()}
         machines = {rec["machine"]["cpu"] + (f" + {rec['machine']['gpu']}" if rec["machine"]["gpu"] else "")
                     for s in seeds.values() for rec in s.values()}
@@ -76,6 +83,8 @@ def collect(results: Path) -> dict:
 def markdown(tasks: dict) -> str:
     out = []
     for task, data in tasks.items():
+        if not data["table"]:
+            continue
         src, tgt = task.split("-")
         out.append(f"### {src.upper()} → {tgt.upper()} (DTN, real data)\n")
         out.append(f"| method | {tgt.upper()} test (target) | mean of last 5 epochs | "
@@ -86,20 +95,62 @@ def markdown(tasks: dict) -> str:
                        f"{_fmt(row['target_last5_mean'])} | {_fmt(row['source_acc'])} | "
                        f"{','.join(map(str, row['epochs'])) or '-'} |")
         for sweep, rows in data["sweeps"].items():
-            out.append(f"\nCalibrator size sweep ({sweep.split('_e')[1]} epochs, last epoch):\n")
-            out.append("| width × blocks | parameters | target | source |")
-            out.append("|---|---|---|---|")
+            out.append(f"\nCalibrator size sweep ({sweep}: {sweep.split('_e')[1]} epochs, last "
+                       "epoch; latency overhead measured with ONNX Runtime, batch 1, interleaved "
+                       "with the classifier alone):\n")
+            out.append("| width × blocks | parameters | MACs % of classifier | latency overhead ms (%) "
+                       "| target | source |")
+            out.append("|---|---|---|---|---|---|")
+            best = max(r["target_acc"] for r in rows.values())
             for cfg, r in sorted(rows.items(), key=lambda kv: kv[1]["params"]):
-                out.append(f"| {cfg} | {r['params']:,} | {r['target_acc']:.1f} | "
+                lat = (f"{r['latency_overhead_ms']:.3f} ({r['latency_overhead_pct']:.1f}%)"
+                       if "latency_overhead_ms" in r else "-")
+                macs = f"{r['macs_pct']:.1f}" if "macs_pct" in r else "-"
+                mark = " ✓" if r["target_acc"] >= best - 0.5 else ""
+                out.append(f"| {cfg} | {r['params']:,} | {macs} | {lat} | {r['target_acc']:.1f}{mark} | "
                            f"{r['source_acc'] if r['source_acc'] is not None else '-'} |")
+            within = [c for c, r in rows.items() if r["target_acc"] >= best - 0.5]
+            smallest = min(within, key=lambda c: rows[c]["params"])
+            out.append(f"\nSmallest calibrator within 0.5 points of the best ({best:.1f}): "
+                       f"**{smallest}** ({rows[smallest]['params']:,} parameters). ✓ marks all within.")
         out.append(f"\nCommits: {', '.join(c[:10] for c in data['commits'])}. "
                    f"Machines: {'; '.join(data['machines'])}. Exact commands: "
                    f"`benchmarks/results/digits/{task}/seed*/*.json`.\n")
     return "\n".join(out)
 
 
+def plot_sweeps(tasks: dict, folder: Path) -> list[str]:
+    """accuracy_vs_overhead_<task>.png: target accuracy against measured latency overhead."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for task, data in tasks.items():
+        for sweep, rows in data["sweeps"].items():
+            pts = [(r["latency_overhead_pct"], r["target_acc"], c) for c, r in rows.items()
+                   if "latency_overhead_pct" in r]
+            if not pts:
+                continue
+            fig, ax = plt.subplots(figsize=(5.5, 4))
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts])
+            for x, y, c in pts:
+                ax.annotate(c, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.set_xlabel("latency overhead, % of classifier alone (ONNX Runtime, batch 1)")
+            ax.set_ylabel("target accuracy, %")
+            ax.set_title(f"{task}: calibrator width × blocks")
+            fig.tight_layout()
+            name = f"accuracy_vs_overhead_{task}.png"
+            fig.savefig(folder / name, dpi=120)
+            plt.close(fig)
+            written.append(name)
+    return written
+
+
 def write_report(results: Path, readme: Path | None = None) -> None:
     tasks = collect(results)
+    plot_sweeps(tasks, results)
     (results / "digits.json").write_text(json.dumps(tasks, indent=2) + "\n")
     md = markdown(tasks)
     (results / "digits.md").write_text("# Digits accuracy (generated by "

@@ -119,7 +119,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                               parse_source(None, str(video)))
         summary = runner.run()
         results[label] = {"summary": summary, "scores": score_predictions(preds, truth),
-                          "report": runner.times.report(runner._counters())}
+                          "report": runner.times.report(runner.counters_text())}
     table = accuracy_table(results)
     click.echo("\n" + table)
     click.echo("\n" + results["auto (calibrated)"]["report"])

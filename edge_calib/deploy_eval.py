@@ -7,6 +7,7 @@ import numpy as np
 from .bundle import open_bundle
 from .data import load_dataset
 from .engines.onnxruntime_backend import OrtEngines
+from .errors import EdgeCalibError
 
 
 def evaluate_bundle(deploy, domain, dataset, split, data_root, batch_size=512, max_samples=None,
@@ -18,7 +19,6 @@ def evaluate_bundle(deploy, domain, dataset, split, data_root, batch_size=512, m
     data = load_dataset(dataset, split, data_root, image_size=(spec.height, spec.width))
     data = data.subset(max_samples)
     if data.labels is None:
-        from .errors import EdgeCalibError
         raise EdgeCalibError(f"{dataset} has no labels: accuracy needs a labelled dataset")
     engines = OrtEngines(bundle, fused=fused)
     predictions = []

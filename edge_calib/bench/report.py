@@ -98,7 +98,8 @@ def make_video(bundle, data_root, folder: Path, frames: int) -> str | None:
 
 def run_bench(deploy: str, report_dir: str, batches=(1, 16), iterations: int = 200,
               warmup: int = 20, threads: int = 0, video: str | None = None, data_root=None,
-              stream_frames: int = 600, use_torch: bool = True, log=print) -> dict:
+              stream_frames: int = 600, use_torch: bool = True, stream: bool = True,
+              log=print) -> dict:
     bundle = open_bundle(deploy)
     out_dir = Path(report_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -140,9 +141,9 @@ def run_bench(deploy: str, report_dir: str, batches=(1, 16), iterations: int = 2
     report["latency"]["tensorrt"] = {"skipped": "TensorRT engines are benchmarked on the device "
                                                 "with `trtexec --loadEngine` or `edge-calib run "
                                                 "--backend tensorrt`; not available here"}
-    if video is None and data_root is not None:
+    if stream and video is None and data_root is not None:
         video = make_video(bundle, data_root, out_dir, stream_frames)
-    if video is not None and bundle.manifest.get("domain_classifier"):
+    if stream and video is not None and bundle.manifest.get("domain_classifier"):
         log(f"stream through edge-calib run on {video}")
         report["stream"] = stream_benchmark(deploy, video)
     write_json_atomic(out_dir / "report.json", report)

@@ -34,8 +34,9 @@ def compress(checkpoint, prune, int8, calib_dataset, calib_batches, activation_r
              finetune_epochs, finetune_lr, data_root, out, max_samples, seed, quiet):
     """Prune and/or quantise a classifier into the exact model that is deployed."""
     from ..compress.pipeline import compress_classifier
+    from ..data.catalog import has_test_split
     from ..models.store import load_classifier
-    from .training import _has_test_split, _load_domain
+    from ..train.tensors import load_domain
 
     clf = load_classifier(checkpoint)
     if clf.compression:
@@ -46,9 +47,9 @@ def compress(checkpoint, prune, int8, calib_dataset, calib_batches, activation_r
         raise EdgeCalibError("--int8 and --finetune-epochs need --calib-dataset (source images)")
     calib = test = None
     if calib_dataset:
-        calib = _load_domain(calib_dataset, "train", data_root, clf.spec, max_samples, seed)
-        if _has_test_split(calib_dataset):
-            test = _load_domain(calib_dataset, "test", data_root, clf.spec, max_samples, seed)
+        calib = load_domain(calib_dataset, "train", data_root, clf.spec, max_samples, seed)
+        if has_test_split(calib_dataset):
+            test = load_domain(calib_dataset, "test", data_root, clf.spec, max_samples, seed)
     compressed = compress_classifier(clf, prune, int8, calib, test=test, finetune=calib,
                                      finetune_epochs=finetune_epochs, finetune_lr=finetune_lr,
                                      act_method=activation_range, calib_batches=calib_batches,

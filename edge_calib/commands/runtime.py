@@ -56,7 +56,7 @@ def run(deploy, camera, uri, domain, backend, headless, output, predictions, as_
                          max_frames=max_frames, threads=threads)
     runner = StreamRunner(options, source)
     summary = runner.run()
-    click.echo(runner.times.report(runner._counters()), err=True)
+    click.echo(runner.times.report(runner.counters_text()), err=True)
     if as_json:
         click.echo(json.dumps(summary))
     if summary["error"]:

@@ -11,23 +11,6 @@ from ..errors import EdgeCalibError
 from .options import data_root_option, training_options
 
 
-def _load_domain(name, split, root, spec, max_samples=None, seed=0, unlabelled=False):
-    from ..data import load_dataset
-    from ..train.tensors import DomainData
-
-    ds = load_dataset(name, split, root, image_size=(spec.height, spec.width))
-    ds = ds.subset(max_samples, seed)
-    if unlabelled:
-        ds.labels = None
-    return DomainData(ds, spec)
-
-
-def _has_test_split(name: str) -> bool:
-    from ..data.catalog import CATALOG
-
-    return name in CATALOG or (Path(name) / "test").is_dir()
-
-
 @click.command("train-classifier")
 @click.option("--dataset", required=True, help="Labelled source: mnist, usps, svhn or a folder.")
 @click.option("--arch", default="dtn", show_default=True, help="dtn or lenet.")
@@ -41,17 +24,18 @@ def _has_test_split(name: str) -> bool:
 def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, batch_size, seed, device,
                      max_samples, quiet):
     """Train a source classifier; the checkpoint holds weights, architecture and input spec."""
+    from ..data.catalog import has_test_split
     from ..models.classifiers import default_input_spec
     from ..train.classifier import train_classifier as fit
-    from ..train.tensors import resolve_device
+    from ..train.tensors import load_domain, resolve_device
 
     spec = default_input_spec(arch)
     dev = resolve_device(device)
-    train = _load_domain(dataset, "train", data_root, spec, max_samples, seed)
+    train = load_domain(dataset, "train", data_root, spec, max_samples, seed)
     if train.labels is None:
         raise EdgeCalibError(f"{dataset}: training a classifier needs labelled images "
                              "(class-index subfolders)")
-    test = _load_domain(dataset, "test", data_root, spec) if _has_test_split(dataset) else None
+    test = load_domain(dataset, "test", data_root, spec) if has_test_split(dataset) else None
     clf = fit(arch, spec, train, test, epochs, batch_size, lr, seed, dev, augment,
               progress=not quiet)
     fingerprint = clf.save(out)
@@ -108,9 +92,10 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, width
           d_steps, ema, schedule, select, holdout, monitor_test, resume, force, batch_size, seed,
           device, max_samples, quiet):
     """Train a data calibrator for DOMAIN against a frozen classifier."""
+    from ..data.catalog import has_test_split
     from ..models.store import load_classifier, save_calibrator
     from ..train.calibrate import CalibratorConfig, CalibratorTrainer, state_paths
-    from ..train.tensors import resolve_device
+    from ..train.tensors import load_domain, resolve_device
 
     out = Path(out)
     cfg = CalibratorConfig(epochs=epochs, batch_size=batch_size, lr=lr, d_lr=d_lr, eps=eps,
@@ -128,11 +113,11 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, width
         raise EdgeCalibError(f"--resume: no training state at {state_path}")
     clf = load_classifier(classifier)
     dev = resolve_device(device)
-    src = _load_domain(source, "train", data_root, clf.spec, max_samples, seed, unlabelled=True)
-    tgt = _load_domain(target, "train", data_root, clf.spec, max_samples, seed, unlabelled=True)
-    src_test = (_load_domain(source, "test", data_root, clf.spec, 2000, seed)
-                if _has_test_split(source) else None)
-    monitor = _load_domain(target, "test", data_root, clf.spec) if monitor_test else None
+    src = load_domain(source, "train", data_root, clf.spec, max_samples, seed, unlabelled=True)
+    tgt = load_domain(target, "train", data_root, clf.spec, max_samples, seed, unlabelled=True)
+    src_test = (load_domain(source, "test", data_root, clf.spec, 2000, seed)
+                if has_test_split(source) else None)
+    monitor = load_domain(target, "test", data_root, clf.spec) if monitor_test else None
     trainer = CalibratorTrainer(clf, src, tgt, cfg, dev, state_path, metrics_path,
                                 source_test=src_test, monitor=monitor)
     if resume:
@@ -192,7 +177,7 @@ def _evaluate_checkpoints(classifier, calibrator, dataset, split, data_root, bat
                           max_samples):
     from ..models.store import load_calibrator, load_classifier
     from ..train.evaluate import accuracy
-    from ..train.tensors import resolve_device
+    from ..train.tensors import load_domain, resolve_device
 
     clf = load_classifier(classifier)
     cal = None
@@ -200,7 +185,7 @@ def _evaluate_checkpoints(classifier, calibrator, dataset, split, data_root, bat
         cal = load_calibrator(calibrator)
         cal.check_pairs_with(clf)
     dev = resolve_device(device)
-    data = _load_domain(dataset, split, data_root, clf.spec, max_samples)
+    data = load_domain(dataset, split, data_root, clf.spec, max_samples)
     acc = accuracy(clf.module.to(dev), data, None if cal is None else cal.module.to(dev),
                    batch_size, dev)
     return {"dataset": dataset, "split": split, "n": len(data), "accuracy": round(acc, 3),
@@ -221,9 +206,10 @@ def adabn(classifier, target, data_root, out, max_samples):
     """Baseline: re-estimate BatchNorm statistics on TARGET (changes the deployed model)."""
     from ..models.store import load_classifier
     from ..train.adabn import adapt_batchnorm
+    from ..train.tensors import load_domain
 
     clf = load_classifier(classifier)
-    data = _load_domain(target, "train", data_root, clf.spec, max_samples, unlabelled=True)
+    data = load_domain(target, "train", data_root, clf.spec, max_samples, unlabelled=True)
     adapted = adapt_batchnorm(clf, data)
     fingerprint = adapted.save(out)
     click.echo(json.dumps({"out": out, "fingerprint": fingerprint,

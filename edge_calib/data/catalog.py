@@ -148,6 +148,11 @@ def _local_variant(name: str, folder: Path, split: str) -> Variant | None:
     return None
 
 
+def has_test_split(name: str) -> bool:
+    """Catalogued datasets have one; a folder has one when it holds a ``test/`` subfolder."""
+    return name in CATALOG or (Path(name) / "test").is_dir()
+
+
 def load_dataset(name_or_path: str | Path, split: str = "train", root: str | Path | None = None,
                  download: bool = True, image_size: tuple[int, int] | None = None) -> ImageSet:
     """Load a catalogued dataset split from ``root`` (downloading it when allowed) or a folder.

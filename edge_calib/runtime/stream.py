@@ -283,7 +283,7 @@ class StreamRunner:
                 index += 1
                 if self.opts.verbose and time.perf_counter() - last_report >= self.opts.report_every:
                     last_report = time.perf_counter()
-                    log("\n" + self.times.report(self._counters()))
+                    log("\n" + self.times.report(self.counters_text()))
         finally:
             self.stop_requested = True
             self.capture.stop()
@@ -298,7 +298,7 @@ class StreamRunner:
                 cv2.destroyAllWindows()
         return self.summary(time.perf_counter() - started)
 
-    def _counters(self) -> str:
+    def counters_text(self) -> str:
         c = self.capture.counts
         return (f", {c['dropped']} dropped, {c['corrupt']} corrupt, {c['reconnects']} reconnects, "
                 f"{len(self.switches)} switches")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data import ImageSet
+from ..data import ImageSet, load_dataset
 from ..errors import EdgeCalibError
 from ..spec import InputSpec
 
@@ -67,3 +67,14 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     bit-for-bit."""
     gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return torch.randperm(n, generator=gen)
+
+
+def load_domain(name, split, root, spec: InputSpec, max_samples=None, seed=0,
+                unlabelled=False) -> DomainData:
+    """A dataset or folder split at ``spec``'s size, optionally subsampled; ``unlabelled``
+    drops the labels (target domains are trained on without them)."""
+    ds = load_dataset(name, split, root, image_size=(spec.height, spec.width))
+    ds = ds.subset(max_samples, seed)
+    if unlabelled:
+        ds.labels = None
+    return DomainData(ds, spec)
