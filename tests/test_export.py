@@ -174,3 +174,24 @@ def test_corrupt_checkpoint_and_onnx(trained_dtn, tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage")
     with pytest.raises(EdgeCalibError, match="ONNX Runtime cannot load it"):
         make_session(tmp_path / "bad.onnx")
+
+
+def test_lenet_int8_graph_agrees_with_fake_quant(shared_data):
+    """The grey 28x28 LeNet (max-pooling between conv and ReLU) through both Q/DQ variants."""
+    from edge_calib.data import load_dataset
+    from edge_calib.models.store import Classifier
+    from edge_calib.models.classifiers import build_classifier, default_input_spec
+    from edge_calib.train.tensors import DomainData
+
+    torch.manual_seed(0)
+    spec = default_input_spec("lenet")
+    data = DomainData(load_dataset("mnist", "test", shared_data).subset(512), spec)
+    clf = Classifier(build_classifier("lenet").eval(), "lenet", spec, 10, [str(i) for i in range(10)])
+    q = compress_classifier(clf, "0.5", True, data, progress=False)
+    x = data.batch(np.arange(512), "cpu")
+    with torch.no_grad():
+        fake = q.module(x).numpy()
+    for target in ("onnxruntime", "tensorrt"):
+        got = run(export_classifier(q, target), x.numpy())
+        assert (got.argmax(1) == fake.argmax(1)).mean() >= 0.99, target
+    assert q.compression["sparsity"] == pytest.approx(0.5, abs=0.01)
