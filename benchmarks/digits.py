@@ -124,9 +124,15 @@ def run_task(args):
     work.mkdir(parents=True, exist_ok=True)
     step = Step(folder, args.data_root)
     clf = work / f"{source}_dtn.pt"
-    step("classifier", ["train-classifier", "--dataset", source, "--arch", "dtn", "--out", str(clf),
-                        "--epochs", str(args.classifier_epochs), "--seed", str(args.seed), "--quiet",
-                        *(["--augment"] if args.augment else [])])
+    if args.classifier_from is not None:  # vary only the calibrator's seed
+        shared = Path(args.work) / args.task / f"seed{args.classifier_from}" / f"{source}_dtn.pt"
+        if not shared.exists():
+            sys.exit(f"{shared} missing: run seed {args.classifier_from} first")
+        clf = shared
+    else:
+        step("classifier", ["train-classifier", "--dataset", source, "--arch", "dtn", "--out",
+                            str(clf), "--epochs", str(args.classifier_epochs), "--seed",
+                            str(args.seed), "--quiet", *(["--augment"] if args.augment else [])])
     evaluate(step, "source_only_target", ["--classifier", str(clf)], target)
     evaluate(step, "source_only_source", ["--classifier", str(clf)], source)
     if "adabn" in args.variants:
@@ -205,6 +211,8 @@ def main():
     run = sub.choices["run"]
     run.add_argument("--classifier-epochs", type=int, default=10)
     run.add_argument("--augment", action="store_true")
+    run.add_argument("--classifier-from", type=int, default=None,
+                     help="Reuse that seed's source classifier (only the calibrator seed varies).")
     run.add_argument("--variants", type=lambda s: s.split(","), default=["adabn", "ours", "reference", "int8"])
     sweep = sub.choices["sweep"]
     sweep.add_argument("--widths", type=lambda s: [int(v) for v in s.split(",")], default=[2, 4, 8, 16])
