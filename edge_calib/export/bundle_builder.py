@@ -43,16 +43,17 @@ def parse_calibrator_args(values: tuple[str, ...]) -> list[tuple[str, str]]:
 
 
 def _check_fused(fused: onnx.ModelProto, calibrator: onnx.ModelProto,
-                 classifier: onnx.ModelProto, shape) -> float:
-    """Max |fused - classifier(calibrator(x))| on random inputs (ONNX Runtime)."""
+                 classifier: onnx.ModelProto, shape) -> tuple[float, bool]:
+    """(max |fused - classifier(calibrator(x))|, same top-1) on random inputs (ONNX Runtime)."""
     import onnxruntime as ort
 
     def run(model, x):
         return ort.InferenceSession(model.SerializeToString(),
                                     providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
 
-    x = np.random.default_rng(0).uniform(-1, 1, (4, *shape)).astype(np.float32)
-    return float(np.abs(run(fused, x) - run(classifier, run(calibrator, x))).max())
+    x = np.random.default_rng(0).uniform(-1, 1, (8, *shape)).astype(np.float32)
+    a, b = run(fused, x), run(classifier, run(calibrator, x))
+    return float(np.abs(a - b).max()), bool((a.argmax(1) == b.argmax(1)).all())
 
 
 def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: str | Path,
@@ -113,8 +114,10 @@ def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: 
             onnx.save(graph, tmp / "calibrators" / f"{domain}.onnx")
             onnx.save(export_calibrator(cal, half=True), tmp / "calibrators" / f"{domain}.fp16.onnx")
             fused_ort = fuse(graph, cls_ort, domain)
-            error = _check_fused(fused_ort, graph, cls_ort, spec.shape)
-            if error > 1e-4:
+            error, same_top1 = _check_fused(fused_ort, graph, cls_ort, spec.shape)
+            # INT8: a 1e-7 difference at a quantiser's rounding boundary moves a value by one
+            # quantisation step, so the fused INT8 graph is held to the same top-1 instead
+            if not same_top1 or (error > 1e-4 and not int8):
                 raise EdgeCalibError(f"fused graph for {domain} differs from calibrator then "
                                      f"classifier by {error:.2e}")
             onnx.save(fused_ort, tmp / "fused" / f"{domain}.onnx")
