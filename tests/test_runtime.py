@@ -229,3 +229,22 @@ def test_runtime_imports_no_torch(bundle_dir, domain_video, shared_data, tmp_pat
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["n"] == 50
+
+
+def test_control_from_stdin(bundle_dir, domain_video):
+    video, _ = domain_video
+    proc = subprocess.Popen([sys.executable, "-m", "edge_calib.cli", "run", "--deploy", str(bundle_dir),
+                             "--input", str(video), "--loop", "--realtime", "--fps", "30",
+                             "--domain", "mnist", "--headless", "--json", "--control", "-"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(2)
+    proc.stdin.write("domain usps\nstatus\nquit\n")
+    proc.stdin.flush()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["final_domain"] == "usps" and summary["switch_log"][0]["by"] == "control"
+    replies = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert {"ok": True, "domain": "usps"} in replies
+    assert any(r.get("domains") == ["usps", "mnist"] for r in replies)
