@@ -2,6 +2,8 @@
 
 import dataclasses
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -98,3 +100,41 @@ def test_training_moves_the_calibrator_and_selection_uses_holdout(tmp_path):
     x = trainer.target.batch(range(8), "cpu")
     assert (g(x) - x).abs().max() > 0  # no longer the identity
     assert dataclasses.asdict(cfg)["select"] == "entropy"
+
+
+def naive_step(t, xs, xt, src, it):
+    """The algorithm written plainly: each discriminator step recomputes G(x) and F(G(x))
+    without gradients, then the calibrator step recomputes them with gradients."""
+    for _ in range(t.cfg.d_steps):
+        with torch.no_grad():
+            cs, ct = t.G(torch.cat([xs, xt])).split([len(xs), len(xt)])
+            feats = [t.frozen(x) for x in (xs, xt, cs, ct)]
+        loss = t.loss_D([t.D_pix(x) for x in (xs, xt, cs, ct)]) + t.loss_D([t.D_feat(f) for f in feats])
+        t.opt_D.zero_grad(set_to_none=True)
+        loss.backward()
+        t.opt_D.step()
+    t.D_pix.requires_grad_(False)
+    t.D_feat.requires_grad_(False)
+    cs, ct = t.G(torch.cat([xs, xt])).split([len(xs), len(xt)])
+    loss = t.loss_G(t.D_pix(ct), t.D_feat(t.frozen(ct)), t.D_pix(cs), t.D_feat(t.frozen(cs)))
+    t.opt_G.zero_grad(set_to_none=True)
+    loss.backward()
+    t.opt_G.step()
+    t.D_pix.requires_grad_(True)
+    t.D_feat.requires_grad_(True)
+
+
+def test_shared_forward_step_equals_the_plain_algorithm(tmp_path):
+    fast = make_trainer(tmp_path, small_config(d_steps=2, ema=0.0), "fast")
+    plain = make_trainer(tmp_path, small_config(d_steps=2, ema=0.0), "plain")
+    for step in range(3):
+        idx = np.arange(step * 16, (step + 1) * 16)
+        xs, xt = fast.source.batch(idx, "cpu"), fast.target.batch(idx, "cpu")
+        torch.manual_seed(step)
+        fast._step(xs, xt, idx, idx)
+        torch.manual_seed(step)
+        naive_step(plain, xs, xt, idx, idx)
+    for a, b in zip(fast.G.parameters(), plain.G.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(fast.D_pix.parameters(), plain.D_pix.parameters()):
+        assert torch.equal(a, b)
