@@ -77,7 +77,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     def train_cal():
         clf = load_classifier(int8_path)
-        cfg_c = CalibratorConfig(epochs=cfg.calibrator_epochs, lr=2e-4, d_lr=2e-4)
+        cfg_c = CalibratorConfig(epochs=cfg.calibrator_epochs, lr=3e-4, d_lr=3e-4)
         state, metrics = state_paths(cal_path)
         trainer = CalibratorTrainer(clf, domain("mnist", "train", cfg.target_samples),
                                     domain("usps", "train", cfg.target_samples), cfg_c, device,
