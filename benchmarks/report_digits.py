@@ -54,7 +54,7 @@ def collect(results: Path) -> dict:
                           "time_per_epoch_s": per_epoch, "seeds": sorted(seeds),
                           "commands": commands})
         sweeps = {}
-        for name, s in seeds.items():
+        for name in seeds:
             for sweep_dir in sorted(task_dir.joinpath(name).glob("sweep_e*")):
                 rows = _load(sweep_dir)
                 for key, rec in rows.items():
@@ -128,7 +128,7 @@ def plot_sweeps(tasks: dict, folder: Path) -> list[str]:
 
     written = []
     for task, data in tasks.items():
-        for sweep, rows in data["sweeps"].items():
+        for rows in data["sweeps"].values():
             pts = [(r["latency_overhead_pct"], r["target_acc"], c) for c, r in rows.items()
                    if "latency_overhead_pct" in r]
             if not pts:

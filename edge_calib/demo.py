@@ -41,7 +41,6 @@ def _step(title: str, path: Path, make) -> Path:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    import torch
 
     from .compress.pipeline import compress_classifier
     from .data import load_dataset

@@ -1,7 +1,5 @@
 """Checkpoints are data: pickled payloads refused, corruption named, fingerprints enforced."""
 
-import io
-import pickle
 
 import pytest
 import torch

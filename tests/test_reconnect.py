@@ -6,7 +6,6 @@ import time
 
 import cv2
 import numpy as np
-import pytest
 
 from edge_calib.runtime.sources import parse_source
 from edge_calib.runtime.stream import RunOptions, StreamRunner

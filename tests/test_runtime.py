@@ -9,13 +9,11 @@ import threading
 import time
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 
 from edge_calib.bundle import open_bundle
 from edge_calib.cli import main
 from edge_calib.engines.onnxruntime_backend import OrtEngines
-from edge_calib.errors import EdgeCalibError
 from edge_calib.runtime.control import send_command
 from edge_calib.runtime.sources import parse_source
 from edge_calib.runtime.stream import RunOptions, StreamRunner

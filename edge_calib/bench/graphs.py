@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import numpy_helper, shape_inference
+from onnx import shape_inference
 
 QUANT_AUX = ("QuantizeLinear", "DequantizeLinear")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import json
 import sys
 import time
 from pathlib import Path
@@ -168,7 +167,7 @@ def _pct(v):
 
 def markdown(report: dict) -> str:
     env = report["environment"]
-    lines = [f"# edge-calib latency and overhead report", "",
+    lines = ["# edge-calib latency and overhead report", "",
              f"Bundle `{report['deploy']}` (classifier {report['bundle']['classifier_fingerprint']}, "
              f"{report['bundle']['precision']}, sparsity {report['bundle']['sparsity']}), "
              f"measured {report['created']}.", "",

@@ -78,7 +78,7 @@ def read_usps_libsvm(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     images, labels = [], []
     try:
         with _open_maybe_compressed(path) as handle:
-            for lineno, raw in enumerate(handle, 1):
+            for raw in handle:
                 parts = raw.split()
                 if not parts:
                     continue

@@ -21,7 +21,7 @@ FILE = "domain_classifier.json"
 def domain_datasets(calibrators, loaded) -> dict[str, str]:
     sources = {cal.meta.get("source") for cal in loaded.values()} - {None}
     out = {}
-    for domain, path in calibrators:
+    for domain, _ in calibrators:
         if domain in loaded:
             out[domain] = loaded[domain].meta["target"]
         elif len(sources) == 1:
