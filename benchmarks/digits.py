@@ -101,6 +101,28 @@ def evaluate(step, name, model_args, dataset):
     return step(name, ["eval", *model_args, "--dataset", dataset, "--split", "test", "--json"])
 
 
+def epoch_summary(metrics_path: Path) -> dict:
+    """From a training metrics log: per-epoch monitor accuracy (target test labels, for curves
+    only), the mean of the last five epochs, and the mean time per epoch."""
+    log = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    monitor = [row.get("monitor_target_test_acc") for row in log]
+    return {"monitor_target_test_acc_per_epoch": monitor,
+            "last5_monitor_target_test_acc": statistics.mean(monitor[-5:]) if None not in monitor[-5:] else None,
+            "source_test_acc_per_epoch": [row.get("source_test_acc") for row in log],
+            "time_per_epoch_s": statistics.mean(row["time_s"] for row in log)}
+
+
+def add_epoch_summary(record_path: Path, metrics_path: Path) -> dict:
+    """Store the epoch summary inside the step's record (once)."""
+    record = json.loads(record_path.read_text())
+    if "last5_monitor_target_test_acc" not in record["result"]:
+        record["result"].update(epoch_summary(metrics_path))
+        tmp = record_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        tmp.replace(record_path)
+    return record["result"]
+
+
 def train_calibrator(step, work, name, classifier, source, target, seed, epochs, recipe):
     out = work / f"{name}.calib.pt"
     args = ["train", "--classifier", str(classifier), "--source", source, "--target", target,
@@ -109,12 +131,9 @@ def train_calibrator(step, work, name, classifier, source, target, seed, epochs,
     state = work / f"{name}.calib.state.pt"
     if state.exists() and not out.exists():
         args.append("--resume")
-    result = step(f"{name}_train", args)
-    log = [json.loads(line) for line in (work / f"{name}.calib.metrics.jsonl").read_text().splitlines()]
-    result["last5_monitor_target_test_acc"] = statistics.mean(
-        row["monitor_target_test_acc"] for row in log[-5:])
-    result["time_per_epoch_s"] = statistics.mean(row["time_s"] for row in log)
-    return out, result
+    step(f"{name}_train", args)
+    return out, add_epoch_summary(step.folder / f"{name}_train.json",
+                                  work / f"{name}.calib.metrics.jsonl")
 
 
 def run_task(args):
@@ -219,11 +238,22 @@ def main():
     sweep.add_argument("--blocks", type=lambda s: [int(v) for v in s.split(",")], default=[1, 3, 9])
     sweep.add_argument("--lr", default=None, help="Learning rate for G and D (default: OURS).")
     sub.add_parser("report")
+    backfill = sub.add_parser("backfill", help="Store epoch summaries in training records "
+                                               "written before they were kept.")
+    backfill.add_argument("--work", default=str(ROOT / "runs" / "bench"))
     args = parser.parse_args()
     if args.cmd == "run":
         run_task(args)
     elif args.cmd == "sweep":
         run_sweep(args)
+    elif args.cmd == "backfill":
+        for record in RESULTS.glob("*/seed*/**/*_train.json"):
+            rel = record.relative_to(RESULTS)
+            task, seed, sub_dir = rel.parts[0], rel.parts[1], rel.parts[2:-1]
+            name = record.stem[: -len("_train")]
+            metrics = Path(args.work) / task / seed / Path(*sub_dir) / f"{name}.calib.metrics.jsonl"
+            if metrics.exists():
+                add_epoch_summary(record, metrics)
     else:
         from report_digits import write_report
         write_report(RESULTS, ROOT / "README.md")
