@@ -43,9 +43,13 @@ REFERENCE = ["--lr", "1e-4", "--d-lr", "1e-4", "--eps", "0.4", "--width", "8", "
              "--schedule", "constant"]
 
 
-def git_commit() -> tuple[str, bool]:
+def git_commit() -> tuple[str, bool | None]:
+    """HEAD and whether the code under test differs from it. A copy without .git (a borrowed
+    GPU machine) takes the commit from $EDGE_CALIB_COMMIT, with the dirty flag unknown."""
     sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                          text=True).stdout.strip()
+    if not sha:
+        return os.environ.get("EDGE_CALIB_COMMIT", "unknown"), None
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "edge_calib", "benchmarks/digits.py"],
                                 cwd=ROOT, capture_output=True, text=True).stdout.strip())
     return sha, dirty
@@ -207,6 +211,8 @@ def run_sweep(args):
             with_cal = ["--classifier", str(clf), "--calibrator", str(cal)]
             evaluate(step, f"{name}_target", with_cal, target)
             evaluate(step, f"{name}_source", with_cal, source)
+            if args.no_latency:
+                continue
             bundle = work / sweep / f"{name}.bundle"
             step(f"{name}_bundle", ["build-engine", "--classifier", str(clf), "--calibrator",
                                     f"{target}={cal}", "--out", str(bundle), "--force",
@@ -237,6 +243,9 @@ def main():
     sweep.add_argument("--widths", type=lambda s: [int(v) for v in s.split(",")], default=[2, 4, 8, 16])
     sweep.add_argument("--blocks", type=lambda s: [int(v) for v in s.split(",")], default=[1, 3, 9])
     sweep.add_argument("--lr", default=None, help="Learning rate for G and D (default: OURS).")
+    sweep.add_argument("--no-latency", action="store_true",
+                       help="Train and evaluate only (e.g. on a GPU machine without onnxsim); "
+                            "a later run without it adds the bundles and latencies.")
     sub.add_parser("report")
     backfill = sub.add_parser("backfill", help="Store epoch summaries in training records "
                                                "written before they were kept.")
