@@ -36,11 +36,14 @@ def collect(results: Path) -> dict:
         seeds = {p.name: _load(p) for p in sorted(task_dir.glob("seed*"))}
         table = []
         for label, t_step, s_step in ROWS:
-            t = [s[t_step]["result"]["accuracy"] for s in seeds.values() if t_step in s]
-            src = [s[s_step]["result"]["accuracy"] for s in seeds.values() if s_step in s]
+            train = label.split(",")[0] == "calibrator" and t_step.replace("_target", "_train")
+            # Rows without a calibrator depend on the classifier alone: a seed that reuses
+            # another seed's classifier (--classifier-from) repeats its number, so skip it.
+            rows = [s for s in seeds.values() if train or "classifier" in s]
+            t = [s[t_step]["result"]["accuracy"] for s in rows if t_step in s]
+            src = [s[s_step]["result"]["accuracy"] for s in rows if s_step in s]
             if not t:
                 continue
-            train = label.split(",")[0] == "calibrator" and t_step.replace("_target", "_train")
             last5 = [s[train]["result"]["last5_monitor_target_test_acc"] for s in seeds.values()
                      if train and train in s]
             epochs = sorted({s[train]["result"]["epochs"] for s in seeds.values()
@@ -76,8 +79,27 @@ def collect(results: Path) -> dict:
         machines = {rec["machine"]["cpu"] + (f" + {rec['machine']['gpu']}" if rec["machine"]["gpu"] else "")
                     for s in seeds.values() for rec in s.values()}
         tasks[task_dir.name] = {"table": table, "sweeps": sweeps, "commits": sorted(commit),
-                                "machines": sorted(machines)}
+                                "machines": sorted(machines), "seeds": seed_provenance(seeds)}
     return tasks
+
+
+def _machine(rec: dict) -> str:
+    return rec["machine"]["gpu"] or f"{rec['machine']['cpu']} CPU"
+
+
+def seed_provenance(seeds: dict) -> dict:
+    """Per seed: whether it trained its own classifier, and where its calibrators trained."""
+    out = {}
+    for name, s in seeds.items():
+        trained = sorted({f"{step[:-len('_train')]}: {_machine(rec)}" for step, rec in s.items()
+                          if step.endswith("_train")})
+        out[name] = {"own_classifier": "classifier" in s, "calibrators": trained}
+    return out
+
+
+def _option(command: str | None, flag: str) -> str | None:
+    words = (command or "").split()
+    return words[words.index(flag) + 1] if flag in words else None
 
 
 def markdown(tasks: dict) -> str:
@@ -94,10 +116,16 @@ def markdown(tasks: dict) -> str:
             out.append(f"| {row['method']} | {_fmt(row['target_acc'])} | "
                        f"{_fmt(row['target_last5_mean'])} | {_fmt(row['source_acc'])} | "
                        f"{','.join(map(str, row['epochs'])) or '-'} |")
+        out.append("")
+        for seed, prov in data["seeds"].items():
+            clf = "own source classifier" if prov["own_classifier"] else "seed0's source classifier"
+            out.append(f"- {seed}: {clf}; calibrators trained on "
+                       f"{', '.join(prov['calibrators']) or '-'}")
         for sweep, rows in data["sweeps"].items():
-            out.append(f"\nCalibrator size sweep ({sweep}: {sweep.split('_e')[1]} epochs, last "
-                       "epoch; latency overhead measured with ONNX Runtime, batch 1, interleaved "
-                       "with the classifier alone):\n")
+            lr = {_option(r["command"], "--lr") for r in rows.values()} - {None}
+            out.append(f"\nCalibrator size sweep ({sweep}: {sweep.split('_e')[1]} epochs, lr "
+                       f"{', '.join(sorted(lr)) or '-'}, last epoch; latency overhead measured with "
+                       "ONNX Runtime, batch 1, interleaved with the classifier alone):\n")
             out.append("| width × blocks | parameters | MACs % of classifier | latency overhead ms (%) "
                        "| target | source |")
             out.append("|---|---|---|---|---|---|")
