@@ -2,7 +2,8 @@
 """Run several ``digits.py`` jobs side by side on a borrowed GPU machine, stop them at a
 deadline, and pack what they wrote into at most eight files for the trip back.
 
-    EDGE_CALIB_DATA=.gpu/data python benchmarks/device_batch.py --deadline 500 --out "$OUT"
+    EDGE_CALIB_DATA=.gpu/data python benchmarks/device_batch.py --deadline 500 --out "$OUT" \
+        --jobs mu0-int8,mu0-reference,mu1,mu2,um1,um2,sweep-b1,sweep-b3,sweep-b9
 
 Every job is a resumable ``digits.py`` call: training state is saved after each epoch, so a
 job stopped at the deadline comes back with its state file and finishes on any machine with
@@ -29,6 +30,13 @@ JOBS = {  # name -> digits.py arguments
     "mu2": ["run", "--task", "mnist-usps", "--seed", "2", "--classifier-from", "0", "--variants", "adabn,ours"],
     "um1": ["run", "--task", "usps-mnist", "--seed", "1", "--classifier-from", "0", "--variants", "adabn,ours"],
     "um2": ["run", "--task", "usps-mnist", "--seed", "2", "--classifier-from", "0", "--variants", "adabn,ours"],
+    "um0-augment": ["run", "--task", "usps-mnist", "--seed", "0", "--augment", "--classifier-epochs", "30",
+                    "--variants", "adabn,ours"],
+    "mu0-lr3": ["run", "--task", "mnist-usps", "--seed", "0", "--variants", "ours_lr3e-4"],
+    "um0-lr3": ["run", "--task", "usps-mnist", "--seed", "0", "--classifier-epochs", "30",
+                "--variants", "ours_lr3e-4"],
+    "um0-reference": ["run", "--task", "usps-mnist", "--seed", "0", "--classifier-epochs", "30",
+                      "--variants", "reference"],
     **{f"sweep-b{b}": ["sweep", "--task", "mnist-usps", "--seed", "0", "--epochs", "10", "--lr", "3e-4",
                        "--widths", "2,4,8,16", "--blocks", str(b), "--no-latency"] for b in (1, 3, 9)},
 }
@@ -39,7 +47,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--deadline", type=float, required=True, help="Seconds before stopping.")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--jobs", default=",".join(JOBS))
+    parser.add_argument("--jobs", required=True, help=f"Comma-separated, of: {', '.join(JOBS)}.")
     args = parser.parse_args()
     logs = ROOT / "runs" / "device_logs"  # packed into the archive, not returned one by one
     logs.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,17 @@ REFERENCE = ["--lr", "1e-4", "--d-lr", "1e-4", "--eps", "0.4", "--width", "8", "
              "--schedule", "constant"]
 
 
+def with_lr(recipe: list[str], lr: str) -> list[str]:
+    """The recipe with the calibrator's and the discriminators' learning rate set to lr."""
+    out = list(recipe)
+    out[out.index("--lr") + 1] = out[out.index("--d-lr") + 1] = lr
+    return out
+
+
+# The edge-calib recipe at the learning rate the 10-epoch pilots and the size sweep preferred.
+OURS_LR3 = with_lr(OURS, "3e-4")
+
+
 def git_commit() -> tuple[str, bool | None]:
     """HEAD and whether the code under test differs from it. A copy without .git (a borrowed
     GPU machine) takes the commit from $EDGE_CALIB_COMMIT, with the dirty flag unknown."""
@@ -142,13 +153,15 @@ def train_calibrator(step, work, name, classifier, source, target, seed, epochs,
 
 def run_task(args):
     source, target = TASKS[args.task]
-    folder = RESULTS / args.task / f"seed{args.seed}"
-    work = Path(args.work) / args.task / f"seed{args.seed}"
+    # an augmented source classifier is another model: its own results, never mixed in
+    task = args.task + ("-augment" if args.augment else "")
+    folder = RESULTS / task / f"seed{args.seed}"
+    work = Path(args.work) / task / f"seed{args.seed}"
     work.mkdir(parents=True, exist_ok=True)
     step = Step(folder, args.data_root)
     clf = work / f"{source}_dtn.pt"
     if args.classifier_from is not None:  # vary only the calibrator's seed
-        shared = Path(args.work) / args.task / f"seed{args.classifier_from}" / f"{source}_dtn.pt"
+        shared = Path(args.work) / task / f"seed{args.classifier_from}" / f"{source}_dtn.pt"
         if not shared.exists():
             sys.exit(f"{shared} missing: run seed {args.classifier_from} first")
         clf = shared
@@ -163,7 +176,7 @@ def run_task(args):
         step("adabn", ["adabn", "--classifier", str(clf), "--target", target, "--out", str(adabn)])
         evaluate(step, "adabn_target", ["--classifier", str(adabn)], target)
         evaluate(step, "adabn_source", ["--classifier", str(adabn)], source)
-    for variant, recipe in (("ours", OURS), ("reference", REFERENCE)):
+    for variant, recipe in (("ours", OURS), ("ours_lr3e-4", OURS_LR3), ("reference", REFERENCE)):
         if variant not in args.variants:
             continue
         cal, _ = train_calibrator(step, work, variant, clf, source, target, args.seed,
@@ -205,7 +218,7 @@ def run_sweep(args):
             recipe[recipe.index("--width") + 1] = str(width)
             recipe[recipe.index("--blocks") + 1] = str(blocks)
             if args.lr:
-                recipe[recipe.index("--lr") + 1] = recipe[recipe.index("--d-lr") + 1] = args.lr
+                recipe = with_lr(recipe, args.lr)
             cal, _ = train_calibrator(step, work / sweep, name, clf, source, target, args.seed,
                                       args.epochs, recipe)
             with_cal = ["--classifier", str(clf), "--calibrator", str(cal)]

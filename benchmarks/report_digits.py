@@ -11,6 +11,7 @@ ROWS = [  # (label, target step, source step)
     ("source only (float DTN)", "source_only_target", "source_only_source"),
     ("AdaBN (changes the deployed model)", "adabn_target", "adabn_source"),
     ("calibrator, edge-calib recipe", "ours_target", "ours_source"),
+    ("calibrator, edge-calib recipe at lr 3e-4", "ours_lr3e-4_target", "ours_lr3e-4_source"),
     ("calibrator, reference-code behaviour", "reference_target", "reference_source"),
     ("source only, INT8 2:4 bundle (ONNX Runtime)", "int8_source_only_target", "int8_source_only_source"),
     ("calibrator, INT8 2:4 bundle (ONNX Runtime)", "int8_target", "int8_source"),
@@ -107,8 +108,9 @@ def markdown(tasks: dict) -> str:
     for task, data in tasks.items():
         if not data["table"]:
             continue
-        src, tgt = task.split("-")
-        out.append(f"### {src.upper()} → {tgt.upper()} (DTN, real data)\n")
+        src, tgt, *extra = task.split("-")
+        how = ", source classifier trained with --augment" if "augment" in extra else ""
+        out.append(f"### {src.upper()} → {tgt.upper()} (DTN{how}, real data)\n")
         out.append(f"| method | {tgt.upper()} test (target) | mean of last 5 epochs | "
                    f"{src.upper()} test (source, retention) | epochs |")
         out.append("|---|---|---|---|---|")
