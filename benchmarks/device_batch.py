@@ -66,12 +66,13 @@ def main():
     for name, p in procs.items():
         p.wait()
         print(f"{name}: exit {p.returncode} after {time.time() - started:.0f} s", flush=True)
-    pack(args.out)
+    pack(args.out, started)
 
 
-def pack(out: Path):
+def pack(out: Path, started: float):
     """Records, calibrators, metrics and logs in one archive (split into chunks); the state
-    of every unfinished calibrator as its own file."""
+    of every unfinished calibrator and every classifier trained here as its own file (an
+    unfinished calibrator resumes only against the very classifier it was trained with)."""
     results, work = ROOT / "benchmarks" / "results" / "digits", ROOT / "runs" / "bench"
     members = [p for p in results.rglob("*.json")]
     members += [p for p in work.rglob("*") if p.name.endswith((".calib.pt", ".metrics.jsonl"))]
@@ -89,6 +90,10 @@ def pack(out: Path):
             (out / "states").mkdir(exist_ok=True)
             name = "__".join(state.relative_to(work).parts)
             (out / "states" / name).write_bytes(state.read_bytes())
+    for clf in work.rglob("*_dtn*.pt"):
+        if clf.stat().st_mtime >= started:
+            (out / "models").mkdir(exist_ok=True)
+            (out / "models" / "__".join(clf.relative_to(work).parts)).write_bytes(clf.read_bytes())
     for p in sorted(out.rglob("*")):
         if p.is_file():
             print(f"{p.relative_to(out)}  {p.stat().st_size / 2**20:.1f} MiB")
