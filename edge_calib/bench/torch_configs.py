@@ -44,5 +44,6 @@ def torch_configs(bundle, domains: list[str], x: np.ndarray):
                               timed(lambda cal=cal: cal(xt))))
         configs.append(Config(f"calibrator+classifier[{domain}]", "chain", domain,
                               timed(lambda cal=cal: clf(cal(xt)))))
-    name = torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU"
+    name = (torch.cuda.get_device_name(0) if device.type == "cuda"
+            else f"CPU, {torch.get_num_threads()} threads")
     return configs, f"torch {torch.__version__} eager on {name}"
