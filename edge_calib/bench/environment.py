@@ -48,13 +48,14 @@ def capture(threads: int | None = None) -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
+    nvcc = _run(["nvcc", "--version"])
     env = {"cpu": _cpu_model(), "cores": os.cpu_count(),
            "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
            "threads_used": threads, "memory_gib": mem, "os": platform.platform(),
            "python": platform.python_version(), "versions": versions,
            "gpu": _run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.sm,clocks.mem",
                         "--format=csv,noheader"]),
-           "cuda": _run(["nvcc", "--version"]) and _run(["nvcc", "--version"]).splitlines()[-1]}
+           "cuda_toolkit": nvcc.splitlines()[-1] if nvcc else None}  # nvcc: may exist without a GPU
     model = _read("/proc/device-tree/model")
     if model and "jetson" in model.lower():  # power mode and clocks, where readable
         env["jetson"] = {"model": model.strip("\x00"), "power_mode": _run(["nvpmodel", "-q"]),
