@@ -92,8 +92,10 @@ def seed_provenance(seeds: dict) -> dict:
     """Per seed: whether it trained its own classifier, and where its calibrators trained."""
     out = {}
     for name, s in seeds.items():
-        trained = sorted({f"{step[:-len('_train')]}: {_machine(rec)}" for step, rec in s.items()
-                          if step.endswith("_train")})
+        trained = sorted({f"{step[:-len('_train')]}: {_machine(rec)}"
+                          + (" (resumed there from another machine; see its record)"
+                             if "machine_note" in rec else "")
+                          for step, rec in s.items() if step.endswith("_train")})
         out[name] = {"own_classifier": "classifier" in s, "calibrators": trained}
     return out
 
