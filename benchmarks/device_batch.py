@@ -74,7 +74,7 @@ def pack(out: Path, started: float):
     of every unfinished calibrator and every classifier trained here as its own file (an
     unfinished calibrator resumes only against the very classifier it was trained with)."""
     results, work = ROOT / "benchmarks" / "results" / "digits", ROOT / "runs" / "bench"
-    members = [p for p in results.rglob("*.json")]
+    members = list(results.rglob("*.json"))
     members += [p for p in work.rglob("*") if p.name.endswith((".calib.pt", ".metrics.jsonl"))]
     members += sorted((work.parent / "device_logs").glob("*.log"))
     archive = out / "results.tar.gz"

@@ -41,7 +41,6 @@ def _step(title: str, path: Path, make) -> Path:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-
     from .compress.pipeline import compress_classifier
     from .data import load_dataset
     from .export.bundle_builder import build_bundle

@@ -1,6 +1,5 @@
 """Checkpoints are data: pickled payloads refused, corruption named, fingerprints enforced."""
 
-
 import pytest
 import torch
 

@@ -3,7 +3,6 @@
 import dataclasses
 
 import numpy as np
-
 import pytest
 import torch
 
@@ -134,7 +133,7 @@ def test_shared_forward_step_equals_the_plain_algorithm(tmp_path):
         fast._step(xs, xt, idx, idx)
         torch.manual_seed(step)
         naive_step(plain, xs, xt, idx, idx)
-    for a, b in zip(fast.G.parameters(), plain.G.parameters()):
+    for a, b in zip(fast.G.parameters(), plain.G.parameters(), strict=True):
         assert torch.equal(a, b)
-    for a, b in zip(fast.D_pix.parameters(), plain.D_pix.parameters()):
+    for a, b in zip(fast.D_pix.parameters(), plain.D_pix.parameters(), strict=True):
         assert torch.equal(a, b)
