@@ -42,7 +42,7 @@ def test_eval_json_with_and_without_calibrator(trained, shared_data):
     for key in ("dataset", "split", "n", "accuracy", "classifier_params", "calibrator_params",
                 "overhead_params_pct"):
         assert key in res
-    from edge_calib.models.calibrator import ResnetCalibrator
+    from edge_calib.models.calibrators.resnet import ResnetCalibrator
     from edge_calib.models.classifiers import count_parameters
     assert res["calibrator_params"] == count_parameters(ResnetCalibrator(width=4, blocks=2))
     assert res["overhead_params_pct"] == pytest.approx(100 * res["calibrator_params"] / 3_133_962, abs=1e-3)
@@ -81,7 +81,7 @@ def test_existing_state_needs_resume_or_force(trained, shared_data):
     (["train-classifier", "--dataset", "mnist", "--arch", "vgg", "--out", "{tmp}/x.pt"],
      "unknown architecture 'vgg'"),
     (["train", "--classifier", "{clf}", "--source", "mnist", "--target", "usps", "--domain", "u",
-      "--out", "{tmp}/x.pt", "--eps", "0"], "--eps must be positive"),
+      "--out", "{tmp}/x.pt", "--eps", "0"], "--eps must be a positive finite number"),
     (["train", "--classifier", "{tmp}/missing.pt", "--source", "mnist", "--target", "usps",
       "--domain", "u", "--out", "{tmp}/x.pt"], "no such checkpoint"),
     (["train", "--classifier", "{clf}", "--source", "mnist", "--target", "{tmp}/empty",

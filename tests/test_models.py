@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from edge_calib.errors import EdgeCalibError
-from edge_calib.models.calibrator import ResnetCalibrator
+from edge_calib.models.calibrators.resnet import ResnetCalibrator
 from edge_calib.models.classifiers import build_classifier, count_parameters
 from edge_calib.models.discriminators import FeatureDiscriminator, PixelDiscriminator, shuffled_patches
 
@@ -48,7 +48,7 @@ def test_perturbation_bounded_by_eps(perturbation, size):
 
 
 def test_bad_calibrator_settings():
-    with pytest.raises(EdgeCalibError, match="eps must be positive"):
+    with pytest.raises(EdgeCalibError, match="eps must be a positive finite number"):
         ResnetCalibrator(eps=0)
     with pytest.raises(EdgeCalibError, match="perturbation"):
         ResnetCalibrator(perturbation="two-sided")

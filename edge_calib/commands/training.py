@@ -8,7 +8,20 @@ from pathlib import Path
 import click
 
 from ..errors import EdgeCalibError
+from ..models.families import DEFAULT_ARCH, FAMILY_SUMMARIES
 from .options import data_root_option, training_options
+
+
+def calibrator_size(arch: str, size: str | None, width: int | None, blocks: int | None) -> dict:
+    """The size settings from --calibrator-size, with the resnet shortcuts --width/--blocks."""
+    from ..models.calibrators import parse_size
+
+    settings = parse_size(arch, size)
+    shortcuts = {k: v for k, v in (("width", width), ("blocks", blocks)) if v is not None}
+    if shortcuts and arch != "resnet":
+        raise EdgeCalibError(f"--{'/--'.join(shortcuts)} set the resnet calibrator's size; for "
+                             f"{arch!r} use --calibrator-size")
+    return parse_size(arch, ",".join(f"{k}={v}" for k, v in (settings | shortcuts).items()))
 
 
 @click.command("train-classifier")
@@ -57,8 +70,18 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, batch_s
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--eps", type=float, default=0.5, show_default=True,
               help="Bound on |delta| in normalised input units.")
-@click.option("--width", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--blocks", type=click.IntRange(min=0), default=9, show_default=True)
+@click.option("--calibrator-arch", "arch", default=DEFAULT_ARCH, show_default=True,
+              help="Calibrator family: " + "; ".join(f"{n}: {text}"
+                                                      for n, text in FAMILY_SUMMARIES.items()) + ".")
+@click.option("--calibrator-size", "size", default=None,
+              help="A preset (small, medium, large) or key=value pairs, e.g. width=8,blocks=9 "
+                   "(resnet), hidden=8 (pointwise), grid=8,hidden=32 (thumbnail), "
+                   "factor=4,width=16,depth=2 (lowres), width=8,depth=1 (shallow) "
+                   "[default: the family's medium size; resnet: the paper's width 8, 9 blocks].")
+@click.option("--width", type=click.IntRange(min=1), default=None,
+              help="resnet only: same as --calibrator-size width=N.")
+@click.option("--blocks", type=click.IntRange(min=0), default=None,
+              help="resnet only: same as --calibrator-size blocks=N.")
 @click.option("--perturbation", type=click.Choice(["symmetric", "one-sided"]),
               default="symmetric", show_default=True)
 @click.option("--lr", type=float, default=1e-4, show_default=True)
@@ -87,8 +110,8 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, batch_s
 @click.option("--resume", is_flag=True, help="Continue from the saved training state.")
 @click.option("--force", is_flag=True, help="Discard an existing training state.")
 @training_options
-def train(classifier, source, target, data_root, domain, out, epochs, eps, width, blocks,
-          perturbation, lr, d_lr, patch, w_target, w_source, w_pixel, w_feature, classifier_mode,
+def train(classifier, source, target, data_root, domain, out, epochs, eps, arch, size, width,
+          blocks, perturbation, lr, d_lr, patch, w_target, w_source, w_pixel, w_feature, classifier_mode,
           d_steps, ema, schedule, select, holdout, monitor_test, resume, force, batch_size, seed,
           device, max_samples, quiet):
     """Train a data calibrator for DOMAIN against a frozen classifier."""
@@ -99,7 +122,8 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, width
 
     out = Path(out)
     cfg = CalibratorConfig(epochs=epochs, batch_size=batch_size, lr=lr, d_lr=d_lr, eps=eps,
-                           width=width, blocks=blocks, perturbation=perturbation, patch=patch,
+                           arch=arch, size=calibrator_size(arch, size, width, blocks),
+                           perturbation=perturbation, patch=patch,
                            w_target=w_target, w_source=w_source, w_pixel=w_pixel,
                            w_feature=w_feature, classifier_mode=classifier_mode,
                            d_steps=d_steps, ema=ema, schedule=schedule, select=select,

@@ -52,7 +52,25 @@ def simplify_float(model: onnx.ModelProto) -> onnx.ModelProto:
         raise EdgeCalibError("onnxsim could not validate the simplified graph")
     if count_qdq(simplified) != before:
         raise EdgeCalibError("onnxsim changed the number of Q/DQ nodes")
-    return simplified
+    return constants_to_initializers(simplified)
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant nodes (scalars the exporter leaves, e.g. eps and clip bounds) become
+    initialisers: the same graph with only computing nodes left."""
+    kept = []
+    for node in model.graph.node:
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        if node.op_type == "Constant" and value is not None:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(value.t)
+            tensor.name = node.output[0]
+            model.graph.initializer.append(tensor)
+        else:
+            kept.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return model
 
 
 def set_metadata(model: onnx.ModelProto, values: dict) -> onnx.ModelProto:

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import EdgeCalibError
 from ..spec import InputSpec
-from .calibrator import ResnetCalibrator
+from .calibrators import BoundedCalibrator, fingerprint_identity, make_calibrator
 from .checkpoint import load_checkpoint, save_checkpoint, state_fingerprint
 from .classifiers import build_classifier, count_parameters
 from .quantized import fold_batchnorm, quantize_layers
@@ -86,13 +86,13 @@ def load_classifier(path: str | Path) -> Classifier:
 
 @dataclass
 class Calibrator:
-    module: ResnetCalibrator
+    module: BoundedCalibrator
     meta: dict
     path: str | None = None
 
     @property
     def fingerprint(self) -> str:
-        return state_fingerprint(self.module.state_dict(), self.module.config)
+        return calibrator_fingerprint(self.module)
 
     @property
     def params(self) -> int:
@@ -107,16 +107,19 @@ class Calibrator:
                 "this classifier")
 
 
-def build_calibrator(config: dict, spec: InputSpec) -> ResnetCalibrator:
-    return ResnetCalibrator(channels=spec.channels, width=config["width"],
-                            blocks=config["blocks"], eps=config["eps"], lo=spec.lo, hi=spec.hi,
-                            perturbation=config["perturbation"])
+def calibrator_fingerprint(module: BoundedCalibrator) -> str:
+    return state_fingerprint(module.state_dict(), fingerprint_identity(module.config))
 
 
-def save_calibrator(path: str | Path, module: ResnetCalibrator, meta: dict) -> dict:
+def build_calibrator(config: dict, spec: InputSpec) -> BoundedCalibrator:
+    """A calibrator of ``config`` (arch, size settings, eps, perturbation) for inputs of ``spec``."""
+    return make_calibrator(config, spec.channels, spec.lo, spec.hi)
+
+
+def save_calibrator(path: str | Path, module: BoundedCalibrator, meta: dict) -> dict:
     """``meta`` must name the classifier fingerprint, the domain, the data and the training."""
     full = dict(meta) | {"calibrator": module.config,
-                         "fingerprint": state_fingerprint(module.state_dict(), module.config),
+                         "fingerprint": calibrator_fingerprint(module),
                          "params": count_parameters(module)}
     save_checkpoint(path, CALIBRATOR, full, {"state": module.state_dict()})
     return full

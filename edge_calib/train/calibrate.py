@@ -18,7 +18,7 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ import torch
 from ..errors import EdgeCalibError
 from ..fileio import write_bytes_atomic
 from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..models.calibrators import calibrator_class
 from ..models.discriminators import FeatureDiscriminator, PixelDiscriminator
 from ..models.store import Classifier, build_calibrator
 from ..progress import echo_err, progress_bar
@@ -48,8 +49,8 @@ class CalibratorConfig:
     d_lr: float = 1e-4
     beta1: float = 0.5
     eps: float = 0.5
-    width: int = 8
-    blocks: int = 9
+    arch: str = "resnet"
+    size: dict = field(default_factory=dict)  # the family's size settings (defaults filled in)
     perturbation: str = "symmetric"
     patch: int = 8
     w_target: float = 1.0
@@ -65,10 +66,16 @@ class CalibratorConfig:
     seed: int = 0
 
     def validate(self):
-        if not self.eps > 0:
-            raise EdgeCalibError(f"--eps must be positive, got {self.eps}")
+        if not (self.eps > 0 and math.isfinite(self.eps)):
+            raise EdgeCalibError(f"--eps must be a positive finite number, got {self.eps}")
+        for name in ("lr", "d_lr"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise EdgeCalibError(f"--{name.replace('_', '-')} must be a positive finite "
+                                     f"number, got {value}")
         if self.epochs < 1 or self.batch_size < 1 or self.d_steps < 1:
             raise EdgeCalibError("--epochs, --batch-size and --d-steps must be >= 1")
+        self.size = calibrator_class(self.arch).check_size(self.size)
         if not 0 <= self.ema < 1:
             raise EdgeCalibError(f"--ema must be in [0, 1), got {self.ema}")
         if self.classifier_mode not in MODES:
@@ -81,9 +88,15 @@ class CalibratorConfig:
             raise EdgeCalibError("--select entropy needs --holdout > 0 (a held-out slice of the "
                                  "unlabelled target training images)")
 
+    def calibrator_config(self) -> dict:
+        return {"arch": self.arch, **self.size, "eps": self.eps, "perturbation": self.perturbation}
+
     def resumable_from(self, other: dict) -> list[str]:
         """Names of settings that differ from a saved run (epochs may grow unless cosine)."""
         mine = dataclasses.asdict(self)
+        if "arch" not in other:  # saved before there were several calibrator families
+            other = other | {"arch": "resnet", "size": {"width": other.get("width"),
+                                                        "blocks": other.get("blocks")}}
         diffs = [k for k in mine if k != "epochs" and other.get(k) != mine[k]]
         if self.schedule == "cosine" and other.get("epochs") != self.epochs:
             diffs.append("epochs (the cosine schedule depends on it)")
@@ -113,7 +126,7 @@ class CalibratorTrainer:
         self.state_path, self.metrics_path = state_path, metrics_path
         torch.manual_seed(config.seed)
         spec = classifier.spec
-        self.G = build_calibrator(dataclasses.asdict(config), spec).to(device)
+        self.G = build_calibrator(config.calibrator_config(), spec).to(device)
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if config.ema > 0 else None
         self.D_pix = PixelDiscriminator(spec.channels, config.patch).to(device)
         self.D_feat = FeatureDiscriminator(classifier.num_classes).to(device)
