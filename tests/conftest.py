@@ -96,3 +96,11 @@ def domain_video(shared_data, tmp_path_factory):
     truth = write_domain_video(path, [("mnist", m.images[:60], m.labels[:60]),
                                       ("usps", u.images[:60], u.labels[:60])])
     return path, truth
+
+
+@pytest.fixture(scope="session")
+def camvid_root(shared_data) -> Path:
+    """The data root holding the real CamVid frames (skips when absent)."""
+    if not (shared_data / "camvid" / "trainannot").is_dir():
+        pytest.skip(f"CamVid not found at {shared_data / 'camvid'}")
+    return shared_data

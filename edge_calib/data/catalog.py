@@ -6,7 +6,11 @@ Layout under a data root (the same as ``../shared/data``)::
     ROOT/usps/zip.{train,test}.gz          (ESL text format)  or  usps.bz2, usps.t.bz2 (LIBSVM)
     ROOT/svhn/{train,test}_32x32.mat
 
-A dataset argument that is an existing folder is read as an image folder instead.
+    ROOT/camvid/{train,val,test}[annot]/...   (the SegNet tutorial's CamVid, see camvid.py)
+
+``NAME:FILTER`` selects or derives a domain: ``camvid:day`` / ``camvid:dusk`` (by sequence),
+``mnist:lowlight`` etc. (a photometric shift of a digit dataset, see shifts.py). A dataset
+argument that is an existing folder is read as an image folder instead.
 """
 
 from __future__ import annotations
@@ -114,17 +118,25 @@ def default_data_root() -> Path:
     return Path(cache) / "edge-calib" / "data"
 
 
-def _check_split(split: str):
-    if split not in SPLITS:
-        raise EdgeCalibError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+def _check_split(split: str, splits=SPLITS):
+    if split not in splits:
+        raise EdgeCalibError(f"unknown split {split!r}; choose one of {', '.join(splits)}")
 
 
 def _variants(name: str) -> tuple[Variant, ...]:
     try:
         return CATALOG[name]
     except KeyError:
-        raise EdgeCalibError(f"unknown dataset {name!r}: use one of {', '.join(CATALOG)} "
-                             "or a path to an image folder") from None
+        raise EdgeCalibError(f"unknown dataset {name!r}: use one of {', '.join(CATALOG)}, "
+                             "camvid, NAME:SHIFT or a path to an image folder") from None
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """``mnist:lowlight`` -> (mnist, lowlight); ``camvid:dusk`` -> (camvid, dusk)."""
+    base, sep, modifier = name.partition(":")
+    if sep and (base in CATALOG or base == "camvid"):
+        return base, modifier
+    return name, None
 
 
 def fetch_dataset(name: str, root: str | Path, variant: str | None = None,
@@ -150,7 +162,8 @@ def _local_variant(name: str, folder: Path, split: str) -> Variant | None:
 
 def has_test_split(name: str) -> bool:
     """Catalogued datasets have one; a folder has one when it holds a ``test/`` subfolder."""
-    return name in CATALOG or (Path(name) / "test").is_dir()
+    base, _ = split_name(name)
+    return base in CATALOG or base == "camvid" or (Path(name) / "test").is_dir()
 
 
 def load_dataset(name_or_path: str | Path, split: str = "train", root: str | Path | None = None,
@@ -160,8 +173,23 @@ def load_dataset(name_or_path: str | Path, split: str = "train", root: str | Pat
     A folder with ``train/`` and ``test/`` subfolders gives the split asked for; any other
     folder is read whole (labelled by class-index subfolders, or unlabelled).
     """
-    _check_split(split)
     text = str(name_or_path)
+    base, modifier = split_name(text)
+    if base == "camvid":
+        from .camvid import SPLITS as CAMVID_SPLITS, load_camvid
+
+        _check_split(split, CAMVID_SPLITS)
+        frames, masks = load_camvid(root if root is not None else default_data_root(), split,
+                                    modifier)
+        return ImageSet(frames, masks, text, split)
+    _check_split(split)
+    if modifier is not None:
+        from .shifts import apply_shift
+
+        clean = load_dataset(base, split, root, download)
+        images, labels = apply_shift(clean.images, clean.labels, base, modifier, split,
+                                     root if root is not None else default_data_root())
+        return ImageSet(images, labels, text, split)
     if text not in CATALOG:
         path = Path(text).expanduser()
         if path.is_dir():

@@ -31,6 +31,8 @@ class DomainData:
         self.spec = spec
         self.images = spec.resize_uint8(images.images)
         self.labels = images.labels
+        if self.labels is not None and self.labels.ndim == 3:  # masks follow the images
+            self.labels = spec.resize_masks(self.labels)
 
     def __len__(self):
         return len(self.images)
