@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
+
+# OpenCV's FFmpeg and its own logger print a warning line per bad packet of a failing stream,
+# drowning our one-line reports; only fatal FFmpeg messages and OpenCV errors get through
+# (set these variables to see more).
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 from . import __version__
 from .errors import EdgeCalibError

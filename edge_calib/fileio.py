@@ -20,6 +20,42 @@ def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
     return digest.hexdigest()
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def temporary_beside(path: str | Path, suffix: str = ".tmp", folder: bool = False) -> Path:
+    """A new, unique temporary file (or folder) beside ``path``, named
+    ``.NAME.PID.RANDOM<suffix>``. Leftovers of processes that no longer run (a killed build or
+    run) are removed first, so temporary files never pile up."""
+    path = Path(path)
+    prefix = f".{path.name}."
+    for old in path.parent.glob(f"{glob_escape(prefix)}*{glob_escape(suffix)}"):
+        pid = old.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    old.unlink()
+    prefix += f"{os.getpid()}."
+    if folder:
+        return Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=path.parent))
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path beside ``path``; on success rename it over ``path``.
@@ -29,8 +65,7 @@ def atomic_path(path: str | Path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temporary_beside(path)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o644)
@@ -59,7 +94,7 @@ def atomic_directory(path: str | Path, force: bool = False):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = temporary_beside(path, folder=True)
     try:
         yield tmp
         os.chmod(tmp, 0o755)

@@ -37,7 +37,8 @@ class CaptureThread:
         self.spec, self.reconnect_timeout, self.max_backoff = spec, reconnect_timeout, max_backoff
         self.drop_when_full = spec.live or realtime
         self.pace = (1.0 / (spec.fps or 30.0)) if (realtime and not spec.live) else 0.0
-        self.reader = open_source(spec)  # raises a clear error when it cannot open at all
+        self.timeout_ms = int(max(1.0, reconnect_timeout) * 1000)  # a stalled read gives up then
+        self.reader = open_source(spec, self.timeout_ms)  # a clear error if it cannot open
         self.queue: collections.deque[Frame] = collections.deque()
         self.queue_size = queue_size
         self.cond = threading.Condition()
@@ -45,7 +46,7 @@ class CaptureThread:
         self.ended = False
         self.error: str | None = None
         self.log = log
-        self.counts = {"captured": 0, "dropped": 0, "corrupt": 0, "reconnects": 0}
+        self.counts = {"captured": 0, "dropped": 0, "corrupt": 0, "missing": 0, "reconnects": 0}
         self.expected = getattr(self.reader, "expected", None)
         self.thread = threading.Thread(target=self._run, name="capture", daemon=True)
 
@@ -72,7 +73,7 @@ class CaptureThread:
         while not self.stopped.is_set() and time.monotonic() < deadline:
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             try:
-                self.reader = open_source(self.spec)
+                self.reader = open_source(self.spec, self.timeout_ms)
             except EdgeCalibError:
                 delay = min(delay * 2, self.max_backoff)
                 continue
@@ -94,6 +95,7 @@ class CaptureThread:
                 self.counts["corrupt"] += skipped
                 index += skipped  # frame indices stay source positions
                 if ended:
+                    self._check_complete()
                     break
                 if failed:
                     self.log(f"{self.spec.describe()} stopped delivering; reconnecting")
@@ -116,17 +118,34 @@ class CaptureThread:
                 self.ended = True
                 self.cond.notify_all()
 
+    def _check_complete(self):
+        """A file that ends before the frame count in its header was truncated, or OpenCV
+        dropped frames it could not decode: count them and say so."""
+        seen = self.counts["captured"] + self.counts["corrupt"]
+        if self.expected and not self.spec.loop and seen < self.expected:
+            self.counts["missing"] = self.expected - seen
+            self.log(f"warning: {self.spec.describe()} ended after {seen} of the "
+                     f"{self.expected} frames its header announces (truncated or undecodable "
+                     f"frames: {self.counts['missing']} missing)")
+
     def get(self, timeout: float = 0.5) -> Frame | None:
-        """The next frame; blocks while the source is running; None when it has ended."""
+        """The next frame; blocks while the source is running; None when it has ended or
+        ``interrupt`` was called."""
         with self.cond:
             while not self.queue:
-                if self.ended:
+                if self.ended or self.stopped.is_set():
                     return None
                 self.cond.wait(timeout)
             frame = self.queue.popleft()
             self.cond.notify_all()
             return frame
 
-    def stop(self):
+    def interrupt(self):
+        """Wake ``get`` and stop reading (safe from a signal handler)."""
         self.stopped.set()
-        self.thread.join(timeout=5)
+
+    def stop(self, wait: float = 1.0):
+        """Stop reading; a reader blocked inside OpenCV (a stalled stream) is left to its daemon
+        thread rather than waited for."""
+        self.stopped.set()
+        self.thread.join(timeout=wait)

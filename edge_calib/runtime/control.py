@@ -11,8 +11,11 @@ import json
 import os
 import queue
 import socket
+import stat
 import sys
 import threading
+
+from ..errors import EdgeCalibError
 
 
 class Command:
@@ -27,15 +30,12 @@ class ControlChannel:
         self.commands: queue.Queue[Command] = queue.Queue()
         self.stopped = threading.Event()
         self.server = None
+        self.inode = None
         if where == "-":
             target = self._read_stdin
         else:
-            if os.path.exists(where):
-                os.unlink(where)
-            self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.server.bind(where)
-            self.server.listen(4)
-            self.server.settimeout(0.2)
+            self.server = _listen(where)
+            self.inode = os.stat(where).st_ino
             target = self._serve
         self.thread = threading.Thread(target=target, name="control", daemon=True)
         self.thread.start()
@@ -83,8 +83,43 @@ class ControlChannel:
         self.stopped.set()
         if self.server is not None:
             self.server.close()
-            if os.path.exists(self.where):
-                os.unlink(self.where)
+            try:  # remove our socket only, never a file that replaced it meanwhile
+                if os.stat(self.where).st_ino == self.inode:
+                    os.unlink(self.where)
+            except OSError:
+                pass
+
+
+def _listen(path: str) -> socket.socket:
+    """A listening UNIX socket at ``path``. An existing socket is replaced only when no one
+    answers on it (a stale socket of a killed run); anything else at ``path`` is an error."""
+    if os.path.lexists(path):
+        mode = os.lstat(path).st_mode
+        if not stat.S_ISSOCK(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "a file"
+            raise EdgeCalibError(f"--control {path}: {kind} is there, not a socket; give another "
+                                 "path (edge-calib never deletes what is not its own socket)")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+            raise EdgeCalibError(f"--control {path}: another edge-calib run is listening there")
+        except (ConnectionRefusedError, FileNotFoundError):
+            os.unlink(path)  # a stale socket: nobody listens any more
+        finally:
+            probe.close()
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise EdgeCalibError(f"--control {path}: folder {folder} does not exist")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        server.bind(path)
+    except OSError as exc:
+        server.close()
+        raise EdgeCalibError(f"--control {path}: cannot create a socket there "
+                             f"({exc.strerror})") from None
+    server.listen(4)
+    server.settimeout(0.2)
+    return server
 
 
 def send_command(path: str, text: str, timeout: float = 5.0) -> dict:

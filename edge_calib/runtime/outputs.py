@@ -1,5 +1,7 @@
 """What the stream writes: an annotated video and a predictions log, both completed atomically
-(written under a temporary name, renamed when the run ends), and the on-screen overlay."""
+(written under a temporary name of their own, renamed over the final name only when the run
+delivered at least one frame; a run that delivers none leaves the previous file untouched),
+and the on-screen overlay."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import cv2
 import numpy as np
 
 from ..errors import EdgeCalibError
+from ..fileio import temporary_beside
 
 FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "MJPG", ".mov": "mp4v"}
 MIN_WIDTH = 320
@@ -30,17 +33,42 @@ def annotate(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
     return bgr
 
 
+def output_path(path: str, option: str) -> Path:
+    """A file path the run may write: its folder is created if missing; a folder at the path
+    or a file where a folder should be is one clear error."""
+    path = Path(path)
+    if path.is_dir():
+        raise EdgeCalibError(f"{option} {path}: is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise EdgeCalibError(f"{option} {path}: a file is in the way of folder "
+                             f"{path.parent}") from None
+    except PermissionError:
+        raise EdgeCalibError(f"{option} {path}: no permission to create {path.parent}") from None
+    return path
+
+
 def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.stem}.partial{path.suffix}")
+    """A fresh temporary file beside ``path`` (unique: two runs never share one; OpenCV picks
+    the container from the suffix, so it ends like ``path``)."""
+    return temporary_beside(path, suffix=f".partial{path.suffix}")
+
+
+def _finish(tmp: Path, path: Path, keep: bool) -> None:
+    if keep:
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    else:
+        tmp.unlink(missing_ok=True)
 
 
 class VideoOutput:
     def __init__(self, path: str, fps: float):
-        self.path = Path(path)
+        self.path = output_path(path, "--output")
         if self.path.suffix.lower() not in FOURCC:
             raise EdgeCalibError(f"--output {path}: use one of {', '.join(FOURCC)}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp, self.fps, self.writer = _temporary(self.path), fps, None
+        self.tmp, self.fps, self.writer, self.frames = _temporary(self.path), fps, None, 0
 
     def write(self, bgr: np.ndarray):
         if self.writer is None:
@@ -53,23 +81,27 @@ class VideoOutput:
         if (bgr.shape[1], bgr.shape[0]) != self.size:
             bgr = cv2.resize(bgr, self.size)
         self.writer.write(bgr)
+        self.frames += 1
 
     def close(self):
+        """Rename into place if frames were written; otherwise keep the previous file."""
         if self.writer is not None:
             self.writer.release()
-            os.replace(self.tmp, self.path)
+        _finish(self.tmp, self.path, self.frames > 0)
 
 
 class PredictionLog:
     def __init__(self, path: str):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = output_path(path, "--predictions")
         self.tmp = _temporary(self.path)
         self.handle = open(self.tmp, "w")
+        self.records = 0
 
     def write(self, record: dict):
         self.handle.write(json.dumps(record) + "\n")
+        self.records += 1
 
     def close(self):
+        """Rename into place if records were written; otherwise keep the previous file."""
         self.handle.close()
-        os.replace(self.tmp, self.path)
+        _finish(self.tmp, self.path, self.records > 0)

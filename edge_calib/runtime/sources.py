@@ -138,9 +138,10 @@ class CaptureReader:
         self.cap.release()
 
 
-def open_source(spec: SourceSpec):
+def open_source(spec: SourceSpec, timeout_ms: int = 10000):
     """Open the source once; a source that cannot be opened is one clear error naming what
-    was tried."""
+    was tried. Network streams give up opening or reading after ``timeout_ms`` (OpenCV's
+    FFmpeg default is 30 s), so a stream that stalls with its connection open is noticed."""
     if spec.kind == "folder":
         return FolderReader(spec.target, spec.loop)
     attempts = []
@@ -158,8 +159,10 @@ def open_source(spec: SourceSpec):
         attempts = [("FFmpeg", spec.target, cv2.CAP_FFMPEG)]
     else:
         attempts = [("OpenCV", spec.target, cv2.CAP_ANY)]
+    params = ([cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+               timeout_ms] if spec.kind == "stream" else [])
     for _, target, backend in attempts:
-        cap = cv2.VideoCapture(target, backend)
+        cap = cv2.VideoCapture(target, backend, params)
         if cap.isOpened():
             if spec.kind in ("camera", "v4l2"):
                 for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, spec.width),

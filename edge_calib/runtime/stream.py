@@ -8,6 +8,7 @@ swaps it in only if it passes its manifest check and a check on the last frame.
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import sys
@@ -28,6 +29,8 @@ from .engines import load_engines
 from .outputs import PredictionLog, VideoOutput, annotate
 from .sources import SourceSpec
 from .timing import StageTimes
+
+SWITCH_LOG = 1000  # the last switches kept for the summary (all are counted)
 
 
 @dataclass
@@ -84,9 +87,10 @@ class StreamRunner:
         self.predictions = PredictionLog(options.predictions) if options.predictions else None
         self.control = ControlChannel(options.control) if options.control else None
         self.times = StageTimes()
-        self.switches: list[dict] = []
+        self.switches: collections.deque[dict] = collections.deque(maxlen=SWITCH_LOG)
+        self.switch_count = 0
         self.domain_frames: dict[str, int] = {}
-        self.reloads: list[dict] = []
+        self.reloads: collections.deque[dict] = collections.deque(maxlen=SWITCH_LOG)
         self._reloaded = None
         self._reload_thread = None
         self._last_x = np.zeros((1, *self.spec.shape), np.float32)
@@ -171,6 +175,7 @@ class StreamRunner:
         previous, self.domain = self.domain, name
         elapsed_us = (time.perf_counter() - started) * 1e6
         if previous != name:
+            self.switch_count += 1
             self.switches.append({"frame": index, "from": previous, "to": name, "by": by,
                                   "switch_us": elapsed_us})
             if self.opts.verbose:
@@ -215,7 +220,7 @@ class StreamRunner:
     def run(self) -> dict:
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
-                signal.signal(sig, lambda *_: setattr(self, "stop_requested", True))
+                signal.signal(sig, lambda *_: self.request_stop())
             except ValueError:  # not in the main thread (tests): rely on quit / max_frames
                 pass
         if self.opts.watch:
@@ -298,20 +303,25 @@ class StreamRunner:
                 cv2.destroyAllWindows()
         return self.summary(time.perf_counter() - started)
 
+    def request_stop(self):
+        """Stop after the current frame, even while capture waits on a stalled source."""
+        self.stop_requested = True
+        self.capture.interrupt()
+
     def counters_text(self) -> str:
         c = self.capture.counts
         return (f", {c['dropped']} dropped, {c['corrupt']} corrupt, {c['reconnects']} reconnects, "
-                f"{len(self.switches)} switches")
+                f"{self.switch_count} switches")
 
     def summary(self, wall: float) -> dict:
         return {"deploy": str(self.opts.deploy), "backend": self.opts.backend,
                 "source": self.source.describe(), "frames": self.times.frames,
                 "source_frames_expected": self.capture.expected,
                 "wall_s": round(wall, 3), "fps": round(self.times.frames / wall, 2) if wall else 0.0,
-                **self.capture.counts, "switches": len(self.switches),
-                "switch_log": self.switches,
+                **self.capture.counts, "switches": self.switch_count,
+                "switch_log": list(self.switches),
                 "switch_time_us": summarize([s["switch_us"] for s in self.switches]),
                 "domain_frames": self.domain_frames, "final_domain": self.domain,
-                "auto": self.opts.domain == "auto", "reloads": self.reloads,
+                "auto": self.opts.domain == "auto", "reloads": list(self.reloads),
                 "stages_ms": self.times.summary(), "error": self.capture.error,
                 "outputs": {"video": self.opts.output, "predictions": self.opts.predictions}}

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from ..errors import EdgeCalibError
-from ..fileio import write_json_atomic
+from ..fileio import temporary_beside, write_json_atomic
 
 
 def write_domain_video(path: str | Path, segments: list[tuple[str, np.ndarray, np.ndarray]],
@@ -27,7 +27,7 @@ def write_domain_video(path: str | Path, segments: list[tuple[str, np.ndarray, n
         raise EdgeCalibError(f"{path}: write .avi or .mp4")
     truth = []
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")  # renamed when complete
+    tmp = temporary_beside(path, suffix=f".partial{path.suffix}")  # renamed when complete
     writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), fps, (size, size))
     if not writer.isOpened():
         raise EdgeCalibError(f"OpenCV cannot write {path.suffix} video here")

@@ -1,0 +1,221 @@
+"""The runtime over long and hostile runs: bounded memory, sockets and outputs that never
+destroy what is not theirs, prompt shutdown on a stalled stream (real files, real sockets,
+a real HTTP server on 127.0.0.1)."""
+
+import http.server
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edge_calib.cli import main
+from edge_calib.runtime.sources import parse_source
+from edge_calib.runtime.stream import SWITCH_LOG, RunOptions, StreamRunner
+from edge_calib.runtime.timing import WINDOW
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def frame_folder(shared_data, tmp_path_factory):
+    """Twelve real USPS test images as PNG files."""
+    from edge_calib.data import load_dataset
+
+    folder = tmp_path_factory.mktemp("frames")
+    usps = load_dataset("usps", "test", shared_data)
+    for i in range(12):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), usps.images[i])
+    return folder
+
+
+def test_long_stream_keeps_timing_memory_bounded(bundle_dir, frame_folder):
+    """A looping source for more frames than the timing window: the stored samples stop
+    growing at the window, the counts still cover every frame, and switches are capped."""
+    frames = WINDOW + 200
+    opts = RunOptions(deploy=str(bundle_dir), domain="mnist", headless=True, max_frames=frames)
+    runner = StreamRunner(opts, parse_source(None, str(frame_folder), loop=True))
+    original = runner.engines.infer
+
+    def switching_infer(domain, x):  # flip the domain every frame: the most switches possible
+        runner.switch("usps" if runner.domain == "mnist" else "mnist", "test", runner.times.frames)
+        return original(domain, x)
+
+    runner.engines.infer = switching_infer
+    summary = runner.run()
+    assert summary["frames"] == frames
+    for stage, values in runner.times.recent.items():
+        assert len(values) == WINDOW, stage
+    assert summary["stages_ms"]["total"]["count"] == frames
+    assert summary["stages_ms"]["total"]["percentiles_over_last"] == WINDOW
+    assert summary["switches"] == frames and len(summary["switch_log"]) == SWITCH_LOG
+
+
+@pytest.mark.parametrize("what", ["file", "folder"])
+def test_control_path_never_deletes_what_is_not_a_socket(bundle_dir, frame_folder, tmp_path, what):
+    path = tmp_path / "ec.sock"
+    if what == "file":
+        path.write_text("precious")
+    else:
+        path.mkdir()
+    r = invoke("run", "--deploy", bundle_dir, "--input", frame_folder, "--domain", "usps",
+               "--headless", "--control", path)
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1
+    assert f"a {what} is there, not a socket" in r.output
+    assert path.read_text() == "precious" if what == "file" else path.is_dir()
+
+
+def test_control_socket_in_a_missing_folder_and_a_live_one(bundle_dir, frame_folder, tmp_path):
+    r = invoke("run", "--deploy", bundle_dir, "--input", frame_folder, "--domain", "usps",
+               "--headless", "--control", tmp_path / "nope" / "ec.sock")
+    assert r.exit_code == 2 and "does not exist" in r.output and "Traceback" not in r.output
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    live.bind(str(tmp_path / "live.sock"))
+    live.listen(1)
+    try:
+        r = invoke("run", "--deploy", bundle_dir, "--input", frame_folder, "--domain", "usps",
+                   "--headless", "--control", tmp_path / "live.sock")
+        assert r.exit_code == 2 and "another edge-calib run is listening there" in r.output
+    finally:
+        live.close()
+    # the socket of a killed run (nobody listens) is replaced, and removed at the end
+    r = invoke("run", "--deploy", bundle_dir, "--input", frame_folder, "--domain", "usps",
+               "--headless", "--control", tmp_path / "live.sock")
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "live.sock").exists()
+
+
+def test_a_run_without_frames_keeps_the_previous_outputs(bundle_dir, frame_folder, tmp_path):
+    preds, video = tmp_path / "p.jsonl", tmp_path / "out.avi"
+    r = invoke("run", "--deploy", bundle_dir, "--input", frame_folder, "--domain", "usps",
+               "--headless", "--predictions", preds, "--output", video)
+    assert r.exit_code == 0
+    good_preds, good_video = preds.read_bytes(), video.read_bytes()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "0.png").write_bytes(b"not an image")
+    r = invoke("run", "--deploy", bundle_dir, "--input", broken, "--domain", "usps",
+               "--headless", "--predictions", preds, "--output", video)
+    assert r.exit_code != 0 and "delivered no frames" in r.output
+    assert preds.read_bytes() == good_preds and video.read_bytes() == good_video
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "out.avi", "p.jsonl"]
+
+
+def test_two_runs_writing_the_same_predictions(bundle_dir, frame_folder, tmp_path):
+    preds = tmp_path / "p.jsonl"
+    procs = [subprocess.Popen([sys.executable, "-m", "edge_calib.cli", "run", "--deploy",
+                               str(bundle_dir), "--input", str(frame_folder), "--loop",
+                               "--max-frames", "300", "--domain", domain, "--headless",
+                               "--predictions", str(preds)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for domain in ("usps", "mnist")]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    rows = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert len(rows) == 300 and len({r["domain"] for r in rows}) == 1  # one run's, whole
+
+
+@pytest.mark.parametrize("option", ["--predictions", "--output"])
+def test_output_under_a_file_or_on_a_folder(bundle_dir, frame_folder, tmp_path, option):
+    (tmp_path / "afile").write_text("x")
+    name = "p.jsonl" if option == "--predictions" else "o.avi"
+    r = invoke("run", "--deploy", bundle_dir, "--input", frame_folder, "--domain", "usps",
+               "--headless", option, tmp_path / "afile" / name)
+    assert r.exit_code == 2 and "a file is in the way" in r.output
+    r = invoke("run", "--deploy", bundle_dir, "--input", frame_folder, "--domain", "usps",
+               "--headless", option, tmp_path)
+    assert r.exit_code == 2 and "is a folder" in r.output
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_leftovers_of_killed_runs_are_cleaned(bundle_dir, frame_folder, tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".p.jsonl.{dead.pid}.abc.partial.jsonl"
+    stale.write_text("half a line")
+    r = invoke("run", "--deploy", bundle_dir, "--input", frame_folder, "--domain", "usps",
+               "--headless", "--predictions", tmp_path / "p.jsonl")
+    assert r.exit_code == 0 and not stale.exists()
+
+
+class StallingServer:
+    """MJPEG over HTTP that sends ``frames`` frames, then keeps the connection open and silent
+    (a camera that hangs); later connections get the headers and silence."""
+
+    def __init__(self, frames=40):
+        jpg = cv2.imencode(".jpg", np.full((48, 48, 3), 90, np.uint8))[1].tobytes()
+        self.release = threading.Event()
+        served = {"connections": 0}
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                served["connections"] += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                for _ in range(frames if served["connections"] == 1 else 0):
+                    self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                                     + str(len(jpg)).encode() + b"\r\n\r\n" + jpg + b"\r\n")
+                    time.sleep(0.02)
+                outer.release.wait(60)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/stream.mjpg"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_sigterm_while_the_stream_stalls_stops_within_a_second(bundle_dir, tmp_path):
+    server = StallingServer()
+    preds = tmp_path / "p.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "edge_calib.cli", "run", "--deploy",
+                             str(bundle_dir), "--input", server.url, "--domain", "usps",
+                             "--headless", "--json", "--reconnect-timeout", "60",
+                             "--predictions", str(preds)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(6)  # 40 frames, then the stream hangs with its connection open
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        stopped_in = time.monotonic() - sent
+    finally:
+        proc.kill()
+        server.stop()
+    assert stopped_in < 2.0, stopped_in
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["frames"] >= 30
+    assert len(preds.read_text().splitlines()) == summary["frames"]  # flushed
+
+
+def test_a_stall_is_noticed_within_the_reconnect_timeout(bundle_dir):
+    server = StallingServer()
+    opts = RunOptions(deploy=str(bundle_dir), domain="usps", headless=True, reconnect_timeout=2.0)
+    runner = StreamRunner(opts, parse_source(None, server.url))
+    started = time.monotonic()
+    try:
+        summary = runner.run()
+    finally:
+        server.stop()
+    assert summary["frames"] >= 30
+    assert "did not come back within --reconnect-timeout 2s" in summary["error"]
+    assert time.monotonic() - started < 20  # not OpenCV's 30 s per read
