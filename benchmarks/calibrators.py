@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import sys
 from pathlib import Path
@@ -90,6 +89,115 @@ def run_accuracy(args):
         evaluate(step, f"{name}_source", with_cal, source)
 
 
+def _session(model, threads: int = 1):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def _random_calibrator(arch: str, size: str, spec, seed: int = 0):
+    """A calibrator with random weights: latency does not depend on the values, and a trained
+    one of every family and size at 480x360 does not exist yet."""
+    import torch
+
+    from edge_calib.models.calibrators import make_calibrator, parse_size
+    from edge_calib.models.store import Calibrator
+
+    torch.manual_seed(seed)
+    module = make_calibrator({"arch": arch, **parse_size(arch, size), "eps": 0.5},
+                             spec.channels, spec.lo, spec.hi).eval()
+    for p in module.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return Calibrator(module, {"fingerprint": "random", "classifier_fingerprint": "random",
+                               "domain": f"{arch}-{size}", "input_spec": spec.to_dict()})
+
+
+def backbones(args) -> dict:
+    """name -> (Classifier, description) for the fronts the calibrators are measured in."""
+    import torch
+
+    from edge_calib.models.classifiers import build_classifier
+    from edge_calib.models.store import Classifier, load_classifier
+    from edge_calib.spec import CAMVID_RGB360
+
+    out = {}
+    for path, label in ((args.classifier, "DTN float, 32x32"),
+                        (args.int8_classifier, "DTN INT8 2:4, 32x32")):
+        if path:
+            out[label] = (load_classifier(path), f"checkpoint {Path(path).name}")
+    if args.segmenter:
+        seg = load_classifier(args.segmenter)
+        precision = "INT8" if (seg.compression or {}).get("int8") else "float"
+        out[f"LR-ASPP MobileNetV3-Small {precision}, 480x360"] = (
+            seg, f"checkpoint {Path(args.segmenter).name}")
+    else:
+        torch.manual_seed(0)
+        module = build_classifier("lraspp_small", 11).eval()
+        seg = Classifier(module, "lraspp_small", CAMVID_RGB360, 11, [str(i) for i in range(11)])
+        out["LR-ASPP MobileNetV3-Small float, 480x360"] = (
+            seg, "random weights (the CamVid segmenter's architecture, untrained)")
+    return out
+
+
+def run_costs(args):
+    """Static costs and paired latency overhead of every family and size, per backbone."""
+    import numpy as np
+
+    from edge_calib.bench.graphs import graph_costs
+    from edge_calib.bench.latency import Config, measure
+    from edge_calib.bench.roofline import project
+    from edge_calib.export.onnx_graphs import export_calibrator, export_classifier, fuse
+    from edge_calib.fileio import write_json_atomic
+    from edge_calib.provenance import capture as provenance
+
+    report = {"method": {"backend": "onnxruntime CPUExecutionProvider", "threads": 1,
+                         "batch": 1, "warmup": args.warmup,
+                         "statistic": "overhead = median over interleaved rounds of (fused graph "
+                                      "- classifier alone), same run"},
+              "provenance": provenance(), "backbones": {}}
+    families = FAMILIES if args.families == ["all"] else args.families
+    for name, (clf, origin) in backbones(args).items():
+        spec = clf.spec
+        cls_graph = export_classifier(clf, "onnxruntime")
+        x = np.random.default_rng(0).uniform(-1, 1, (1, *spec.shape)).astype(np.float32)
+        feeds = {"input": x}
+        sessions = {"classifier": _session(cls_graph)}
+        static = {"classifier": graph_costs(cls_graph) | {"nodes": len(cls_graph.graph.node)}}
+        for arch, size in itertools.product(families, SIZES):
+            graph = export_calibrator(_random_calibrator(arch, size, spec))
+            key = f"{arch}/{size}"
+            static[key] = graph_costs(graph) | {"nodes": len(graph.graph.node)}
+            sessions[key] = _session(fuse(graph, cls_graph, key))
+        configs = [Config(k, "fused", k, lambda s=s, f=feeds: s.run(None, f))
+                   for k, s in sessions.items()]
+        rounds = args.rounds if spec.height * spec.width <= 64 * 64 else args.rounds_large
+        print(f"{name}: {len(configs)} graphs x {rounds} interleaved rounds", file=sys.stderr)
+        samples = measure(configs, rounds, args.warmup)
+        base = np.asarray(samples["classifier"])
+        rows = {}
+        for key, cost in static.items():
+            lat = np.asarray(samples[key])
+            row = {**cost, "latency_median_ms": float(np.median(lat))}
+            if key != "classifier":
+                paired = lat - base
+                row |= {"overhead_ms": float(np.median(paired)),
+                        "overhead_pct": float(100 * np.median(paired) / np.median(base)),
+                        "overhead_pct_iqr": [float(100 * np.percentile(paired, q) / np.median(base))
+                                             for q in (25, 75)],
+                        "macs_pct": 100.0 * cost["macs"] / static["classifier"]["macs"]}
+            rows[key] = row
+        report["backbones"][name] = {
+            "classifier": origin, "input": list(spec.shape), "rounds": rounds, "rows": rows,
+            "jetson_estimate": project({k: v for k, v in static.items()})}
+    out = Path(args.out)
+    write_json_atomic(out / "costs.json", report)
+    print(f"wrote {out / 'costs.json'}", file=sys.stderr)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -109,11 +217,24 @@ def main():
     p.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0])
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--max-samples", type=int, default=10000)
+    p = sub.add_parser("costs", parents=[common])
+    p.add_argument("--classifier", help="Float DTN checkpoint [default: the plain MNIST one].")
+    p.add_argument("--int8-classifier", help="INT8 2:4 DTN checkpoint.")
+    p.add_argument("--segmenter", help="Segmenter checkpoint [default: untrained LR-ASPP].")
+    p.add_argument("--families", type=lambda s: s.split(","), default=["all"])
+    p.add_argument("--rounds", type=int, default=400, help="Interleaved rounds at 32x32.")
+    p.add_argument("--rounds-large", type=int, default=40, help="Interleaved rounds at 480x360.")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--out", default=str(RESULTS / "costs"))
     args = parser.parse_args()
+    if args.cmd == "costs" and not args.classifier:
+        args.classifier = str(classifier_path(Path(args.work), "plain", "mnist"))
     if args.cmd == "classifiers":
         train_classifiers(args)
     elif args.cmd == "accuracy":
         run_accuracy(args)
+    elif args.cmd == "costs":
+        run_costs(args)
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ class Step:
         if path.exists():
             return json.loads(path.read_text())["result"]
         command = ["edge-calib", *args]
-        if "--data-root" not in args and args[0] not in ("build-engine", "bench"):
+        if "--data-root" not in args and args[0] not in ("export", "build-engine", "bench"):
             command += ["--data-root", self.data_root]
         print(f"[{name}] {shlex.join(command)}", file=sys.stderr, flush=True)
         sha, dirty = git_commit()  # the code this step runs, read before it starts
@@ -190,7 +190,7 @@ def run_task(args):
                           "--out", str(q), "--quiet"])
         cal, _ = train_calibrator(step, work, "int8", q, source, target, args.seed, args.epochs, OURS)
         bundle = work / "bundle"
-        step("bundle", ["build-engine", "--classifier", str(q), "--calibrator", f"{target}={cal}",
+        step("bundle", ["export", "--classifier", str(q), "--calibrator", f"{target}={cal}",
                         "--calibrator", f"{source}=identity", "--out", str(bundle), "--force",
                         "--data-root", args.data_root])
         deploy = ["--deploy", str(bundle)]
@@ -227,12 +227,12 @@ def run_sweep(args):
             if args.no_latency:
                 continue
             bundle = work / sweep / f"{name}.bundle"
-            step(f"{name}_bundle", ["build-engine", "--classifier", str(clf), "--calibrator",
+            step(f"{name}_bundle", ["export", "--classifier", str(clf), "--calibrator",
                                     f"{target}={cal}", "--out", str(bundle), "--force",
                                     "--no-auto-domain", "--quiet"])
             step(f"{name}_latency", ["bench", "--deploy", str(bundle), "--report",
                                      str(work / sweep / f"{name}.report"), "--batch", "1",
-                                     "--iterations", "300", "--no-torch", "--no-stream", "--json"])
+                                     "--iterations", "300", "--no-stream", "--json"])
 
 
 def main():

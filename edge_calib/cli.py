@@ -39,11 +39,12 @@ def main():
 
 
 def _register():
-    from .commands import bench, data, demo, deploy, runtime, training
+    from .commands import bench, build_engine, compress, data, demo, export, runtime, training
 
     main.add_command(data.data)
     for cmd in (training.train_classifier, training.train, training.evaluate, training.adabn,
-                deploy.compress, deploy.build_engine, runtime.run, bench.bench, demo.demo):
+                compress.compress, export.export, build_engine.build_engine, runtime.run,
+                bench.bench, demo.demo):
         main.add_command(cmd)
 
 

@@ -82,7 +82,8 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 
 
 def write_json_atomic(path: str | Path, obj) -> None:
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    """Strict JSON (a NaN or infinity is an error, never written as the non-JSON ``NaN``)."""
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode())
 
 
 @contextlib.contextmanager

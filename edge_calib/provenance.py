@@ -1,4 +1,6 @@
-"""The machine a report was measured on: CPU, cores, memory, OS, versions, GPU, Jetson state."""
+"""Where a result came from: the machine (CPU, cores, memory, OS, GPU, Jetson state), the
+software versions and the commit. One capture for every report and benchmark record; no torch
+needed (torch's threads and CUDA device are added when torch is already imported)."""
 
 from __future__ import annotations
 
@@ -37,6 +39,18 @@ def _run(cmd: list[str]) -> str | None:
         return None
 
 
+def git_commit(root: str | Path | None = None) -> tuple[str, bool | None]:
+    """(HEAD, whether edge_calib/ or benchmarks/ differ from it) of the checkout at ``root``
+    (default: this package's). A copy without .git (a borrowed GPU machine) takes the commit
+    from $EDGE_CALIB_COMMIT, with the dirty flag unknown."""
+    root = Path(root) if root else Path(__file__).resolve().parents[1]
+    sha = _run(["git", "-C", str(root), "rev-parse", "HEAD"])
+    if not sha:
+        return os.environ.get("EDGE_CALIB_COMMIT", "unknown"), None
+    dirty = _run(["git", "-C", str(root), "status", "--porcelain", "edge_calib", "benchmarks"])
+    return sha, bool(dirty)
+
+
 def capture(threads: int | None = None) -> dict:
     mem = None
     for line in (_read("/proc/meminfo") or "").splitlines():
@@ -56,6 +70,14 @@ def capture(threads: int | None = None) -> dict:
            "gpu": _run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.sm,clocks.mem",
                         "--format=csv,noheader"]),
            "cuda_toolkit": nvcc.splitlines()[-1] if nvcc else None}  # nvcc: may exist without a GPU
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        env["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            env["gpu"] = env["gpu"] or torch.cuda.get_device_name(0)
+    env["commit"], env["uncommitted_changes"] = git_commit()
     model = _read("/proc/device-tree/model")
     if model and "jetson" in model.lower():  # power mode and clocks, where readable
         env["jetson"] = {"model": model.strip("\x00"), "power_mode": _run(["nvpmodel", "-q"]),

@@ -122,3 +122,4 @@ def _convert_channels(img: np.ndarray, channels: int) -> np.ndarray:
 
 DIGITS_RGB32 = InputSpec(32, 32, 3, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 DIGITS_GREY28 = InputSpec(28, 28, 1, (0.5,), (0.5,))
+CAMVID_RGB360 = InputSpec(360, 480, 3, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))

@@ -76,7 +76,7 @@ def bundle_dir(trained_dtn, trained_calibrator, shared_data, tmp_path_factory):
     from edge_calib.cli import main
 
     out = tmp_path_factory.mktemp("bundle") / "digits"
-    result = CliRunner().invoke(main, ["build-engine", "--classifier", str(trained_dtn),
+    result = CliRunner().invoke(main, ["export", "--classifier", str(trained_dtn),
                                        "--calibrator", f"usps={trained_calibrator}",
                                        "--calibrator", "mnist=identity", "--out", str(out),
                                        "--data-root", str(shared_data)])

@@ -98,22 +98,26 @@ def test_bundle_build_eval_and_refusals(int8_dtn, trained_dtn, trained_calibrato
                                         shared_data, digits):
     out = tmp_path / "deploy"
     # a calibrator trained against the float DTN is refused for the INT8 one
-    r = invoke("build-engine", "--classifier", int8_dtn, "--calibrator", f"usps={trained_calibrator}",
+    r = invoke("export", "--classifier", int8_dtn, "--calibrator", f"usps={trained_calibrator}",
                "--out", out, "--no-auto-domain")
     assert r.exit_code == 2 and "was trained against classifier" in r.output and not out.exists()
-    r = invoke("build-engine", "--classifier", trained_dtn, "--calibrator", f"usps={trained_calibrator}",
+    r = invoke("export", "--classifier", trained_dtn, "--calibrator", f"usps={trained_calibrator}",
                "--calibrator", "mnist=identity", "--out", out, "--data-root", shared_data)
     assert r.exit_code == 0, r.output
     bundle = open_bundle(out)
     m = bundle.manifest
-    assert m["classifier"]["precision"] == "fp32" and set(bundle.domains) == {"usps", "mnist"}
-    assert m["domains"]["mnist"]["calibrator"] is None
-    assert m["domains"]["usps"]["calibrator"]["trained_against"] == m["classifier"]["fingerprint"]
-    assert m["domains"]["usps"]["fused_check_max_abs"] <= 1e-4
-    assert set(m["files"]) >= {"classifier.onnx", "classifier.fp16.onnx", "calibrators/usps.onnx",
-                               "calibrators/usps.fp16.onnx", "fused/usps.onnx",
-                               "domain_classifier.json"}
-    assert m["domain_classifier"]["holdout_accuracy"] > 90
+    assert m.classifier.precision == "fp32" and set(bundle.domains) == {"usps", "mnist"}
+    assert m.task == "classification"
+    assert m.domains["mnist"].calibrator is None
+    assert m.domains["usps"].calibrator.trained_against == m.classifier.fingerprint
+    assert m.domains["usps"].fused_check_max_abs <= 1e-4
+    assert set(m.files) == {"classifier.onnx", "classifier.fp16.onnx", "calibrators/usps.onnx",
+                            "calibrators/usps.fp16.onnx", "fused/usps.onnx",
+                            "domain_classifier.json"}
+    assert m.domain_classifier.holdout_accuracy > 90
+    text = (out / "manifest.json").read_text()
+    assert str(tmp_path) not in text and str(trained_dtn) not in text  # no workstation paths
+    assert m.provenance["from"]["classifier"] == trained_dtn.name
 
     r = invoke("eval", "--deploy", out, "--domain", "usps", "--dataset", "usps", "--json",
                "--data-root", shared_data)
@@ -127,7 +131,7 @@ def test_bundle_build_eval_and_refusals(int8_dtn, trained_dtn, trained_calibrato
     assert r.exit_code == 2 and "usps, mnist" in r.output
 
     before = (out / "manifest.json").read_bytes()
-    r = invoke("build-engine", "--classifier", trained_dtn, "--calibrator", "usps=identity",
+    r = invoke("export", "--classifier", trained_dtn, "--calibrator", "usps=identity",
                "--out", out)
     assert r.exit_code == 2 and "already exists" in r.output
     assert (out / "manifest.json").read_bytes() == before
@@ -138,13 +142,13 @@ def test_bundle_build_eval_and_refusals(int8_dtn, trained_dtn, trained_calibrato
 
 def test_int8_bundle_through_cli(int8_dtn, tmp_path, shared_data):
     out = tmp_path / "deploy8"
-    r = invoke("build-engine", "--classifier", int8_dtn, "--calibrator", "mnist=identity",
+    r = invoke("export", "--classifier", int8_dtn, "--calibrator", "mnist=identity",
                "--out", out, "--no-auto-domain")
     assert r.exit_code == 0, r.output
     m = open_bundle(out).manifest
-    assert m["classifier"]["precision"] == "int8"
-    assert m["classifier"]["files"]["tensorrt"] == "classifier.trt.onnx"
-    assert m["classifier"]["sparsity"] > 0.45
+    assert m.classifier.precision == "int8"
+    assert m.classifier.files["tensorrt"] == "classifier.trt.onnx"
+    assert m.classifier.sparsity > 0.45
     r = invoke("eval", "--deploy", out, "--dataset", "mnist", "--json", "--data-root", shared_data,
                "--max-samples", 2000)
     assert json.loads(r.output)["accuracy"] > 90
@@ -152,23 +156,41 @@ def test_int8_bundle_through_cli(int8_dtn, tmp_path, shared_data):
 
 @pytest.mark.parametrize("args,message", [
     (["--precision", "int9"], "Invalid value for '--precision'"),
-    (["--backend", "coreml"], "Invalid value for '--backend'"),
-    (["--backend", "tensorrt"], "needs the 'tensorrt' Python package"),
     (["--precision", "int8"], "needs an INT8 classifier"),
-    (["--profile", "jetson-tx1"], "unknown profile 'jetson-tx1'"),
 ])
-def test_bad_build_arguments(trained_dtn, tmp_path, args, message):
-    r = invoke("build-engine", "--classifier", trained_dtn, "--calibrator", "usps=identity",
+def test_bad_export_arguments(trained_dtn, tmp_path, args, message):
+    r = invoke("export", "--classifier", trained_dtn, "--calibrator", "usps=identity",
                "--out", tmp_path / "b", *args)
     assert r.exit_code == 2, r.output
     assert message in r.output and r.output.count("\n") == 1
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--backend", "coreml"], "Invalid value for '--backend'"),
+    (["--backend", "tensorrt"], "needs the 'tensorrt' Python package"),
+    (["--profile", "jetson-tx1"], "unknown profile 'jetson-tx1'"),
+])
+def test_bad_build_engine_arguments(bundle_dir, args, message):
+    before = (bundle_dir / "manifest.json").read_bytes()
+    r = invoke("build-engine", "--deploy", bundle_dir, *args)
+    assert r.exit_code == 2, r.output
+    assert message in r.output and r.output.count("\n") == 1
+    assert (bundle_dir / "manifest.json").read_bytes() == before
+
+
+def test_old_build_engine_spelling_exports_with_a_notice(trained_dtn, tmp_path):
+    r = CliRunner().invoke(main, ["build-engine", "--classifier", str(trained_dtn),
+                                  "--calibrator", "usps=identity", "--out", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    assert "note: exporting a bundle is now `edge-calib export`" in r.output
+    assert open_bundle(tmp_path / "b").domains == ["usps"]
+
+
 def test_corrupt_checkpoint_and_onnx(trained_dtn, tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(trained_dtn.read_bytes()[:1000])
-    r = invoke("build-engine", "--classifier", bad, "--calibrator", "a=identity", "--out", tmp_path / "o")
+    r = invoke("export", "--classifier", bad, "--calibrator", "a=identity", "--out", tmp_path / "o")
     assert r.exit_code == 2 and "corrupt or truncated" in r.output
     from edge_calib.engines.onnxruntime_backend import make_session
     (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage")

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from edge_calib.bundle import open_bundle
 from edge_calib.cli import main
-from edge_calib.engines.onnxruntime_backend import OrtEngines
+from edge_calib.engines import open_engines
 from edge_calib.runtime.control import send_command
 from edge_calib.runtime.sources import parse_source
 from edge_calib.runtime.stream import RunOptions, StreamRunner
@@ -32,8 +32,9 @@ def test_headless_run_with_outputs(bundle_dir, domain_video, tmp_path):
     assert r.exit_code == 0, r.output
     summary = json.loads(r.output.strip().splitlines()[-1])
     assert summary["frames"] == 120 and summary["dropped"] == 0 and summary["switches"] == 0
-    for stage in ("capture", "pre", "calibrator", "classifier", "post", "total"):
+    for stage in ("capture", "pre", "network", "post", "total"):
         assert summary["stages_ms"][stage]["count"] == 120
+    assert summary["stages_ms"]["calibrator"]["count"] == 0  # the fused graph ran
     rows = [json.loads(line) for line in preds.read_text().splitlines()]
     assert [r["index"] for r in rows] == list(range(120))
     assert set(rows[0]) >= {"index", "time", "domain", "label", "confidence", "latency_ms"}
@@ -53,7 +54,7 @@ def test_predictions_match_offline_engines(bundle_dir, domain_video, tmp_path):
            "--predictions", preds)
     rows = [json.loads(line) for line in preds.read_text().splitlines()]
     bundle = open_bundle(bundle_dir)
-    engines = OrtEngines(bundle)
+    engines = open_engines(bundle)
     cap = cv2.VideoCapture(str(video))
     for row in rows[:20]:
         rgb = cv2.cvtColor(cap.read()[1], cv2.COLOR_BGR2RGB)
@@ -86,7 +87,7 @@ def test_control_socket_switch_while_frames_flow(bundle_dir, domain_video, tmp_p
     # after the switch the usps calibrator really ran: recompute both paths offline
     import cv2
     bundle = open_bundle(bundle_dir)
-    engines = OrtEngines(bundle)
+    engines = open_engines(bundle)
     cap = cv2.VideoCapture(str(video))
     frames = [cv2.cvtColor(cap.read()[1], cv2.COLOR_BGR2RGB) for _ in range(120)]
     after = [r for r in rows if r["index"] >= switch_frame]

@@ -83,12 +83,12 @@ def test_build_and_run_engines_on_gpu(bundle_dir, tmp_path):
 
     from edge_calib.bundle import open_bundle
     from edge_calib.engines.tensorrt_build import add_tensorrt_engines
-    from edge_calib.runtime.engines import load_engines
+    from edge_calib.engines import open_engines
 
     work = tmp_path / "b"
     shutil.copytree(bundle_dir, work)
     add_tensorrt_engines(work, {"precision": "fp32"})
-    engines = load_engines(open_bundle(work), "tensorrt")
+    engines = open_engines(open_bundle(work), "tensorrt")
     import numpy as np
     logits, times = engines.infer("usps", np.zeros((1, 3, 32, 32), np.float32))
     assert logits.shape == (1, 10) and times["classifier"] > 0

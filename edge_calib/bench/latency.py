@@ -50,7 +50,7 @@ def ort_configs(engines, domains: list[str], x: np.ndarray) -> list[Config]:
             return second.get_outputs()[0]
 
         configs.append(Config(f"calibrator+classifier[{domain}]", "chain", domain, chain))
-        fused = engines.fused.get(domain)
+        fused = engines.fused_sessions.get(domain)
         if fused is not None:
             configs.append(Config(f"fused[{domain}]", "fused", domain,
                                   lambda fused=fused: fused.run(None, feeds)))

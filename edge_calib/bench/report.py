@@ -12,10 +12,10 @@ import numpy as np
 import onnx
 
 from ..bundle import open_bundle
-from ..engines.onnxruntime_backend import OrtEngines
+from ..engines import open_engines
 from ..fileio import write_bytes_atomic, write_json_atomic
 from ..stats import summarize
-from . import environment
+from .. import provenance
 from .graphs import graph_costs
 from .latency import latency_table, measure, ort_configs
 from .roofline import project
@@ -77,8 +77,8 @@ def stream_benchmark(bundle_dir: str, video: str, switches: int = 1000) -> dict:
 
 def make_video(bundle, data_root, folder: Path, frames: int) -> str | None:
     """A video alternating the bundle's domains (their own test images), or None."""
-    entry = bundle.manifest.get("domain_classifier") or {}
-    sources = entry.get("trained_on")
+    entry = bundle.manifest.domain_classifier
+    sources = entry.trained_on if entry is not None else None
     if not sources:
         return None
     from ..data import load_dataset
@@ -98,7 +98,7 @@ def make_video(bundle, data_root, folder: Path, frames: int) -> str | None:
 
 def run_bench(deploy: str, report_dir: str, batches=(1, 16), iterations: int = 200,
               warmup: int = 20, threads: int = 0, video: str | None = None, data_root=None,
-              stream_frames: int = 600, use_torch: bool = True, stream: bool = True,
+              stream_frames: int = 600, stream: bool = True,
               log=print) -> dict:
     bundle = open_bundle(deploy)
     out_dir = Path(report_dir)
@@ -106,10 +106,10 @@ def run_bench(deploy: str, report_dir: str, batches=(1, 16), iterations: int = 2
     domains = bundle.domains
     report = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join(sys.argv), "deploy": str(deploy),
-              "environment": environment.capture(threads or None),
-              "bundle": {"classifier_fingerprint": bundle.manifest["classifier"]["fingerprint"],
-                         "precision": bundle.manifest["classifier"]["precision"],
-                         "sparsity": bundle.manifest["classifier"]["sparsity"],
+              "environment": provenance.capture(threads or None),
+              "bundle": {"classifier_fingerprint": bundle.manifest.classifier.fingerprint,
+                         "precision": bundle.manifest.classifier.precision,
+                         "sparsity": bundle.manifest.classifier.sparsity,
                          "domains": domains},
               "method": {"iterations": iterations, "warmup": warmup, "interleaved": True,
                          "statistic": "median; overhead = median of per-round paired differences"},
@@ -119,25 +119,13 @@ def run_bench(deploy: str, report_dir: str, batches=(1, 16), iterations: int = 2
     report["overhead_ratios"] = overhead_ratios(parts)
     report["jetson_projection_estimate"] = project(
         {k: v for k, v in parts.items()})
-    engines = OrtEngines(bundle, threads=threads, fused=True)
+    engines = open_engines(bundle, "onnxruntime", threads=threads, fused=True)
     for batch in batches:
         x = np.random.default_rng(0).uniform(-1, 1, (batch, *bundle.spec.shape)).astype(np.float32)
         configs = ort_configs(engines, domains, x)
         log(f"onnxruntime batch {batch}: {len(configs)} configurations x {iterations} rounds")
         report["latency"].setdefault("onnxruntime", {})[f"batch{batch}"] = latency_table(
             configs, measure(configs, iterations, warmup), batch)
-    if use_torch:
-        for batch in batches:
-            x = np.random.default_rng(0).uniform(-1, 1, (batch, *bundle.spec.shape)).astype(np.float32)
-            from .torch_configs import torch_configs
-
-            configs, device = torch_configs(bundle, domains, x)
-            if configs is None:
-                report["latency"]["torch"] = {"skipped": device}
-                break
-            log(f"{device} batch {batch}")
-            table = latency_table(configs, measure(configs, iterations, warmup), batch)
-            report["latency"].setdefault("torch", {"device": device})[f"batch{batch}"] = table
     report["latency"]["tensorrt"] = {"skipped": "TensorRT engines are benchmarked on the device "
                                                 "with `trtexec --loadEngine` or `edge-calib run "
                                                 "--backend tensorrt`; not available here"}
@@ -146,7 +134,7 @@ def run_bench(deploy: str, report_dir: str, batches=(1, 16), iterations: int = 2
         if stream and video is None and data_root is not None:
             video = make_video(bundle, data_root, Path(scratch), stream_frames)
             label = "a generated video of the domains' test images, alternating"
-        if stream and video is not None and bundle.manifest.get("domain_classifier"):
+        if stream and video is not None and bundle.manifest.domain_classifier is not None:
             log(f"stream through edge-calib run on {video}")
             report["stream"] = stream_benchmark(deploy, video) | {"video": label}
     write_json_atomic(out_dir / "report.json", report)

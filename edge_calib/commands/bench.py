@@ -22,22 +22,22 @@ from .options import data_root_option
 @click.option("--video", default=None, help="Video for the stream FPS (else one is generated "
                                             "from the domains' test images).")
 @click.option("--stream-frames", type=click.IntRange(min=10), default=600, show_default=True)
-@click.option("--torch/--no-torch", "use_torch", default=True,
-              help="Also time torch eager (CUDA when present) from the bundle's checkpoints.")
 @click.option("--stream/--no-stream", default=True, help="Also measure the stream and switches.")
 @click.option("--json", "as_json", is_flag=True, help="Print a one-line JSON summary at the end.")
 @data_root_option
 def bench(deploy, report_dir, batches, iterations, warmup, threads, video, stream_frames,
-          use_torch, stream, as_json, data_root):
+          stream, as_json, data_root):
     """Measure a bundle: latency (trtexec-style, interleaved), MACs, bytes, overhead."""
     from ..bench.report import run_bench
     from ..data import default_data_root
 
     report = run_bench(deploy, report_dir, tuple(batches), iterations, warmup, threads, video,
-                       data_root or default_data_root(), stream_frames, use_torch, stream,
+                       data_root or default_data_root(), stream_frames, stream,
                        log=lambda m: click.echo(m, err=True))
-    click.echo(f"wrote {report_dir}/report.json, report.md, {', '.join(report.get('plots') or [])}",
-               err=True)
+    plots = report.get("plots")
+    click.echo(f"wrote {report_dir}/report.json, report.md"
+               + (f", {', '.join(plots)}" if isinstance(plots, list) and plots else
+                  f" (plots {plots})" if plots else ""), err=True)
     if as_json:
         ort = report["latency"]["onnxruntime"]
         click.echo(json.dumps({"report": report_dir, "static": report["static"],

@@ -40,10 +40,13 @@ from ..errors import EdgeCalibError
 @click.option("--max-frames", type=click.IntRange(min=1), default=None)
 @click.option("--threads", type=click.IntRange(min=0), default=0,
               help="ONNX Runtime intra-op threads (0: its default).")
+@click.option("--separate", is_flag=True,
+              help="Run each domain's calibrator and the classifier as two graphs (timed "
+                   "apart) instead of the fused graph.")
 @click.option("--verbose", is_flag=True, help="Print the timing report every few seconds.")
 def run(deploy, camera, uri, domain, backend, headless, output, predictions, as_json, control,
         watch, input_width, input_height, fps, loop, realtime, queue_size, reconnect_timeout,
-        max_frames, threads, verbose):
+        max_frames, threads, separate, verbose):
     """Run the camera stream through the current domain's calibrator and the classifier."""
     from ..runtime.sources import parse_source
     from ..runtime.stream import RunOptions, StreamRunner
@@ -53,7 +56,7 @@ def run(deploy, camera, uri, domain, backend, headless, output, predictions, as_
                          output=output, predictions=predictions, control=control, watch=watch,
                          verbose=verbose, queue_size=queue_size,
                          reconnect_timeout=reconnect_timeout, realtime=realtime,
-                         max_frames=max_frames, threads=threads)
+                         max_frames=max_frames, threads=threads, separate=separate)
     runner = StreamRunner(options, source)
     summary = runner.run()
     click.echo(runner.times.report(runner.counters_text()), err=True)

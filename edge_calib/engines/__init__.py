@@ -1,3 +1,81 @@
-"""Inference engines on the device: ONNX Runtime (default, any CPU) and TensorRT (NVIDIA)."""
+"""Inference engines on the device: one runner interface for ONNX Runtime (default, any CPU)
+and TensorRT (NVIDIA), in the manner of Polygraphy's runners.
+
+Every backend loads all of a bundle's domains at start (a switch picks another graph, never a
+reload), runs either the fused calibrator -> classifier graph per domain or the two graphs in
+turn, and is a context manager whose ``close()`` frees its sessions or device memory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import EdgeCalibError
 
 BACKENDS = ("onnxruntime", "tensorrt")
+
+
+class Engines:
+    """``infer(domain, x) -> (logits, stage ms)``; ``calibrate(domain, x)`` for checks."""
+
+    backend = ""
+    fused = True
+
+    def infer(self, domain: str, x: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        raise NotImplementedError
+
+    def calibrate(self, domain: str, x: np.ndarray) -> np.ndarray | None:
+        """The calibrated input alone, or None where the backend cannot give it."""
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_engines(bundle, backend: str = "onnxruntime", threads: int = 0, fused: bool = True,
+                 check: bool = True) -> Engines:
+    """Every domain's engines, checked on one frame each (and warmed up by it)."""
+    if backend == "onnxruntime":
+        from .onnxruntime_backend import OrtEngines
+
+        engines = OrtEngines(bundle, threads=threads, fused=fused)
+    elif backend == "tensorrt":
+        from .tensorrt_backend import open_tensorrt_engines
+
+        engines = open_tensorrt_engines(bundle, fused=fused)
+    else:
+        raise EdgeCalibError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if check:
+        try:
+            check_engines(engines, bundle)
+        except BaseException:
+            engines.close()
+            raise
+    return engines
+
+
+def check_engines(engines: Engines, bundle, x: np.ndarray | None = None) -> None:
+    """Each domain gives finite outputs of the right shape on a frame, and its calibrator
+    keeps to its bound: a bundle whose graphs produce NaN is refused before it runs."""
+    x = np.zeros((1, *bundle.spec.shape), np.float32) if x is None else x
+    classes = len(bundle.labels)
+    for name in bundle.domains:
+        logits, _ = engines.infer(name, x)
+        shape_ok = logits.shape[:2] == (len(x), classes) and (
+            logits.ndim == 2 or logits.shape[2:] == x.shape[2:])
+        if not shape_ok or not np.all(np.isfinite(logits)):
+            problem = "non-finite outputs (NaN or inf)" if shape_ok else \
+                f"outputs shaped {logits.shape}"
+            raise EdgeCalibError(f"bundle {bundle.root}: domain {name}: the graph gives "
+                                 f"{problem} on a check frame; rebuild the bundle")
+        cal = bundle.calibrator(name)
+        y = engines.calibrate(name, x) if cal is not None else None
+        if y is not None and (not np.all(np.isfinite(y)) or np.abs(y - x).max() > cal.eps + 1e-4):
+            raise EdgeCalibError(f"bundle {bundle.root}: domain {name}: the calibrator's output "
+                                 "breaks its bound")

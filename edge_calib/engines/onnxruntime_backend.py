@@ -1,5 +1,6 @@
-"""ONNX Runtime engines for a bundle: the classifier, each domain's calibrator, and the fused
-graphs. INT8 classifiers run as real QDQ kernels (QLinearConv / QGemm) on the CPU."""
+"""ONNX Runtime engines for a bundle: per domain the fused calibrator -> classifier graph (one
+session, the default) or the calibrator and classifier sessions in turn. INT8 classifiers run
+as real QDQ kernels (QLinearConv / QGemm) on the CPU."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-from ..bundle import Bundle
 from ..errors import EdgeCalibError
+from . import Engines
 
 BACKEND = "onnxruntime"
 
@@ -25,47 +26,58 @@ def make_session(path, threads: int = 0) -> ort.InferenceSession:
                              f"({str(exc).splitlines()[0][:160]})") from None
 
 
-class OrtEngines:
-    """All sessions of a bundle, created once: a domain switch only picks another session."""
+class OrtEngines(Engines):
+    """All sessions of a bundle, created once: a domain switch only picks another session.
 
-    def __init__(self, bundle: Bundle, threads: int = 0, fused: bool = True):
-        self.bundle = bundle
+    ``fused``: each calibrated domain runs its fused graph (stage ``network``); otherwise the
+    calibrator then the classifier (stages ``calibrator`` and ``classifier``). The calibrator
+    sessions are always loaded, for ``calibrate`` and the bound check."""
+
+    backend = BACKEND
+
+    def __init__(self, bundle, threads: int = 0, fused: bool = True):
+        self.bundle, self.fused = bundle, fused
         self.classifier = make_session(bundle.classifier_file(BACKEND), threads)
         self.calibrators: dict[str, ort.InferenceSession | None] = {}
-        self.fused: dict[str, ort.InferenceSession] = {}
+        self.fused_sessions: dict[str, ort.InferenceSession] = {}
         for name in bundle.domains:
             path = bundle.calibrator_file(name, BACKEND)
             self.calibrators[name] = None if path is None else make_session(path, threads)
             fused_path = bundle.fused_file(name, BACKEND)
             if fused and fused_path is not None:
-                self.fused[name] = make_session(fused_path, threads)
+                self.fused_sessions[name] = make_session(fused_path, threads)
+
+    def _session(self, domain: str):
+        if domain not in self.calibrators:
+            raise EdgeCalibError(f"unknown domain {domain!r}; this bundle has: "
+                                 f"{', '.join(self.calibrators)}")
+        return self.calibrators[domain]
 
     def calibrate(self, domain: str, x: np.ndarray) -> np.ndarray:
-        session = self.calibrators[domain]
+        session = self._session(domain)
         return x if session is None else session.run(None, {"input": x})[0]
 
     def classify(self, x: np.ndarray) -> np.ndarray:
         return self.classifier.run(None, {"input": x})[0]
 
-    def run_fused(self, domain: str, x: np.ndarray) -> np.ndarray:
-        session = self.fused.get(domain)
-        if session is None:
-            if self.calibrators.get(domain, 0) is None:  # identity domain: the classifier alone
-                return self.classify(x)
-            raise EdgeCalibError(f"no fused graph for domain {domain!r} in this bundle")
-        return session.run(None, {"input": x})[0]
-
-    def logits(self, domain: str, x: np.ndarray, fused: bool = False) -> np.ndarray:
-        if domain not in self.calibrators:
-            raise EdgeCalibError(f"unknown domain {domain!r}; this bundle has: "
-                                 f"{', '.join(self.calibrators)}")
-        return self.run_fused(domain, x) if fused else self.classify(self.calibrate(domain, x))
+    def logits(self, domain: str, x: np.ndarray) -> np.ndarray:
+        return self.infer(domain, x)[0]
 
     def infer(self, domain: str, x: np.ndarray) -> tuple[np.ndarray, dict]:
-        """Logits and wall times (ms) of the calibrator and classifier sessions."""
+        """Logits and wall times (ms) of the stages that ran."""
+        calibrator = self._session(domain)
         t0 = time.perf_counter()
-        y = self.calibrate(domain, x)
+        if calibrator is None or self.fused:
+            session = self.fused_sessions.get(domain, self.classifier)
+            logits = session.run(None, {"input": x})[0]
+            return logits, {"network": (time.perf_counter() - t0) * 1e3}
+        y = calibrator.run(None, {"input": x})[0]
         t1 = time.perf_counter()
         logits = self.classify(y)
         t2 = time.perf_counter()
-        return logits, {"calibrator": (t1 - t0) * 1e3, "classifier": (t2 - t1) * 1e3}
+        return logits, {"calibrator": (t1 - t0) * 1e3, "classifier": (t2 - t1) * 1e3,
+                        "network": (t2 - t0) * 1e3}
+
+    def close(self) -> None:
+        self.classifier = None
+        self.calibrators, self.fused_sessions = {}, {}

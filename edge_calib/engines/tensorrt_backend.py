@@ -255,3 +255,16 @@ def refit_from_onnx(plan_path: Path, onnx_path: Path) -> int:
         raise EdgeCalibError(f"TensorRT could not refit {plan_path} from {onnx_path}")
     Path(plan_path).write_bytes(bytes(engine.serialize()))
     return count
+
+
+def open_tensorrt_engines(bundle, fused: bool = True):
+    """The engines this device built for the bundle (``build-engine --deploy``)."""
+    key, description = device_key()
+    entry = bundle.manifest.engines.get("tensorrt", {}).get(key)
+    if entry is None or entry.fused:
+        raise EdgeCalibError(f"the bundle has no separate TensorRT engines for {description}; "
+                             f"run `edge-calib build-engine --deploy {bundle.root} --separate` on "
+                             "this device")
+    plans = {d: None if p is None else bundle.path(p) for d, p in entry.domains.items()}
+    return TrtChain(bundle.path(entry.classifier), plans, tuple(bundle.spec.shape),
+                    len(bundle.labels))

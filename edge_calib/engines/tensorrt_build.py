@@ -8,10 +8,11 @@ and later runs reuse it (jetson-inference's convention).
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
-from ..bundle import open_bundle, write_manifest
+from ..bundle import EngineEntry, open_bundle, write_manifest
 from ..errors import EdgeCalibError
 from ..fileio import atomic_directory
 from .tensorrt_backend import (TrtFeatures, build_engine, device_key, import_tensorrt,
@@ -32,10 +33,10 @@ def add_tensorrt_engines(deploy, settings: dict, force: bool = False) -> dict:
     trt = import_tensorrt()
     bundle = open_bundle(deploy)
     key, description = device_key()
-    existing = bundle.manifest.get("engines", {}).get("tensorrt", {})
+    existing = bundle.manifest.engines.get("tensorrt", {})
     if key in existing and not force:
-        return {"cached": True, "key": key, "device": description, **existing[key]}
-    precision = settings.get("precision") or bundle.manifest["classifier"]["precision"]
+        return {"cached": True, "key": key, **dataclasses.asdict(existing[key])}
+    precision = settings.get("precision") or bundle.manifest.classifier.precision
     plan = precision_plan(precision, TrtFeatures(parse_version(trt.__version__)))
     batch = tuple(settings.get("batch") or (1, 1, 8))
     shape = tuple(bundle.spec.shape)
@@ -47,29 +48,28 @@ def add_tensorrt_engines(deploy, settings: dict, force: bool = False) -> dict:
         folder = tmp / "engines" / key
         folder.mkdir(parents=True, exist_ok=True)
         cache = folder / "timing.cache"
-        entry = {"device": description, "precision": precision, "plan": plan,
-                 "fused": bool(settings.get("fused")), "domains": {}}
-        cls_files = bundle.manifest["classifier"]["files"]
+        entry = EngineEntry(description, {"precision": precision, "plan": plan} | common,
+                            bool(settings.get("fused")), None, {})
+        cls_files = bundle.manifest.classifier.files
         if settings.get("fused"):
             for domain in bundle.domains:
-                fused = bundle.domain(domain)["fused"]
+                fused = bundle.domain(domain).fused
                 source = fused["tensorrt"] if fused else onnx_variant(cls_files, plan["classifier"])
                 info = build_engine(tmp / source, folder / f"{domain}.plan", timing_cache=cache, **common)
-                entry["domains"][domain] = f"engines/{key}/{info['plan']}"
+                entry.domains[domain] = f"engines/{key}/{info['plan']}"
         else:
             info = build_engine(tmp / onnx_variant(cls_files, plan["classifier"]),
                                 folder / "classifier.plan", timing_cache=cache, **common)
-            entry["classifier"] = f"engines/{key}/{info['plan']}"
+            entry.classifier = f"engines/{key}/{info['plan']}"
             for domain in bundle.domains:
-                cal = bundle.domain(domain)["calibrator"]
+                cal = bundle.calibrator(domain)
                 if cal is None:
-                    entry["domains"][domain] = None
+                    entry.domains[domain] = None
                     continue
-                info = build_engine(tmp / onnx_variant(cal["files"], plan["calibrator"]),
+                info = build_engine(tmp / onnx_variant(cal.files, plan["calibrator"]),
                                     folder / f"calibrator_{domain}.plan", timing_cache=cache,
                                     **(common | {"sparse": False}))
-                entry["domains"][domain] = f"engines/{key}/{info['plan']}"
-        manifest = dict(bundle.manifest)
-        manifest.setdefault("engines", {}).setdefault("tensorrt", {})[key] = entry
-        write_manifest(Path(tmp), manifest)
-    return {"cached": False, "key": key, **entry}
+                entry.domains[domain] = f"engines/{key}/{info['plan']}"
+        bundle.manifest.engines.setdefault("tensorrt", {})[key] = entry
+        write_manifest(Path(tmp), bundle.manifest)
+    return {"cached": False, "key": key, **dataclasses.asdict(entry)}

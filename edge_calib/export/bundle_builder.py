@@ -9,7 +9,6 @@ renamed into place: a failed build leaves the previous bundle untouched.
 from __future__ import annotations
 
 import datetime
-import json
 import platform
 from pathlib import Path
 
@@ -17,10 +16,13 @@ import numpy as np
 import onnx
 
 from .. import __version__
-from ..bundle import FORMAT, FORMAT_VERSION, write_manifest
+from ..bundle import (CalibratorEntry, ClassifierEntry, DomainClassifierEntry, DomainEntry,
+                      Manifest, write_manifest)
 from ..errors import EdgeCalibError
 from ..fileio import atomic_directory
+from ..models.classifiers import task_of
 from ..models.store import load_calibrator, load_classifier
+from ..provenance import git_commit
 from .onnx_graphs import export_calibrator, export_classifier, export_classifier_fp16, fuse
 
 IDENTITY = "identity"
@@ -43,22 +45,26 @@ def parse_calibrator_args(values: tuple[str, ...]) -> list[tuple[str, str]]:
 
 
 def _check_fused(fused: onnx.ModelProto, calibrator: onnx.ModelProto,
-                 classifier: onnx.ModelProto, shape) -> tuple[float, bool]:
-    """(max |fused - classifier(calibrator(x))|, same top-1) on random inputs (ONNX Runtime)."""
+                 classifier: onnx.ModelProto, shape) -> tuple[float, float]:
+    """(max |fused - classifier(calibrator(x))|, share of outputs with the same argmax) on
+    random inputs (ONNX Runtime); non-finite outputs are an error."""
     import onnxruntime as ort
 
     def run(model, x):
         return ort.InferenceSession(model.SerializeToString(),
                                     providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
 
-    x = np.random.default_rng(0).uniform(-1, 1, (8, *shape)).astype(np.float32)
+    x = np.random.default_rng(0).uniform(-1, 1, (4, *shape)).astype(np.float32)
     a, b = run(fused, x), run(classifier, run(calibrator, x))
-    return float(np.abs(a - b).max()), bool((a.argmax(1) == b.argmax(1)).all())
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise EdgeCalibError("the calibrator's graph gives non-finite outputs (NaN or inf): a "
+                             "diverged calibrator cannot be deployed; nothing was written")
+    return float(np.abs(a - b).max()), float((a.argmax(1) == b.argmax(1)).mean())
 
 
 def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: str | Path,
                  precision: str, force: bool = False, domain_classifier=None,
-                 progress: bool = True) -> dict:
+                 progress: bool = True) -> Manifest:
     """Export everything into ``out`` and write its manifest; returns the manifest."""
     out = Path(out)
     if out.exists() and not force:
@@ -91,23 +97,17 @@ def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: 
         else:
             onnx.save(export_classifier_fp16(clf), tmp / "classifier.fp16.onnx")
             files["tensorrt_fp16"] = "classifier.fp16.onnx"
-        manifest = {
-            "format": FORMAT, "format_version": FORMAT_VERSION,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "edge_calib": __version__, "built_on": platform.node(),
-            "classifier": {"files": files, "fingerprint": clf.fingerprint, "arch": clf.arch,
-                           "checkpoint": str(classifier_path), "input_spec": spec.to_dict(),
-                           "labels": clf.labels, "precision": precision,
-                           "compression": clf.compression,
-                           "sparsity": (clf.compression or {}).get("sparsity", 0.0),
-                           "params": clf.params, "opset": cls_ort.opset_import[0].version,
-                           "metrics": {k: v for k, v in clf.metrics.items()
-                                       if k.endswith("acc") or k in ("source_test", "source")}},
-            "domains": {}, "default_domain": calibrators[0][0],
-            "domain_classifier": None, "engines": {}}
+        classifier = ClassifierEntry(
+            files=files, fingerprint=clf.fingerprint, arch=clf.arch, input_spec=spec.to_dict(),
+            labels=clf.labels, precision=precision, compression=clf.compression,
+            sparsity=(clf.compression or {}).get("sparsity", 0.0), params=clf.params,
+            opset=cls_ort.opset_import[0].version,
+            metrics={k: v for k, v in clf.metrics.items()
+                     if k.endswith("acc") or k in ("source_test", "source")})
+        domains = {}
         for domain, path in calibrators:
             if path == IDENTITY:
-                manifest["domains"][domain] = {"calibrator": None, "fused": None}
+                domains[domain] = DomainEntry(None, None)
                 continue
             cal = loaded[domain]
             graph = export_calibrator(cal)
@@ -117,7 +117,7 @@ def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: 
             error, same_top1 = _check_fused(fused_ort, graph, cls_ort, spec.shape)
             # INT8: a 1e-7 difference at a quantiser's rounding boundary moves a value by one
             # quantisation step, so the fused INT8 graph is held to the same top-1 instead
-            if not same_top1 or (error > 1e-4 and not int8):
+            if same_top1 < 0.99 or (not error <= 1e-4 and not int8):
                 raise EdgeCalibError(f"fused graph for {domain} differs from calibrator then "
                                      f"classifier by {error:.2e}")
             onnx.save(fused_ort, tmp / "fused" / f"{domain}.onnx")
@@ -126,20 +126,27 @@ def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: 
                 onnx.save(fuse(graph, cls_trt, domain), tmp / "fused" / f"{domain}.trt.onnx")
                 fused["tensorrt"] = f"fused/{domain}.trt.onnx"
             training = cal.meta.get("training", {})
-            manifest["domains"][domain] = {
-                "calibrator": {"files": {"onnxruntime": f"calibrators/{domain}.onnx",
-                                         "tensorrt": f"calibrators/{domain}.onnx",
-                                         "tensorrt_fp16": f"calibrators/{domain}.fp16.onnx"},
-                               "fingerprint": cal.meta["fingerprint"], "eps": cal.module.eps,
-                               "architecture": cal.module.config, "params": cal.params,
-                               "trained_against": cal.meta["classifier_fingerprint"],
-                               "checkpoint": str(path), "source": cal.meta.get("source"),
-                               "target": cal.meta.get("target"),
-                               "metrics": {"epochs": training.get("epochs"),
-                                           "selection": training.get("selection"),
-                                           "last_epoch": training.get("last_epoch")}},
-                "fused": fused, "fused_check_max_abs": error}
+            domains[domain] = DomainEntry(CalibratorEntry(
+                files={"onnxruntime": f"calibrators/{domain}.onnx",
+                       "tensorrt": f"calibrators/{domain}.onnx",
+                       "tensorrt_fp16": f"calibrators/{domain}.fp16.onnx"},
+                fingerprint=cal.meta["fingerprint"], architecture=cal.module.config,
+                eps=cal.module.eps, params=cal.params,
+                trained_against=cal.meta["classifier_fingerprint"],
+                source=cal.meta.get("source"), target=cal.meta.get("target"),
+                metrics={"epochs": training.get("epochs"), "selection": training.get("selection"),
+                         "last_epoch": training.get("last_epoch")}), fused, error)
+        commit, _ = git_commit()
+        manifest = Manifest(
+            task=task_of(clf.arch), classifier=classifier, domains=domains,
+            default_domain=calibrators[0][0],
+            provenance={"created": datetime.datetime.now(datetime.timezone.utc)
+                        .isoformat(timespec="seconds"), "edge_calib": __version__,
+                        "built_on": platform.node(), "commit": commit,
+                        "from": {"classifier": Path(classifier_path).name,
+                                 "calibrators": {d: Path(p).name for d, p in calibrators}}})
         if domain_classifier is not None:
-            manifest["domain_classifier"] = domain_classifier(tmp, clf.spec, calibrators, loaded)
+            manifest.domain_classifier = DomainClassifierEntry(
+                **domain_classifier(tmp, clf.spec, calibrators, loaded))
         write_manifest(tmp, manifest)
-    return json.loads((out / "manifest.json").read_text())
+    return manifest

@@ -49,15 +49,21 @@ def load_checkpoint(path: str | Path, kind: str | tuple[str, ...]) -> tuple[dict
     kinds = (kind,) if isinstance(kind, str) else kind
     if not path.is_file():
         raise EdgeCalibError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise EdgeCalibError(f"{path}: empty file (0 bytes), not a checkpoint")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise EdgeCalibError(f"{path}: refused to load, the file holds objects that are not "
-                             f"plain data ({first[:160]})") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        unsafe = _unsafe_global(str(exc))
+        if unsafe:
+            raise EdgeCalibError(f"{path}: refused to load, the file holds objects that are not "
+                                 f"plain data ({unsafe})") from None
+        raise EdgeCalibError(f"{path}: corrupt or truncated checkpoint (not a file torch "
+                             "can read)") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, IndexError,
+            KeyError) as exc:
         raise EdgeCalibError(f"{path}: corrupt or truncated checkpoint "
-                             f"({str(exc).splitlines()[0][:160]})") from None
+                             f"({_first_line(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise EdgeCalibError(f"{path}: not an edge-calib checkpoint")
     if payload.get("kind") not in kinds:
@@ -71,6 +77,19 @@ def load_checkpoint(path: str | Path, kind: str | tuple[str, ...]) -> tuple[dict
     except (KeyError, TypeError, json.JSONDecodeError):
         raise EdgeCalibError(f"{path}: checkpoint metadata is unreadable") from None
     return meta, payload.get("tensors", {})
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
+
+
+def _unsafe_global(message: str) -> str | None:
+    """The global a weights-only unpickler refused (a code payload), if that was the error."""
+    for line in message.splitlines():
+        if "global" in line.lower() and ("unsupported" in line.lower() or "GLOBAL" in line):
+            return line.strip()[:160]
+    return None
 
 
 def state_fingerprint(state: dict, identity: dict) -> str:

@@ -1,4 +1,5 @@
-"""Source classifiers: CyCADA's DTN (the paper's "LeNet, 3.1M") and CyCADA's real LeNet.
+"""The frozen models: CyCADA's DTN (the paper's "LeNet, 3.1M"), CyCADA's real LeNet, and the
+LR-ASPP MobileNetV3-Small segmenter (``segmenters.py``).
 
 Both are flat ``nn.Sequential`` stacks of standard layers so that compression can fold
 BatchNorm, drop Dropout and wrap Conv/Linear layers by walking the list. Any module mapping
@@ -12,7 +13,8 @@ from collections import OrderedDict
 from torch import nn
 
 from ..errors import EdgeCalibError
-from ..spec import DIGITS_GREY28, DIGITS_RGB32, InputSpec
+from ..spec import CAMVID_RGB360, DIGITS_GREY28, DIGITS_RGB32, InputSpec
+from .segmenters import lraspp_small
 
 
 def dtn(num_classes: int = 10) -> nn.Sequential:
@@ -49,12 +51,17 @@ def lenet(num_classes: int = 10) -> nn.Sequential:
     ]))
 
 
-ARCHITECTURES: dict[str, tuple] = {"dtn": (dtn, DIGITS_RGB32), "lenet": (lenet, DIGITS_GREY28)}
+# name -> (builder, input spec, task)
+ARCHITECTURES: dict[str, tuple] = {
+    "dtn": (dtn, DIGITS_RGB32, "classification"),
+    "lenet": (lenet, DIGITS_GREY28, "classification"),
+    "lraspp_small": (lraspp_small, CAMVID_RGB360, "segmentation"),
+}
 
 
 def build_classifier(arch: str, num_classes: int = 10) -> nn.Sequential:
     try:
-        builder, _ = ARCHITECTURES[arch]
+        builder = ARCHITECTURES[arch][0]
     except KeyError:
         raise EdgeCalibError(f"unknown architecture {arch!r}; choose one of "
                              f"{', '.join(ARCHITECTURES)}") from None
@@ -64,6 +71,12 @@ def build_classifier(arch: str, num_classes: int = 10) -> nn.Sequential:
 def default_input_spec(arch: str) -> InputSpec:
     build_classifier(arch)  # validates the name
     return ARCHITECTURES[arch][1]
+
+
+def task_of(arch: str) -> str:
+    """classification (logits (B, K)) or segmentation (dense logits (B, K, H, W))."""
+    build_classifier(arch)  # validates the name
+    return ARCHITECTURES[arch][2]
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from ..errors import EdgeCalibError
@@ -73,7 +74,7 @@ def load_classifier(path: str | Path) -> Classifier:
         clf = Classifier(module.eval(), meta["arch"], InputSpec.from_dict(meta["input_spec"]),
                          int(meta["num_classes"]), list(meta["labels"]), meta.get("compression"),
                          meta.get("metrics", {}), str(path))
-    except (KeyError, RuntimeError, TypeError) as exc:
+    except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as exc:
         raise EdgeCalibError(f"{path}: classifier checkpoint does not match its architecture "
                              f"({str(exc).splitlines()[0][:160]})") from None
     for p in clf.module.parameters():
@@ -131,10 +132,13 @@ def load_calibrator(path: str | Path) -> Calibrator:
         spec = InputSpec.from_dict(meta["input_spec"])
         module = build_calibrator(meta["calibrator"], spec)
         module.load_state_dict(tensors["state"])
-    except (KeyError, RuntimeError, TypeError) as exc:
+    except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as exc:
         raise EdgeCalibError(f"{path}: calibrator checkpoint is malformed "
                              f"({str(exc).splitlines()[0][:160]})") from None
     module.eval()
+    if not all(torch.isfinite(t).all() for t in module.state_dict().values()):
+        raise EdgeCalibError(f"{path}: calibrator weights are not finite (NaN or inf); it cannot "
+                             "be deployed, train it again")
     calib = Calibrator(module, meta, str(path))
     if meta.get("fingerprint") != calib.fingerprint:
         raise EdgeCalibError(f"{path}: weights do not match the recorded fingerprint")

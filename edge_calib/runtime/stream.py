@@ -18,15 +18,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..bundle import open_bundle
-from ..domain_features import softmax
+from ..bundle import MANIFEST, MANIFEST_HASH, open_bundle
+from ..engines import check_engines, open_engines
 from ..errors import EdgeCalibError
 from ..stats import summarize
 from .capture import CaptureThread
 from .control import ControlChannel
 from .domain_auto import AutoDomain, load_domain_model
-from .engines import load_engines
 from .outputs import PredictionLog, VideoOutput, annotate
+from .postprocess import output_for
 from .sources import SourceSpec
 from .timing import StageTimes
 
@@ -50,6 +50,7 @@ class RunOptions:
     realtime: bool = False
     max_frames: int | None = None
     threads: int = 0
+    separate: bool = False
     auto_window: int = 15
     auto_threshold: float = 0.7
 
@@ -66,14 +67,14 @@ class StreamRunner:
         self.engines = self._load_checked(self.bundle, None)
         self.auto = None
         if options.domain == "auto":
-            entry = self.bundle.manifest.get("domain_classifier")
-            if not entry:
+            entry = self.bundle.manifest.domain_classifier
+            if entry is None:
                 raise EdgeCalibError("--domain auto: this bundle has no domain classifier "
                                      "(build it with several domains and --auto-domain)")
-            self.auto = AutoDomain(load_domain_model(self.bundle.path(entry["file"])),
+            self.auto = AutoDomain(load_domain_model(self.bundle.path(entry.file)),
                                    self.spec.lo[0], self.spec.hi[0], options.auto_window,
                                    options.auto_threshold)
-            self.domain = self.bundle.manifest.get("default_domain") or self.bundle.domains[0]
+            self.domain = self.bundle.default_domain
         else:
             self.bundle.domain(options.domain)  # unknown: lists the bundle's domains
             self.domain = options.domain
@@ -86,6 +87,7 @@ class StreamRunner:
         self.video = VideoOutput(options.output, source.fps or 30.0) if options.output else None
         self.predictions = PredictionLog(options.predictions) if options.predictions else None
         self.control = ControlChannel(options.control) if options.control else None
+        self.output = output_for(self.bundle.task, self.bundle.labels)
         self.times = StageTimes()
         self.switches: collections.deque[dict] = collections.deque(maxlen=SWITCH_LOG)
         self.switch_count = 0
@@ -98,18 +100,15 @@ class StreamRunner:
 
     # -- engines and reload ----------------------------------------------------------------
     def _load_checked(self, bundle, x):
-        """Load engines and check every domain on one frame (finite output, bounded change)."""
-        engines = load_engines(bundle, self.opts.backend, self.opts.threads)
-        x = np.zeros((1, *bundle.spec.shape), np.float32) if x is None else x
-        for name in bundle.domains:
-            logits, _ = engines.infer(name, x)  # also warms every session up
-            cal = bundle.domain(name)["calibrator"]
-            if not np.all(np.isfinite(logits)) or logits.shape != (1, len(bundle.labels)):
-                raise EdgeCalibError(f"domain {name}: the check frame gave invalid logits")
-            if cal is not None and self.opts.backend == "onnxruntime":
-                y = engines.calibrate(name, x)
-                if not np.all(np.isfinite(y)) or np.abs(y - x).max() > cal["eps"] + 1e-4:
-                    raise EdgeCalibError(f"domain {name}: calibrator output breaks its bound")
+        """Load every domain's engines and check each on one frame (finite outputs, bounded
+        calibrator); this also warms every session up."""
+        engines = open_engines(bundle, self.opts.backend, self.opts.threads,
+                               fused=not self.opts.separate, check=False)
+        try:
+            check_engines(engines, bundle, x)
+        except BaseException:
+            engines.close()
+            raise
         return engines
 
     def request_reload(self, reason: str):
@@ -120,7 +119,7 @@ class StreamRunner:
             started = time.perf_counter()
             try:
                 bundle = open_bundle(self.opts.deploy)
-                if bundle.manifest["classifier"]["input_spec"] != self.bundle.manifest["classifier"]["input_spec"]:
+                if bundle.spec != self.bundle.spec:
                     raise EdgeCalibError("the new bundle has another input spec")
                 engines = self._load_checked(bundle, self._last_x)
                 self._reloaded = (bundle, engines, reason, time.perf_counter() - started)
@@ -146,8 +145,8 @@ class StreamRunner:
 
     def _watch(self):
         def snapshot():
-            paths = [os.path.join(self.opts.deploy, "manifest.json")] + [
-                os.path.join(self.opts.deploy, p) for p in self.bundle.manifest["files"]]
+            paths = [os.path.join(self.opts.deploy, name) for name in (MANIFEST, MANIFEST_HASH)] + [
+                os.path.join(self.opts.deploy, p) for p in self.bundle.manifest.files]
             out = []
             for p in paths:
                 try:
@@ -254,16 +253,14 @@ class StreamRunner:
                 domain = self.domain
                 logits, stage = self.engines.infer(domain, x)
                 t2 = time.perf_counter()
-                p = softmax(logits.astype(np.float64))[0]
-                label = int(p.argmax())
-                confidence = float(p[label])
+                result = self.output.summarise(logits, frame.rgb.shape)
                 times = {"capture": frame.read_ms, "pre": (t1 - t0) * 1e3, **stage}
                 if self.video is not None or not self.opts.headless:
-                    shown = annotate(frame.rgb, [
-                        f"{self.bundle.labels[label]} ({confidence:.2f})  domain {domain}"
+                    network = " ".join(f"{k[:3]} {v:.2f}" for k, v in stage.items())
+                    shown = annotate(self.output.draw(frame.rgb, result), [
+                        f"{self.output.headline(result)}  domain {domain}"
                         + (" [auto]" if self.auto is not None else ""),
-                        f"{self.times.fps():.1f} FPS  pre {times['pre']:.2f}  cal "
-                        f"{stage['calibrator']:.2f}  cls {stage['classifier']:.2f} ms"])
+                        f"{self.times.fps():.1f} FPS  pre {times['pre']:.2f}  {network} ms"])
                     if self.video is not None:
                         self.video.write(shown)
                     if not self.opts.headless:
@@ -280,7 +277,7 @@ class StreamRunner:
                 self.domain_frames[domain] = self.domain_frames.get(domain, 0) + 1
                 if self.predictions is not None:
                     record = {"index": frame.index, "time": round(frame.captured - started, 6),
-                              "domain": domain, "label": label, "confidence": round(confidence, 6),
+                              "domain": domain, **result,
                               "latency_ms": {k: round(v, 4) for k, v in times.items()}}
                     if auto_pred is not None:
                         record["auto"] = {"predicted": auto_pred[0], "p": round(auto_pred[1], 4)}

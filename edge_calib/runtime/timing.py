@@ -10,7 +10,7 @@ import numpy as np
 
 from ..stats import PERCENTILES, table
 
-STAGES = ("capture", "pre", "calibrator", "classifier", "post", "total")
+STAGES = ("capture", "pre", "calibrator", "classifier", "network", "post", "total")
 WINDOW = 4096
 
 

@@ -73,6 +73,11 @@ class CalibratorConfig:
             if not (value > 0 and math.isfinite(value)):
                 raise EdgeCalibError(f"--{name.replace('_', '-')} must be a positive finite "
                                      f"number, got {value}")
+        for name in ("w_target", "w_source", "w_pixel", "w_feature"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise EdgeCalibError(f"--{name.replace('_', '-')} must be a finite number >= 0, "
+                                     f"got {value}")
         if self.epochs < 1 or self.batch_size < 1 or self.d_steps < 1:
             raise EdgeCalibError("--epochs, --batch-size and --d-steps must be >= 1")
         self.size = calibrator_class(self.arch).check_size(self.size)
@@ -279,6 +284,8 @@ class CalibratorTrainer:
                 src = order_s[step * b:(step + 1) * b].numpy()
                 xs, xt = self.source.batch(src, self.device), self.target.batch(it, self.device)
                 d, g = self._step(xs, xt, src, it)
+                if not np.all(np.isfinite(d + g)):
+                    self._diverged(step, d + g)
                 self.sched_G.step()
                 self.sched_D.step()
                 sums += np.array(d + g)
@@ -288,6 +295,14 @@ class CalibratorTrainer:
                 "loss_d_pixel": mean[0], "loss_d_feature": mean[1], "d_acc_pixel": mean[2],
                 "d_acc_feature": mean[3], "loss_g": mean[4], "delta_abs_mean": mean[5],
                 "lr": self.sched_G.get_last_lr()[0]}
+
+    def _diverged(self, step: int, values) -> None:
+        """Stop: a non-finite loss would poison the weights, the EMA and every later epoch."""
+        kept = (f"the last good state (epoch {self.epoch}) is kept in {self.state_path} and "
+                "no calibrator was written" if self.epoch else "nothing was written")
+        raise EdgeCalibError(f"training stopped at epoch {self.epoch + 1}, step {step + 1}: the "
+                             f"losses became non-finite ({', '.join(f'{v:.3g}' for v in values)})"
+                             f"; {kept}. Try a lower --lr/--d-lr or a smaller --eps")
 
     @torch.no_grad()
     def _evaluate(self, row: dict):

@@ -1,0 +1,108 @@
+"""The bundle contract: a typed, versioned manifest, every named file covered by a hash, the
+manifest covered by its own; each way of breaking it is one clear line."""
+
+import json
+import shutil
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from edge_calib.bundle import MANIFEST, MANIFEST_HASH, Manifest, file_digest_bytes, open_bundle
+from edge_calib.cli import main
+from edge_calib.errors import EdgeCalibError
+from edge_calib.fileio import file_digest
+
+
+@pytest.fixture
+def bundle_copy(bundle_dir, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, copy)
+    return copy
+
+
+def rewrite(bundle, edit, rehash=True):
+    """Edit the manifest as JSON; ``rehash`` also updates manifest.sha256 (a deliberate edit)."""
+    data = json.loads((bundle / MANIFEST).read_text())
+    if edit(data) == "wrap in a list":  # the other edits change data in place
+        data = [data]
+    text = json.dumps(data, indent=2)
+    (bundle / MANIFEST).write_text(text)
+    if rehash:
+        (bundle / MANIFEST_HASH).write_text(f"{file_digest_bytes(text.encode())}  {MANIFEST}\n")
+
+
+def eval_line(bundle, shared_data):
+    r = CliRunner().invoke(main, ["eval", "--deploy", str(bundle), "--dataset", "usps",
+                                  "--domain", "usps", "--data-root", str(shared_data),
+                                  "--max-samples", "50"])
+    return r.exit_code, r.output
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda m: m["classifier"].pop("input_spec"), "classifier.input_spec: missing"),
+    (lambda m: m["classifier"].pop("labels"), "classifier.labels: missing"),
+    (lambda m: m["domains"]["usps"].pop("calibrator"), "domains.usps.calibrator: missing"),
+    (lambda m: m["domains"]["usps"]["calibrator"].update(eps="0.5"),
+     "domains.usps.calibrator.eps: expected a number, got a string"),
+    (lambda m: m["classifier"].update(params="ten"), "classifier.params: expected a number, got a string"),
+    (lambda m: m.update(domains=[]), "domains: expected an object, got a list"),
+    (lambda m: "wrap in a list", "top level: expected an object, got a list"),
+    (lambda m: m.update(default_domain="night"), "default_domain: 'night' is not one of the"),
+    (lambda m: m.update(format_version=1), "rebuild the bundle with `edge-calib export`"),
+    (lambda m: m.update(format_version=9), "upgrade edge-calib"),
+    (lambda m: m["files"].pop("calibrators/usps.onnx"),
+     "calibrators/usps.onnx is named in manifest.json but not covered by a sha256"),
+    (lambda m: m["files"].update({"../outside.onnx": "0" * 64}), "points outside the bundle"),
+])
+def test_broken_manifests_are_one_line(bundle_copy, shared_data, edit, message):
+    rewrite(bundle_copy, edit)
+    with pytest.raises(EdgeCalibError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        open_bundle(bundle_copy)
+    code, output = eval_line(bundle_copy, shared_data)
+    assert code == 2 and message in output and len(output.strip().splitlines()) == 1
+
+
+def test_manifest_edited_without_its_hash(bundle_copy):
+    rewrite(bundle_copy, lambda m: m["domains"]["usps"]["calibrator"].update(eps=0.9),
+            rehash=False)
+    with pytest.raises(EdgeCalibError, match="manifest.json does not match manifest.sha256"):
+        open_bundle(bundle_copy)
+    (bundle_copy / MANIFEST_HASH).unlink()
+    with pytest.raises(EdgeCalibError, match="manifest.sha256 is missing"):
+        open_bundle(bundle_copy)
+
+
+def test_swapped_calibrator_is_caught_even_if_its_entry_is_removed(bundle_copy, shared_data):
+    """The attack of the robustness issue: swap a graph, drop its hash entry."""
+    other = onnx.load(str(bundle_copy / "calibrators/usps.onnx"))
+    for init in other.graph.initializer:
+        if init.float_data:
+            init.float_data[0] += 0.5
+        elif init.raw_data:
+            init.raw_data = bytes(len(init.raw_data))
+    onnx.save(other, str(bundle_copy / "calibrators/usps.onnx"))
+    with pytest.raises(EdgeCalibError, match="does not match its sha256"):
+        open_bundle(bundle_copy)
+    rewrite(bundle_copy, lambda m: m["files"].pop("calibrators/usps.onnx"))
+    code, output = eval_line(bundle_copy, shared_data)
+    assert code == 2 and "not covered by a sha256" in output
+
+
+def test_not_a_manifest(bundle_copy, tmp_path):
+    (bundle_copy / MANIFEST).write_text("{not json")
+    with pytest.raises(EdgeCalibError, match="unreadable"):
+        open_bundle(bundle_copy)
+    with pytest.raises(EdgeCalibError, match="is not a deploy bundle"):
+        open_bundle(tmp_path)
+
+
+def test_manifest_round_trip_and_no_nan(bundle_dir):
+    data = json.loads((bundle_dir / MANIFEST).read_text())
+    manifest = Manifest.from_dict(data)
+    assert manifest.to_dict() == data
+    assert set(manifest.files) == manifest.named_files()
+    assert all(file_digest(bundle_dir / p) == h for p, h in manifest.files.items())
+    data["domains"]["usps"]["calibrator"]["eps"] = float("nan")
+    with pytest.raises(EdgeCalibError, match="not a finite number"):
+        Manifest.from_dict(json.loads(json.dumps(data)))
