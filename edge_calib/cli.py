@@ -17,6 +17,20 @@ from . import __version__
 from .errors import EdgeCalibError
 
 
+# what a missing import means, and how to get it (device installs leave out the workstation side)
+MISSING = {
+    "torch": "this command runs on the workstation and needs torch: pip install "
+             "'edge-calib[train]' (with torch==2.13.0 for a CPU build)",
+    "onnxsim": "exporting needs onnx-simplifier: pip install 'edge-calib[train]'",
+    "scipy": "reading SVHN .mat files needs scipy: pip install 'edge-calib[train]'",
+    "matplotlib": "plots need matplotlib: pip install 'edge-calib[train]'",
+    "cv2": "no OpenCV is importable: pip install 'edge-calib[opencv]', or on a Jetson use "
+           "JetPack's OpenCV (with GStreamer) from the system Python",
+    "onnxruntime": "the onnxruntime backend needs onnxruntime: pip install onnxruntime "
+                   "(on a Jetson, the onnxruntime-gpu wheel for your JetPack)",
+}
+
+
 class EdgeCalibGroup(click.Group):
     """Turns EdgeCalibError into one ``error:`` line and a non-zero exit status."""
 
@@ -26,6 +40,13 @@ class EdgeCalibGroup(click.Group):
         except EdgeCalibError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except ImportError as exc:
+            module = (exc.name or "").split(".")[0]
+            if module not in MISSING:
+                raise
+            command = ctx.invoked_subcommand or "edge-calib"
+            click.echo(f"error: {command}: {MISSING[module]}", err=True)
+            sys.exit(3)
         except click.UsageError as exc:  # bad option values: one line, not the usage text
             command = exc.ctx.command_path if exc.ctx else "edge-calib"
             click.echo(f"error: {command}: {exc.format_message()}", err=True)

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# the real datasets: $EDGE_CALIB_DATA when set, else the shared folder beside the project
+SHARED_DATA = Path(os.environ.get("EDGE_CALIB_DATA") or ROOT.parent / "shared" / "data")
 
 # Tests never touch the internet: automatic dataset downloads are off.
 os.environ["EDGE_CALIB_OFFLINE"] = "1"

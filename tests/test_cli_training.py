@@ -35,7 +35,16 @@ def test_eval_json_with_and_without_calibrator(trained, shared_data):
     r = invoke("eval", "--classifier", clf, "--dataset", "usps", "--split", "test",
                "--data-root", shared_data, "--json", "--max-samples", 300)
     plain = json.loads(r.output)
-    assert plain["n"] == 300 and plain["calibrator_params"] is None and 0 <= plain["accuracy"] <= 100
+    assert plain["n"] == 300 and plain["calibrator_params"] is None
+    # the same 300 images through the checkpoint by hand: preprocess, forward, argmax
+    import torch
+    from edge_calib.data import load_dataset
+    from edge_calib.models.store import load_classifier
+    c = load_classifier(clf)
+    images = load_dataset("usps", "test", shared_data).subset(300)
+    with torch.no_grad():
+        predicted = c.module(torch.from_numpy(c.spec.preprocess(images.images))).argmax(1).numpy()
+    assert plain["accuracy"] == pytest.approx(100 * (predicted == images.labels).mean(), abs=1e-3)
     r = invoke("eval", "--classifier", clf, "--calibrator", cal, "--dataset", "usps",
                "--data-root", shared_data, "--json", "--max-samples", 300)
     res = json.loads(r.output)

@@ -247,3 +247,33 @@ def test_control_from_stdin(bundle_dir, domain_video):
     replies = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert {"ok": True, "domain": "usps"} in replies
     assert any(r.get("domains") == ["usps", "mnist"] for r in replies)
+
+
+def test_auto_domain_on_a_stream_rendered_differently(bundle_dir, shared_data, tmp_path):
+    """A camera that sees the digits dimmer and out of focus, at another size and codec than
+    the domain classifier's training images: the domain is still named frame by frame (before
+    the classifier was trained on stream-like renderings, MNIST frames like these were named
+    MNIST 0-12% of the time)."""
+    import cv2
+    from edge_calib.data import load_dataset
+    m = load_dataset("mnist", "test", shared_data)
+    u = load_dataset("usps", "test", shared_data)
+
+    def camera(images):
+        out = []
+        for img in images:
+            big = cv2.resize(img[..., 0], (96, 96)).astype(np.float32) * 0.7 + 20
+            out.append(cv2.GaussianBlur(np.clip(big, 0, 255).astype(np.uint8), (0, 0), 2.5))
+        return np.stack(out)
+
+    video = tmp_path / "other.mp4"
+    truth = write_domain_video(video, [("mnist", camera(m.images[200:300]), m.labels[200:300]),
+                                       ("usps", camera(u.images[200:300]), u.labels[200:300])],
+                               size=224)
+    preds = tmp_path / "p.jsonl"
+    r = invoke("run", "--deploy", bundle_dir, "--input", video, "--domain", "auto", "--headless",
+               "--predictions", preds)
+    assert r.exit_code == 0, r.output
+    scores = score_predictions(preds, truth)
+    assert scores["mnist"]["auto_frame_accuracy"] > 80, scores
+    assert scores["usps"]["auto_frame_accuracy"] > 80, scores
