@@ -64,6 +64,8 @@ def evaluate(step, name, model_args, dataset):
 
 
 def run_accuracy(args):
+    from edge_calib.models.calibrators import parse_size
+
     families = FAMILIES if args.families == ["all"] else args.families
     for recipe, task, family, size, seed in itertools.product(
             args.classifiers, args.tasks, families, args.sizes, args.seeds):
@@ -77,10 +79,11 @@ def run_accuracy(args):
         evaluate(step, "source_only_source", ["--classifier", str(clf)], source)
         name = f"{family}_{size}_s{seed}"
         out = work / f"{name}.calib.pt"
+        exact = ",".join(f"{k}={v}" for k, v in parse_size(family, size).items())
         train = ["train", "--classifier", str(clf), "--source", source, "--target", target,
                  "--domain", target.replace(":", "-"), "--out", str(out), "--epochs",
                  str(args.epochs), "--max-samples", str(args.max_samples), "--seed", str(seed),
-                 "--calibrator-arch", family, "--calibrator-size", size, "--quiet", *RECIPE]
+                 "--calibrator-arch", family, "--calibrator-size", exact, "--quiet", *RECIPE]
         if (work / f"{name}.calib.state.pt").exists() and not out.exists():
             train.append("--resume")
         step(f"{name}_train", train)

@@ -103,7 +103,8 @@ def test_cost_of_the_cheap_families_does_not_depend_on_the_image_size():
 def test_size_settings():
     assert parse_size("resnet", None) == {"width": 8, "blocks": 9}
     assert parse_size("lowres", "factor=8") == {"factor": 8, "width": 16, "depth": 2}
-    assert parse_size("pointwise", "small") == {"hidden": 0}
+    assert parse_size("pointwise", "small") == {"hidden": 16}
+    assert parse_size("pointwise", "hidden=0") == {"hidden": 0}  # a plain colour matrix
     with pytest.raises(EdgeCalibError, match="has no size setting blocks; its settings are hidden"):
         parse_size("pointwise", "blocks=3")
     with pytest.raises(EdgeCalibError, match="factor must be an integer >= 2, got 1"):

@@ -75,7 +75,7 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, batch_s
                                                       for n, text in FAMILY_SUMMARIES.items()) + ".")
 @click.option("--calibrator-size", "size", default=None,
               help="A preset (small, medium, large) or key=value pairs, e.g. width=8,blocks=9 "
-                   "(resnet), hidden=8 (pointwise), grid=8,hidden=32 (thumbnail), "
+                   "(resnet), hidden=32 (pointwise), grid=8,hidden=32 (thumbnail), "
                    "factor=4,width=16,depth=2 (lowres), width=8,depth=1 (shallow) "
                    "[default: the family's medium size; resnet: the paper's width 8, 9 blocks].")
 @click.option("--width", type=click.IntRange(min=1), default=None,

@@ -17,8 +17,10 @@ from .base import BoundedCalibrator, SizeKey, zero_init
 
 class PointwiseCalibrator(BoundedCalibrator):
     arch = "pointwise"
-    SIZE = {"hidden": SizeKey(8, 0, "hidden channels of the per-pixel MLP (0: linear)")}
-    PRESETS = {"small": {"hidden": 0}, "medium": {"hidden": 8}, "large": {"hidden": 32}}
+    # Wide enough that Adam's per-parameter steps add up: at hidden 8 the first MNIST run was
+    # step-limited (calibrator loss rising, mean |delta| 0.10 against 0.30 for the others).
+    SIZE = {"hidden": SizeKey(32, 0, "hidden channels of the per-pixel MLP (0: linear)")}
+    PRESETS = {"small": {"hidden": 16}, "medium": {"hidden": 32}, "large": {"hidden": 64}}
 
     def build(self, channels: int, hidden: int) -> None:
         if hidden == 0:
