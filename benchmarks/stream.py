@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge_calib.provenance import capture  # noqa: E402
 from edge_calib.data import load_dataset  # noqa: E402
+from edge_calib.provenance import capture  # noqa: E402
 from edge_calib.runtime.testvideo import score_predictions, write_domain_video  # noqa: E402
 
 

@@ -16,7 +16,6 @@ os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 from . import __version__
 from .errors import EdgeCalibError
 
-
 # what a missing import means, and how to get it (device installs leave out the workstation side)
 MISSING = {
     "torch": "this command runs on the workstation and needs torch: pip install "
@@ -60,7 +59,16 @@ def main():
 
 
 def _register():
-    from .commands import bench, build_engine, compress, data, demo, export, runtime, training
+    from .commands import (
+        bench,
+        build_engine,
+        compress,
+        data,
+        demo,
+        export,
+        runtime,
+        training,
+    )
 
     main.add_command(data.data)
     for cmd in (training.train_classifier, training.train, training.evaluate, training.adabn,

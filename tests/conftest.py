@@ -54,7 +54,11 @@ def trained_calibrator(trained_dtn, digits, tmp_path_factory):
     import torch
 
     from edge_calib.models.store import load_classifier, save_calibrator
-    from edge_calib.train.calibrate import CalibratorConfig, CalibratorTrainer, state_paths
+    from edge_calib.train.calibrate import (
+        CalibratorConfig,
+        CalibratorTrainer,
+        state_paths,
+    )
 
     clf = load_classifier(trained_dtn)
     out = tmp_path_factory.mktemp("calib") / "usps.calib.pt"

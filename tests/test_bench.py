@@ -76,6 +76,7 @@ def test_roofline_bounds():
 
 def test_bench_report_files(bundle_dir, shared_data, tmp_path):
     from click.testing import CliRunner
+
     from edge_calib.cli import main
 
     out = tmp_path / "report"

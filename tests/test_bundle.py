@@ -8,7 +8,13 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from edge_calib.bundle import MANIFEST, MANIFEST_HASH, Manifest, file_digest_bytes, open_bundle
+from edge_calib.bundle import (
+    MANIFEST,
+    MANIFEST_HASH,
+    Manifest,
+    file_digest_bytes,
+    open_bundle,
+)
 from edge_calib.cli import main
 from edge_calib.errors import EdgeCalibError
 from edge_calib.fileio import file_digest

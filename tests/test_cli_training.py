@@ -38,6 +38,7 @@ def test_eval_json_with_and_without_calibrator(trained, shared_data):
     assert plain["n"] == 300 and plain["calibrator_params"] is None
     # the same 300 images through the checkpoint by hand: preprocess, forward, argmax
     import torch
+
     from edge_calib.data import load_dataset
     from edge_calib.models.store import load_classifier
     c = load_classifier(clf)
@@ -61,6 +62,7 @@ def test_eval_json_with_and_without_calibrator(trained, shared_data):
 
 def test_target_as_unlabelled_folder(trained, tmp_path, shared_data):
     import cv2
+
     from edge_calib.data import load_dataset
 
     _, clf, _ = trained

@@ -4,12 +4,18 @@ import pytest
 import torch
 from torch import nn
 
-from edge_calib.compress.int8 import estimate_scales
-from edge_calib.compress.prune import (compute_masks, apply_masks, is_two_four, magnitude_mask,
-                                       parse_prune, two_four_mask)
+from edge_calib.compress.fold import fold_batchnorm
+from edge_calib.compress.prune import (
+    apply_masks,
+    compute_masks,
+    is_two_four,
+    magnitude_mask,
+    parse_prune,
+    two_four_mask,
+)
 from edge_calib.errors import EdgeCalibError
+from edge_calib.int8 import QuantConv2d, estimate_scales, quantize_layers
 from edge_calib.models.classifiers import build_classifier
-from edge_calib.models.quantized import QuantConv2d, fold_batchnorm, quantize_layers
 
 
 def test_two_four_keeps_the_two_largest_of_each_group():

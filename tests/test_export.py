@@ -13,9 +13,14 @@ from edge_calib.bundle import open_bundle
 from edge_calib.cli import main
 from edge_calib.compress.pipeline import compress_classifier
 from edge_calib.errors import EdgeCalibError
-from edge_calib.export.onnx_graphs import (export_calibrator, export_classifier, fuse,
-                                           read_metadata, simplify_float)
-from edge_calib.export.qdq import count_qdq
+from edge_calib.export.onnx_graphs import (
+    export_calibrator,
+    export_classifier,
+    fuse,
+    read_metadata,
+    simplify_float,
+)
+from edge_calib.int8 import count_qdq
 from edge_calib.models.store import load_calibrator, load_classifier
 
 
@@ -201,8 +206,8 @@ def test_corrupt_checkpoint_and_onnx(trained_dtn, tmp_path):
 def test_lenet_int8_graph_agrees_with_fake_quant(shared_data):
     """The grey 28x28 LeNet (max-pooling between conv and ReLU) through both Q/DQ variants."""
     from edge_calib.data import load_dataset
-    from edge_calib.models.store import Classifier
     from edge_calib.models.classifiers import build_classifier, default_input_spec
+    from edge_calib.models.store import Classifier
     from edge_calib.train.tensors import DomainData
 
     torch.manual_seed(0)

@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 
 from edge_calib.data import load_dataset
-from edge_calib.data.formats import (read_idx, read_image_folder, read_svhn_mat,
-                                     read_usps_esl, read_usps_libsvm)
+from edge_calib.data.formats import (
+    read_idx,
+    read_image_folder,
+    read_svhn_mat,
+    read_usps_esl,
+    read_usps_libsvm,
+)
 from edge_calib.errors import EdgeCalibError
 
 

@@ -3,8 +3,11 @@
 import torch
 import torch.nn.functional as F
 
-from edge_calib.train.losses import (CalibratorAdversarialLoss, GroupDiscriminatorLoss,
-                                     prediction_entropy)
+from edge_calib.train.losses import (
+    CalibratorAdversarialLoss,
+    GroupDiscriminatorLoss,
+    prediction_entropy,
+)
 
 
 def test_group_discriminator_loss_by_hand():

@@ -6,7 +6,11 @@ import torch
 from edge_calib.errors import EdgeCalibError
 from edge_calib.models.calibrators.resnet import ResnetCalibrator
 from edge_calib.models.classifiers import build_classifier, count_parameters
-from edge_calib.models.discriminators import FeatureDiscriminator, PixelDiscriminator, shuffled_patches
+from edge_calib.models.discriminators import (
+    FeatureDiscriminator,
+    PixelDiscriminator,
+    shuffled_patches,
+)
 
 
 def test_parameter_counts_match_the_design():

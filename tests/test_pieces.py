@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import random_classifier, random_domain
 
 from edge_calib.cli import main
 from edge_calib.errors import EdgeCalibError
 from edge_calib.fileio import atomic_directory
 from edge_calib.runtime.sources import parse_source
-from helpers import random_classifier, random_domain
 
 
 @pytest.mark.parametrize("camera,uri,kind,target", [

@@ -218,6 +218,7 @@ def test_runtime_imports_no_torch(bundle_dir, domain_video, shared_data, tmp_pat
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["frames"] == 120
     import cv2
+
     from edge_calib.data import load_dataset
     usps = load_dataset("usps", "test", shared_data).subset(50)
     for i, (img, label) in enumerate(zip(usps.images, usps.labels)):
@@ -255,6 +256,7 @@ def test_auto_domain_on_a_stream_rendered_differently(bundle_dir, shared_data, t
     the classifier was trained on stream-like renderings, MNIST frames like these were named
     MNIST 0-12% of the time)."""
     import cv2
+
     from edge_calib.data import load_dataset
     m = load_dataset("mnist", "test", shared_data)
     u = load_dataset("usps", "test", shared_data)

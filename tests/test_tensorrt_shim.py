@@ -9,8 +9,13 @@ import onnx
 import pytest
 
 from edge_calib.engines.profiles import available_profiles, load_profile
-from edge_calib.engines.tensorrt_backend import (TrtFeatures, cache_key, import_tensorrt,
-                                                 parse_version, precision_plan)
+from edge_calib.engines.tensorrt_backend import (
+    TrtFeatures,
+    cache_key,
+    import_tensorrt,
+    parse_version,
+    precision_plan,
+)
 from edge_calib.errors import EdgeCalibError
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -82,8 +87,8 @@ def test_build_and_run_engines_on_gpu(bundle_dir, tmp_path):
     import shutil
 
     from edge_calib.bundle import open_bundle
-    from edge_calib.engines.tensorrt_build import add_tensorrt_engines
     from edge_calib.engines import open_engines
+    from edge_calib.engines.tensorrt_build import add_tensorrt_engines
 
     work = tmp_path / "b"
     shutil.copytree(bundle_dir, work)

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from helpers import random_classifier, random_domain
 
 from edge_calib.errors import EdgeCalibError
 from edge_calib.models.checkpoint import load_checkpoint
 from edge_calib.train.calibrate import CalibratorConfig, CalibratorTrainer, state_paths
 from edge_calib.train.frozen import FrozenForward
-from helpers import random_classifier, random_domain
 
 
 def test_train_mode_forward_leaves_state_untouched():

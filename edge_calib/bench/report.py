@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from .. import provenance
 from ..bundle import open_bundle
 from ..engines import open_engines
 from ..fileio import write_bytes_atomic, write_json_atomic
 from ..stats import summarize
-from .. import provenance
 from .graphs import graph_costs
 from .latency import latency_table, measure, ort_configs
 from .roofline import project

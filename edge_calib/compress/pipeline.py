@@ -10,12 +10,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models.quantized import fold_batchnorm, quantize_layers
+from ..int8 import estimate_scales, quantize_layers
 from ..models.store import Classifier
 from ..progress import progress_bar
 from ..train.evaluate import accuracy
 from ..train.tensors import DomainData, epoch_order
-from .int8 import estimate_scales
+from .fold import fold_batchnorm
 from .prune import apply_masks, compute_masks, parse_prune, sparsity_report
 
 

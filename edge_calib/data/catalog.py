@@ -176,7 +176,8 @@ def load_dataset(name_or_path: str | Path, split: str = "train", root: str | Pat
     text = str(name_or_path)
     base, modifier = split_name(text)
     if base == "camvid":
-        from .camvid import SPLITS as CAMVID_SPLITS, load_camvid
+        from .camvid import SPLITS as CAMVID_SPLITS
+        from .camvid import load_camvid
 
         _check_split(split, CAMVID_SPLITS)
         frames, masks = load_camvid(root if root is not None else default_data_root(), split,

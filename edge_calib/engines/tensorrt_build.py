@@ -15,8 +15,14 @@ from pathlib import Path
 from ..bundle import EngineEntry, open_bundle, write_manifest
 from ..errors import EdgeCalibError
 from ..fileio import atomic_directory
-from .tensorrt_backend import (TrtFeatures, build_engine, device_key, import_tensorrt,
-                               parse_version, precision_plan)
+from .tensorrt_backend import (
+    TrtFeatures,
+    build_engine,
+    device_key,
+    import_tensorrt,
+    parse_version,
+    precision_plan,
+)
 
 
 def onnx_variant(entry_files: dict, variant: str) -> str:

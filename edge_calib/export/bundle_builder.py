@@ -16,14 +16,25 @@ import numpy as np
 import onnx
 
 from .. import __version__
-from ..bundle import (CalibratorEntry, ClassifierEntry, DomainClassifierEntry, DomainEntry,
-                      Manifest, write_manifest)
+from ..bundle import (
+    CalibratorEntry,
+    ClassifierEntry,
+    DomainClassifierEntry,
+    DomainEntry,
+    Manifest,
+    write_manifest,
+)
 from ..errors import EdgeCalibError
 from ..fileio import atomic_directory
 from ..models.classifiers import task_of
 from ..models.store import load_calibrator, load_classifier
 from ..provenance import git_commit
-from .onnx_graphs import export_calibrator, export_classifier, export_classifier_fp16, fuse
+from .onnx_graphs import (
+    export_calibrator,
+    export_classifier,
+    export_classifier_fp16,
+    fuse,
+)
 
 IDENTITY = "identity"
 

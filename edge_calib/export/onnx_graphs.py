@@ -18,9 +18,8 @@ import torch
 from onnx import compose
 
 from ..errors import EdgeCalibError
-from ..models.quantized import _QuantLayer
+from ..int8 import QuantLayer, count_qdq, insert_qdq, quant_params
 from ..models.store import Calibrator, Classifier
-from .qdq import count_qdq, insert_qdq
 
 OPSET = 13
 INPUT, LOGITS, CALIBRATED = "input", "logits", "output"
@@ -87,12 +86,6 @@ def read_metadata(model: onnx.ModelProto) -> dict:
             if p.key.startswith("edge_calib.")}
 
 
-def quant_params(module: torch.nn.Module) -> dict:
-    """{layer name: (input scale, per-channel weight scales)} of a fake-quantised model."""
-    return {name: (float(m.input_scale), m.weight_scale.detach().numpy().copy())
-            for name, m in module.named_modules() if isinstance(m, _QuantLayer)}
-
-
 def export_classifier(clf: Classifier, target: str = "onnxruntime") -> onnx.ModelProto:
     """The classifier as deployed. INT8 classifiers get explicit Q/DQ pairs on the input of each
     Conv/Gemm (TensorRT's pattern); for ``onnxruntime`` biases are int32-quantised, each
@@ -103,7 +96,7 @@ def export_classifier(clf: Classifier, target: str = "onnxruntime") -> onnx.Mode
     if target not in ("onnxruntime", "tensorrt"):
         raise EdgeCalibError(f"unknown export target {target!r}")
     int8 = bool(clf.compression and clf.compression.get("int8"))
-    layers = [m for m in clf.module.modules() if isinstance(m, _QuantLayer)]
+    layers = [m for m in clf.module.modules() if isinstance(m, QuantLayer)]
     for m in layers:
         m.enabled = False
     try:

@@ -19,7 +19,6 @@ from ..spec import InputSpec
 from .calibrators import BoundedCalibrator, fingerprint_identity, make_calibrator
 from .checkpoint import load_checkpoint, save_checkpoint, state_fingerprint
 from .classifiers import build_classifier, count_parameters
-from .quantized import fold_batchnorm, quantize_layers
 
 CLASSIFIER, CALIBRATOR = "classifier", "calibrator"
 
@@ -58,6 +57,9 @@ class Classifier:
 
 def build_structure(arch: str, num_classes: int, compression: dict | None) -> nn.Module:
     """The module a checkpoint's weights fit: the float net, or its folded / INT8 form."""
+    from ..compress.fold import fold_batchnorm
+    from ..int8 import quantize_layers
+
     module = build_classifier(arch, num_classes)
     if compression and compression.get("folded"):
         module = fold_batchnorm(module)

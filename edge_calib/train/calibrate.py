@@ -26,14 +26,18 @@ import torch
 
 from ..errors import EdgeCalibError
 from ..fileio import write_bytes_atomic
-from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.calibrators import calibrator_class
+from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.discriminators import FeatureDiscriminator, PixelDiscriminator
 from ..models.store import Classifier, build_calibrator
 from ..progress import echo_err, progress_bar
 from .evaluate import accuracy
 from .frozen import MODES, FrozenForward
-from .losses import CalibratorAdversarialLoss, GroupDiscriminatorLoss, prediction_entropy
+from .losses import (
+    CalibratorAdversarialLoss,
+    GroupDiscriminatorLoss,
+    prediction_entropy,
+)
 from .tensors import DomainData, epoch_order
 
 SELECTIONS = ("last", "entropy")

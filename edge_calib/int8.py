@@ -1,15 +1,139 @@
-"""Explicit INT8 quantisation of an ONNX graph: QuantizeLinear / DequantizeLinear pairs.
+"""INT8 with TensorRT's conventions, in one place: fake-quantised layers for training and
+evaluation in torch, activation-scale estimation, and the explicit Q/DQ ONNX graph.
 
-TensorRT's explicit-quantisation pattern: Q/DQ on the activation input of every Conv/Gemm,
-weights as int8 initialisers with a per-output-channel DequantizeLinear (axis 0), zero point 0.
+TensorRT's explicit quantisation: symmetric, zero point 0, per-channel weight scales
+(``max|w| / 127`` per output channel) and per-tensor activation scales, with a Q/DQ pair on the
+input of every Conv/Gemm. In torch the same arithmetic runs as fake quantisation
+(``torch.fake_quantize_per_*_affine``, core aten ops, not torch.ao), whose gradient is the
+straight-through estimator: identity inside the range, zero where the input saturates. So a
+calibrator can be trained against exactly the deployed INT8 behaviour. Scales are estimated on
+source-domain *quantization calibration data* (unrelated to our data calibrators).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
+import torch
+import torch.nn.functional as F
 from onnx import helper, numpy_helper
+from torch import nn
 
+from .errors import EdgeCalibError
+
+QMIN, QMAX = -128, 127
+
+
+# -- torch: fake-quantised layers -----------------------------------------------------------
+class QuantLayer(nn.Module):
+    """Shared INT8 machinery: input per-tensor scale, weight per-output-channel scales."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.enabled = True  # False while estimating activation ranges in float
+        self.weight = nn.Parameter(layer.weight.detach().clone())
+        bias = layer.bias if layer.bias is not None else torch.zeros(layer.weight.shape[0])
+        self.bias = nn.Parameter(bias.detach().clone())
+        out = self.weight.shape[0]
+        self.register_buffer("input_scale", torch.ones(()))
+        self.register_buffer("weight_scale", torch.ones(out))
+
+    def set_weight_scale(self):
+        """scale_c = max|w_c| / 127 (symmetric per output channel; an all-zero channel gets 1)."""
+        amax = self.weight.detach().abs().reshape(self.weight.shape[0], -1).amax(dim=1)
+        self.weight_scale.copy_(torch.where(amax > 0, amax / 127.0, torch.ones_like(amax)))
+
+    def quant_input(self, x):
+        if not self.enabled:
+            return x
+        return torch.fake_quantize_per_tensor_affine(x, float(self.input_scale), 0, QMIN, QMAX)
+
+    def quant_weight(self):
+        if not self.enabled:
+            return self.weight
+        zero = torch.zeros(self.weight.shape[0], dtype=torch.int32, device=self.weight.device)
+        return torch.fake_quantize_per_channel_affine(self.weight, self.weight_scale, zero, 0,
+                                                      QMIN, QMAX)
+
+
+class QuantConv2d(QuantLayer):
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__(conv)
+        self.stride, self.padding = conv.stride, conv.padding
+        self.dilation, self.groups = conv.dilation, conv.groups
+
+    def forward(self, x):
+        return F.conv2d(self.quant_input(x), self.quant_weight(), self.bias, self.stride,
+                        self.padding, self.dilation, self.groups)
+
+
+class QuantLinear(QuantLayer):
+    def forward(self, x):
+        return F.linear(self.quant_input(x), self.quant_weight(), self.bias)
+
+
+def quantize_layers(model: nn.Module) -> nn.Module:
+    """Replace every Conv2d/Linear of a folded model, at any depth, by its fake-quantised twin
+    (scales unset)."""
+    for name, child in model.named_children():
+        if isinstance(child, nn.Conv2d):
+            setattr(model, name, QuantConv2d(child))
+        elif isinstance(child, nn.Linear):
+            setattr(model, name, QuantLinear(child))
+        else:
+            quantize_layers(child)
+    return model
+
+
+def quant_params(module: nn.Module) -> dict:
+    """{layer name: (input scale, per-channel weight scales)} of a fake-quantised model."""
+    return {name: (float(m.input_scale), m.weight_scale.detach().numpy().copy())
+            for name, m in module.named_modules() if isinstance(m, QuantLayer)}
+
+
+# -- torch: activation scales from quantization calibration data ---------------------------
+ACTIVATION_METHODS = ("max", "percentile")
+
+
+@torch.no_grad()
+def estimate_scales(model: nn.Module, batches, method: str = "percentile",
+                    percentile: float = 99.99) -> dict:
+    """Set every quantised layer's weight scale (max|w| / 127 per channel) and input scale
+    (amax / 127, amax = max or ``percentile`` of |input| over the float model's activations).
+
+    Returns {layer: {"input_amax", "input_scale"}} for the report.
+    """
+    if method not in ACTIVATION_METHODS:
+        raise EdgeCalibError(f"unknown activation calibration {method!r}; choose "
+                             f"{', '.join(ACTIVATION_METHODS)}")
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
+    samples: dict[str, list[np.ndarray]] = {n: [] for n in layers}
+    hooks = [m.register_forward_pre_hook(
+        lambda mod, args, name=n: samples[name].append(args[0].detach().abs().flatten().numpy()))
+        for n, m in layers.items()]
+    for m in layers.values():
+        m.enabled = False
+    try:
+        model.eval()
+        for x in batches:
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        for m in layers.values():
+            m.enabled = True
+    report = {}
+    for name, module in layers.items():
+        values = np.concatenate(samples[name])
+        amax = float(values.max() if method == "max" else np.percentile(values, percentile))
+        amax = amax if amax > 0 else 1.0
+        module.input_scale.fill_(amax / 127.0)
+        module.set_weight_scale()
+        report[name] = {"input_amax": amax, "input_scale": amax / 127.0}
+    return report
+
+
+# -- ONNX: explicit QuantizeLinear / DequantizeLinear pairs ---------------------------------
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 PASS_THROUGH = ("Relu", "MaxPool", "Flatten", "Reshape")  # commute with zero-point-0 quantisation
 
