@@ -97,9 +97,11 @@ ACTIVATION_METHODS = ("max", "percentile")
 
 @torch.no_grad()
 def estimate_scales(model: nn.Module, batches, method: str = "percentile",
-                    percentile: float = 99.99) -> dict:
+                    percentile: float = 99.99, values_per_batch: int = 1 << 21) -> dict:
     """Set every quantised layer's weight scale (max|w| / 127 per channel) and input scale
     (amax / 127, amax = max or ``percentile`` of |input| over the float model's activations).
+    A layer input larger than ``values_per_batch`` values (a segmenter at full resolution)
+    contributes a seeded uniform sample of that many to the percentile, which bounds memory.
 
     Returns {layer: {"input_amax", "input_scale"}} for the report.
     """
@@ -108,9 +110,17 @@ def estimate_scales(model: nn.Module, batches, method: str = "percentile",
                              f"{', '.join(ACTIVATION_METHODS)}")
     layers = {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
     samples: dict[str, list[np.ndarray]] = {n: [] for n in layers}
-    hooks = [m.register_forward_pre_hook(
-        lambda mod, args, name=n: samples[name].append(args[0].detach().abs().flatten().numpy()))
-        for n, m in layers.items()]
+    generator = torch.Generator().manual_seed(0)
+
+    def record(name, values):
+        values = values.detach().abs().flatten()
+        if values.numel() > values_per_batch:
+            pick = torch.randint(values.numel(), (values_per_batch,), generator=generator)
+            values = torch.cat([values[pick], values.max()[None]])  # the max is always kept
+        samples[name].append(values.numpy())
+
+    hooks = [m.register_forward_pre_hook(lambda mod, args, name=n: record(name, args[0]))
+             for n, m in layers.items()]
     for m in layers.values():
         m.enabled = False
     try:

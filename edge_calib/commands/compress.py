@@ -58,6 +58,6 @@ def compress(checkpoint, prune, int8, calib_dataset, calib_batches, activation_r
     click.echo(json.dumps({"out": out, "fingerprint": fingerprint,
                            "source_fingerprint": clf.fingerprint,
                            "compression": compressed.compression,
-                           "source_test": m.get("source_test"), "float_acc": m.get("float_acc"),
-                           "compressed_acc": m.get("compressed_acc"),
-                           "pruned_acc_before_finetune": m.get("pruned_acc_before_finetune")}))
+                           "source_test": m.get("source_test"),
+                           **{k: v for k, v in m.items()
+                              if k.split("_")[0] in ("float", "compressed", "pruned")}}))

@@ -25,37 +25,55 @@ def calibrator_size(arch: str, size: str | None, width: int | None, blocks: int 
 
 
 @click.command("train-classifier")
-@click.option("--dataset", required=True, help="Labelled source: mnist, usps, svhn or a folder.")
-@click.option("--arch", default="dtn", show_default=True, help="dtn or lenet.")
+@click.option("--dataset", required=True,
+              help="Labelled source: mnist, usps, svhn, camvid:day (masks) or a folder.")
+@click.option("--arch", default="dtn", show_default=True,
+              help="dtn or lenet (classifiers), lraspp_small (segmenter).")
 @data_root_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--augment/--no-augment", default=False, show_default=True,
-              help="Random small rotations, scalings and shifts.")
+              help="Classifiers: random small rotations, scalings and shifts.")
+@click.option("--train-scale", type=click.FloatRange(0.1, 1.0), default=0.5, show_default=True,
+              help="Segmenters: train on random crops of frames scaled by about this factor "
+                   "(evaluation is at full resolution).")
+@click.option("--resume", is_flag=True, help="Continue from the saved training state.")
+@click.option("--force", is_flag=True, help="Discard an existing training state.")
 @training_options
-def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, batch_size, seed, device,
-                     max_samples, quiet):
-    """Train a source classifier; the checkpoint holds weights, architecture and input spec."""
-    from ..data.catalog import has_test_split
+def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, train_scale, resume,
+                     force, batch_size, seed, device, max_samples, quiet):
+    """Train the frozen source model (classifier or segmenter); the checkpoint holds weights,
+    architecture, input spec and labels. Resumable: the state is saved after every epoch."""
+    from ..data.catalog import has_test_split, has_val_split
     from ..models.classifiers import default_input_spec
     from ..train.classifier import train_classifier as fit
     from ..train.tensors import load_domain, resolve_device
 
     spec = default_input_spec(arch)
+    state = Path(out).with_name(Path(out).name.removesuffix(".pt") + ".state.pt")
+    if state.exists() and not (resume or force):
+        raise EdgeCalibError(f"a training state exists at {state}: pass --resume to continue or "
+                             "--force to start over")
+    if resume and not state.exists():
+        raise EdgeCalibError(f"--resume: no training state at {state}")
     dev = resolve_device(device)
     train = load_domain(dataset, "train", data_root, spec, max_samples, seed)
     if train.labels is None:
         raise EdgeCalibError(f"{dataset}: training a classifier needs labelled images "
                              "(class-index subfolders)")
+    val = load_domain(dataset, "val", data_root, spec) if has_val_split(dataset) else None
     test = load_domain(dataset, "test", data_root, spec) if has_test_split(dataset) else None
     clf = fit(arch, spec, train, test, epochs, batch_size, lr, seed, dev, augment,
-              progress=not quiet)
+              progress=not quiet, val=val, state_path=state, resume=resume,
+              train_scale=train_scale)
     fingerprint = clf.save(out)
-    click.echo(json.dumps({"out": out, "arch": arch, "fingerprint": fingerprint,
-                           "params": clf.params,
-                           "val_acc": clf.metrics.get("val_acc"),
-                           "source_test_acc": clf.metrics.get("source_test_acc")}))
+    state.unlink(missing_ok=True)
+    m = clf.metrics
+    click.echo(json.dumps({"out": out, "arch": arch, "task": m["task"],
+                           "fingerprint": fingerprint, "params": clf.params,
+                           **{k: m.get(k) for k in ("val_acc", "source_test_acc", "val_miou",
+                                                    "source_test_miou") if k in m}}))
 
 
 @click.command()

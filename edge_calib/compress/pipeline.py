@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..int8 import estimate_scales, quantize_layers
+from ..models.classifiers import task_of
 from ..models.store import Classifier
-from ..progress import progress_bar
-from ..train.evaluate import accuracy
-from ..train.tensors import DomainData, epoch_order
+from ..train.evaluate import scores
+from ..train.supervised import Fit, fit
+from ..train.tensors import DomainData
 from .fold import fold_batchnorm
 from .prune import apply_masks, compute_masks, parse_prune, sparsity_report
 
@@ -23,20 +25,11 @@ def finetune_with_masks(module, masks, data: DomainData, epochs: int, lr: float,
                         seed: int, progress: bool):
     """Supervised fine-tuning on labelled source data; pruned weights stay zero."""
     torch.manual_seed(seed)
-    optimiser = torch.optim.Adam(module.parameters(), lr=lr)
-    steps = len(data) // batch_size
-    for epoch in range(epochs):
-        module.train()
-        order = epoch_order(len(data), seed, epoch)
-        with progress_bar(steps, f"fine-tune {epoch + 1}/{epochs}", progress) as bar:
-            for step in range(steps):
-                idx = order[step * batch_size:(step + 1) * batch_size].numpy()
-                loss = F.cross_entropy(module(data.batch(idx, "cpu")), data.labels_of(idx, "cpu"))
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                apply_masks(module, masks)
-                bar.update(1, current_item=f"loss {loss.item():.4f}")
+    segmenting = data.labels is not None and data.labels.ndim == 3
+    ignore = len(data.classes) if segmenting else -100
+    fit(module, data, Fit(epochs, batch_size, lr, seed, label="fine-tune"),
+        lambda logits, y: F.cross_entropy(logits, y, ignore_index=ignore), "cpu",
+        after_step=lambda m: apply_masks(m, masks), progress=progress)
     module.eval()
 
 
@@ -48,31 +41,38 @@ def compress_classifier(clf: Classifier, prune: str | None, int8: bool, calib: D
     """A deployable classifier: BN folded, optionally pruned and INT8 fake-quantised.
 
     ``calib`` (source-domain images) estimates the INT8 activation ranges; ``test`` measures
-    source accuracy before and after; nothing here touches ``clf`` itself.
+    source accuracy (segmenters: mIoU) before and after; nothing here touches ``clf`` itself.
     """
     started = time.time()
     pruning = parse_prune(prune)
+    task = task_of(clf.arch)
+    unit = "miou" if task == "segmentation" else "acc"
+    score = lambda m: next(iter(scores(task, m, test).values()))  # noqa: E731
     module = copy.deepcopy(clf.module).eval()
-    metrics = {"source_fingerprint": clf.fingerprint, "source_checkpoint": clf.path}
+    metrics = {"source_fingerprint": clf.fingerprint, "source_checkpoint": Path(clf.path).name
+               if clf.path else None}
     if test is not None:
-        metrics["float_acc"] = accuracy(module, test)
+        metrics[f"float_{unit}"] = score(module)
     if pruning:
         masks = compute_masks(module, *pruning)
         apply_masks(module, masks)
         if test is not None:
-            metrics["pruned_acc_before_finetune"] = accuracy(module, test)
+            metrics[f"pruned_{unit}_before_finetune"] = score(module)
         if finetune_epochs:
             finetune_with_masks(module, masks, finetune, finetune_epochs, finetune_lr,
-                                batch_size, seed, progress)
+                                batch_size if task == "classification" else 4, seed, progress)
             metrics["finetune"] = {"dataset": finetune.name, "epochs": finetune_epochs,
                                    "lr": finetune_lr, "samples": len(finetune)}
     module = fold_batchnorm(module)
     if int8:
         module = quantize_layers(module)
         rng = np.random.default_rng(seed)
-        idx = rng.permutation(len(calib))[:calib_batches * batch_size]
-        batches = [calib.batch(idx[i:i + batch_size], "cpu") for i in range(0, len(idx), batch_size)]
-        metrics["int8_scales"] = estimate_scales(module, batches, act_method)
+        per_batch = batch_size if task == "classification" else 2  # full-resolution frames
+        idx = rng.permutation(len(calib))[:calib_batches * per_batch]
+        batches = [calib.batch(idx[i:i + per_batch], "cpu") for i in range(0, len(idx), per_batch)]
+        metrics["int8_scales"] = estimate_scales(
+            module, batches, act_method, values_per_batch=(1 << 21) if task == "classification"
+            else (1 << 17))
         metrics["quantization_calibration_data"] = {"dataset": calib.name, "samples": len(idx),
                                                     "activation_range": act_method}
     report = sparsity_report(module, pruning[0] if pruning else None)
@@ -81,7 +81,7 @@ def compress_classifier(clf: Classifier, prune: str | None, int8: bool, calib: D
                                                       "target_sparsity": pruning[1]},
                    "sparsity": report["total_sparsity"]}
     if test is not None:
-        metrics["compressed_acc"] = accuracy(module, test)
+        metrics[f"compressed_{unit}"] = score(module)
         metrics["source_test"] = test.name
     metrics["sparsity_report"] = report
     metrics["time_s"] = time.time() - started

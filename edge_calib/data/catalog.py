@@ -88,12 +88,14 @@ CATALOG: dict[str, tuple[Variant, ...]] = {
 
 @dataclass
 class ImageSet:
-    """uint8 images (N,H,W,C), RGB or grey; int64 labels or None (unlabelled)."""
+    """uint8 images (N,H,W,C), RGB or grey; labels (N,) int64, or masks (N,H,W) uint8 whose
+    value ``len(classes)`` is void, or None (unlabelled); class names where known."""
 
     images: np.ndarray
     labels: np.ndarray | None
     name: str
     split: str
+    classes: tuple[str, ...] | None = None
 
     def __len__(self):
         return len(self.images)
@@ -106,7 +108,7 @@ class ImageSet:
             raise EdgeCalibError(f"--max-samples must be positive, got {n}")
         idx = np.sort(np.random.default_rng(seed).permutation(len(self))[:n])
         labels = None if self.labels is None else self.labels[idx]
-        return ImageSet(self.images[idx], labels, self.name, self.split)
+        return ImageSet(self.images[idx], labels, self.name, self.split, self.classes)
 
 
 def default_data_root() -> Path:
@@ -160,6 +162,11 @@ def _local_variant(name: str, folder: Path, split: str) -> Variant | None:
     return None
 
 
+def has_val_split(name: str) -> bool:
+    """Only CamVid has a separate validation split (the others hold part of train out)."""
+    return split_name(name)[0] == "camvid"
+
+
 def has_test_split(name: str) -> bool:
     """Catalogued datasets have one; a folder has one when it holds a ``test/`` subfolder."""
     base, _ = split_name(name)
@@ -176,13 +183,13 @@ def load_dataset(name_or_path: str | Path, split: str = "train", root: str | Pat
     text = str(name_or_path)
     base, modifier = split_name(text)
     if base == "camvid":
+        from .camvid import CLASSES, load_camvid
         from .camvid import SPLITS as CAMVID_SPLITS
-        from .camvid import load_camvid
 
         _check_split(split, CAMVID_SPLITS)
         frames, masks = load_camvid(root if root is not None else default_data_root(), split,
                                     modifier)
-        return ImageSet(frames, masks, text, split)
+        return ImageSet(frames, masks, text, split, CLASSES)
     _check_split(split)
     if modifier is not None:
         from .shifts import apply_shift

@@ -1,21 +1,23 @@
-"""Supervised training of a source classifier (Adam, cross-entropy), with optional augmentation."""
+"""Training the frozen source model before deployment: a classifier (cross-entropy, optional
+random-affine augmentation) or a segmenter (class-weighted cross-entropy with the void label
+ignored, trained on random scaled crops and flips at a reduced resolution, evaluated at full
+resolution). Both run the one supervised loop (``supervised.py``) and resume with --resume."""
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ..models.classifiers import build_classifier
+from ..errors import EdgeCalibError
+from ..models.classifiers import build_classifier, task_of
 from ..models.store import Classifier
-from ..progress import echo_err, progress_bar
 from ..spec import InputSpec
-from .evaluate import accuracy
-from .tensors import DomainData, epoch_order
+from .evaluate import accuracy, segmentation
+from .supervised import Fit, class_weights, fit
+from .tensors import DomainData
 
 
 def random_affine(x: torch.Tensor, background: float, max_shift=0.1, max_rot_deg=10.0,
@@ -32,56 +34,86 @@ def random_affine(x: torch.Tensor, background: float, max_shift=0.1, max_rot_deg
     return F.grid_sample(x - background, grid, align_corners=False, padding_mode="zeros") + background
 
 
+def scaled_crops(scale: float, crop: tuple[int, int], jitter: float = 0.25):
+    """A batch transform for segmentation: resize images (bilinear) and masks (nearest) by
+    ``scale`` x U(1 - jitter, 1 + jitter), take one random ``crop``, flip each sample
+    horizontally with probability 1/2."""
+
+    def transform(x: torch.Tensor, y: torch.Tensor):
+        s = scale * float(torch.empty(1).uniform_(1 - jitter, 1 + jitter))
+        h, w = x.shape[-2:]
+        size = (max(crop[0], round(h * s)), max(crop[1], round(w * s)))
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        y = F.interpolate(y[:, None].float(), size=size, mode="nearest")[:, 0].long()
+        top = int(torch.randint(0, size[0] - crop[0] + 1, ()))
+        left = int(torch.randint(0, size[1] - crop[1] + 1, ()))
+        x = x[..., top:top + crop[0], left:left + crop[1]]
+        y = y[..., top:top + crop[0], left:left + crop[1]]
+        flip = torch.rand(x.shape[0], device=x.device) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        y = torch.where(flip[:, None, None], y.flip(-1), y)
+        return x, y
+
+    return transform
+
+
 def train_classifier(arch: str, spec: InputSpec, train: DomainData, test: DomainData | None,
                      epochs: int, batch_size: int, lr: float, seed: int, device: torch.device,
                      augment: bool = False, val_fraction: float = 0.1, progress: bool = True,
-                     log_path: Path | None = None) -> Classifier:
-    """Train ``arch`` on labelled ``train``; report held-out source validation each epoch and
-    source test accuracy at the end (stored in the checkpoint's metrics)."""
+                     val: DomainData | None = None, state_path: Path | None = None,
+                     resume: bool = False, train_scale: float = 0.5,
+                     crop: tuple[int, int] = (176, 224)) -> Classifier:
+    """Train ``arch`` on labelled ``train``; report source validation (``val``, else a held-out
+    ``val_fraction`` of ``train``) each epoch (every 10th for segmentation) and source test
+    scores at the end (stored in the checkpoint's metrics). The model is the last epoch's."""
+    task = task_of(arch)
+    if train.labels is None:
+        raise EdgeCalibError(f"{train.name}: training needs labelled images")
+    if task == "segmentation" and train.labels.ndim != 3:
+        raise EdgeCalibError(f"{arch} is a segmenter: {train.name} needs label masks")
+    if task == "classification" and train.labels.ndim != 1:
+        raise EdgeCalibError(f"{arch} is a classifier: {train.name} has label masks")
+    if val is None:
+        train, val = train.split(val_fraction, seed)
     torch.manual_seed(seed)
-    fit, val = train.split(val_fraction, seed)
-    num_classes = int(train.labels.max()) + 1
-    model = build_classifier(arch, num_classes=num_classes).to(device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    steps = len(fit) // batch_size
-    history = []
-    for epoch in range(epochs):
-        model.train()
-        order = epoch_order(len(fit), seed, epoch)
-        started, loss_sum, correct, seen = time.time(), 0.0, 0, 0
-        with progress_bar(steps, f"classifier epoch {epoch + 1}/{epochs}", progress) as bar:
-            for step in range(steps):
-                idx = order[step * batch_size:(step + 1) * batch_size].numpy()
-                x, y = fit.batch(idx, device), fit.labels_of(idx, device)
-                if augment:
-                    x = random_affine(x, background=spec.lo[0])
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                loss_sum += loss.item() * len(idx)
-                correct += (logits.argmax(1) == y).sum().item()
-                seen += len(idx)
-                bar.update(1, current_item=f"loss {loss_sum / seen:.4f}")
-        model.eval()
-        row = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1),
-               "train_acc": 100.0 * correct / max(seen, 1), "time_s": time.time() - started}
-        if val is not None:
-            row["val_acc"] = accuracy(model, val, device=device)
-        history.append(row)
-        echo_err(json.dumps(row))
-        if log_path is not None:
-            with open(log_path, "a") as log:
-                log.write(json.dumps(row) + "\n")
-    metrics = {"source": train.name, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-               "seed": seed, "augment": augment, "train_samples": len(fit),
+    if task == "segmentation":
+        labels = list(train.classes)
+        weights = class_weights(train.labels, len(labels), ignore=len(labels)).to(device)
+        loss_fn = lambda logits, y: F.cross_entropy(logits, y, weight=weights,  # noqa: E731
+                                                    ignore_index=len(labels))
+        transform = scaled_crops(train_scale, crop)
+        cfg = Fit(epochs, batch_size, lr, seed, weight_decay=1e-4, schedule="cosine",
+                  label="segmenter epoch")
+        every = max(1, min(10, epochs))
+    else:
+        labels = [str(i) for i in range(int(train.labels.max()) + 1)]
+        loss_fn, transform = F.cross_entropy, None
+        if augment:
+            transform = lambda x, y: (random_affine(x, background=spec.lo[0]), y)  # noqa: E731
+        cfg = Fit(epochs, batch_size, lr, seed, label="classifier epoch")
+        every = 1
+    model = build_classifier(arch, num_classes=len(labels)).to(device)
+
+    def evaluate(epoch: int) -> dict:
+        if val is None or (epoch % every and epoch != epochs):
+            return {}
+        if task == "segmentation":
+            return {"val_miou": segmentation(model, val, device=device)["miou"]}
+        return {"val_acc": accuracy(model, val, device=device)}
+
+    history = fit(model, train, cfg, loss_fn, device, transform=transform, evaluate=evaluate,
+                  state_path=state_path, resume=resume, progress=progress)
+    metrics = {"source": train.name, "task": task, "epochs": epochs, "batch_size": batch_size,
+               "lr": lr, "seed": seed, "augment": augment, "train_samples": len(train),
                "history": history}
-    if val is not None:
-        metrics["val_acc"] = history[-1]["val_acc"] if history else None
+    key = "val_miou" if task == "segmentation" else "val_acc"
+    metrics[key] = history[-1].get(key) if history else None
     if test is not None and test.labels is not None:
         metrics["source_test"] = test.name
-        metrics["source_test_acc"] = accuracy(model, test, device=device)
+        if task == "segmentation":
+            s = segmentation(model, test, device=device)
+            metrics |= {"source_test_miou": s["miou"], "source_test_scores": s}
+        else:
+            metrics["source_test_acc"] = accuracy(model, test, device=device)
     model = model.cpu().eval()
-    return Classifier(model, arch, spec, num_classes, [str(i) for i in range(num_classes)], None,
-                      metrics)
+    return Classifier(model, arch, spec, len(labels), labels, None, metrics)

@@ -1,4 +1,5 @@
-"""Accuracy of a classifier, with or without a calibrator in front, exactly as deployed."""
+"""Scores of a frozen model, with or without a calibrator in front, exactly as deployed:
+top-1 accuracy (classification) or mIoU and friends (segmentation, void ignored)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ import numpy as np
 import torch
 
 from ..errors import EdgeCalibError
+from ..metrics import confusion, segmentation_scores
 from .tensors import DomainData
 
 
 @torch.no_grad()
 def predict(classifier: torch.nn.Module, data: DomainData, calibrator: torch.nn.Module | None = None,
             batch_size: int = 512, device="cpu") -> np.ndarray:
-    """Top-1 predictions (N,) of classifier(calibrator(x)) with both modules in eval mode."""
+    """Top-1 predictions (N,) or (N, H, W) of classifier(calibrator(x)), both in eval mode."""
     classifier.eval()
     if calibrator is not None:
         calibrator.eval()
@@ -25,9 +27,36 @@ def predict(classifier: torch.nn.Module, data: DomainData, calibrator: torch.nn.
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
+def _labels(data: DomainData) -> np.ndarray:
+    if data.labels is None:
+        raise EdgeCalibError(f"{data.name} has no labels: scores need a labelled dataset")
+    return data.labels
+
+
 def accuracy(classifier, data: DomainData, calibrator=None, batch_size=512, device="cpu") -> float:
     """Top-1 accuracy in percent."""
-    if data.labels is None:
-        raise EdgeCalibError(f"{data.name} has no labels: accuracy needs a labelled dataset")
-    pred = predict(classifier, data, calibrator, batch_size, device)
-    return float((pred == data.labels).mean() * 100.0)
+    labels = _labels(data)
+    return float((predict(classifier, data, calibrator, batch_size, device) == labels).mean() * 100)
+
+
+@torch.no_grad()
+def segmentation(classifier, data: DomainData, calibrator=None, batch_size=4, device="cpu") -> dict:
+    """mIoU, per-class IoU, pixel accuracy, fwIoU over ``data`` (label ``len(classes)`` is void)."""
+    labels = _labels(data)
+    classes = len(data.classes)
+    matrix = np.zeros((classes, classes), np.int64)
+    for start in range(0, len(data), batch_size):
+        part = np.arange(start, min(start + batch_size, len(data)))
+        x = data.batch(part, device)
+        if calibrator is not None:
+            x = calibrator(x)
+        pred = classifier(x).argmax(1).cpu().numpy()
+        matrix += confusion(pred, labels[part], classes, ignore=classes)
+    return segmentation_scores(matrix, list(data.classes))
+
+
+def scores(task: str, classifier, data: DomainData, calibrator=None, device="cpu") -> dict:
+    """{"accuracy"} for classification; mIoU etc. for segmentation."""
+    if task == "segmentation":
+        return segmentation(classifier, data, calibrator, device=device)
+    return {"accuracy": accuracy(classifier, data, calibrator, device=device)}

@@ -31,6 +31,9 @@ class DomainData:
         self.spec = spec
         self.images = spec.resize_uint8(images.images)
         self.labels = images.labels
+        self.classes = images.classes or (
+            None if images.labels is None or images.labels.ndim != 1
+            else tuple(str(i) for i in range(int(images.labels.max()) + 1)))
         if self.labels is not None and self.labels.ndim == 3:  # masks follow the images
             self.labels = spec.resize_masks(self.labels)
 
@@ -58,7 +61,7 @@ class DomainData:
 
     def _take(self, index) -> "DomainData":
         part = object.__new__(DomainData)
-        part.name, part.spec = self.name, self.spec
+        part.name, part.spec, part.classes = self.name, self.spec, self.classes
         part.images = self.images[index]
         part.labels = None if self.labels is None else self.labels[index]
         return part

@@ -1,0 +1,133 @@
+"""The one supervised training loop (source models, and fine-tuning after pruning): Adam(W)
+over shuffled batches with an optional batch transform (augmentation) and hook after each step
+(pruning masks), a cosine or constant schedule, and a resumable state written after every
+epoch (model, optimiser, schedule, RNG, history), so a killed run continues with --resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import EdgeCalibError
+from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..progress import echo_err, progress_bar
+from .tensors import DomainData, epoch_order
+
+STATE = "supervised-training-state"
+
+
+@dataclass
+class Fit:
+    """What a loop needs besides the model and data."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int = 0
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # or cosine
+    label: str = "epoch"
+
+    def validate(self):
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise EdgeCalibError(f"--lr must be a positive finite number, got {self.lr}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise EdgeCalibError("--epochs and --batch-size must be >= 1")
+
+
+def fit(model: torch.nn.Module, data: DomainData, cfg: Fit, loss_fn: Callable, device,
+        transform: Callable | None = None, after_step: Callable | None = None,
+        evaluate: Callable[[int], dict] | None = None, state_path: Path | None = None,
+        resume: bool = False, progress: bool = True) -> list[dict]:
+    """Train ``model`` in place; returns the per-epoch history. ``evaluate(epoch)`` may add
+    entries to an epoch's row; ``state_path`` makes the run resumable."""
+    cfg.validate()
+    model.to(device)
+    steps = len(data) // cfg.batch_size
+    if steps == 0:
+        raise EdgeCalibError(f"{data.name}: {len(data)} images is less than one batch of "
+                             f"{cfg.batch_size}")
+    total = steps * cfg.epochs
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    decay = (lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total))) \
+        if cfg.schedule == "cosine" else (lambda t: 1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, decay)
+    history: list[dict] = []
+    if resume:
+        history = _load_state(state_path, model, optimiser, scheduler)
+    for epoch in range(len(history), cfg.epochs):
+        model.train()
+        order = epoch_order(len(data), cfg.seed, epoch)
+        started, loss_sum, seen = time.time(), 0.0, 0
+        with progress_bar(steps, f"{cfg.label} {epoch + 1}/{cfg.epochs}", progress) as bar:
+            for step in range(steps):
+                idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size].numpy()
+                x, y = data.batch(idx, device), data.labels_of(idx, device)
+                if transform is not None:
+                    x, y = transform(x, y)
+                loss = loss_fn(model(x), y)
+                if not torch.isfinite(loss):
+                    raise EdgeCalibError(
+                        f"training stopped at epoch {epoch + 1}, step {step + 1}: the loss became "
+                        f"non-finite ({loss.item():.3g}); "
+                        + (f"the last good state (epoch {epoch}) is kept in {state_path}"
+                           if state_path and epoch else "nothing was written")
+                        + ". Try a lower --lr")
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                scheduler.step()
+                if after_step is not None:
+                    after_step(model)
+                loss_sum += loss.item() * len(idx)
+                seen += len(idx)
+                bar.update(1, current_item=f"loss {loss_sum / seen:.4f}")
+        model.eval()
+        row = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1),
+               "lr": scheduler.get_last_lr()[0], "time_s": time.time() - started}
+        if evaluate is not None:
+            row |= evaluate(epoch + 1)
+        history.append(row)
+        echo_err(json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                             for k, v in row.items()}))
+        if state_path is not None:
+            _save_state(state_path, model, optimiser, scheduler, history, cfg)
+    return history
+
+
+def _save_state(path, model, optimiser, scheduler, history, cfg):
+    tensors = {"model": model.state_dict(), "optimiser": optimiser.state_dict(),
+               "scheduler": scheduler.state_dict(), "rng_cpu": torch.get_rng_state()}
+    save_checkpoint(path, STATE, {"history": history, "fit": cfg.__dict__}, tensors)
+
+
+def _load_state(path, model, optimiser, scheduler) -> list[dict]:
+    if path is None or not Path(path).exists():
+        raise EdgeCalibError(f"--resume: no training state at {path}")
+    meta, t = load_checkpoint(path, STATE)
+    try:
+        model.load_state_dict(t["model"])
+        optimiser.load_state_dict(t["optimiser"])
+        scheduler.load_state_dict(t["scheduler"])
+        torch.set_rng_state(t["rng_cpu"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise EdgeCalibError(f"cannot resume {path}: it is from another model or run "
+                             f"({str(exc).splitlines()[0][:120]})") from None
+    return meta["history"]
+
+
+def class_weights(labels: np.ndarray, classes: int, ignore: int | None = None) -> torch.Tensor:
+    """ENet's class weighting for imbalanced segmentation: w_c = 1 / ln(1.02 + p_c), p_c the
+    share of class c among the labelled training pixels."""
+    values = labels.ravel()
+    if ignore is not None:
+        values = values[values != ignore]
+    p = np.bincount(values, minlength=classes)[:classes] / max(1, values.size)
+    return torch.tensor(1.0 / np.log(1.02 + p), dtype=torch.float32)
