@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from digits import Step  # noqa: E402  (the shared step recorder)
+from steps import Step, common_arguments  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "calibrators"
@@ -204,10 +203,7 @@ def run_costs(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-root", default=os.environ.get(
-        "EDGE_CALIB_DATA", str(ROOT.parent / "shared" / "data")))
-    common.add_argument("--work", default=str(ROOT / "runs" / "calibrators"))
+    common = common_arguments("calibrators")
     common.add_argument("--classifiers", type=lambda s: s.split(","), default=["plain"],
                         help=f"Source-model recipes: {', '.join(CLASSIFIERS)}.")
     p = sub.add_parser("classifiers", parents=[common])

@@ -18,12 +18,11 @@ retention, on the 171 day test frames. Each step is an ``edge-calib`` CLI call s
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from digits import Step  # noqa: E402
+from steps import Step, common_arguments  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "camvid"
@@ -44,10 +43,7 @@ def run_segmenter(args, step):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-root", default=os.environ.get(
-        "EDGE_CALIB_DATA", str(ROOT.parent / "shared" / "data")))
-    common.add_argument("--work", default=str(ROOT / "runs" / "camvid"))
+    common = common_arguments("camvid")
     p = sub.add_parser("segmenter", parents=[common])
     p.add_argument("--epochs", type=int, default=120)
     p.add_argument("--resume", action="store_true")

@@ -18,16 +18,12 @@ of the last five epochs.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
-import shlex
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from steps import Step, common_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "digits"
@@ -52,64 +48,6 @@ def with_lr(recipe: list[str], lr: str) -> list[str]:
 
 # The edge-calib recipe at the learning rate the 10-epoch pilots and the size sweep preferred.
 OURS_LR3 = with_lr(OURS, "3e-4")
-
-
-def git_commit() -> tuple[str, bool | None]:
-    """HEAD and whether the code under test differs from it. A copy without .git (a borrowed
-    GPU machine) takes the commit from $EDGE_CALIB_COMMIT, with the dirty flag unknown."""
-    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                         text=True).stdout.strip()
-    if not sha:
-        return os.environ.get("EDGE_CALIB_COMMIT", "unknown"), None
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "edge_calib", "benchmarks/digits.py"],
-                                cwd=ROOT, capture_output=True, text=True).stdout.strip())
-    return sha, dirty
-
-
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "gpu": gpu,
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "torch": torch.__version__}
-
-
-class Step:
-    """One CLI call whose parsed JSON output is stored with its provenance."""
-
-    def __init__(self, folder: Path, data_root: str):
-        self.folder, self.data_root = folder, data_root
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def __call__(self, name: str, args: list[str]) -> dict:
-        path = self.folder / f"{name}.json"
-        if path.exists():
-            return json.loads(path.read_text())["result"]
-        command = ["edge-calib", *args]
-        if "--data-root" not in args and args[0] not in ("export", "build-engine", "bench"):
-            command += ["--data-root", self.data_root]
-        print(f"[{name}] {shlex.join(command)}", file=sys.stderr, flush=True)
-        sha, dirty = git_commit()  # the code this step runs, read before it starts
-        started = time.time()
-        proc = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"step {name} failed (exit {proc.returncode}); rerun to resume")
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-        record = {"step": name, "command": shlex.join(command), "commit": sha,
-                  "uncommitted_changes": dirty, "seconds": round(time.time() - started, 1),
-                  "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-                  "machine": machine(), "result": result}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        tmp.replace(path)
-        return result
 
 
 def evaluate(step, name, model_args, dataset):
@@ -238,14 +176,12 @@ def run_sweep(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
+    common = common_arguments("bench")
     for name in ("run", "sweep"):
-        p = sub.add_parser(name)
+        p = sub.add_parser(name, parents=[common])
         p.add_argument("--task", choices=TASKS, required=True)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--epochs", type=int, default=50)
-        p.add_argument("--data-root", default=os.environ.get("EDGE_CALIB_DATA",
-                                                             str(ROOT.parent / "shared" / "data")))
-        p.add_argument("--work", default=str(ROOT / "runs" / "bench"))
     run = sub.choices["run"]
     run.add_argument("--classifier-epochs", type=int, default=10)
     run.add_argument("--augment", action="store_true")

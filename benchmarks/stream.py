@@ -24,7 +24,11 @@ sys.path.insert(0, str(ROOT))
 
 from edge_calib.data import load_dataset  # noqa: E402
 from edge_calib.provenance import capture  # noqa: E402
-from edge_calib.runtime.testvideo import score_predictions, write_domain_video  # noqa: E402
+from edge_calib.runtime.testvideo import (  # noqa: E402
+    alternating_segments,
+    score_predictions,
+    write_domain_video,  # noqa: E402
+)
 
 
 def run(args: list[str]) -> dict:
@@ -48,16 +52,10 @@ def main():
     work = ROOT / "runs" / "stream"
     work.mkdir(parents=True, exist_ok=True)
     data = {d: load_dataset(d, "test", args.data_root) for d in ("mnist", "usps")}
-    segments, used = [], {"mnist": 0, "usps": 0}
-    for k in range(args.frames // args.segment):
-        d = ("mnist", "usps")[k % 2]
-        ds, start = data[d], used[d] % (len(data[d]) - args.segment)
-        segments.append((d, ds.images[start:start + args.segment], ds.labels[start:start + args.segment]))
-        used[d] += args.segment
     video = work / "stream.avi"
-    truth = write_domain_video(video, segments)
-    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                         text=True).stdout.strip()
+    truth = write_domain_video(video, alternating_segments(data, args.segment,
+                                                           args.frames // args.segment))
+    sha = capture()["commit"]
     results = {"video": {"frames": len(truth["frames"]), "segments": truth["segments"],
                          "size": truth["size"]},
                "commit": sha, "machine": capture(), "runs": {}}
@@ -100,7 +98,8 @@ def markdown(r: dict) -> str:
                      f"{a.get('auto_frame_accuracy', 0):.1f} | {a['running_domain_correct_pct']:.1f} |")
     lines += ["", f"`--domain auto`: {s['frames']} frames, {s['fps']:.1f} FPS end to end, "
                   f"{s['dropped']} dropped, {s['corrupt']} corrupt, {s['switches']} switches "
-                  f"(switch call median {s['switch_time_us'].get('median', 0):.2f} µs).", "",
+                  f"(command to first frame with the new calibrator: median "
+                  f"{s['switch_to_first_frame_ms'].get('median', 0):.2f} ms).", "",
               "| stage | mean ms | p50 | p95 | p99 |", "|---|---|---|---|---|"]
     for stage, st in s["stages_ms"].items():
         lines.append(f"| {stage} | {st['mean']:.3f} | {st['median']:.3f} | {st['p95']:.3f} | {st['p99']:.3f} |")

@@ -49,7 +49,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     from .models.store import load_classifier, save_calibrator
     from .runtime.sources import parse_source
     from .runtime.stream import RunOptions, StreamRunner
-    from .runtime.testvideo import score_predictions, write_domain_video
+    from .runtime.testvideo import (
+        alternating_segments,
+        score_predictions,
+        write_domain_video,
+    )
     from .train.calibrate import CalibratorConfig, CalibratorTrainer, state_paths
     from .train.classifier import train_classifier
     from .train.tensors import DomainData, resolve_device
@@ -97,14 +101,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     video = work / "stream.avi"
 
     def make_video():
-        n = cfg.frames_per_segment
-        segments = []
-        for k in range(cfg.segments):
-            name = ("mnist", "usps")[k % 2]
-            ds = data[(name, "test")]
-            start = (k // 2) * n
-            segments.append((name, ds.images[start:start + n], ds.labels[start:start + n]))
-        write_domain_video(video, segments)
+        tests = {name: data[(name, "test")] for name in ("mnist", "usps")}
+        write_domain_video(video, alternating_segments(tests, cfg.frames_per_segment,
+                                                       cfg.segments))
 
     _step("test video (MNIST and USPS segments)", video, make_video)
     truth = json.loads(video.with_suffix(".truth.json").read_text())

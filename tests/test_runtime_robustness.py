@@ -44,13 +44,13 @@ def test_long_stream_keeps_timing_memory_bounded(bundle_dir, frame_folder):
     frames = WINDOW + 200
     opts = RunOptions(deploy=str(bundle_dir), domain="mnist", headless=True, max_frames=frames)
     runner = StreamRunner(opts, parse_source(None, str(frame_folder), loop=True))
-    original = runner.engines.infer
+    original = runner.capture.get
 
-    def switching_infer(domain, x):  # flip the domain every frame: the most switches possible
+    def switching_get():  # flip the domain before every frame: the most switches possible
         runner.switch("usps" if runner.domain == "mnist" else "mnist", "test", runner.times.frames)
-        return original(domain, x)
+        return original()
 
-    runner.engines.infer = switching_infer
+    runner.capture.get = switching_get
     summary = runner.run()
     assert summary["frames"] == frames
     for stage in ("capture", "pre", "network", "post", "total"):

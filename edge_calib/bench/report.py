@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -15,7 +16,6 @@ from .. import provenance
 from ..bundle import open_bundle
 from ..engines import open_engines
 from ..fileio import write_bytes_atomic, write_json_atomic
-from ..stats import summarize
 from .graphs import graph_costs
 from .latency import latency_table, measure, ort_configs
 from .roofline import project
@@ -55,24 +55,46 @@ def overhead_ratios(parts: dict) -> dict:
     return out
 
 
-def stream_benchmark(bundle_dir: str, video: str, switches: int = 1000) -> dict:
-    """End-to-end FPS of ``edge-calib run`` (headless, --domain auto) and the switch time."""
+def stream_benchmark(bundle_dir: str, video: str, fps: float = 30.0,
+                     switch_every_s: float = 0.25) -> dict:
+    """Through ``edge-calib run``, headless: (1) the whole video as fast as it goes with
+    ``--domain auto`` (end-to-end FPS, automatic switches); (2) the video paced as a live
+    camera at ``fps`` (oldest frames dropped when behind) while a client sends ``domain NAME``
+    on the control socket every ``switch_every_s``: per switch, the time from the command's
+    arrival to the first frame computed with the new calibrator, and the frames dropped."""
+    from ..runtime.control import send_command
     from ..runtime.sources import parse_source
     from ..runtime.stream import RunOptions, StreamRunner
 
     runner = StreamRunner(RunOptions(deploy=bundle_dir, domain="auto", headless=True),
                           parse_source(None, video))
-    summary = runner.run()
-    auto_switches = list(summary["switch_log"])
+    auto = runner.run()
     names = runner.bundle.domains
-    times = []
-    for i in range(switches):
-        t0 = time.perf_counter()
-        runner.switch(names[i % len(names)], "bench", i)
-        times.append((time.perf_counter() - t0) * 1e6)
-    return {"video": video, "frames": summary["frames"], "fps": summary["fps"],
-            "stages_ms": summary["stages_ms"], "auto_switches": auto_switches,
-            "switch_call_us": summarize(times), "dropped": summary["dropped"]}
+    with tempfile.TemporaryDirectory() as scratch:
+        sock = str(Path(scratch) / "ec.sock")
+        live = StreamRunner(RunOptions(deploy=bundle_dir, domain=names[0], headless=True,
+                                       control=sock, realtime=True),
+                            parse_source(None, video, fps=fps))
+        result: dict = {}
+        thread = threading.Thread(target=lambda: result.update(live.run()))
+        thread.start()
+        k = 0
+        while thread.is_alive():
+            time.sleep(switch_every_s)
+            k += 1
+            try:
+                send_command(sock, f"domain {names[k % len(names)]}", timeout=2.0)
+            except OSError:  # the run ended between the check and the command
+                break
+        thread.join()
+    return {"video": video, "frames": auto["frames"], "fps": auto["fps"],
+            "stages_ms": auto["stages_ms"], "auto_switches": auto["switch_log"],
+            "dropped": auto["dropped"],
+            "switching": {"paced_fps": fps, "command_every_s": switch_every_s,
+                          "frames": result["frames"], "switches": result["switches"],
+                          "to_first_frame_ms": result["switch_to_first_frame_ms"],
+                          "dropped_during_switches": result["switch_dropped_frames"],
+                          "dropped_total": result["dropped"]}}
 
 
 def make_video(bundle, data_root, folder: Path, frames: int) -> str | None:
@@ -82,17 +104,12 @@ def make_video(bundle, data_root, folder: Path, frames: int) -> str | None:
     if not sources:
         return None
     from ..data import load_dataset
-    from ..runtime.testvideo import write_domain_video
+    from ..runtime.testvideo import alternating_segments, write_domain_video
 
-    per = max(1, frames // (2 * len(sources)))
-    segments = []
-    for _ in range(2):
-        for domain, dataset in sources.items():
-            ds = load_dataset(dataset, "test", data_root)
-            start = len(segments) * per % max(1, len(ds) - per)
-            segments.append((domain, ds.images[start:start + per], ds.labels[start:start + per]))
+    data = {domain: load_dataset(dataset, "test", data_root) for domain, dataset in sources.items()}
     path = folder / "stream.avi"
-    write_domain_video(path, segments)
+    write_domain_video(path, alternating_segments(data, max(1, frames // (2 * len(data))),
+                                                  2 * len(data)))
     return str(path)
 
 
@@ -221,8 +238,14 @@ def markdown(report: dict) -> str:
         lines += ["", "## Stream (`edge-calib run --domain auto --headless`)", "",
                   f"{s['frames']} frames of `{s['video']}`: {s['fps']:.1f} FPS end to end, "
                   f"{s['dropped']} dropped, {len(s['auto_switches'])} automatic switches. "
-                  f"Switch call: median {s['switch_call_us']['median']:.2f} µs over "
-                  f"{s['switch_call_us']['count']} switches (no reload, no rebuild).", "",
+                  f"Switching on command (`domain NAME` on the control socket every "
+                  f"{s['switching']['command_every_s']} s, the video paced at "
+                  f"{s['switching']['paced_fps']:g} FPS like a camera): from the command's "
+                  f"arrival to the first frame computed with the new calibrator, median "
+                  f"{s['switching']['to_first_frame_ms'].get('median', float('nan')):.2f} ms, "
+                  f"p99 {s['switching']['to_first_frame_ms'].get('p99', float('nan')):.2f} ms "
+                  f"over {s['switching']['to_first_frame_ms'].get('count', 0)} switches; "
+                  f"{s['switching']['dropped_during_switches']} frames dropped meanwhile.", "",
                   "| stage | mean | p50 | p95 | p99 |", "|---|---|---|---|---|"]
         for stage, st in s["stages_ms"].items():
             if st.get("count"):

@@ -14,6 +14,7 @@ import socket
 import stat
 import sys
 import threading
+import time
 
 from ..errors import EdgeCalibError
 
@@ -21,6 +22,7 @@ from ..errors import EdgeCalibError
 class Command:
     def __init__(self, text: str):
         self.text = text.strip()
+        self.received = time.perf_counter()  # switch figures count from here
         self.reply: queue.Queue[dict] = queue.Queue(maxsize=1)
 
 

@@ -91,6 +91,7 @@ class StreamRunner:
         self.times = StageTimes()
         self.switches: collections.deque[dict] = collections.deque(maxlen=SWITCH_LOG)
         self.switch_count = 0
+        self._pending_switch = None
         self.domain_frames: dict[str, int] = {}
         self.reloads: collections.deque[dict] = collections.deque(maxlen=SWITCH_LOG)
         self._reloaded = None
@@ -166,20 +167,31 @@ class StreamRunner:
                 self.request_reload("bundle changed on disk")
 
     # -- switching --------------------------------------------------------------------------
-    def switch(self, name: str, by: str, index: int) -> dict:
+    def switch(self, name: str, by: str, index: int, requested: float | None = None) -> dict:
+        """Run ``name``'s calibrator from the next frame. ``requested`` (perf_counter) is when
+        the request arrived; the switch log says how long until the first frame computed with
+        the new calibrator was done, and how many frames capture dropped meanwhile."""
         if name not in self.bundle.domains:
             return {"ok": False, "error": f"unknown domain {name!r}; this bundle has: "
                                           f"{', '.join(self.bundle.domains)}"}
-        started = time.perf_counter()
         previous, self.domain = self.domain, name
-        elapsed_us = (time.perf_counter() - started) * 1e6
         if previous != name:
             self.switch_count += 1
-            self.switches.append({"frame": index, "from": previous, "to": name, "by": by,
-                                  "switch_us": elapsed_us})
+            self._pending_switch = {"frame": index, "from": previous, "to": name, "by": by,
+                                    "requested": requested or time.perf_counter(),
+                                    "dropped_before": self.capture.counts["dropped"]}
             if self.opts.verbose:
                 log(f"domain {previous} -> {name} ({by}) at frame {index}")
         return {"ok": True, "domain": name}
+
+    def _switch_done(self, domain: str) -> None:
+        """The first frame with the new calibrator is done: log the switch with its figures."""
+        entry, self._pending_switch = self._pending_switch, None
+        if entry is None or entry["to"] != domain:
+            return
+        entry["to_first_frame_ms"] = (time.perf_counter() - entry.pop("requested")) * 1e3
+        entry["dropped_meanwhile"] = self.capture.counts["dropped"] - entry.pop("dropped_before")
+        self.switches.append(entry)
 
     def _handle(self, command, index: int):
         words = command.text.split()
@@ -188,7 +200,7 @@ class StreamRunner:
         elif words[0] == "domain" and len(words) == 2:
             if self.auto is not None:
                 self.auto = None  # a manual choice turns automatic switching off
-            reply = self.switch(words[1], "control", index)
+            reply = self.switch(words[1], "control", index, command.received)
         elif words[0] == "status":
             reply = {"ok": True, "domain": self.domain, "domains": self.bundle.domains,
                      "frames": self.times.frames, "fps": round(self.times.fps(), 2),
@@ -271,6 +283,8 @@ class StreamRunner:
                         if key != 255:
                             self._key(key, index)
                 t3 = time.perf_counter()
+                if self._pending_switch is not None:
+                    self._switch_done(domain)
                 times["post"] = (t3 - t2) * 1e3
                 times["total"] = (t3 - t0) * 1e3 + frame.read_ms
                 self.times.add(times)
@@ -317,7 +331,9 @@ class StreamRunner:
                 "wall_s": round(wall, 3), "fps": round(self.times.frames / wall, 2) if wall else 0.0,
                 **self.capture.counts, "switches": self.switch_count,
                 "switch_log": list(self.switches),
-                "switch_time_us": summarize([s["switch_us"] for s in self.switches]),
+                "switch_to_first_frame_ms": summarize([s["to_first_frame_ms"]
+                                                       for s in self.switches]),
+                "switch_dropped_frames": sum(s["dropped_meanwhile"] for s in self.switches),
                 "domain_frames": self.domain_frames, "final_domain": self.domain,
                 "auto": self.opts.domain == "auto", "reloads": list(self.reloads),
                 "stages_ms": self.times.summary(), "error": self.capture.error,

@@ -47,6 +47,21 @@ def write_domain_video(path: str | Path, segments: list[tuple[str, np.ndarray, n
     return sidecar
 
 
+def alternating_segments(sources: dict, frames_per_segment: int, segments: int) -> list:
+    """Segments for ``write_domain_video``: the domains of ``sources`` ({domain: ImageSet of
+    labelled test images}) in turn, each segment the next unused run of that domain's images
+    (wrapping around)."""
+    names, used, out = list(sources), {d: 0 for d in sources}, []
+    for k in range(segments):
+        domain = names[k % len(names)]
+        ds = sources[domain]
+        start = used[domain] % max(1, len(ds) - frames_per_segment)
+        out.append((domain, ds.images[start:start + frames_per_segment],
+                    ds.labels[start:start + frames_per_segment]))
+        used[domain] += frames_per_segment
+    return out
+
+
 def score_predictions(predictions_path: str | Path, truth: dict) -> dict:
     """Per true domain: classification accuracy, and how often the running domain (the
     calibrator used) and the auto-domain vote named the true domain."""

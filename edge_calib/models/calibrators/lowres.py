@@ -11,9 +11,9 @@ full-resolution network's cost; the per-pixel work left is one Resize and one Ad
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import nn
 
-from .base import BoundedCalibrator, SizeKey, zero_init
+from .base import BoundedCalibrator, SizeKey
+from .shallow import conv_stack
 
 
 class LowResCalibrator(BoundedCalibrator):
@@ -27,11 +27,7 @@ class LowResCalibrator(BoundedCalibrator):
 
     def build(self, channels: int, factor: int, width: int, depth: int) -> None:
         self.factor = factor
-        layers = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU()]
-        for _ in range(depth - 1):
-            layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU()]
-        layers.append(zero_init(nn.Conv2d(width, channels, 3, padding=1)))
-        self.net = nn.Sequential(*layers)
+        self.net = conv_stack(channels, width, depth)  # the shallow family's, at low resolution
 
     def perturbation_of(self, x):
         h, w = x.shape[-2:]

@@ -22,11 +22,17 @@ class ShallowCalibrator(BoundedCalibrator):
                "large": {"width": 16, "depth": 2}}
 
     def build(self, channels: int, width: int, depth: int) -> None:
-        layers = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU()]
-        for _ in range(depth - 1):
-            layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU()]
-        layers.append(zero_init(nn.Conv2d(width, channels, 3, padding=1)))
-        self.net = nn.Sequential(*layers)
+        self.net = conv_stack(channels, width, depth)
 
     def raw(self, x):
         return self.net(x)
+
+
+def conv_stack(channels: int, width: int, depth: int) -> nn.Sequential:
+    """conv3x3 (C -> width), ReLU, (depth - 1) x [conv3x3 (width -> width), ReLU], conv3x3
+    (width -> C) zero-initialised; zero padding throughout."""
+    layers = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU()]
+    for _ in range(depth - 1):
+        layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU()]
+    layers.append(zero_init(nn.Conv2d(width, channels, 3, padding=1)))
+    return nn.Sequential(*layers)
