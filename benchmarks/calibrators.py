@@ -124,7 +124,7 @@ def backbones(args) -> dict:
 
     from edge_calib.models.classifiers import build_classifier
     from edge_calib.models.store import Classifier, load_classifier
-    from edge_calib.spec import CAMVID_RGB360
+    from edge_calib.spec import InputSpec
 
     out = {}
     for path, label in ((args.classifier, "DTN float, 32x32"),
@@ -139,7 +139,8 @@ def backbones(args) -> dict:
     else:
         torch.manual_seed(0)
         module = build_classifier("lraspp_small", 11).eval()
-        seg = Classifier(module, "lraspp_small", CAMVID_RGB360, 11, [str(i) for i in range(11)])
+        camera = InputSpec(360, 480, 3, (0.5,) * 3, (0.5,) * 3)  # full 480x360 frames
+        seg = Classifier(module, "lraspp_small", camera, 11, [str(i) for i in range(11)])
         out["LR-ASPP MobileNetV3-Small float, 480x360"] = (
             seg, "random weights (the CamVid segmenter's architecture, untrained)")
     return out

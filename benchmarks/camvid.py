@@ -36,8 +36,8 @@ def paths(work: Path) -> dict:
 def run_segmenter(args, step):
     step("segmenter", ["train-classifier", "--dataset", SOURCE, "--arch", "lraspp_small",
                        "--out", str(paths(Path(args.work))["float"]), "--epochs",
-                       str(args.epochs), "--batch-size", "8", "--lr", "2e-3", "--train-scale",
-                       "0.75", "--quiet", *(["--resume"] if args.resume else [])])
+                       str(args.epochs), "--batch-size", "8", "--lr", "2e-3", "--quiet",
+                       *(["--resume"] if args.resume else [])])
 
 
 def main():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,6 +11,16 @@ import click
 from ..errors import EdgeCalibError
 from ..models.families import DEFAULT_ARCH, FAMILY_SUMMARIES
 from .options import data_root_option, training_options
+
+
+def parse_hw(text: str | None) -> tuple[int, int] | None:
+    """``180x240`` -> (180, 240): height x width."""
+    if text is None:
+        return None
+    h, sep, w = text.lower().partition("x")
+    if not (sep and h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
+        raise EdgeCalibError(f"--train-size {text!r}: use HEIGHTxWIDTH, e.g. 180x240")
+    return int(h), int(w)
 
 
 def calibrator_size(arch: str, size: str | None, width: int | None, blocks: int | None) -> dict:
@@ -35,9 +46,9 @@ def calibrator_size(arch: str, size: str | None, width: int | None, blocks: int 
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--augment/--no-augment", default=False, show_default=True,
               help="Classifiers: random small rotations, scalings and shifts.")
-@click.option("--train-scale", type=click.FloatRange(0.1, 1.0), default=0.5, show_default=True,
-              help="Segmenters: train on random crops of frames scaled by about this factor "
-                   "(evaluation is at full resolution).")
+@click.option("--train-scale", type=click.FloatRange(0.1, 2.0), default=1.0, show_default=True,
+              help="Segmenters: train on random crops of the input-size frames scaled by about "
+                   "this factor (masks are scored at their full resolution).")
 @click.option("--resume", is_flag=True, help="Continue from the saved training state.")
 @click.option("--force", is_flag=True, help="Discard an existing training state.")
 @training_options
@@ -123,6 +134,9 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, train_s
               show_default=True, help="Epoch selection (never on target labels).")
 @click.option("--holdout", type=float, default=0.0, show_default=True,
               help="Fraction of unlabelled target training images held out for --select.")
+@click.option("--train-size", default=None, metavar="HxW",
+              help="Train on the images resized to HxW (e.g. 180x240 for 480x360 frames: "
+                   "four times cheaper); the calibrator is deployed at the model's input size.")
 @click.option("--monitor-test/--no-monitor-test", default=False,
               help="Log target test accuracy per epoch (curves only, never used to select).")
 @click.option("--resume", is_flag=True, help="Continue from the saved training state.")
@@ -130,10 +144,12 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, train_s
 @training_options
 def train(classifier, source, target, data_root, domain, out, epochs, eps, arch, size, width,
           blocks, perturbation, lr, d_lr, patch, w_target, w_source, w_pixel, w_feature, classifier_mode,
-          d_steps, ema, schedule, select, holdout, monitor_test, resume, force, batch_size, seed,
+          d_steps, ema, schedule, select, holdout, train_size, monitor_test, resume, force,
+          batch_size, seed,
           device, max_samples, quiet):
     """Train a data calibrator for DOMAIN against a frozen classifier."""
     from ..data.catalog import has_test_split
+    from ..models.classifiers import task_of
     from ..models.store import load_classifier, save_calibrator
     from ..train.calibrate import CalibratorConfig, CalibratorTrainer, state_paths
     from ..train.tensors import load_domain, resolve_device
@@ -145,7 +161,7 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
                            w_target=w_target, w_source=w_source, w_pixel=w_pixel,
                            w_feature=w_feature, classifier_mode=classifier_mode,
                            d_steps=d_steps, ema=ema, schedule=schedule, select=select,
-                           holdout=holdout, seed=seed)
+                           holdout=holdout, seed=seed, train_size=parse_hw(train_size))
     cfg.validate()
     state_path, metrics_path = state_paths(out)
     if state_path.exists() and not (resume or force):
@@ -155,11 +171,14 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
         raise EdgeCalibError(f"--resume: no training state at {state_path}")
     clf = load_classifier(classifier)
     dev = resolve_device(device)
-    src = load_domain(source, "train", data_root, clf.spec, max_samples, seed, unlabelled=True)
-    tgt = load_domain(target, "train", data_root, clf.spec, max_samples, seed, unlabelled=True)
-    src_test = (load_domain(source, "test", data_root, clf.spec, 2000, seed)
+    spec = clf.spec if cfg.train_size is None else dataclasses.replace(
+        clf.spec, height=cfg.train_size[0], width=cfg.train_size[1])
+    src = load_domain(source, "train", data_root, spec, max_samples, seed, unlabelled=True)
+    tgt = load_domain(target, "train", data_root, spec, max_samples, seed, unlabelled=True)
+    monitor_size = 2000 if task_of(clf.arch) == "classification" else 20  # per-epoch curve
+    src_test = (load_domain(source, "test", data_root, spec, monitor_size, seed)
                 if has_test_split(source) else None)
-    monitor = load_domain(target, "test", data_root, clf.spec) if monitor_test else None
+    monitor = load_domain(target, "test", data_root, spec) if monitor_test else None
     trainer = CalibratorTrainer(clf, src, tgt, cfg, dev, state_path, metrics_path,
                                 source_test=src_test, monitor=monitor)
     if resume:

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from torch import nn
 
 from ..errors import EdgeCalibError
-from ..spec import CAMVID_RGB360, DIGITS_GREY28, DIGITS_RGB32, InputSpec
+from ..spec import CAMVID_RGB180, DIGITS_GREY28, DIGITS_RGB32, InputSpec
 from .segmenters import lraspp_small
 
 
@@ -55,7 +55,7 @@ def lenet(num_classes: int = 10) -> nn.Sequential:
 ARCHITECTURES: dict[str, tuple] = {
     "dtn": (dtn, DIGITS_RGB32, "classification"),
     "lenet": (lenet, DIGITS_GREY28, "classification"),
-    "lraspp_small": (lraspp_small, CAMVID_RGB360, "segmentation"),
+    "lraspp_small": (lraspp_small, CAMVID_RGB180, "segmentation"),
 }
 
 

@@ -44,16 +44,24 @@ class PixelDiscriminator(nn.Module):
 class FeatureDiscriminator(nn.Module):
     """MLP over the frozen classifier's softmax output, K -> 1000 -> 500 -> 4 (reference code).
 
-    Dense outputs (B, K, H, W) are scored per pixel.
+    Dense outputs (B, K, H, W) are scored per pixel, on ``pixels`` random pixels of each image
+    (a full 480x360 map would be 170k rows per image through the MLP).
     """
 
-    def __init__(self, num_classes: int = 10, hidden: tuple[int, int] = (1000, 500)):
+    def __init__(self, num_classes: int = 10, hidden: tuple[int, int] = (1000, 500),
+                 pixels: int = 256):
         super().__init__()
+        self.pixels = pixels
         self.net = nn.Sequential(nn.Linear(num_classes, hidden[0]), nn.ReLU(True),
                                  nn.Linear(hidden[0], hidden[1]), nn.ReLU(True),
                                  nn.Linear(hidden[1], NUM_GROUPS))
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         if logits.dim() == 4:
-            logits = logits.permute(0, 2, 3, 1).reshape(-1, logits.shape[1])
+            b, k, h, w = logits.shape
+            flat = logits.reshape(b, k, h * w)
+            if h * w > self.pixels:
+                pick = torch.randint(h * w, (b, 1, self.pixels)).to(logits.device)
+                flat = flat.gather(2, pick.expand(b, k, self.pixels))
+            logits = flat.permute(0, 2, 1).reshape(-1, k)
         return self.net(F.softmax(logits, dim=1))

@@ -28,10 +28,11 @@ from ..errors import EdgeCalibError
 from ..fileio import write_bytes_atomic
 from ..models.calibrators import calibrator_class
 from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..models.classifiers import task_of
 from ..models.discriminators import FeatureDiscriminator, PixelDiscriminator
 from ..models.store import Classifier, build_calibrator
 from ..progress import echo_err, progress_bar
-from .evaluate import accuracy
+from .evaluate import scores
 from .frozen import MODES, FrozenForward
 from .losses import (
     CalibratorAdversarialLoss,
@@ -41,6 +42,7 @@ from .losses import (
 from .tensors import DomainData, epoch_order
 
 SELECTIONS = ("last", "entropy")
+SCORE = {"classification": "accuracy", "segmentation": "miou"}  # per-epoch monitor scores
 SCHEDULES = ("constant", "cosine")
 STATE = "calibrator-training-state"
 
@@ -68,6 +70,7 @@ class CalibratorConfig:
     select: str = "last"
     holdout: float = 0.0
     seed: int = 0
+    train_size: tuple[int, int] | None = None  # images resized to (h, w) for training
 
     def validate(self):
         if not (self.eps > 0 and math.isfinite(self.eps)):
@@ -102,7 +105,7 @@ class CalibratorConfig:
 
     def resumable_from(self, other: dict) -> list[str]:
         """Names of settings that differ from a saved run (epochs may grow unless cosine)."""
-        mine = dataclasses.asdict(self)
+        mine = json.loads(json.dumps(dataclasses.asdict(self)))  # as saved (tuples are lists)
         if "arch" not in other:  # saved before there were several calibrator families
             other = other | {"arch": "resnet", "size": {"width": other.get("width"),
                                                         "blocks": other.get("blocks")}}
@@ -126,6 +129,7 @@ class CalibratorTrainer:
         config.validate()
         self.cfg, self.device = config, device
         self.classifier = classifier
+        self.task = task_of(classifier.arch)
         self.fingerprint = classifier.fingerprint
         self.frozen = FrozenForward(classifier.module.to(device), config.classifier_mode)
         self.source = source
@@ -215,9 +219,10 @@ class CalibratorTrainer:
         return torch.cat(chunks)
 
     def _raw_logits(self, which: str, index: np.ndarray, x: torch.Tensor) -> torch.Tensor:
-        """F(x) of unmodified training images. With the classifier in eval mode it is a fixed
-        function of the image: computed once for the whole set, then looked up."""
-        if self.cfg.classifier_mode != "eval":
+        """F(x) of unmodified training images. With a classifier in eval mode it is a fixed
+        function of the image: computed once for the whole set, then looked up (not for a
+        segmenter, whose dense logits would not fit in memory)."""
+        if self.cfg.classifier_mode != "eval" or self.task == "segmentation":
             return self.frozen(x)
         if which not in self._logit_cache:
             self._logit_cache[which] = self._precompute_logits(
@@ -312,18 +317,19 @@ class CalibratorTrainer:
     def _evaluate(self, row: dict):
         G = self.deployed_G.eval()
         if self.source_test is not None:
-            row["source_test_acc"] = accuracy(self.classifier.module, self.source_test, G,
-                                              device=self.device)
+            score = scores(self.task, self.classifier.module, self.source_test, G, self.device)
+            row["source_test_" + SCORE[self.task]] = score[SCORE[self.task]]
         if self.holdout is not None:
             ent = []
-            for start in range(0, len(self.holdout), 512):
-                x = self.holdout.batch(np.arange(start, min(start + 512, len(self.holdout))),
+            chunk = 512 if self.task == "classification" else 4
+            for start in range(0, len(self.holdout), chunk):
+                x = self.holdout.batch(np.arange(start, min(start + chunk, len(self.holdout))),
                                        self.device)
                 ent.append(prediction_entropy(self.classifier.module(G(x))).item() * len(x))
             row["holdout_entropy"] = sum(ent) / len(self.holdout)
         if self.monitor is not None:  # logged for curves only, never read by selection
-            row["monitor_target_test_acc"] = accuracy(self.classifier.module, self.monitor, G,
-                                                      device=self.device)
+            score = scores(self.task, self.classifier.module, self.monitor, G, self.device)
+            row["monitor_target_test_" + SCORE[self.task]] = score[SCORE[self.task]]
 
     def check_frozen(self):
         now = self.classifier.fingerprint

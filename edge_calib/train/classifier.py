@@ -61,7 +61,7 @@ def train_classifier(arch: str, spec: InputSpec, train: DomainData, test: Domain
                      epochs: int, batch_size: int, lr: float, seed: int, device: torch.device,
                      augment: bool = False, val_fraction: float = 0.1, progress: bool = True,
                      val: DomainData | None = None, state_path: Path | None = None,
-                     resume: bool = False, train_scale: float = 0.5,
+                     resume: bool = False, train_scale: float = 1.0,
                      crop: tuple[int, int] = (176, 224)) -> Classifier:
     """Train ``arch`` on labelled ``train``; report source validation (``val``, else a held-out
     ``val_fraction`` of ``train``) each epoch (every 10th for segmentation) and source test

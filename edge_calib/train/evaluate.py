@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..errors import EdgeCalibError
 from ..metrics import confusion, segmentation_scores
@@ -50,8 +51,11 @@ def segmentation(classifier, data: DomainData, calibrator=None, batch_size=4, de
         x = data.batch(part, device)
         if calibrator is not None:
             x = calibrator(x)
-        pred = classifier(x).argmax(1).cpu().numpy()
-        matrix += confusion(pred, labels[part], classes, ignore=classes)
+        logits = classifier(x)
+        if logits.shape[-2:] != labels.shape[-2:]:  # scored at the labels' full resolution
+            logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear",
+                                   align_corners=False)
+        matrix += confusion(logits.argmax(1).cpu().numpy(), labels[part], classes, ignore=classes)
     return segmentation_scores(matrix, list(data.classes))
 
 

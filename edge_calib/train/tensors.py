@@ -34,8 +34,6 @@ class DomainData:
         self.classes = images.classes or (
             None if images.labels is None or images.labels.ndim != 1
             else tuple(str(i) for i in range(int(images.labels.max()) + 1)))
-        if self.labels is not None and self.labels.ndim == 3:  # masks follow the images
-            self.labels = spec.resize_masks(self.labels)
 
     def __len__(self):
         return len(self.images)
