@@ -1,13 +1,27 @@
-"""``edge-calib eval --deploy``: accuracy through the bundle's engines (device side, no torch)."""
+"""``edge-calib eval --deploy``: scores through the bundle's engines (device side, no torch):
+top-1 accuracy, or for a segmenter mIoU etc. with the logits upsampled (bilinear) to the
+labels' resolution, as the workstation's evaluation does."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from .bundle import open_bundle
 from .data import load_dataset
 from .engines import open_engines
 from .errors import EdgeCalibError
+from .metrics import confusion, segmentation_scores
+
+
+def upsample_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N, K, h, w) -> (N, K, H, W), bilinear with half-pixel centres (torch's
+    align_corners=False)."""
+    if logits.shape[-2:] == tuple(size):
+        return logits
+    return np.stack([np.stack([cv2.resize(channel, (size[1], size[0]),
+                                          interpolation=cv2.INTER_LINEAR)
+                               for channel in frame]) for frame in logits])
 
 
 def evaluate_bundle(deploy, domain, dataset, split, data_root, batch_size=512, max_samples=None,
@@ -19,16 +33,34 @@ def evaluate_bundle(deploy, domain, dataset, split, data_root, batch_size=512, m
     data = load_dataset(dataset, split, data_root, image_size=(spec.height, spec.width))
     data = data.subset(max_samples)
     if data.labels is None:
-        raise EdgeCalibError(f"{dataset} has no labels: accuracy needs a labelled dataset")
+        raise EdgeCalibError(f"{dataset} has no labels: scores need a labelled dataset")
+    segmenting = bundle.task == "segmentation"
+    if segmenting != (data.labels.ndim == 3):
+        raise EdgeCalibError(f"{dataset} has {'masks' if data.labels.ndim == 3 else 'labels'}, "
+                             f"but this bundle's model does {bundle.task}")
+    classes = len(bundle.labels)
+    matrix = np.zeros((classes, classes), np.int64)
     predictions = []
+    step = 8 if segmenting else batch_size
     with open_engines(bundle, "onnxruntime", fused=fused) as engines:
-        for start in range(0, len(data), batch_size):
-            x = spec.preprocess(data.images[start:start + batch_size])
-            predictions.append(engines.infer(domain, x)[0].argmax(1))
-    accuracy = float((np.concatenate(predictions) == data.labels).mean() * 100.0)
+        for start in range(0, len(data), step):
+            x = spec.preprocess(data.images[start:start + step])
+            logits = engines.infer(domain, x)[0]
+            if segmenting:
+                truth = data.labels[start:start + step]
+                pred = upsample_logits(logits, truth.shape[1:]).argmax(1)
+                matrix += confusion(pred, truth, classes, ignore=classes)
+            else:
+                predictions.append(logits.argmax(1))
+    if segmenting:
+        score = {k: (round(v, 3) if isinstance(v, float) else v)
+                 for k, v in segmentation_scores(matrix, bundle.labels).items()}
+    else:
+        score = {"accuracy": round(float((np.concatenate(predictions) == data.labels).mean()
+                                         * 100.0), 3)}
     clf = bundle.manifest.classifier
     cal = bundle.calibrator(domain)
-    return {"dataset": dataset, "split": split, "n": len(data), "accuracy": round(accuracy, 3),
+    return {"dataset": dataset, "split": split, "n": len(data), **score,
             "backend": "onnxruntime", "graph": "fused" if fused else "calibrator+classifier",
             "deploy": str(deploy), "domain": domain, "precision": clf.precision,
             "classifier_fingerprint": clf.fingerprint, "classifier_params": clf.params,

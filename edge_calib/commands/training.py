@@ -212,9 +212,17 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
 @click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--max-samples", type=click.IntRange(min=1), default=None)
+@click.option("--photometric", type=click.Choice(["histogram", "gain-gamma"]), default=None,
+              help="Baseline: correct the images before the frozen model instead of a "
+                   "calibrator (per-frame histogram matching to --reference, or a global "
+                   "gain/gamma fitted on --fit).")
+@click.option("--reference", default=None, help="With --photometric: source images (train split).")
+@click.option("--fit", "fit_on", default=None,
+              help="With --photometric gain-gamma: unlabelled target images (train split).")
 def evaluate(classifier, calibrator, deploy, domain, fused, dataset, split, data_root, as_json,
-             batch_size, device, max_samples):
-    """Accuracy of the frozen classifier, with a calibrator in front when one is given."""
+             batch_size, device, max_samples, photometric, reference, fit_on):
+    """Accuracy (segmenters: mIoU, per-class IoU, pixel accuracy, fwIoU) of the frozen model,
+    with a calibrator or a classical photometric correction in front when one is given."""
     if deploy:
         if classifier or calibrator:
             raise EdgeCalibError("--deploy replaces --classifier/--calibrator; give one or the other")
@@ -225,8 +233,20 @@ def evaluate(classifier, calibrator, deploy, domain, fused, dataset, split, data
     else:
         if not classifier:
             raise EdgeCalibError("give --classifier (and optionally --calibrator), or --deploy")
+        correction = None
+        if photometric:
+            if calibrator:
+                raise EdgeCalibError("--photometric replaces --calibrator; give one or the other")
+            if not reference:
+                raise EdgeCalibError("--photometric needs --reference DATASET (source images)")
+            from ..data import load_dataset
+            from ..photometric import fit_photometric
+
+            correction = fit_photometric(
+                photometric, load_dataset(reference, "train", data_root).images,
+                load_dataset(fit_on, "train", data_root).images if fit_on else None)
         result = _evaluate_checkpoints(classifier, calibrator, dataset, split, data_root,
-                                       batch_size, device, max_samples)
+                                       batch_size, device, max_samples, correction)
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -235,10 +255,12 @@ def evaluate(classifier, calibrator, deploy, domain, fused, dataset, split, data
 
 
 def _evaluate_checkpoints(classifier, calibrator, dataset, split, data_root, batch_size, device,
-                          max_samples):
+                          max_samples, correction=None):
+    from ..data import load_dataset
+    from ..models.classifiers import task_of
     from ..models.store import load_calibrator, load_classifier
-    from ..train.evaluate import accuracy
-    from ..train.tensors import load_domain, resolve_device
+    from ..train.evaluate import accuracy, segmentation
+    from ..train.tensors import DomainData, resolve_device
 
     clf = load_classifier(classifier)
     cal = None
@@ -246,10 +268,19 @@ def _evaluate_checkpoints(classifier, calibrator, dataset, split, data_root, bat
         cal = load_calibrator(calibrator)
         cal.check_pairs_with(clf)
     dev = resolve_device(device)
-    data = load_domain(dataset, split, data_root, clf.spec, max_samples)
-    acc = accuracy(clf.module.to(dev), data, None if cal is None else cal.module.to(dev),
-                   batch_size, dev)
-    return {"dataset": dataset, "split": split, "n": len(data), "accuracy": round(acc, 3),
+    images = load_dataset(dataset, split, data_root, image_size=(clf.spec.height, clf.spec.width))
+    images = images.subset(max_samples)
+    if correction is not None:
+        images.images = correction(images.images)
+    data = DomainData(images, clf.spec)
+    module, cal_module = clf.module.to(dev), None if cal is None else cal.module.to(dev)
+    if task_of(clf.arch) == "segmentation":
+        score = {k: (round(v, 3) if isinstance(v, float) else v)
+                 for k, v in segmentation(module, data, cal_module, device=dev).items()}
+    else:
+        score = {"accuracy": round(accuracy(module, data, cal_module, batch_size, dev), 3)}
+    return {"dataset": dataset, "split": split, "n": len(data), **score,
+            "photometric": None if correction is None else correction.params,
             "backend": "torch", "classifier": classifier,
             "classifier_fingerprint": clf.fingerprint, "classifier_params": clf.params,
             "calibrator": calibrator, "domain": None if cal is None else cal.meta.get("domain"),
