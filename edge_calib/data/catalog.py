@@ -144,6 +144,10 @@ def split_name(name: str) -> tuple[str, str | None]:
 def fetch_dataset(name: str, root: str | Path, variant: str | None = None,
                   mirror: str | None = None, progress: bool = True) -> list[Path]:
     """Download (or verify) every file of a dataset variant; returns the local paths."""
+    if name == "camvid":
+        from .camvid import fetch_camvid
+
+        return fetch_camvid(root, mirror, progress)
     variants = _variants(name)
     chosen = variants[0] if variant is None else next(
         (v for v in variants if v.name == variant), None)

@@ -20,14 +20,18 @@ CHUNK = 1 << 16
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """One canonical file: its name, mirrors (tried in order) and published checksum."""
+    """One canonical file: its name, mirrors (tried in order) and published checksum. A file
+    without a published checksum (digest None) is checked by ``validate(path) -> bool``."""
 
     name: str
     urls: tuple[str, ...]
-    algorithm: str  # "md5" or "sha256"
-    digest: str
+    algorithm: str | None  # "md5" or "sha256"
+    digest: str | None
+    validate: object = None
 
     def verify(self, path: Path) -> bool:
+        if self.digest is None:
+            return bool(self.validate(path)) if self.validate else True
         return file_digest(path, self.algorithm) == self.digest
 
     def urls_for(self, mirror: str | None) -> tuple[str, ...]:
@@ -68,10 +72,10 @@ def fetch_file(remote: RemoteFile, dest: Path, mirror: str | None = None,
         if remote.verify(part):
             os.replace(part, dest)
             return dest
-        got = file_digest(part, remote.algorithm)
+        got = "" if remote.digest is None else file_digest(part, remote.algorithm)
         part.unlink()
-        failures.append(f"{url}: checksum mismatch ({remote.algorithm} {got}, "
-                        f"expected {remote.digest})")
+        failures.append(f"{url}: checksum mismatch ({remote.algorithm} {got}, expected "
+                        f"{remote.digest})" if remote.digest else f"{url}: not a valid file")
     raise EdgeCalibError(
         f"could not download {remote.name} ({'; '.join(failures)}). If this machine is offline, "
         f"copy the canonical file to {dest}")
