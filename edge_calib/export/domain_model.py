@@ -44,7 +44,7 @@ def render_like_a_stream(images: np.ndarray, rng: np.random.Generator) -> np.nda
     out = np.empty_like(images)
     for i, img in enumerate(images):
         h, w = img.shape[:2]
-        scale = rng.uniform(1.5, 8.0)
+        scale = rng.uniform(1.5, 8.0) * min(1.0, 640 / (8 * max(h, w)))  # at most ~640 px
         frame = cv2.resize(img, (int(w * scale), int(h * scale)), interpolation=cv2.INTER_LINEAR)
         sigma = rng.uniform(0.0, 1.5) * scale
         if sigma > 0.3:

@@ -1,0 +1,140 @@
+"""The segmentation path on real CamVid frames: metrics by hand, the segmenter's ONNX and INT8
+graphs, the fused graph with a calibrator, and the runtime's overlay and predictions."""
+
+import json
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edge_calib.cli import main
+from edge_calib.compress.fold import fold_batchnorm
+from edge_calib.data import load_dataset
+from edge_calib.export.onnx_graphs import export_classifier
+from edge_calib.metrics import confusion, segmentation_scores
+from edge_calib.models.calibrators import make_calibrator, parse_size
+from edge_calib.models.classifiers import build_classifier, default_input_spec
+from edge_calib.models.store import Classifier, save_calibrator
+from edge_calib.runtime.testvideo import write_domain_video
+
+
+def run(model, x):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x})[0]
+
+
+def test_miou_by_hand():
+    truth = np.array([[0, 0, 1, 1], [2, 2, 1, 3]])  # 3 = void for 3 classes
+    pred = np.array([[0, 1, 1, 1], [2, 0, 1, 2]])
+    m = confusion(pred, truth, 3, ignore=3)
+    # class 0: tp 1, fn 1 (->1), fp 1 (2->0): IoU 1/3; class 1: tp 3, fp 1: 3/4; class 2: 1/2
+    s = segmentation_scores(m, ["a", "b", "c"])
+    assert s["per_class_iou"] == {"a": pytest.approx(100 / 3, abs=1e-3), "b": 75.0, "c": 50.0}
+    assert s["miou"] == pytest.approx((100 / 3 + 75 + 50) / 3)
+    assert s["pixel_accuracy"] == pytest.approx(100 * 5 / 7)
+    assert s["labelled_pixels"] == 7
+    assert s["fwiou"] == pytest.approx(100 * (2 / 7 / 3 + 3 / 7 * 0.75 + 2 / 7 * 0.5))
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    torch.manual_seed(0)
+    module = build_classifier("lraspp_small", 11).eval()
+    for m in module.modules():  # non-trivial BatchNorm statistics, as after training
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    spec = default_input_spec("lraspp_small")
+    from edge_calib.data.camvid import CLASSES
+    return Classifier(module, "lraspp_small", spec, 11, list(CLASSES))
+
+
+@pytest.fixture(scope="module")
+def frames(camvid_root):
+    dusk = load_dataset("camvid:dusk", "test", camvid_root).subset(6)
+    return dusk
+
+
+def test_segmenter_onnx_and_folding_match_torch(segmenter, frames):
+    x = segmenter.spec.preprocess(frames.images)
+    with torch.no_grad():
+        expected = segmenter.module(torch.from_numpy(x)).numpy()
+        folded = fold_batchnorm(segmenter.module)(torch.from_numpy(x)).numpy()
+    assert expected.shape == (6, 11, 180, 240)
+    assert np.abs(folded - expected).max() <= 1e-3
+    graph = export_classifier(segmenter)
+    assert np.abs(run(graph, x) - expected).max() <= 1e-4
+
+
+def test_int8_segmenter_graph_agrees_with_fake_quant(segmenter, frames):
+    from edge_calib.compress.pipeline import compress_classifier
+    from edge_calib.train.tensors import DomainData
+
+    data = DomainData(frames, segmenter.spec)
+    q = compress_classifier(segmenter, "2:4", True, data, progress=False)
+    x = data.batch(np.arange(len(data)), "cpu")
+    with torch.no_grad():
+        fake = q.module(x).argmax(1).numpy()
+    for target in ("onnxruntime", "tensorrt"):
+        real = run(export_classifier(q, target), x.numpy()).argmax(1)
+        assert (real == fake).mean() >= 0.99, target
+
+
+@pytest.fixture(scope="module")
+def seg_bundle(segmenter, frames, tmp_path_factory):
+    """A segmenter with a (random, not identity) thumbnail calibrator for dusk, exported."""
+    work = tmp_path_factory.mktemp("seg")
+    segmenter.save(work / "seg.pt")
+    torch.manual_seed(1)
+    spec = segmenter.spec
+    g = make_calibrator({"arch": "thumbnail", **parse_size("thumbnail", "small"), "eps": 0.5},
+                        3, spec.lo, spec.hi)
+    for p in g.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    save_calibrator(work / "dusk.calib.pt", g, {
+        "domain": "dusk", "classifier_fingerprint": segmenter.fingerprint,
+        "input_spec": spec.to_dict(), "source": "camvid:day", "target": "camvid:dusk"})
+    r = CliRunner().invoke(main, ["export", "--classifier", str(work / "seg.pt"), "--calibrator",
+                                  f"dusk={work / 'dusk.calib.pt'}", "--calibrator", "day=identity",
+                                  "--out", str(work / "bundle"), "--no-auto-domain"])
+    assert r.exit_code == 0, r.output
+    return work / "bundle", g
+
+
+def test_fused_segmentation_graph(seg_bundle, segmenter, frames):
+    bundle, g = seg_bundle
+    import onnx
+    x = segmenter.spec.preprocess(frames.images)
+    fused = onnx.load(str(bundle / "fused/dusk.onnx"))
+    separate = run(onnx.load(str(bundle / "classifier.onnx")),
+                   run(onnx.load(str(bundle / "calibrators/dusk.onnx")), x))
+    assert np.abs(run(fused, x) - separate).max() <= 1e-4
+    with torch.no_grad():
+        expected = segmenter.module(g(torch.from_numpy(x))).numpy()
+    assert np.abs(run(fused, x) - expected).max() <= 1e-4
+
+
+def test_runtime_draws_masks_and_writes_class_fractions(seg_bundle, frames, tmp_path):
+    bundle, _ = seg_bundle
+    video = tmp_path / "dusk.avi"
+    write_domain_video(video, [("dusk", frames.images, None)], size=None)
+    preds, out = tmp_path / "p.jsonl", tmp_path / "overlay.avi"
+    r = CliRunner().invoke(main, ["run", "--deploy", str(bundle), "--input", str(video),
+                                  "--domain", "dusk", "--headless", "--predictions", str(preds),
+                                  "--output", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert len(rows) == 6
+    for row in rows:
+        fractions = row["class_fractions"]
+        assert set(fractions) <= {"Sky", "Building", "Pole", "Road", "Pavement", "Tree",
+                                  "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist"}
+        assert sum(fractions.values()) == pytest.approx(1.0, abs=1e-3)
+    cap = cv2.VideoCapture(str(out))
+    ok, overlay = cap.read()
+    assert ok and overlay.shape == (360, 480, 3)  # the mask is drawn at the camera's size
+    original = cv2.VideoCapture(str(video)).read()[1]
+    assert np.abs(overlay.astype(int) - original.astype(int)).mean() > 10  # colours blended in
