@@ -21,6 +21,7 @@ manifest.json (format_version 2)::
                                   "holdout_frames", "holdout_accuracy"},
      "engines": {BACKEND: {CACHE_KEY: {"device", "settings", "fused", "classifier",
                                        "domains": {NAME: PATH | null}}}},
+     "checks": null | {"inputs": PATH, "from": TEXT},   (float32 NCHW check images, .npy)
      "provenance": {"created", "edge_calib", "built_on", "commit", "from": {...}},
      "files": {PATH: SHA256}}
 
@@ -212,6 +213,7 @@ class Manifest:
     default_domain: str
     domain_classifier: DomainClassifierEntry | None = None
     engines: dict[str, dict[str, EngineEntry]] = field(default_factory=dict)
+    checks: dict | None = None
     provenance: dict = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
 
@@ -244,9 +246,13 @@ class Manifest:
             per = engines_r.obj(backend)
             engines[backend] = {key: EngineEntry.read(per.obj(key)) for key in per.data}
         files = r.paths("files")
+        checks = r.obj("checks", optional=True)
+        if checks is not None:
+            checks.get("inputs", str)
+            checks.get("from", str)
         return cls(task, ClassifierEntry.read(r.obj("classifier")), domains, default,
                    None if dc is None else DomainClassifierEntry.read(dc), engines,
-                   r.get("provenance", dict), files)
+                   None if checks is None else checks.data, r.get("provenance", dict), files)
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "format_version": FORMAT_VERSION,
@@ -261,6 +267,8 @@ class Manifest:
             named.update((entry.fused or {}).values())
         if self.domain_classifier is not None:
             named.add(self.domain_classifier.file)
+        if self.checks is not None:
+            named.add(self.checks["inputs"])
         for per in self.engines.values():
             for engine in per.values():
                 named.update(p for p in [engine.classifier, *engine.domains.values()] if p)
@@ -317,6 +325,21 @@ class Bundle:
         fused = self.domain(domain).fused
         return None if fused is None else self.path(
             self._variant(fused, variant, f"fused graph of {domain}"))
+
+    def check_inputs(self):
+        """The bundle's own check images (float32 NCHW), or None for an older bundle."""
+        if self.manifest.checks is None:
+            return None
+        import numpy as np
+
+        try:
+            x = np.load(self.path(self.manifest.checks["inputs"]), allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise EdgeCalibError(f"bundle {self.root}: check images unreadable ({exc})") from None
+        if x.dtype != np.float32 or x.shape[1:] != self.spec.shape:
+            raise EdgeCalibError(f"bundle {self.root}: check images are {x.dtype} {x.shape}, "
+                                 f"not float32 (N, {', '.join(map(str, self.spec.shape))})")
+        return x
 
     def domain_classifier_file(self) -> Path | None:
         entry = self.manifest.domain_classifier

@@ -65,6 +65,7 @@ def _register():
         compress,
         data,
         demo,
+        doctor,
         export,
         runtime,
         training,
@@ -73,7 +74,7 @@ def _register():
     main.add_command(data.data)
     for cmd in (training.train_classifier, training.train, training.evaluate, training.adabn,
                 compress.compress, export.export, build_engine.build_engine, runtime.run,
-                bench.bench, demo.demo):
+                bench.bench, doctor.doctor, demo.demo):
         main.add_command(cmd)
 
 

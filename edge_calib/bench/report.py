@@ -153,7 +153,7 @@ def run_bench(deploy: str, report_dir: str, batches=(1, 16), iterations: int = 2
             label = "a generated video of the domains' test images, alternating"
         if stream and video is not None and bundle.manifest.domain_classifier is not None:
             log(f"stream through edge-calib run on {video}")
-            report["stream"] = stream_benchmark(deploy, video) | {"video": label}
+            report["stream"] = {**stream_benchmark(deploy, video), "video": label}
     write_json_atomic(out_dir / "report.json", report)
     write_bytes_atomic(out_dir / "report.md", markdown(report).encode())
     try:

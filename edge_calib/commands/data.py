@@ -46,4 +46,4 @@ def info(name, data_root):
         out[split] = {"n": len(ds), "shape": list(ds.images.shape[1:]),
                       "class_counts": None if ds.labels is None
                       else np.bincount(ds.labels).tolist()}
-    click.echo(json.dumps({"dataset": name} | out, indent=2))
+    click.echo(json.dumps({"dataset": name, **out}, indent=2))

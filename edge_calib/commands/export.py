@@ -46,7 +46,8 @@ def export_bundle(classifier, calibrators, precision, auto_domain, data_root, ou
 
         domain_classifier = bundle_domain_classifier(data_root)
     manifest = build_bundle(classifier, pairs, out, precision, force=force,
-                            domain_classifier=domain_classifier, progress=not quiet)
+                            domain_classifier=domain_classifier, progress=not quiet,
+                            data_root=data_root)
     return {"out": out, "task": manifest.task, "precision": precision,
             "domains": list(manifest.domains), "files": len(manifest.files),
             "domain_classifier_holdout_accuracy": None if manifest.domain_classifier is None

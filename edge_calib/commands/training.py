@@ -62,7 +62,8 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, train_s
     from ..train.tensors import load_domain, resolve_device
 
     spec = default_input_spec(arch)
-    state = Path(out).with_name(Path(out).name.removesuffix(".pt") + ".state.pt")
+    name = Path(out).name
+    state = Path(out).with_name((name[:-3] if name.endswith(".pt") else name) + ".state.pt")
     if state.exists() and not (resume or force):
         raise EdgeCalibError(f"a training state exists at {state}: pass --resume to continue or "
                              "--force to start over")

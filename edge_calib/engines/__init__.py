@@ -63,7 +63,9 @@ def open_engines(bundle, backend: str = "onnxruntime", threads: int = 0, fused: 
 def check_engines(engines: Engines, bundle, x: np.ndarray | None = None) -> None:
     """Each domain gives finite outputs of the right shape on a frame, and its calibrator
     keeps to its bound: a bundle whose graphs produce NaN is refused before it runs."""
-    x = np.zeros((1, *bundle.spec.shape), np.float32) if x is None else x
+    if x is None:
+        checks = bundle.check_inputs()
+        x = checks[:1] if checks is not None else np.zeros((1, *bundle.spec.shape), np.float32)
     classes = len(bundle.labels)
     for name in bundle.domains:
         logits, _ = engines.infer(name, x)

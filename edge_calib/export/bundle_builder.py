@@ -73,9 +73,29 @@ def _check_fused(fused: onnx.ModelProto, calibrator: onnx.ModelProto,
     return float(np.abs(a - b).max()), float((a.argmax(1) == b.argmax(1)).mean())
 
 
+def check_images(clf, data_root, count: int = 8) -> tuple[np.ndarray, str]:
+    """The first ``count`` test images of the classifier's source dataset, preprocessed, for
+    the device to check its engines against (`edge-calib doctor`); random inputs in the input
+    range when that dataset cannot be read here."""
+    source = clf.metrics.get("source_test") or clf.metrics.get("source")
+    if source:
+        try:
+            from ..data import load_dataset
+
+            ds = load_dataset(source, "test", data_root, download=False,
+                              image_size=(clf.spec.height, clf.spec.width))
+            return clf.spec.preprocess(ds.images[:count]), f"{source} test[:{count}]"
+        except EdgeCalibError:
+            pass
+    rng = np.random.default_rng(0)
+    lo, hi = np.array(clf.spec.lo).reshape(1, -1, 1, 1), np.array(clf.spec.hi).reshape(1, -1, 1, 1)
+    x = rng.uniform(0, 1, (count, *clf.spec.shape)) * (hi - lo) + lo
+    return x.astype(np.float32), "random inputs in the input range"
+
+
 def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: str | Path,
                  precision: str, force: bool = False, domain_classifier=None,
-                 progress: bool = True) -> Manifest:
+                 progress: bool = True, data_root=None) -> Manifest:
     """Export everything into ``out`` and write its manifest; returns the manifest."""
     out = Path(out)
     if out.exists() and not force:
@@ -159,5 +179,9 @@ def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: 
         if domain_classifier is not None:
             manifest.domain_classifier = DomainClassifierEntry(
                 **domain_classifier(tmp, clf.spec, calibrators, loaded))
+        inputs, origin = check_images(clf, data_root)
+        (tmp / "checks").mkdir()
+        np.save(tmp / "checks" / "inputs.npy", inputs, allow_pickle=False)
+        manifest.checks = {"inputs": "checks/inputs.npy", "from": origin}
         write_manifest(tmp, manifest)
     return manifest

@@ -59,7 +59,7 @@ def parse_source(camera: int | None, uri: str | None, width=None, height=None, f
         return SourceSpec("v4l2", match.group(1), **common)
     if re.match(r"(rtsp|rtmp|http|https|udp|tcp)://", uri):
         return SourceSpec("stream", uri, **common)
-    path = Path(uri.removeprefix("file://")).expanduser()
+    path = Path(uri[len("file://"):] if uri.startswith("file://") else uri).expanduser()
     if path.is_dir():
         return SourceSpec("folder", str(path), **common)
     if path.is_file():

@@ -1,0 +1,182 @@
+"""``edge-calib doctor``: a board self-check to run on a Jetson or any NVIDIA machine (and
+anywhere else: what is missing is said, not failed on).
+
+It records what is installed (JetPack/L4T, TensorRT, Polygraphy, the CUDA runtime, the GPU,
+OpenCV with or without GStreamer, ONNX Runtime and its providers), checks the bundle, runs its
+check images through ONNX Runtime, and, where TensorRT is present, builds the bundle's engines
+and compares them with ONNX Runtime on the same images (top-1 or per-pixel agreement, max
+|difference| of the logits) and times both. One JSON and one Markdown report to send back.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from .errors import EdgeCalibError
+from .fileio import write_bytes_atomic, write_json_atomic
+from .stats import summarize
+
+AGREEMENT = 0.99  # top-1 (or per-pixel) agreement TensorRT must reach against ONNX Runtime
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text(errors="replace").strip("\x00\n ")
+    except OSError:
+        return None
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def software() -> dict:
+    """What is installed, each entry a version or a reason it is missing."""
+    out = {"python": platform.python_version(), "platform": platform.platform(),
+           "edge_calib": _version("edge-calib"), "numpy": np.__version__,
+           "board": _read("/proc/device-tree/model"),
+           "l4t": (_read("/etc/nv_tegra_release") or "").split(",")[0] or None}
+    try:
+        import cv2
+
+        info = cv2.getBuildInformation()
+        gst = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                    if line.strip().startswith("GStreamer:")), "unknown")
+        out["opencv"] = {"version": cv2.__version__, "gstreamer": gst.split()[0] if gst else gst}
+    except ImportError:
+        out["opencv"] = "not available: no OpenCV importable (pip install 'edge-calib[opencv]' or "\
+                        "JetPack's system OpenCV)"
+    try:
+        import onnxruntime as ort
+
+        out["onnxruntime"] = {"version": ort.__version__,
+                              "providers": ort.get_available_providers()}
+    except ImportError:
+        out["onnxruntime"] = "not available: onnxruntime is not installed"
+    try:
+        from .engines.tensorrt_backend import gpu_identity, import_tensorrt
+
+        trt = import_tensorrt()
+        out["tensorrt"] = trt.__version__
+        out["polygraphy"] = _version("polygraphy")
+        name, cc = gpu_identity()
+        out["gpu"] = {"name": name, "compute_capability": f"{cc[0]}.{cc[1]}"}
+    except EdgeCalibError as exc:
+        out["tensorrt"] = f"not available: {exc}"
+    except Exception as exc:  # a driver or CUDA runtime that cannot be loaded
+        out["gpu"] = f"not available: {str(exc).strip().splitlines()[-1][:200]}"
+    return out
+
+
+def _time(engines, domain: str, x: np.ndarray, iterations: int) -> dict:
+    engines.infer(domain, x)  # warm
+    times = []
+    for _ in range(iterations):
+        started = time.perf_counter()
+        engines.infer(domain, x)
+        times.append((time.perf_counter() - started) * 1e3)
+    return summarize(times)
+
+
+def compare(reference: np.ndarray, other: np.ndarray) -> dict:
+    """Top-1 (classification) or per-pixel (segmentation) agreement and max |difference|."""
+    return {"agreement": float((reference.argmax(1) == other.argmax(1)).mean()),
+            "max_abs_diff": float(np.abs(reference - other).max())}
+
+
+def run_doctor(deploy: str | None, report_dir: str, settings: dict, iterations: int = 50) -> dict:
+    report = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "software": software(), "bundle": None, "onnxruntime": None, "tensorrt": None,
+              "problems": []}
+    if deploy is not None:
+        from .bundle import open_bundle
+        from .engines import open_engines
+
+        try:
+            bundle = open_bundle(deploy)
+        except EdgeCalibError as exc:
+            report["bundle"] = {"ok": False, "error": str(exc)}
+            report["problems"].append(f"bundle: {exc}")
+            bundle = None
+        if bundle is not None:
+            x = bundle.check_inputs()
+            origin = bundle.manifest.checks["from"] if x is not None else "random inputs"
+            if x is None:
+                x = np.random.default_rng(0).uniform(-1, 1, (4, *bundle.spec.shape)).astype(np.float32)
+            report["bundle"] = {"ok": True, "task": bundle.task, "domains": bundle.domains,
+                                "precision": bundle.manifest.classifier.precision,
+                                "check_images": f"{len(x)} ({origin})"}
+            reference = {}
+            try:
+                with open_engines(bundle, "onnxruntime", threads=0, fused=True) as ort_engines:
+                    reference = {d: ort_engines.infer(d, x)[0] for d in bundle.domains}
+                    report["onnxruntime"] = {
+                        "ok": True, "latency_ms_batch1": {
+                            d: _time(ort_engines, d, x[:1], iterations) for d in bundle.domains}}
+            except EdgeCalibError as exc:
+                report["onnxruntime"] = {"ok": False, "error": str(exc)}
+                report["problems"].append(f"onnxruntime: {exc}")
+            report["tensorrt"] = _tensorrt(bundle, settings, x, reference, iterations,
+                                           report["problems"])
+    report["ok"] = not report["problems"]
+    out = Path(report_dir)
+    write_json_atomic(out / "doctor.json", report)
+    write_bytes_atomic(out / "doctor.md", markdown(report).encode())
+    return report
+
+
+def _tensorrt(bundle, settings, x, reference, iterations, problems) -> dict:
+    try:
+        from .engines import open_engines
+        from .engines.tensorrt_backend import import_tensorrt
+        from .engines.tensorrt_build import add_tensorrt_engines
+
+        import_tensorrt()
+    except EdgeCalibError as exc:
+        return {"ok": None, "not_available": str(exc)}
+    try:
+        built = add_tensorrt_engines(bundle.root, settings)
+        from .bundle import open_bundle
+
+        rebuilt = open_bundle(bundle.root)
+        result = {"ok": True, "engines": built["key"], "cached": built["cached"], "domains": {}}
+        with open_engines(rebuilt, "tensorrt", fused=settings.get("fused", True)) as engines:
+            for d in rebuilt.domains:
+                got = np.concatenate([engines.infer(d, x[i:i + 1])[0] for i in range(len(x))])
+                entry = compare(reference[d], got) if d in reference else {}
+                entry["latency_ms_batch1"] = _time(engines, d, x[:1], iterations)
+                if entry.get("agreement", 1.0) < AGREEMENT:
+                    problems.append(f"tensorrt: domain {d} agrees with ONNX Runtime on "
+                                    f"{100 * entry['agreement']:.1f}% only")
+                    result["ok"] = False
+                result["domains"][d] = entry
+        return result
+    except EdgeCalibError as exc:
+        problems.append(f"tensorrt: {exc}")
+        return {"ok": False, "error": str(exc)}
+
+
+def markdown(report: dict) -> str:
+    lines = ["# edge-calib doctor", "", f"{report['created']}; overall: "
+             + ("**ok**" if report["ok"] else "**problems found**"), "", "## Software", "",
+             "| component | found |", "|---|---|"]
+    for key, value in report["software"].items():
+        lines.append(f"| {key} | {json.dumps(value) if isinstance(value, (dict, list)) else value} |")
+    if report["bundle"] is not None:
+        lines += ["", "## Bundle", "", "```", json.dumps(report["bundle"], indent=2), "```"]
+    for backend in ("onnxruntime", "tensorrt"):
+        if report[backend] is not None:
+            lines += ["", f"## {backend}", "", "```", json.dumps(report[backend], indent=2), "```"]
+    if report["problems"]:
+        lines += ["", "## Problems", ""] + [f"- {p}" for p in report["problems"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Device build profiles (package data, see engines/profiles.py)."""
