@@ -72,7 +72,8 @@ def _register():
     )
 
     main.add_command(data.data)
-    for cmd in (training.train_classifier, training.train, training.evaluate, training.adabn,
+    for cmd in (training.train_classifier, training.import_model, training.train,
+                training.evaluate, training.adabn,
                 compress.compress, export.export, build_engine.build_engine, runtime.run,
                 bench.bench, doctor.doctor, demo.demo):
         main.add_command(cmd)

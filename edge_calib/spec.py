@@ -16,15 +16,22 @@ from .errors import EdgeCalibError
 
 @dataclass(frozen=True)
 class InputSpec:
-    """Images become float32 NCHW arrays ``(u8 / 255 - mean) / std`` at ``height x width``."""
+    """Images become float32 NCHW arrays ``(u8 / 255 - mean) / std`` at ``height x width``,
+    channels in ``colour_order`` (RGB, or BGR for models trained on OpenCV's order)."""
 
     height: int
     width: int
     channels: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    colour_order: str = "RGB"
 
     def __post_init__(self):
+        if self.colour_order not in ("RGB", "BGR"):
+            raise EdgeCalibError(f"input spec: colour order must be RGB or BGR, got "
+                                 f"{self.colour_order!r}")
+        if any(not s > 0 for s in self.std):
+            raise EdgeCalibError(f"input spec: std must be positive, got {list(self.std)}")
         if self.channels not in (1, 3):
             raise EdgeCalibError(f"input spec: channels must be 1 or 3, got {self.channels}")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
@@ -49,13 +56,14 @@ class InputSpec:
     def to_dict(self) -> dict:
         return {"height": self.height, "width": self.width, "channels": self.channels,
                 "mean": list(self.mean), "std": list(self.std), "layout": "NCHW",
-                "colour_order": "RGB"}
+                "colour_order": self.colour_order}
 
     @classmethod
     def from_dict(cls, d: dict) -> "InputSpec":
         try:
             return cls(int(d["height"]), int(d["width"]), int(d["channels"]),
-                       tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]))
+                       tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]),
+                       str(d.get("colour_order", "RGB")))
         except (KeyError, TypeError, ValueError) as exc:
             raise EdgeCalibError(f"input spec is malformed: {exc!r}") from None
 
@@ -85,6 +93,8 @@ class InputSpec:
 
     def normalize(self, images_u8: np.ndarray) -> np.ndarray:
         """uint8 (N,h,w,C) already at this spec's size and channels -> float32 (N,C,h,w)."""
+        if self.colour_order == "BGR" and self.channels == 3:
+            images_u8 = images_u8[..., ::-1]
         x = images_u8.astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255.0)
         mean = np.asarray(self.mean, np.float32).reshape(1, -1, 1, 1)
         std = np.asarray(self.std, np.float32).reshape(1, -1, 1, 1)
@@ -98,8 +108,8 @@ class InputSpec:
         """Inverse of ``normalize``: float32 (N,C,h,w) -> uint8 (N,h,w,C), for viewing."""
         mean = np.asarray(self.mean, np.float32).reshape(1, -1, 1, 1)
         std = np.asarray(self.std, np.float32).reshape(1, -1, 1, 1)
-        u = np.clip((x * std + mean) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return u.transpose(0, 2, 3, 1)
+        u = np.clip((x * std + mean) * 255.0 + 0.5, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+        return u[..., ::-1] if self.colour_order == "BGR" and self.channels == 3 else u
 
 
 def _convert_channels(img: np.ndarray, channels: int) -> np.ndarray:

@@ -28,15 +28,15 @@ class Config:
 
 def ort_configs(engines, domains: list[str], x: np.ndarray) -> list[Config]:
     """Configurations over ONNX Runtime sessions (from ``OrtEngines``) for input ``x``."""
-    feeds = {"input": x}
+    name = lambda s: s.get_inputs()[0].name  # noqa: E731  (an imported model names its own)
     configs = [Config("classifier", "classifier", None,
-                      lambda: engines.classifier.run(None, feeds))]
+                      lambda: engines.classifier.run(None, {name(engines.classifier): x}))]
     for domain in domains:
         cal = engines.calibrators.get(domain)
         if cal is None:
             continue
         configs.append(Config(f"calibrator[{domain}]", "calibrator", domain,
-                              lambda cal=cal: cal.run(None, feeds)))
+                              lambda cal=cal: cal.run(None, {"input": x})))
 
         def chain(cal=cal):
             binding = cal.io_binding()
@@ -44,8 +44,8 @@ def ort_configs(engines, domains: list[str], x: np.ndarray) -> list[Config]:
             binding.bind_output("output")
             cal.run_with_iobinding(binding)
             second = engines.classifier.io_binding()
-            second.bind_ortvalue_input("input", binding.get_outputs()[0])
-            second.bind_output("logits")
+            second.bind_ortvalue_input(name(engines.classifier), binding.get_outputs()[0])
+            second.bind_output(engines.classifier.get_outputs()[0].name)
             engines.classifier.run_with_iobinding(second)
             return second.get_outputs()[0]
 
@@ -53,7 +53,7 @@ def ort_configs(engines, domains: list[str], x: np.ndarray) -> list[Config]:
         fused = engines.fused_sessions.get(domain)
         if fused is not None:
             configs.append(Config(f"fused[{domain}]", "fused", domain,
-                                  lambda fused=fused: fused.run(None, feeds)))
+                                  lambda fused=fused: fused.run(None, {"input": x})))
     return configs
 
 

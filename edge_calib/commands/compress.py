@@ -38,6 +38,10 @@ def compress(checkpoint, prune, int8, calib_dataset, calib_batches, activation_r
     from ..train.tensors import load_domain
 
     clf = load_classifier(checkpoint)
+    if clf.onnx_bytes is not None:
+        raise EdgeCalibError(f"{checkpoint} is an imported model: it is deployed as given; "
+                             "compress it before exporting it to ONNX (Q/DQ INT8 graphs import "
+                             "as they are)")
     if clf.compression:
         raise EdgeCalibError(f"{checkpoint} is already compressed; compress the float checkpoint")
     if not prune and not int8:

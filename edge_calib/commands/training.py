@@ -13,13 +13,13 @@ from ..models.families import DEFAULT_ARCH, FAMILY_SUMMARIES
 from .options import data_root_option, training_options
 
 
-def parse_hw(text: str | None) -> tuple[int, int] | None:
+def parse_hw(text: str | None, option: str = "--train-size") -> tuple[int, int] | None:
     """``180x240`` -> (180, 240): height x width."""
     if text is None:
         return None
     h, sep, w = text.lower().partition("x")
     if not (sep and h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
-        raise EdgeCalibError(f"--train-size {text!r}: use HEIGHTxWIDTH, e.g. 180x240")
+        raise EdgeCalibError(f"{option} {text!r}: use HEIGHTxWIDTH, e.g. 180x240")
     return int(h), int(w)
 
 
@@ -150,7 +150,6 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
           device, max_samples, quiet):
     """Train a data calibrator for DOMAIN against a frozen classifier."""
     from ..data.catalog import has_test_split
-    from ..models.classifiers import task_of
     from ..models.store import load_classifier, save_calibrator
     from ..train.calibrate import CalibratorConfig, CalibratorTrainer, state_paths
     from ..train.tensors import load_domain, resolve_device
@@ -176,7 +175,7 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
         clf.spec, height=cfg.train_size[0], width=cfg.train_size[1])
     src = load_domain(source, "train", data_root, spec, max_samples, seed, unlabelled=True)
     tgt = load_domain(target, "train", data_root, spec, max_samples, seed, unlabelled=True)
-    monitor_size = 2000 if task_of(clf.arch) == "classification" else 20  # per-epoch curve
+    monitor_size = 2000 if clf.task == "classification" else 20  # per-epoch curve
     src_test = (load_domain(source, "test", data_root, spec, monitor_size, seed)
                 if has_test_split(source) else None)
     monitor = load_domain(target, "test", data_root, spec) if monitor_test else None
@@ -258,7 +257,6 @@ def evaluate(classifier, calibrator, deploy, domain, fused, dataset, split, data
 def _evaluate_checkpoints(classifier, calibrator, dataset, split, data_root, batch_size, device,
                           max_samples, correction=None):
     from ..data import load_dataset
-    from ..models.classifiers import task_of
     from ..models.store import load_calibrator, load_classifier
     from ..train.evaluate import accuracy, segmentation
     from ..train.tensors import DomainData, resolve_device
@@ -275,7 +273,7 @@ def _evaluate_checkpoints(classifier, calibrator, dataset, split, data_root, bat
         images.images = correction(images.images)
     data = DomainData(images, clf.spec)
     module, cal_module = clf.module.to(dev), None if cal is None else cal.module.to(dev)
-    if task_of(clf.arch) == "segmentation":
+    if clf.task == "segmentation":
         score = {k: (round(v, 3) if isinstance(v, float) else v)
                  for k, v in segmentation(module, data, cal_module, device=dev).items()}
     else:
@@ -308,3 +306,58 @@ def adabn(classifier, target, data_root, out, max_samples):
     click.echo(json.dumps({"out": out, "fingerprint": fingerprint,
                            "source_fingerprint": clf.fingerprint, "target": target,
                            "images": len(data)}))
+
+
+@click.command("import-model")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--task", type=click.Choice(["classification", "segmentation"]),
+              default="classification", show_default=True)
+@click.option("--input-size", required=True, metavar="HxW", help="The model's input size.")
+@click.option("--mean", default="0.5,0.5,0.5", show_default=True,
+              help="Per-channel mean subtracted from pixels in [0, 1].")
+@click.option("--std", default="0.5,0.5,0.5", show_default=True,
+              help="Per-channel standard deviation the pixels are divided by.")
+@click.option("--colour-order", type=click.Choice(["RGB", "BGR"]), default="RGB",
+              show_default=True)
+@click.option("--labels", "labels_file", type=click.Path(dir_okay=False), default=None,
+              help="Class names, one a line [default: 0, 1, ... from the model's outputs].")
+@click.option("--check-dataset", default=None,
+              help="Real images to verify the conversion on (a dataset or folder).")
+@data_root_option
+@click.option("--out", required=True, type=click.Path(dir_okay=False))
+def import_model(model, task, input_size, mean, std, colour_order, labels_file, check_dataset,
+                 data_root, out):
+    """Import a frozen ONNX network (deployed unchanged) so calibrators can be trained for it."""
+    from ..models.importer import import_onnx
+    from ..spec import InputSpec
+
+    h, w = parse_hw(input_size, "--input-size")
+
+    def floats(text, name):
+        try:
+            return tuple(float(v) for v in text.split(","))
+        except ValueError:
+            raise EdgeCalibError(f"--{name} {text!r}: give comma-separated numbers") from None
+
+    mean_t, std_t = floats(mean, "mean"), floats(std, "std")
+    if len(mean_t) != len(std_t):
+        raise EdgeCalibError(f"--mean has {len(mean_t)} values, --std {len(std_t)}")
+    spec = InputSpec(h, w, len(mean_t), mean_t, std_t, colour_order)
+    labels = None
+    if labels_file:
+        try:
+            labels = [line.strip() for line in open(labels_file) if line.strip()]
+        except OSError as exc:
+            raise EdgeCalibError(f"--labels {labels_file}: {exc.strerror}") from None
+    images = name = None
+    if check_dataset:
+        from ..data import load_dataset
+
+        images = load_dataset(check_dataset, "test", data_root, image_size=(h, w)).images
+        name = check_dataset
+    clf = import_onnx(model, task, spec, labels, images, name)
+    fingerprint = clf.save(out)
+    click.echo(json.dumps({"out": out, "fingerprint": fingerprint, "task": task,
+                           "classes": clf.num_classes, "int8_graph": clf.metrics["int8_graph"],
+                           "conversion_check": clf.metrics["conversion_check"],
+                           "onnx_sha256": clf.metrics["onnx_sha256"]}))

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from ..int8 import estimate_scales, quantize_layers
-from ..models.classifiers import task_of
 from ..models.store import Classifier
 from ..train.evaluate import scores
 from ..train.supervised import Fit, fit
@@ -45,7 +44,7 @@ def compress_classifier(clf: Classifier, prune: str | None, int8: bool, calib: D
     """
     started = time.time()
     pruning = parse_prune(prune)
-    task = task_of(clf.arch)
+    task = clf.task
     unit = "miou" if task == "segmentation" else "acc"
     score = lambda m: next(iter(scores(task, m, test).values()))  # noqa: E731
     module = copy.deepcopy(clf.module).eval()

@@ -26,6 +26,19 @@ def make_session(path, threads: int = 0) -> ort.InferenceSession:
                              f"({str(exc).splitlines()[0][:160]})") from None
 
 
+def run_session(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+    """The first output for input ``x``, whatever the graph calls its input (an imported
+    model's own name), one sample at a time where the graph's batch is fixed."""
+    spec = session.get_inputs()[0]
+    batch = spec.shape[0] if spec.shape and isinstance(spec.shape[0], int) else None
+    if batch is not None and batch != len(x):
+        if len(x) % batch:
+            raise EdgeCalibError(f"the graph takes batches of {batch}, got {len(x)} images")
+        return np.concatenate([session.run(None, {spec.name: x[i:i + batch]})[0]
+                               for i in range(0, len(x), batch)])
+    return session.run(None, {spec.name: x})[0]
+
+
 class OrtEngines(Engines):
     """All sessions of a bundle, created once: a domain switch only picks another session.
 
@@ -55,10 +68,10 @@ class OrtEngines(Engines):
 
     def calibrate(self, domain: str, x: np.ndarray) -> np.ndarray:
         session = self._session(domain)
-        return x if session is None else session.run(None, {"input": x})[0]
+        return x if session is None else run_session(session, x)
 
     def classify(self, x: np.ndarray) -> np.ndarray:
-        return self.classifier.run(None, {"input": x})[0]
+        return run_session(self.classifier, x)
 
     def logits(self, domain: str, x: np.ndarray) -> np.ndarray:
         return self.infer(domain, x)[0]
@@ -69,9 +82,9 @@ class OrtEngines(Engines):
         t0 = time.perf_counter()
         if calibrator is None or self.fused:
             session = self.fused_sessions.get(domain, self.classifier)
-            logits = session.run(None, {"input": x})[0]
+            logits = run_session(session, x)
             return logits, {"network": (time.perf_counter() - t0) * 1e3}
-        y = calibrator.run(None, {"input": x})[0]
+        y = run_session(calibrator, x)
         t1 = time.perf_counter()
         logits = self.classify(y)
         t2 = time.perf_counter()

@@ -155,6 +155,7 @@ def build_plan(onnx_path: Path, plan_path: Path, plan: dict, precision: str,
                sparse: bool, dla_core: int | None, timing_cache: Path) -> None:
     """Parse, configure and build one engine with Polygraphy, and write its plan."""
     trt = import_tensorrt()
+    import onnx
     from polygraphy.backend.trt import (
         CreateConfig,
         EngineBytesFromNetwork,
@@ -163,7 +164,10 @@ def build_plan(onnx_path: Path, plan_path: Path, plan: dict, precision: str,
         Profile,
     )
 
-    profile = Profile().add("input", min=(batch[0], *shape), opt=(batch[1], *shape),
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    name = next(v.name for v in graph.input if v.name not in inits)  # an imported model's own
+    profile = Profile().add(name, min=(batch[0], *shape), opt=(batch[1], *shape),
                             max=(batch[2], *shape))
     config = CreateConfig(fp16="FP16" in plan["flags"], int8="INT8" in plan["flags"],
                           profiles=[profile], sparse_weights=sparse,
@@ -212,7 +216,8 @@ class TrtEngines(Engines):
         """One engine's output (on the device when ``to_host`` is False: the calibrator's
         output feeds the classifier without a copy) and its inference time in ms."""
         runner = self.runners[name]
-        out = runner.infer({"input": x}, copy_outputs_to_host=to_host)
+        out = runner.infer({next(iter(runner.get_input_metadata())): x},
+                           copy_outputs_to_host=to_host)
         return next(iter(out.values())), runner.last_inference_time() * 1e3
 
     def infer(self, domain: str, x: np.ndarray) -> tuple[np.ndarray, dict]:

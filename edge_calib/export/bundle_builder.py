@@ -26,7 +26,6 @@ from ..bundle import (
 )
 from ..errors import EdgeCalibError
 from ..fileio import atomic_directory
-from ..models.classifiers import task_of
 from ..models.store import load_calibrator, load_classifier
 from ..provenance import git_commit
 from .onnx_graphs import (
@@ -34,6 +33,7 @@ from .onnx_graphs import (
     export_classifier,
     export_classifier_fp16,
     fuse,
+    opset_of,
 )
 
 IDENTITY = "identity"
@@ -61,9 +61,11 @@ def _check_fused(fused: onnx.ModelProto, calibrator: onnx.ModelProto,
     random inputs (ONNX Runtime); non-finite outputs are an error."""
     import onnxruntime as ort
 
+    from ..engines.onnxruntime_backend import run_session
+
     def run(model, x):
-        return ort.InferenceSession(model.SerializeToString(),
-                                    providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+        return run_session(ort.InferenceSession(model.SerializeToString(),
+                                                providers=["CPUExecutionProvider"]), x)
 
     x = np.random.default_rng(0).uniform(-1, 1, (4, *shape)).astype(np.float32)
     a, b = run(fused, x), run(classifier, run(calibrator, x))
@@ -118,21 +120,24 @@ def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: 
         (tmp / "calibrators").mkdir()
         (tmp / "fused").mkdir()
         cls_ort = export_classifier(clf, "onnxruntime")
-        onnx.save(cls_ort, tmp / "classifier.onnx")
         files = {"onnxruntime": "classifier.onnx", "tensorrt": "classifier.onnx"}
         cls_trt = cls_ort
-        if int8:
+        if clf.onnx_bytes is not None:  # the user's file, byte for byte, for every backend
+            (tmp / "classifier.onnx").write_bytes(clf.onnx_bytes)
+        elif int8:
+            onnx.save(cls_ort, tmp / "classifier.onnx")
             cls_trt = export_classifier(clf, "tensorrt")
             onnx.save(cls_trt, tmp / "classifier.trt.onnx")
             files["tensorrt"] = "classifier.trt.onnx"
         else:
+            onnx.save(cls_ort, tmp / "classifier.onnx")
             onnx.save(export_classifier_fp16(clf), tmp / "classifier.fp16.onnx")
             files["tensorrt_fp16"] = "classifier.fp16.onnx"
         classifier = ClassifierEntry(
             files=files, fingerprint=clf.fingerprint, arch=clf.arch, input_spec=spec.to_dict(),
             labels=clf.labels, precision=precision, compression=clf.compression,
             sparsity=(clf.compression or {}).get("sparsity", 0.0), params=clf.params,
-            opset=cls_ort.opset_import[0].version,
+            opset=opset_of(cls_ort),
             metrics={k: v for k, v in clf.metrics.items()
                      if k.endswith("acc") or k in ("source_test", "source")})
         domains = {}
@@ -141,9 +146,10 @@ def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: 
                 domains[domain] = DomainEntry(None, None)
                 continue
             cal = loaded[domain]
-            graph = export_calibrator(cal)
+            graph = export_calibrator(cal, opset=opset_of(cls_ort))
             onnx.save(graph, tmp / "calibrators" / f"{domain}.onnx")
-            onnx.save(export_calibrator(cal, half=True), tmp / "calibrators" / f"{domain}.fp16.onnx")
+            onnx.save(export_calibrator(cal, half=True, opset=opset_of(cls_ort)),
+                      tmp / "calibrators" / f"{domain}.fp16.onnx")
             fused_ort = fuse(graph, cls_ort, domain)
             error, same_top1 = _check_fused(fused_ort, graph, cls_ort, spec.shape)
             # INT8: a 1e-7 difference at a quantiser's rounding boundary moves a value by one
@@ -169,7 +175,7 @@ def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: 
                          "last_epoch": training.get("last_epoch")}), fused, error)
         commit, _ = git_commit()
         manifest = Manifest(
-            task=task_of(clf.arch), classifier=classifier, domains=domains,
+            task=clf.task, classifier=classifier, domains=domains,
             default_domain=calibrators[0][0],
             provenance={"created": datetime.datetime.now(datetime.timezone.utc)
                         .isoformat(timespec="seconds"), "edge_calib": __version__,

@@ -25,13 +25,14 @@ OPSET = 13
 INPUT, LOGITS, CALIBRATED = "input", "logits", "output"
 
 
-def _torch_to_onnx(module: torch.nn.Module, shape: tuple[int, ...], output: str) -> onnx.ModelProto:
+def _torch_to_onnx(module: torch.nn.Module, shape: tuple[int, ...], output: str,
+                   opset: int = OPSET) -> onnx.ModelProto:
     buffer = io.BytesIO()
     module = module.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (torch.zeros(1, *shape),), buffer, dynamo=False,
-                          opset_version=OPSET, input_names=[INPUT], output_names=[output],
+                          opset_version=opset, input_names=[INPUT], output_names=[output],
                           dynamic_axes={INPUT: {0: "batch"}, output: {0: "batch"}},
                           do_constant_folding=True)
     return onnx.load_from_string(buffer.getvalue())
@@ -95,6 +96,8 @@ def export_classifier(clf: Classifier, target: str = "onnxruntime") -> onnx.Mode
     fake-quant model up to rounding."""
     if target not in ("onnxruntime", "tensorrt"):
         raise EdgeCalibError(f"unknown export target {target!r}")
+    if clf.onnx_bytes is not None:  # an imported model is deployed as the user gave it
+        return onnx.load_from_string(clf.onnx_bytes)
     int8 = bool(clf.compression and clf.compression.get("int8"))
     layers = [m for m in clf.module.modules() if isinstance(m, QuantLayer)]
     for m in layers:
@@ -129,13 +132,13 @@ def export_classifier_fp16(clf: Classifier) -> onnx.ModelProto:
                                 "labels": clf.labels, "precision": "fp16", "target": "tensorrt"})
 
 
-def export_calibrator(cal: Calibrator, half: bool = False) -> onnx.ModelProto:
+def export_calibrator(cal: Calibrator, half: bool = False, opset: int = OPSET) -> onnx.ModelProto:
     """The calibrator as a simplified float graph (``half``: FP16 inside, FP32 at the I/O, for
-    strongly typed TensorRT >= 11)."""
+    strongly typed TensorRT >= 11; ``opset``: that of an imported classifier it is fused to)."""
     spec_shape = (cal.module.config["channels"],) + tuple(
         cal.meta["input_spec"][k] for k in ("height", "width"))
     module = _HalfPrecision(cal.module) if half else cal.module
-    model = simplify_float(_torch_to_onnx(module, spec_shape, CALIBRATED))
+    model = simplify_float(_torch_to_onnx(module, spec_shape, CALIBRATED, opset))
     onnx.checker.check_model(model)
     return set_metadata(model, {"kind": "calibrator", "fingerprint": cal.meta["fingerprint"],
                                 "domain": cal.meta.get("domain", ""), "eps": cal.module.eps,
@@ -152,21 +155,36 @@ class _HalfPrecision(torch.nn.Module):
         return self.module(x.half()).float()
 
 
+def graph_io(model: onnx.ModelProto) -> tuple[str, str]:
+    """(image input name, first output name): ours are input/logits, an imported model's are
+    its own."""
+    inits = {i.name for i in model.graph.initializer}
+    return (next(v.name for v in model.graph.input if v.name not in inits),
+            model.graph.output[0].name)
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), OPSET)
+
+
 def fuse(calibrator: onnx.ModelProto, classifier: onnx.ModelProto, domain: str) -> onnx.ModelProto:
     """One graph ``input -> calibrator -> classifier -> logits`` (onnx.compose.merge_models with
-    prefixes; the same opset and IR version are required)."""
-    if calibrator.ir_version != classifier.ir_version:
-        raise EdgeCalibError(f"cannot fuse: IR versions differ ({calibrator.ir_version} vs "
-                             f"{classifier.ir_version})")
+    prefixes; the same opset is required: calibrators are exported at the classifier's; the
+    calibrator takes the classifier's IR version)."""
+    if opset_of(calibrator) != opset_of(classifier):
+        raise EdgeCalibError(f"cannot fuse: opsets differ ({opset_of(calibrator)} vs "
+                             f"{opset_of(classifier)})")
     a, b = onnx.ModelProto(), onnx.ModelProto()
     a.CopyFrom(calibrator)
     b.CopyFrom(classifier)
+    a.ir_version = b.ir_version
     meta = read_metadata(classifier)
     for m in (a, b):
         del m.metadata_props[:]
-    merged = compose.merge_models(a, b, io_map=[(CALIBRATED, INPUT)],
+    inp, out = graph_io(b)
+    merged = compose.merge_models(a, b, io_map=[(CALIBRATED, inp)],
                                   prefix1="calibrator/", prefix2="classifier/")
-    _rename(merged, {f"calibrator/{INPUT}": INPUT, f"classifier/{LOGITS}": LOGITS})
+    _rename(merged, {f"calibrator/{INPUT}": INPUT, f"classifier/{out}": LOGITS})
     onnx.checker.check_model(merged)
     return set_metadata(merged, meta | {"kind": "fused", "domain": domain,
                                         "calibrator_fingerprint": read_metadata(calibrator)["fingerprint"]})

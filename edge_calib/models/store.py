@@ -2,12 +2,15 @@
 
 A classifier checkpoint holds the architecture name, the input spec, the labels, its
 compression (folded / pruned / INT8) and the weights; its *fingerprint* is a hash of all of
-that and every tensor. A calibrator checkpoint records the fingerprint of the classifier it
-was trained against; pairing it with another classifier is an error naming both.
+that and every tensor. An imported model (arch ``onnx``, ``edge-calib import-model``) holds
+the user's ONNX file itself, byte for byte; its fingerprint is the file's sha256. A calibrator
+checkpoint records the fingerprint of the classifier it was trained against; pairing it with
+another classifier is an error naming both.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,13 +38,26 @@ class Classifier:
     compression: dict | None = None
     metrics: dict = field(default_factory=dict)
     path: str | None = None
+    onnx_bytes: bytes | None = None  # an imported model's file, deployed unchanged
+    imported_task: str | None = None
 
     def identity(self) -> dict:
-        return {"arch": self.arch, "num_classes": self.num_classes,
-                "input_spec": self.spec.to_dict(), "compression": self.compression}
+        identity = {"arch": self.arch, "num_classes": self.num_classes,
+                    "input_spec": self.spec.to_dict(), "compression": self.compression}
+        if self.onnx_bytes is not None:
+            identity["task"] = self.task
+        return identity
+
+    @property
+    def task(self) -> str:
+        from .classifiers import task_of
+
+        return self.imported_task if self.onnx_bytes is not None else task_of(self.arch)
 
     @property
     def fingerprint(self) -> str:
+        if self.onnx_bytes is not None:
+            return hashlib.sha256(self.onnx_bytes).hexdigest()[:16]
         return state_fingerprint(self.module.state_dict(), self.identity())
 
     @property
@@ -51,8 +67,20 @@ class Classifier:
     def save(self, path: str | Path) -> str:
         meta = self.identity() | {"labels": self.labels, "metrics": self.metrics,
                                   "fingerprint": self.fingerprint}
-        save_checkpoint(path, CLASSIFIER, meta, {"state": self.module.state_dict()})
+        tensors = {"state": self.module.state_dict()}
+        if self.onnx_bytes is not None:
+            meta["onnx_sha256"] = hashlib.sha256(self.onnx_bytes).hexdigest()
+            tensors["onnx"] = torch.frombuffer(bytearray(self.onnx_bytes), dtype=torch.uint8)
+        save_checkpoint(path, CLASSIFIER, meta, tensors)
         return meta["fingerprint"]
+
+
+def imported_module(onnx_bytes: bytes) -> nn.Module:
+    import onnx
+
+    from .onnx_import import OnnxModule
+
+    return OnnxModule(onnx.load_from_string(onnx_bytes)).eval()
 
 
 def build_structure(arch: str, num_classes: int, compression: dict | None) -> nn.Module:
@@ -71,11 +99,17 @@ def build_structure(arch: str, num_classes: int, compression: dict | None) -> nn
 def load_classifier(path: str | Path) -> Classifier:
     meta, tensors = load_checkpoint(path, CLASSIFIER)
     try:
-        module = build_structure(meta["arch"], int(meta["num_classes"]), meta.get("compression"))
+        onnx_bytes = None
+        if meta["arch"] == "onnx":
+            onnx_bytes = tensors["onnx"].numpy().tobytes()
+            module = imported_module(onnx_bytes)
+        else:
+            module = build_structure(meta["arch"], int(meta["num_classes"]),
+                                     meta.get("compression"))
         module.load_state_dict(tensors["state"])
         clf = Classifier(module.eval(), meta["arch"], InputSpec.from_dict(meta["input_spec"]),
                          int(meta["num_classes"]), list(meta["labels"]), meta.get("compression"),
-                         meta.get("metrics", {}), str(path))
+                         meta.get("metrics", {}), str(path), onnx_bytes, meta.get("task"))
     except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as exc:
         raise EdgeCalibError(f"{path}: classifier checkpoint does not match its architecture "
                              f"({str(exc).splitlines()[0][:160]})") from None

@@ -28,7 +28,6 @@ from ..errors import EdgeCalibError
 from ..fileio import write_bytes_atomic
 from ..models.calibrators import calibrator_class
 from ..models.checkpoint import load_checkpoint, save_checkpoint
-from ..models.classifiers import task_of
 from ..models.discriminators import FeatureDiscriminator, PixelDiscriminator
 from ..models.store import Classifier, build_calibrator
 from ..progress import echo_err, progress_bar
@@ -129,7 +128,7 @@ class CalibratorTrainer:
         config.validate()
         self.cfg, self.device = config, device
         self.classifier = classifier
-        self.task = task_of(classifier.arch)
+        self.task = classifier.task
         self.fingerprint = classifier.fingerprint
         self.frozen = FrozenForward(classifier.module.to(device), config.classifier_mode)
         self.source = source

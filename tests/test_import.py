@@ -1,0 +1,178 @@
+"""Bring your own frozen model: a network edge-calib did not define, exported to ONNX by its
+owner, imported, calibrated and deployed with its file unchanged."""
+
+import hashlib
+import io
+import json
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from torch import nn
+
+from edge_calib.cli import main
+from edge_calib.models.onnx_import import OnnxModule
+
+
+class Block(nn.Module):
+    """A residual block with a depthwise conv, batch norm and hardswish (MobileNet-like)."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.dw = nn.Conv2d(cout, cout, 3, 1, 1, groups=cout)
+        self.skip = nn.Conv2d(cin, cout, 1, stride)
+
+    def forward(self, x):
+        return F.hardswish(self.dw(F.relu6(self.bn(self.conv(x))))) + self.skip(x)
+
+
+class TheirNet(nn.Module):
+    """Not one of ours: 64x64 RGB, ImageNet normalisation, max-pooling, squeeze-excite,
+    softmax head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 5, 2, 2)
+        self.blocks = nn.Sequential(Block(16, 32, 2), Block(32, 48, 2))
+        self.se = nn.Linear(48, 48)
+        self.head = nn.Linear(48, 10)
+
+    def forward(self, x):
+        x = self.blocks(F.max_pool2d(F.relu(self.stem(x)), 2))
+        x = x * torch.sigmoid(self.se(x.mean((2, 3))))[:, :, None, None]
+        return torch.softmax(self.head(F.adaptive_avg_pool2d(x, 1).flatten(1)), 1)
+
+
+def export(net, path, opset, dynamic=True):
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.zeros(1, 3, 64, 64),), buf, dynamo=False,
+                          opset_version=opset, input_names=["images"], output_names=["probs"],
+                          dynamic_axes={"images": {0: "n"}} if dynamic else None)
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+@pytest.fixture(scope="module")
+def their_model(shared_data, tmp_path_factory):
+    """TheirNet trained briefly (3 epochs of 4000 images, ~92%) on real MNIST upscaled to
+    64x64, exported by its owner (opset 17, dynamic batch)."""
+    from edge_calib.data import load_dataset
+    from edge_calib.spec import InputSpec
+
+    spec = InputSpec(64, 64, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    train = load_dataset("mnist", "train", shared_data).subset(4000)
+    x = torch.from_numpy(spec.preprocess(train.images))
+    y = torch.from_numpy(train.labels)
+    torch.manual_seed(0)
+    net = TheirNet()
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    for _ in range(3):
+        order = torch.randperm(len(x))
+        for i in range(0, len(x), 64):
+            idx = order[i:i + 64]
+            loss = F.nll_loss(torch.log(net(x[idx]) + 1e-8), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net.eval()
+    folder = tmp_path_factory.mktemp("theirs")
+    return export(net, folder / "theirs.onnx", 17), spec
+
+
+def test_every_operator_of_real_exports_matches_onnx_runtime(tmp_path):
+    torch.manual_seed(1)
+    net = TheirNet().eval()
+    for opset, dynamic in ((11, True), (13, False), (17, True)):
+        path = export(net, tmp_path / f"n{opset}.onnx", opset, dynamic)
+        model = onnx.load(str(path))
+        module = OnnxModule(model)
+        x = np.random.default_rng(opset).normal(size=(1 if not dynamic else 3, 3, 64, 64))
+        x = x.astype(np.float32)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        expected = session.run(None, {"images": x})[0]
+        with torch.no_grad():
+            got = module(torch.from_numpy(x)).numpy()
+        assert np.abs(got - expected).max() <= 1e-4, opset
+        if not dynamic:  # a fixed-batch export still trains on batches
+            with torch.no_grad():
+                assert module(torch.zeros(5, 3, 64, 64)).shape == (5, 10)
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_import_calibrate_deploy_unchanged(their_model, shared_data, tmp_path):
+    path, spec = their_model
+    (tmp_path / "labels.txt").write_text("\n".join(f"digit {i}" for i in range(10)))
+    r = invoke("import-model", path, "--input-size", "64x64", "--mean", "0.485,0.456,0.406",
+               "--std", "0.229,0.224,0.225", "--labels", tmp_path / "labels.txt",
+               "--check-dataset", "mnist", "--data-root", shared_data, "--out", tmp_path / "t.pt")
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output.strip().splitlines()[-1])
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert info["onnx_sha256"] == digest and info["fingerprint"] == digest[:16]
+    assert info["conversion_check"]["mnist"]["max_abs_diff"] <= 1e-4
+    before = json.loads(invoke("eval", "--classifier", tmp_path / "t.pt", "--dataset", "mnist",
+                               "--data-root", shared_data, "--max-samples", 1000, "--json").output)
+    r = invoke("train", "--classifier", tmp_path / "t.pt", "--source", "mnist", "--target",
+               "mnist:haze", "--domain", "haze", "--data-root", shared_data, "--out",
+               tmp_path / "haze.calib.pt", "--epochs", 1, "--max-samples", 1000, "--batch-size",
+               50, "--calibrator-arch", "thumbnail", "--lr", "3e-4", "--d-lr", "3e-4", "--quiet")
+    assert r.exit_code == 0, r.output
+    after = json.loads(invoke("eval", "--classifier", tmp_path / "t.pt", "--calibrator",
+                              tmp_path / "haze.calib.pt", "--dataset", "mnist", "--data-root",
+                              shared_data, "--max-samples", 1000, "--json").output)
+    assert before["accuracy"] > 80  # a real, working source model
+    assert after["accuracy"] >= before["accuracy"] - 1.0  # the source domain is not harmed
+    r = invoke("export", "--classifier", tmp_path / "t.pt", "--calibrator",
+               f"haze={tmp_path / 'haze.calib.pt'}", "--calibrator", "mnist=identity",
+               "--no-auto-domain", "--data-root", shared_data, "--out", tmp_path / "bundle")
+    assert r.exit_code == 0, r.output
+    assert hashlib.sha256((tmp_path / "bundle/classifier.onnx").read_bytes()).hexdigest() == digest
+    deployed = json.loads(invoke("eval", "--deploy", tmp_path / "bundle", "--domain", "haze",
+                                 "--dataset", "mnist", "--data-root", shared_data,
+                                 "--max-samples", 1000, "--json", "--fused").output)
+    assert abs(deployed["accuracy"] - after["accuracy"]) <= 0.2
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--input-size", "32x32"], "the model's input is 64x64, not --input-size 32x32"),
+    (["--input-size", "64x64", "--mean", "0.5", "--std", "0.5"],
+     "the model takes 3 channels, the input spec says 1"),
+    (["--input-size", "64x64", "--std", "0,1,1"], "std must be positive"),
+    (["--input-size", "sixty"], "--input-size 'sixty': use HEIGHTxWIDTH"),
+    (["--input-size", "64x64", "--task", "segmentation"], "a segmentation model gives"),
+])
+def test_bad_input_spec_is_one_line(their_model, tmp_path, args, message):
+    path, _ = their_model
+    r = invoke("import-model", path, *args, "--out", tmp_path / "x.pt")
+    assert r.exit_code == 2 and message in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "x.pt").exists()
+
+
+def test_unsupported_operator_is_named(tmp_path):
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])
+    node = helper.make_node("LpNormalization", ["x"], ["y"], axis=1)
+    model = helper.make_model(helper.make_graph([node], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, str(tmp_path / "odd.onnx"))
+    r = invoke("import-model", tmp_path / "odd.onnx", "--input-size", "8x8", "--out",
+               tmp_path / "x.pt")
+    assert r.exit_code == 2 and "cannot run for training: LpNormalization" in r.output
+    (tmp_path / "junk.onnx").write_bytes(b"not onnx")
+    r = invoke("import-model", tmp_path / "junk.onnx", "--input-size", "8x8", "--out",
+               tmp_path / "x.pt")
+    assert r.exit_code == 2 and "not a valid ONNX model" in r.output
