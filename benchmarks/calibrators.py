@@ -226,6 +226,7 @@ def main():
     p.add_argument("--rounds-large", type=int, default=40, help="Interleaved rounds at 480x360.")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--out", default=str(RESULTS / "costs"))
+    sub.add_parser("report")
     args = parser.parse_args()
     if args.cmd == "costs" and not args.classifier:
         args.classifier = str(classifier_path(Path(args.work), "plain", "mnist"))
@@ -235,6 +236,10 @@ def main():
         run_accuracy(args)
     elif args.cmd == "costs":
         run_costs(args)
+    elif args.cmd == "report":
+        from report_calibrators import write_report
+
+        write_report(RESULTS, ROOT / "README.md")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,16 @@ SOURCE, TARGET = "camvid:day", "camvid:dusk"
 
 
 def paths(work: Path) -> dict:
-    return {"float": work / "camvid_day.pt", "int8": work / "camvid_day_int8.pt"}
+    return {"float": work / "camvid_day.pt", "int8": work / "camvid_day_int8.pt",
+            "adabn": work / "camvid_dusk_adabn.pt", "adabn_int8": work / "camvid_dusk_adabn_int8.pt"}
+
+
+def evaluate(step, name, model_args, extra=()):
+    """The same model on the dusk test frames (target) and the day test frames (retention)."""
+    return {domain: step(f"{name}_{domain}", ["eval", *model_args, "--dataset", f"camvid:{domain}",
+                                              "--split", "test", "--json",
+                                              *extra])
+            for domain in ("dusk", "day")}
 
 
 def run_segmenter(args, step):
@@ -40,6 +49,48 @@ def run_segmenter(args, step):
                        *(["--resume"] if args.resume else [])])
 
 
+def run_compress(args, step):
+    p = paths(Path(args.work))
+    evaluate(step, "float", ["--classifier", str(p["float"])])
+    step("compress", ["compress", str(p["float"]), "--prune", "2:4", "--int8", "--calib-dataset",
+                      SOURCE, "--finetune-epochs", str(args.finetune_epochs), "--out",
+                      str(p["int8"]), "--quiet"])
+    evaluate(step, "source_only", ["--classifier", str(p["int8"])])
+
+
+def run_baselines(args, step):
+    """AdaBN (BatchNorm statistics of the float model re-estimated on the unlabelled dusk
+    training frames, then the same compression with INT8 scales from those frames, no
+    fine-tuning: it would need labels) and two corrections that cost nothing to train."""
+    p = paths(Path(args.work))
+    step("adabn", ["adabn", "--classifier", str(p["float"]), "--target", TARGET, "--out",
+                   str(p["adabn"])])
+    step("adabn_compress", ["compress", str(p["adabn"]), "--prune", "2:4", "--int8",
+                            "--calib-dataset", TARGET, "--out", str(p["adabn_int8"]), "--quiet"])
+    evaluate(step, "adabn", ["--classifier", str(p["adabn_int8"])])
+    int8 = ["--classifier", str(p["int8"])]
+    evaluate(step, "histogram", int8, ["--photometric", "histogram", "--reference", SOURCE])
+    evaluate(step, "gain_gamma", int8, ["--photometric", "gain-gamma", "--fit", TARGET])
+
+
+def run_calibrators(args, step):
+    """The paper's segmentation setting (feature discriminator on the softmax map, source
+    weight 0.2), against the compressed segmenter, at its input size (240x180)."""
+    p = paths(Path(args.work))
+    for family in args.families:
+        for seed in args.seeds:
+            name = f"{family}_s{seed}"
+            out = Path(args.work) / "calibrators" / f"dusk_{name}.calib.pt"
+            train = ["train", "--classifier", str(p["int8"]), "--source", SOURCE, "--target",
+                     TARGET, "--domain", "dusk", "--out", str(out), "--epochs", str(args.epochs),
+                     "--batch-size", "8", "--seed", str(seed), "--calibrator-arch", family,
+                     "--w-source", "0.2", "--lr", "3e-4", "--d-lr", "3e-4", "--quiet"]
+            if out.with_suffix(".state.pt").exists() and not out.exists():
+                train.append("--resume")
+            step(f"{name}_train", train)
+            evaluate(step, name, ["--classifier", str(p["int8"]), "--calibrator", str(out)])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -47,10 +98,23 @@ def main():
     p = sub.add_parser("segmenter", parents=[common])
     p.add_argument("--epochs", type=int, default=120)
     p.add_argument("--resume", action="store_true")
+    p = sub.add_parser("compress", parents=[common])
+    p.add_argument("--finetune-epochs", type=int, default=0)
+    sub.add_parser("baselines", parents=[common])
+    p = sub.add_parser("calibrators", parents=[common])
+    p.add_argument("--families", type=lambda s: s.split(","), default=["thumbnail", "resnet"])
+    p.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=20)
+    sub.add_parser("report")
     args = parser.parse_args()
+    if args.cmd == "report":
+        from report_camvid import write_report
+
+        write_report(RESULTS, ROOT / "README.md")
+        return
     step = Step(RESULTS, args.data_root)
-    if args.cmd == "segmenter":
-        run_segmenter(args, step)
+    {"segmenter": run_segmenter, "compress": run_compress, "baselines": run_baselines,
+     "calibrators": run_calibrators}[args.cmd](args, step)
 
 
 if __name__ == "__main__":

@@ -31,10 +31,12 @@ TASKS = {"mnist-usps": ("mnist", "usps"), "usps-mnist": ("usps", "mnist"),
          "svhn-mnist": ("svhn", "mnist")}
 # The paper's protocol (Adam 1e-4, batch 128) with edge-calib's defaults: frozen classifier in
 # eval mode, symmetric identity-initialised perturbation, EMA of the weights, cosine schedule.
-OURS = ["--lr", "1e-4", "--d-lr", "1e-4", "--eps", "0.5", "--width", "8", "--blocks", "9",
+OURS = ["--lr", "1e-4", "--d-lr", "1e-4", "--eps", "0.5", "--calibrator-arch", "resnet",
+        "--width", "8", "--blocks", "9",
         "--ema", "0.99", "--schedule", "cosine"]
 # The authors' code: classifier left in train mode, one-sided perturbation, no EMA/schedule.
-REFERENCE = ["--lr", "1e-4", "--d-lr", "1e-4", "--eps", "0.4", "--width", "8", "--blocks", "9",
+REFERENCE = ["--lr", "1e-4", "--d-lr", "1e-4", "--eps", "0.4",
+             "--calibrator-arch", "resnet", "--width", "8", "--blocks", "9",
              "--classifier-mode", "train", "--perturbation", "one-sided", "--ema", "0",
              "--schedule", "constant"]
 

@@ -1,10 +1,12 @@
-"""``edge-calib demo``: the whole loop on the digits, minutes on a 2-core CPU.
+"""``edge-calib demo``: the whole loop on real digits, minutes on a 2-core CPU.
 
-MNIST is the source domain (the "factory" camera), USPS the new one. Train a small DTN,
-compress it (2:4 + INT8), train a USPS calibrator against the compressed model, build the ONNX
-Runtime bundle, write a video whose domain changes mid-stream, run it headless with
-``--domain auto``, and print the accuracy table and the timing report. Every step keeps its
-output in the work folder and is skipped when the output is already there.
+MNIST is the source domain (the "factory" camera); the new domain is the same digits seen by
+another camera (``mnist:colour``: another colour response; or ``--target usps``, other
+handwriting). Train a small DTN, compress it (2:4 + INT8), train the light calibrator against
+the compressed model, export the ONNX Runtime bundle, write a video whose domain changes
+mid-stream, run it headless with ``--domain auto``, and print the accuracy table and the
+timing report. Every step keeps its output in the work folder and is skipped when the output is
+already there (a different target or calibrator gets its own files).
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from pathlib import Path
 import click
 
 from .errors import EdgeCalibError
+from .models.families import DEFAULT_ARCH
 
 
 @dataclass
 class DemoConfig:
     work: Path
     data_root: Path
+    target: str = "mnist:colour"
+    arch: str = DEFAULT_ARCH
     source_samples: int = 12000
     target_samples: int = 3000
     classifier_epochs: int = 2
@@ -29,6 +34,11 @@ class DemoConfig:
     frames_per_segment: int = 150
     segments: int = 4
     quiet: bool = False
+
+    @property
+    def domain(self) -> str:
+        """The target's domain name in the bundle (mnist:colour -> colour)."""
+        return self.target.split(":")[-1]
 
 
 def _step(title: str, path: Path, make) -> Path:
@@ -63,8 +73,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     device = resolve_device("auto")
     spec = default_input_spec("dtn")
     progress = not cfg.quiet
-    click.echo(f"edge-calib demo: work folder {work}, data {root}, device {device}", err=True)
-    data = {(n, s): load_dataset(n, s, root) for n in ("mnist", "usps") for s in ("train", "test")}
+    click.echo(f"edge-calib demo: MNIST -> {cfg.target} with a {cfg.arch} calibrator; work "
+               f"folder {work}, data {root}, device {device}", err=True)
+    target, name = cfg.target, cfg.domain
+    data = {(n, s): load_dataset(n, s, root) for n in ("mnist", target) for s in ("train", "test")}
     domain = lambda n, s, k=None: DomainData(data[(n, s)].subset(k), spec)  # noqa: E731
 
     clf_path = work / "mnist_dtn.pt"
@@ -75,37 +87,37 @@ def run_demo(cfg: DemoConfig) -> dict:
     _step("compressed classifier (2:4 + INT8)", int8_path, lambda: compress_classifier(
         load_classifier(clf_path), "2:4", True, domain("mnist", "train", 2048),
         test=domain("mnist", "test"), progress=progress).save(int8_path))
-    cal_path = work / "usps.calib.pt"
+    cal_path = work / f"{name}.{cfg.arch}.calib.pt"
 
     def train_cal():
         clf = load_classifier(int8_path)
-        cfg_c = CalibratorConfig(epochs=cfg.calibrator_epochs, lr=3e-4, d_lr=3e-4)
+        cfg_c = CalibratorConfig(epochs=cfg.calibrator_epochs, lr=3e-4, d_lr=3e-4, arch=cfg.arch)
         state, metrics = state_paths(cal_path)
         trainer = CalibratorTrainer(clf, domain("mnist", "train", cfg.target_samples),
-                                    domain("usps", "train", cfg.target_samples), cfg_c, device,
+                                    domain(target, "train", cfg.target_samples), cfg_c, device,
                                     state, metrics, source_test=domain("mnist", "test", 2000))
         if state.exists():
             trainer.load_state()
         module, summary = trainer.run(progress=progress)
-        save_calibrator(cal_path, module, {"domain": "usps", "classifier_fingerprint": clf.fingerprint,
+        save_calibrator(cal_path, module, {"domain": name, "classifier_fingerprint": clf.fingerprint,
                                            "classifier_path": str(int8_path),
                                            "input_spec": spec.to_dict(), "source": "mnist",
-                                           "target": "usps", "config": cfg_c.__dict__,
+                                           "target": target, "config": cfg_c.__dict__,
                                            "training": summary})
 
-    _step("USPS calibrator (trained against the INT8 model)", cal_path, train_cal)
-    bundle = work / "bundle"
+    _step(f"{name} calibrator ({cfg.arch}, trained against the INT8 model)", cal_path, train_cal)
+    bundle = work / f"bundle-{name}-{cfg.arch}"
     _step("deploy bundle (ONNX Runtime, INT8)", bundle / "manifest.json", lambda: build_bundle(
-        str(int8_path), [("usps", str(cal_path)), ("mnist", "identity")], bundle, "int8",
-        force=True, domain_classifier=bundle_domain_classifier(root)))
-    video = work / "stream.avi"
+        str(int8_path), [(name, str(cal_path)), ("mnist", "identity")], bundle, "int8",
+        force=True, domain_classifier=bundle_domain_classifier(root), data_root=root))
+    video = work / f"stream-{name}.avi"
 
     def make_video():
-        tests = {name: data[(name, "test")] for name in ("mnist", "usps")}
+        tests = {"mnist": data[("mnist", "test")], name: data[(target, "test")]}
         write_domain_video(video, alternating_segments(tests, cfg.frames_per_segment,
                                                        cfg.segments))
 
-    _step("test video (MNIST and USPS segments)", video, make_video)
+    _step(f"test video (MNIST and {name} segments)", video, make_video)
     truth = json.loads(video.with_suffix(".truth.json").read_text())
     results = {}
     for label, dom in (("auto (calibrated)", "auto"), ("source only", "mnist")):
@@ -120,8 +132,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     table = accuracy_table(results)
     click.echo("\n" + table)
     click.echo("\n" + results["auto (calibrated)"]["report"])
-    click.echo(f"\nOutputs in {work}: bundle/, stream.avi (+ .truth.json), annotated_auto.avi, "
-               "predictions_auto.jsonl, predictions_mnist.jsonl, *.metrics.jsonl")
+    click.echo(f"\nOutputs in {work}: {bundle.name}/, {video.name} (+ .truth.json), "
+               "annotated_auto.avi, predictions_auto.jsonl, predictions_mnist.jsonl, "
+               "*.metrics.jsonl")
     return {"results": {k: {"scores": v["scores"], "fps": v["summary"]["fps"],
                             "switches": v["summary"]["switch_log"]} for k, v in results.items()},
             "work": str(work)}
@@ -137,11 +150,11 @@ def accuracy_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def check_data(root: Path) -> None:
+def check_data(root: Path, target: str = "mnist:colour") -> None:
     from .data import load_dataset
 
     try:
-        for name in ("mnist", "usps"):
+        for name in ("mnist", target):
             load_dataset(name, "test", root)
     except EdgeCalibError as exc:
-        raise EdgeCalibError(f"demo needs MNIST and USPS: {exc}") from None
+        raise EdgeCalibError(f"demo needs MNIST and {target}: {exc}") from None

@@ -62,7 +62,8 @@ def trained_calibrator(trained_dtn, digits, tmp_path_factory):
 
     clf = load_classifier(trained_dtn)
     out = tmp_path_factory.mktemp("calib") / "usps.calib.pt"
-    cfg = CalibratorConfig(epochs=1, batch_size=64, size={"width": 4, "blocks": 2}, lr=1e-3)
+    cfg = CalibratorConfig(epochs=1, batch_size=64, arch="resnet", size={"width": 4, "blocks": 2},
+                           lr=1e-3)
     trainer = CalibratorTrainer(clf, digits["mnist_train"], digits["usps_train"], cfg,
                                 torch.device("cpu"), *state_paths(out))
     module, summary = trainer.run(progress=False)

@@ -25,7 +25,8 @@ def trained(tmp_path_factory, shared_data):
     cal = out / "usps.calib.pt"
     r = invoke("train", "--classifier", clf, "--source", "mnist", "--target", "usps",
                "--data-root", shared_data, "--domain", "usps", "--out", cal, "--epochs", 1,
-               "--max-samples", 256, "--batch-size", 64, "--width", 4, "--blocks", 2, "--quiet")
+               "--max-samples", 256, "--batch-size", 64, "--calibrator-arch", "resnet", "--width", 4,
+               "--blocks", 2, "--quiet")
     assert r.exit_code == 0, r.output
     return out, clf, cal
 
@@ -57,7 +58,7 @@ def test_eval_json_with_and_without_calibrator(trained, shared_data):
     assert res["calibrator_params"] == count_parameters(ResnetCalibrator(width=4, blocks=2))
     assert res["overhead_params_pct"] == pytest.approx(100 * res["calibrator_params"] / 3_133_962, abs=1e-3)
     lines = (out / "usps.calib.metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 1 and "source_test_acc" in json.loads(lines[0])
+    assert len(lines) == 1 and "source_test_accuracy" in json.loads(lines[0])
 
 
 def test_target_as_unlabelled_folder(trained, tmp_path, shared_data):
@@ -73,7 +74,8 @@ def test_target_as_unlabelled_folder(trained, tmp_path, shared_data):
         cv2.imwrite(str(frames / f"{i:03d}.jpg"), cv2.resize(usps.images[i], (48, 48)))
     r = invoke("train", "--classifier", clf, "--source", "mnist", "--target", frames,
                "--data-root", shared_data, "--domain", "cam", "--out", tmp_path / "cam.calib.pt",
-               "--epochs", 1, "--max-samples", 40, "--batch-size", 20, "--width", 2, "--blocks", 1,
+               "--epochs", 1, "--max-samples", 40, "--batch-size", 20, "--calibrator-arch", "resnet",
+               "--width", 2, "--blocks", 1,
                "--quiet")
     assert r.exit_code == 0, r.output
     assert json.loads(r.output.strip().splitlines()[-1])["domain"] == "cam"

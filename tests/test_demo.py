@@ -5,6 +5,7 @@ import json
 from click.testing import CliRunner
 
 from edge_calib.cli import main
+from edge_calib.models.families import DEFAULT_ARCH
 
 
 def test_demo_fast_end_to_end_and_reuse(shared_data, tmp_path):
@@ -15,14 +16,16 @@ def test_demo_fast_end_to_end_and_reuse(shared_data, tmp_path):
     assert r.exit_code == 0, r.output
     result = json.loads(r.output.strip().splitlines()[-1])
     auto = result["results"]["auto (calibrated)"]
-    assert set(auto["scores"]) == {"mnist", "usps"}
-    assert auto["scores"]["usps"]["auto_frame_accuracy"] > 90
-    assert any(s["to"] == "usps" for s in auto["switches"])
+    assert set(auto["scores"]) == {"mnist", "colour"}
+    assert auto["scores"]["colour"]["auto_frame_accuracy"] > 90
+    assert any(s["to"] == "colour" for s in auto["switches"])
     assert "Stream accuracy per true domain" in r.output and "Timing report" in r.output
-    for name in ("mnist_dtn.pt", "mnist_dtn_int8.pt", "usps.calib.pt", "bundle/manifest.json",
-                 "stream.avi", "annotated_auto.avi", "predictions_auto.jsonl"):
+    calibrator = f"colour.{DEFAULT_ARCH}.calib.pt"
+    for name in ("mnist_dtn.pt", "mnist_dtn_int8.pt", calibrator,
+                 f"bundle-colour-{DEFAULT_ARCH}/manifest.json", "stream-colour.avi",
+                 "annotated_auto.avi", "predictions_auto.jsonl"):
         assert (work / name).exists(), name
-    stamp = (work / "usps.calib.pt").stat().st_mtime_ns
+    stamp = (work / calibrator).stat().st_mtime_ns
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0 and r.output.count("[reuse]") == 5
-    assert (work / "usps.calib.pt").stat().st_mtime_ns == stamp
+    assert (work / calibrator).stat().st_mtime_ns == stamp

@@ -27,7 +27,8 @@ def test_train_mode_forward_leaves_state_untouched():
 
 
 def small_config(**kw):
-    base = dict(epochs=2, batch_size=16, size={"width": 2, "blocks": 1}, patch=4, eps=0.3, seed=3)
+    base = dict(epochs=2, batch_size=16, arch="resnet", size={"width": 2, "blocks": 1}, patch=4,
+                eps=0.3, seed=3)
     return CalibratorConfig(**(base | kw))
 
 

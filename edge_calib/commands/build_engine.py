@@ -29,7 +29,7 @@ def _explicit(ctx, name) -> bool:
               help="[default: the bundle's: int8 for an INT8 classifier, else fp32; a profile "
                    "may set it]")
 @click.option("--profile", default=None, help="Device build profile (a name, see "
-                                              "export/README.md, or a path to a JSON file).")
+                                              "edge_calib/profiles/, or a path to a JSON file).")
 @click.option("--fused/--separate", default=None,
               help="TensorRT: one engine per domain, or a classifier engine plus one small "
                    "engine per calibrator [default: the profile's, else fused].")

@@ -8,4 +8,4 @@ FAMILY_SUMMARIES = {
     "lowres": "a small network at 1/factor resolution, its bounded output upsampled bilinearly",
     "shallow": "a few full-resolution 3x3 convolutions (no norms, no pads)",
 }
-DEFAULT_ARCH = "resnet"
+DEFAULT_ARCH = "thumbnail"

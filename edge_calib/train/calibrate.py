@@ -26,7 +26,7 @@ import torch
 
 from ..errors import EdgeCalibError
 from ..fileio import write_bytes_atomic
-from ..models.calibrators import calibrator_class
+from ..models.calibrators import DEFAULT_ARCH, calibrator_class
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.discriminators import FeatureDiscriminator, PixelDiscriminator
 from ..models.store import Classifier, build_calibrator
@@ -54,7 +54,7 @@ class CalibratorConfig:
     d_lr: float = 1e-4
     beta1: float = 0.5
     eps: float = 0.5
-    arch: str = "resnet"
+    arch: str = DEFAULT_ARCH
     size: dict = field(default_factory=dict)  # the family's size settings (defaults filled in)
     perturbation: str = "symmetric"
     patch: int = 8

@@ -1,0 +1,216 @@
+"""Aggregate ``benchmarks/results/calibrators`` into calibrators.json, calibrators.md, the
+accuracy-against-overhead plot and the README section.
+
+The default calibrator is chosen by a rule fixed before the results were in, on the
+*development* shifts only (colour, lowlight, haze; target test accuracy, one seed): the
+cheapest family/size (largest latency overhead over the three fronts measured) whose mean
+accuracy there is within 0.5 point of the best family's. The *confirmation* shifts (blur,
+texture), the shape shifts (MNIST <-> USPS) and CamVid dusk are reported beside it, never used
+to choose it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from pathlib import Path
+
+DEV = ("mnist-colour", "mnist-lowlight", "mnist-haze")
+CONFIRM = ("mnist-blur", "mnist-texture")
+SHAPE = ("mnist-usps", "usps-mnist")
+BEGIN, END = "<!-- calibrators-results:begin -->", "<!-- calibrators-results:end -->"
+REFERENCE = "resnet/large"
+
+
+def _mean(values):
+    return statistics.mean(values) if values else None
+
+
+def _fmt(values, digits=1):
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f} (n={len(values)})"
+
+
+def collect_accuracy(results: Path) -> dict:
+    """{recipe: {task: {"source_only": (target, source), "runs": {family/size: {seed: ...}}}}}"""
+    out: dict = {}
+    for task_dir in sorted((results / "accuracy").glob("*/*")):
+        recipe, task = task_dir.parent.name, task_dir.name
+        records = {p.stem: json.loads(p.read_text()) for p in task_dir.glob("*.json")}
+        entry = out.setdefault(recipe, {}).setdefault(task, {"runs": {}})
+        if "source_only_target" in records:
+            entry["source_only"] = {"target": records["source_only_target"]["result"]["accuracy"],
+                                    "source": records["source_only_source"]["result"]["accuracy"]}
+        for name, rec in records.items():
+            match = re.fullmatch(r"(\w+)_(small|medium|large)_s(\d+)_target", name)
+            if not match or f"{name[:-7]}_source" not in records:
+                continue
+            family, size, seed = match.groups()
+            train = records.get(f"{name[:-7]}_train", {})
+            entry["runs"].setdefault(f"{family}/{size}", {})[int(seed)] = {
+                "target": rec["result"]["accuracy"],
+                "source": records[f"{name[:-7]}_source"]["result"]["accuracy"],
+                "params": rec["result"].get("calibrator_params"),
+                "command": train.get("command"), "commit": train.get("commit"),
+                "machine": (train.get("machine") or {}).get("cpu")}
+    return out
+
+
+def overheads(costs: dict) -> dict:
+    """{family/size: {front: overhead %}} and the worst front per family/size."""
+    table: dict = {}
+    for front, data in costs.get("backbones", {}).items():
+        for key, row in data["rows"].items():
+            if key != "classifier":
+                table.setdefault(key, {})[front] = row
+    return table
+
+
+def choose_default(accuracy: dict, costs: dict) -> dict | None:
+    plain = accuracy.get("plain", {})
+    candidates = {}
+    for key in {k for task in DEV for k in plain.get(task, {}).get("runs", {})}:
+        per_task = [plain[t]["runs"][key][0]["target"] for t in DEV
+                    if key in plain.get(t, {}).get("runs", {}) and 0 in plain[t]["runs"][key]]
+        if len(per_task) == len(DEV):
+            candidates[key] = statistics.mean(per_task)
+    if not candidates:
+        return None
+    best = max(candidates.values())
+    cost = {k: max(r["overhead_pct"] for r in v.values()) for k, v in overheads(costs).items()}
+    within = [k for k, acc in candidates.items() if acc >= best - 0.5 and k in cost]
+    if not within:
+        return None
+    chosen = min(within, key=lambda k: cost[k])
+    return {"choice": chosen, "dev_mean": candidates[chosen], "best_dev_mean": best,
+            "best": max(candidates, key=candidates.get), "worst_front_overhead_pct": cost[chosen],
+            "rule": "cheapest (largest overhead over the measured fronts) within 0.5 point of the "
+                    f"best mean target accuracy on {', '.join(DEV)}"}
+
+
+def markdown(accuracy: dict, costs: dict, default: dict | None) -> str:
+    lines = []
+    table = overheads(costs)
+    if table:
+        fronts = list(costs["backbones"])
+        lines += ["#### What each calibrator costs in front of the frozen model", "",
+                  "ONNX Runtime 1.x on the CPU, 1 thread, batch 1, the fused graph; overhead = "
+                  "median over interleaved rounds of (fused - classifier alone), same run. "
+                  "Fronts: " + "; ".join(f"{f} ({costs['backbones'][f]['classifier']}, alone "
+                                         f"{costs['backbones'][f]['rows']['classifier']['latency_median_ms']:.2f} ms)"
+                                         for f in fronts) + ".", "",
+                  "| family / size | ONNX nodes | params | MACs 32x32 | MACs 480x360 | "
+                  + " | ".join(f"overhead {f}" for f in fronts) + " |",
+                  "|---|---|---|---|---|" + "---|" * len(fronts)]
+        for key in sorted(table, key=lambda k: max(r["overhead_pct"] for r in table[k].values())):
+            rows = table[key]
+            small = next((r for f, r in rows.items() if "32x32" in f), {})
+            big = next((r for f, r in rows.items() if "480x360" in f), {})
+            lines.append(f"| {key} | {small.get('nodes', '-')} | {small.get('params', 0):,} | "
+                         f"{small.get('macs', 0):,} | {big.get('macs', 0):,} | "
+                         + " | ".join(f"{rows[f]['overhead_pct']:+.1f}% ({rows[f]['overhead_ms']:.3f} ms)"
+                                      if f in rows else "-" for f in fronts) + " |")
+        lines.append("")
+    for recipe, tasks in accuracy.items():
+        order = [t for t in (*DEV, *CONFIRM, *SHAPE) if t in tasks]
+        keys = sorted({k for t in order for k in tasks[t]["runs"]})
+        lines += [f"#### Accuracy, {recipe} source classifier (target test, last epoch; source "
+                  "test in brackets)", "",
+                  "| calibrator | " + " | ".join(order) + " | mean dev | mean confirm |",
+                  "|---|" + "---|" * (len(order) + 2)]
+        so = [tasks[t].get("source_only", {}) for t in order]
+        lines.append("| source only | " + " | ".join(
+            f"{s.get('target', 0):.1f} ({s.get('source', 0):.1f})" if s else "-" for s in so)
+            + " | " + _fmt([tasks[t]["source_only"]["target"] for t in DEV if "source_only" in tasks[t]])
+            + " | " + _fmt([tasks[t]["source_only"]["target"] for t in CONFIRM if "source_only" in tasks[t]])
+            + " |")
+        for key in keys:
+            cells, dev, conf = [], [], []
+            for t in order:
+                runs = tasks[t]["runs"].get(key, {})
+                targets = [r["target"] for r in runs.values()]
+                sources = [r["source"] for r in runs.values()]
+                cells.append(f"{_fmt(targets)} ({_fmt(sources)})" if targets else "-")
+                if targets and 0 in runs:
+                    (dev if t in DEV else conf if t in CONFIRM else []).append(runs[0]["target"])
+            mark = " **default**" if default and default["choice"] == key and recipe == "plain" else ""
+            lines.append(f"| {key}{mark} | " + " | ".join(cells) + " | "
+                         + (f"{_mean(dev):.1f}" if len(dev) == len(DEV) else "-") + " | "
+                         + (f"{_mean(conf):.1f}" if len(conf) == len(CONFIRM) else "-") + " |")
+        lines.append("")
+    if default:
+        lines += [f"Default chosen by rule ({default['rule']}): **{default['choice']}**, mean "
+                  f"{default['dev_mean']:.1f} on the development shifts against "
+                  f"{default['best_dev_mean']:.1f} for the best ({default['best']}); its largest "
+                  f"overhead over the fronts measured is {default['worst_front_overhead_pct']:+.1f}%.", ""]
+    return "\n".join(lines)
+
+
+def plot(accuracy: dict, costs: dict, folder: Path) -> str | None:
+    table = overheads(costs)
+    plain = accuracy.get("plain", {})
+    if not table or not plain:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fronts = list(costs["backbones"])
+    groups = (("photometric (dev + confirm)", (*DEV, *CONFIRM)), ("shape (MNIST <-> USPS)", SHAPE))
+    fig, axes = plt.subplots(len(groups), len(fronts), figsize=(4.6 * len(fronts), 7.5),
+                             squeeze=False)
+    for row, (title, tasks) in enumerate(groups):
+        for col, front in enumerate(fronts):
+            ax = axes[row][col]
+            for key, rows in table.items():
+                if front not in rows:
+                    continue
+                accs = [plain[t]["runs"][key][0]["target"] for t in tasks
+                        if key in plain.get(t, {}).get("runs", {}) and 0 in plain[t]["runs"][key]]
+                if len(accs) != len(tasks):
+                    continue
+                ax.scatter(rows[front]["overhead_pct"], statistics.mean(accs),
+                           color=f"C{sorted(table).index(key) % 10}")
+                ax.annotate(key, (rows[front]["overhead_pct"], statistics.mean(accs)), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points")
+            base = [plain[t]["source_only"]["target"] for t in tasks if "source_only" in plain.get(t, {})]
+            if len(base) == len(tasks):
+                ax.axhline(statistics.mean(base), color="grey", ls=":", lw=1)
+            ax.axvline(10, color="k", ls="--", lw=1)
+            ax.set_xscale("symlog", linthresh=10)
+            ax.set_xlabel(f"latency overhead, % ({front})", fontsize=8)
+            ax.set_ylabel(f"mean target accuracy, % — {title}", fontsize=8)
+    fig.suptitle("Calibrators: accuracy against latency overhead (dotted: source only; "
+                 "dashed: +10%)", fontsize=9)
+    fig.tight_layout()
+    name = "accuracy_vs_overhead.png"
+    fig.savefig(folder / name, dpi=120)
+    plt.close(fig)
+    return name
+
+
+def write_report(results: Path, readme: Path | None = None) -> None:
+    accuracy = collect_accuracy(results)
+    costs_path = results / "costs" / "costs.json"
+    costs = json.loads(costs_path.read_text()) if costs_path.exists() else {}
+    default = choose_default(accuracy, costs)
+    picture = plot(accuracy, costs, results)
+    md = markdown(accuracy, costs, default)
+    if picture:
+        md += f"\n![accuracy against overhead](benchmarks/results/calibrators/{picture})\n"
+    (results / "calibrators.json").write_text(json.dumps(
+        {"accuracy": accuracy, "default": default}, indent=2) + "\n")
+    (results / "calibrators.md").write_text("# Calibrator families (generated by "
+                                            "`python benchmarks/calibrators.py report`)\n\n" + md)
+    if readme is not None and readme.exists():
+        text = readme.read_text()
+        if BEGIN in text and END in text:
+            text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END),
+                          lambda _: BEGIN + "\n" + md + "\n" + END, text, flags=re.S)
+            readme.write_text(text)
+    print(md)
