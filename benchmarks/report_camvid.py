@@ -11,8 +11,9 @@ import statistics
 from pathlib import Path
 
 BEGIN, END = "<!-- camvid-results:begin -->", "<!-- camvid-results:end -->"
-ROWS = (("float", "float segmenter (not deployed)"), ("source_only", "source only (2:4 + INT8)"),
-        ("adabn", "AdaBN (dusk BN statistics, then 2:4 + INT8)"),
+ROWS = (("float", "float segmenter (not deployed)"),
+        ("adabn_float", "AdaBN on the float segmenter (dusk BN statistics; not deployed)"),
+        ("source_only", "source only (2:4 + INT8, deployed)"),
         ("histogram", "histogram matching to the day frames"),
         ("gain_gamma", "global gain/gamma fitted on the dusk frames"))
 
