@@ -53,7 +53,8 @@ def run_compress(args, step):
     p = paths(Path(args.work))
     evaluate(step, "float", ["--classifier", str(p["float"])])
     step("compress", ["compress", str(p["float"]), "--prune", "2:4", "--int8", "--calib-dataset",
-                      SOURCE, "--finetune-epochs", str(args.finetune_epochs), "--out",
+                      SOURCE, "--finetune-epochs", str(args.finetune_epochs), "--finetune-lr",
+                      "5e-4", "--out",
                       str(p["int8"]), "--quiet"])
     evaluate(step, "source_only", ["--classifier", str(p["int8"])])
 

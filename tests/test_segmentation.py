@@ -83,6 +83,26 @@ def test_int8_segmenter_graph_agrees_with_fake_quant(segmenter, frames):
         assert (real == fake).mean() >= 0.99, target
 
 
+def test_pruned_segmenter_fine_tunes_on_full_resolution_masks(segmenter, frames):
+    """CamVid masks are 480x360, the network's output 240x180: fine-tuning upsamples the logits
+    (it used to stop on a size mismatch); pruned weights stay zero and the weights move."""
+    from edge_calib.compress.pipeline import compress_classifier
+    from edge_calib.train.tensors import DomainData
+
+    data = DomainData(frames, segmenter.spec)
+    assert data.labels.shape[-2:] == (360, 480)
+    plain = compress_classifier(segmenter, "2:4", False, None, progress=False)
+    tuned = compress_classifier(segmenter, "2:4", False, None, finetune=data, finetune_epochs=1,
+                                progress=False)
+    assert tuned.metrics["finetune"]["epochs"] == 1
+    moved = 0
+    for (name, a), b in zip(plain.module.state_dict().items(), tuned.module.state_dict().values()):
+        if a.dim() == 4 and a.shape[1] % 4 == 0 and a.shape[1] > 1:
+            assert torch.equal(a == 0, b == 0), name  # the 2:4 pattern is kept
+        moved += int(not torch.equal(a, b))
+    assert moved > 0
+
+
 @pytest.fixture(scope="module")
 def seg_bundle(segmenter, frames, tmp_path_factory):
     """A segmenter with a (random, not identity) thumbnail calibrator for dusk, exported."""

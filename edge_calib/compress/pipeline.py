@@ -22,12 +22,19 @@ from .prune import apply_masks, compute_masks, parse_prune, sparsity_report
 
 def finetune_with_masks(module, masks, data: DomainData, epochs: int, lr: float, batch_size: int,
                         seed: int, progress: bool):
-    """Supervised fine-tuning on labelled source data; pruned weights stay zero."""
+    """Supervised fine-tuning on labelled source data; pruned weights stay zero. Masks may be
+    larger than the network's output (CamVid: 480x360 labels, 240x180 input): logits are
+    upsampled to the labels, as when scoring."""
     torch.manual_seed(seed)
     segmenting = data.labels is not None and data.labels.ndim == 3
     ignore = len(data.classes) if segmenting else -100
-    fit(module, data, Fit(epochs, batch_size, lr, seed, label="fine-tune"),
-        lambda logits, y: F.cross_entropy(logits, y, ignore_index=ignore), "cpu",
+
+    def loss(logits, y):
+        if segmenting and logits.shape[-2:] != y.shape[-2:]:
+            logits = F.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False)
+        return F.cross_entropy(logits, y.long(), ignore_index=ignore)
+
+    fit(module, data, Fit(epochs, batch_size, lr, seed, label="fine-tune"), loss, "cpu",
         after_step=lambda m: apply_masks(m, masks), progress=progress)
     module.eval()
 
