@@ -38,11 +38,12 @@ def rss_mb(pid: int) -> float | None:
 def soak(deploy: str, video: str, seconds: float, every: float, fps: float, warmup: float) -> dict:
     out = Path(tempfile.mkdtemp(prefix="soak-"))
     predictions = out / "predictions.jsonl"
-    command = ["edge-calib", "run", "--deploy", deploy, "--input", video, "--loop", "--realtime",
+    command = [str(Path(sys.executable).with_name("edge-calib")), "run", "--deploy", deploy, "--input", video, "--loop", "--realtime",
                "--fps", str(fps), "--domain", "auto", "--headless", "--threads", "1",
                "--predictions", str(predictions), "--json"]
     print(" ".join(command), file=sys.stderr)
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = (out / "stderr.log").open("w")  # a file: a pipe nobody reads would fill and block
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True)
     started, samples = time.time(), []
     while time.time() - started < seconds and proc.poll() is None:
         time.sleep(every)
@@ -50,7 +51,9 @@ def soak(deploy: str, video: str, seconds: float, every: float, fps: float, warm
         if mb is not None:
             samples.append((round(time.time() - started, 1), round(mb, 2)))
     proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=60)
+    stdout, _ = proc.communicate(timeout=60)
+    log.close()
+    stderr = (out / "stderr.log").read_text()
     frames = sum(1 for _ in predictions.open()) if predictions.exists() else 0
     after = [mb for t, mb in samples if t >= warmup]
     summary = json.loads(stdout.strip().splitlines()[-1]) if stdout.strip() else {}

@@ -1,6 +1,7 @@
 """The segmentation path on real CamVid frames: metrics by hand, the segmenter's ONNX and INT8
 graphs, the fused graph with a calibrator, and the runtime's overlay and predictions."""
 
+import copy
 import json
 
 import cv2
@@ -91,6 +92,8 @@ def test_pruned_segmenter_fine_tunes_on_full_resolution_masks(segmenter, frames)
 
     data = DomainData(frames, segmenter.spec)
     assert data.labels.shape[-2:] == (360, 480)
+    segmenter = copy.deepcopy(segmenter)
+    segmenter.module.requires_grad_(False)  # as loaded from a checkpoint
     plain = compress_classifier(segmenter, "2:4", False, None, progress=False)
     tuned = compress_classifier(segmenter, "2:4", False, None, finetune=data, finetune_epochs=1,
                                 progress=False)

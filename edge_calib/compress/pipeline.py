@@ -24,7 +24,7 @@ def finetune_with_masks(module, masks, data: DomainData, epochs: int, lr: float,
                         seed: int, progress: bool):
     """Supervised fine-tuning on labelled source data; pruned weights stay zero. Masks may be
     larger than the network's output (CamVid: 480x360 labels, 240x180 input): logits are
-    upsampled to the labels, as when scoring."""
+    upsampled to the labels, as when scoring. The result is frozen again."""
     torch.manual_seed(seed)
     segmenting = data.labels is not None and data.labels.ndim == 3
     ignore = len(data.classes) if segmenting else -100
@@ -34,9 +34,10 @@ def finetune_with_masks(module, masks, data: DomainData, epochs: int, lr: float,
             logits = F.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False)
         return F.cross_entropy(logits, y.long(), ignore_index=ignore)
 
+    module.requires_grad_(True)  # a loaded checkpoint's module comes frozen
     fit(module, data, Fit(epochs, batch_size, lr, seed, label="fine-tune"), loss, "cpu",
         after_step=lambda m: apply_masks(m, masks), progress=progress)
-    module.eval()
+    module.requires_grad_(False).eval()
 
 
 def compress_classifier(clf: Classifier, prune: str | None, int8: bool, calib: DomainData | None,
