@@ -6,6 +6,7 @@ calibrators, against AdaBN and classical photometric baselines.
     python benchmarks/camvid.py compress           # 2:4 + INT8
     python benchmarks/camvid.py baselines          # source only, AdaBN, histogram, gain/gamma
     python benchmarks/camvid.py calibrators --families thumbnail,resnet --seeds 0,1,2
+    python benchmarks/camvid.py deploy             # bundle, test-frame video, run, bench
     python benchmarks/camvid.py report
 
 The protocol of ``../shared/data/camvid/README.md``: source = day training frames (labelled),
@@ -92,6 +93,32 @@ def run_calibrators(args, step):
             evaluate(step, name, ["--classifier", str(p["int8"]), "--calibrator", str(out)])
 
 
+def run_deploy(args, step):
+    """The bundle (dusk calibrator + day identity + the auto-domain model), a video of the test
+    frames in sequence order (0001TP at dusk, then Seq05VD by day, 480x360 as filmed), the
+    runtime on it with --domain auto, and bench at the network's input size."""
+    sys.path.insert(0, str(ROOT))
+    from edge_calib.data import load_dataset
+    from edge_calib.runtime.testvideo import write_domain_video
+
+    p, work = paths(Path(args.work)), Path(args.work)
+    cal = work / "calibrators" / f"dusk_{args.calibrator}.calib.pt"
+    bundle = work / "deploy"
+    step("export", ["export", "--classifier", str(p["int8"]), "--calibrator", f"dusk={cal}",
+                    "--calibrator", "day=identity", "--out", str(bundle), "--force", "--quiet",
+                    "--data-root", args.data_root])
+    video = work / "camvid_test.avi"
+    if not video.exists():
+        write_domain_video(video, [(d, load_dataset(f"camvid:{d}", "test", args.data_root).images,
+                                    None) for d in ("dusk", "day")], size=None, fps=15.0)
+    step("stream", ["run", "--input", str(video), "--deploy", str(bundle), "--domain", "auto",
+                    "--headless", "--threads", "1", "--output", str(work / "annotated.mp4"),
+                    "--predictions", str(work / "stream_predictions.jsonl"), "--json"])
+    step("bench", ["bench", "--deploy", str(bundle), "--report", str(RESULTS / "bench"),
+                   "--threads", "1", "--batch", "1", "--iterations", "100", "--video", str(video),
+                   "--json", "--data-root", args.data_root])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -107,6 +134,8 @@ def main():
     p.add_argument("--families", type=lambda s: s.split(","), default=["thumbnail", "resnet"])
     p.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=20)
+    p = sub.add_parser("deploy", parents=[common])
+    p.add_argument("--calibrator", default="thumbnail_s0", help="Which trained dusk calibrator.")
     sub.add_parser("report")
     args = parser.parse_args()
     if args.cmd == "report":
@@ -116,7 +145,7 @@ def main():
         return
     step = Step(RESULTS, args.data_root)
     {"segmenter": run_segmenter, "compress": run_compress, "baselines": run_baselines,
-     "calibrators": run_calibrators}[args.cmd](args, step)
+     "calibrators": run_calibrators, "deploy": run_deploy}[args.cmd](args, step)
 
 
 if __name__ == "__main__":

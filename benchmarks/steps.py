@@ -51,7 +51,7 @@ class Step:
         if path.exists():
             return json.loads(path.read_text())["result"]
         command = ["edge-calib", *[relative(str(a)) for a in args]]
-        if "--data-root" not in args and args[0] not in ("export", "build-engine", "bench"):
+        if "--data-root" not in args and args[0] not in ("export", "build-engine", "bench", "run"):
             command += ["--data-root", relative(self.data_root)]
         print(f"[{name}] {shlex.join(command)}", file=sys.stderr, flush=True)
         sha, dirty = git_commit(ROOT)  # the code this step runs, read before it starts

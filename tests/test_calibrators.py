@@ -133,3 +133,32 @@ def test_bad_calibrator_options_are_one_line(args, message, trained_dtn, tmp_pat
     assert message in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_one_bundle_carries_different_families_per_domain(trained_dtn, digits, tmp_path):
+    """A spatial family for a shape shift and the light default for a colour shift, side by
+    side in one bundle: each domain's fused graph runs its own calibrator."""
+    from edge_calib.bundle import open_bundle
+    from edge_calib.engines import open_engines
+    from edge_calib.models.store import save_calibrator
+
+    clf = load_classifier(trained_dtn)
+    modules = {"usps": randomised("resnet", "small", std=0.05, seed=1),
+               "colour": randomised("thumbnail", "small", std=0.3, seed=2)}
+    args = ["export", "--classifier", str(trained_dtn), "--out", str(tmp_path / "b"),
+            "--precision", "fp32", "--no-auto-domain", "--quiet"]
+    for domain, g in modules.items():
+        save_calibrator(tmp_path / f"{domain}.calib.pt", g, {
+            "domain": domain, "classifier_fingerprint": clf.fingerprint,
+            "input_spec": clf.spec.to_dict(), "source": "mnist", "target": domain})
+        args += ["--calibrator", f"{domain}={tmp_path / f'{domain}.calib.pt'}"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    bundle = open_bundle(tmp_path / "b")
+    assert {d: bundle.domain(d).calibrator.arch for d in modules} == {"usps": "resnet",
+                                                                      "colour": "thumbnail"}
+    x = digits["usps_test"].batch(range(16), "cpu")
+    with open_engines(bundle) as engines, torch.no_grad():
+        for domain, g in modules.items():
+            logits, _ = engines.infer(domain, x.numpy())
+            assert np.abs(logits - clf.module(g(x)).numpy()).max() <= 1e-4, domain
