@@ -72,7 +72,8 @@ def run_baselines(args, step):
     evaluate(step, "adabn_float", ["--classifier", str(p["adabn"])])
     int8 = ["--classifier", str(p["int8"])]
     evaluate(step, "histogram", int8, ["--photometric", "histogram", "--reference", SOURCE])
-    evaluate(step, "gain_gamma", int8, ["--photometric", "gain-gamma", "--fit", TARGET])
+    evaluate(step, "gain_gamma", int8, ["--photometric", "gain-gamma", "--reference", SOURCE,
+                                        "--fit", TARGET])
 
 
 def run_calibrators(args, step):
