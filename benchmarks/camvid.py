@@ -82,12 +82,13 @@ def run_calibrators(args, step):
     p = paths(Path(args.work))
     for family in args.families:
         for seed in args.seeds:
-            name = f"{family}_s{seed}"
+            name = f"{family}{args.tag}_s{seed}"
             out = Path(args.work) / "calibrators" / f"dusk_{name}.calib.pt"
             train = ["train", "--classifier", str(p["int8"]), "--source", SOURCE, "--target",
                      TARGET, "--domain", "dusk", "--out", str(out), "--epochs", str(args.epochs),
                      "--batch-size", "8", "--seed", str(seed), "--calibrator-arch", family,
-                     "--w-source", "0.2", "--lr", "3e-4", "--d-lr", "3e-4", "--quiet"]
+                     "--w-source", "0.2", "--lr", "3e-4", "--d-lr", "3e-4", "--eps", str(args.eps),
+                     "--quiet"]
             if out.with_suffix(".state.pt").exists() and not out.exists():
                 train.append("--resume")
             step(f"{name}_train", train)
@@ -135,6 +136,9 @@ def main():
     p.add_argument("--families", type=lambda s: s.split(","), default=["thumbnail", "resnet"])
     p.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--eps", type=float, default=0.5, help="The calibrator's bound (normalised "
+                   "units; 0.5 = a quarter of the pixel range).")
+    p.add_argument("--tag", default="", help="Suffix of the runs' names (a variant's recipe).")
     p = sub.add_parser("deploy", parents=[common])
     p.add_argument("--calibrator", default="thumbnail_s0", help="Which trained dusk calibrator.")
     sub.add_parser("report")
