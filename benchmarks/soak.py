@@ -57,7 +57,7 @@ def soak(deploy: str, video: str, seconds: float, every: float, fps: float, warm
     frames = sum(1 for _ in predictions.open()) if predictions.exists() else 0
     after = [mb for t, mb in samples if t >= warmup]
     summary = json.loads(stdout.strip().splitlines()[-1]) if stdout.strip() else {}
-    return {"command": " ".join(command), "seconds": round(time.time() - started, 1),
+    return {"command": " ".join(["edge-calib", *command[1:]]), "seconds": round(time.time() - started, 1),
             "exit": proc.returncode, "frames_in_predictions": frames,
             "traceback": "Traceback" in stderr, "samples": samples, "warmup_s": warmup,
             "rss_after_warmup_mb": {"first": after[0] if after else None,
@@ -103,7 +103,7 @@ def main():
         ax.plot([t / 60 for t, _ in result["samples"]], [m for _, m in result["samples"]])
         ax.set_xlabel("minutes")
         ax.set_ylabel("RSS (MB)")
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, 1.15 * max(m for _, m in result["samples"]))
         fig.tight_layout()
         fig.savefig(RESULTS / "rss.png", dpi=110)
         md += "\n![RSS over time](rss.png)\n"
