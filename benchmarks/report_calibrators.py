@@ -119,8 +119,8 @@ def markdown(accuracy: dict, costs: dict, default: dict | None) -> str:
         order = [t for t in (*DEV, *CONFIRM, *SHAPE) if t in tasks]
         keys = sorted({k for t in order for k in tasks[t]["runs"]})
         lines += [f"#### Accuracy, {recipe} source classifier (target test, last epoch; source "
-                  "test in brackets)", "",
-                  "| calibrator | " + " | ".join(order) + " | mean dev | mean confirm |",
+                  "test in brackets; mean ± standard deviation over seeds where several ran)", "",
+                  "| calibrator | " + " | ".join(order) + " | mean dev (seed 0) | mean confirm (seed 0) |",
                   "|---|" + "---|" * (len(order) + 2)]
         so = [tasks[t].get("source_only", {}) for t in order]
         lines.append("| source only | " + " | ".join(
@@ -183,6 +183,9 @@ def plot(accuracy: dict, costs: dict, folder: Path) -> str | None:
                 ax.axhline(statistics.mean(base), color="grey", ls=":", lw=1)
             ax.axvline(10, color="k", ls="--", lw=1)
             ax.set_xscale("symlog", linthresh=10)
+            worst = max((r[front]["overhead_pct"] for r in table.values() if front in r),
+                        default=10)
+            ax.set_xlim(0, 3 * max(worst, 10))  # room for the labels right of the points
             ax.set_xlabel(f"latency overhead, % ({front})", fontsize=8)
             ax.set_ylabel(f"mean target accuracy, % — {title}", fontsize=8)
     fig.suptitle("Calibrators: accuracy against latency overhead (dotted: source only; "
