@@ -96,9 +96,11 @@ def markdown(accuracy: dict, costs: dict, default: dict | None) -> str:
     lines = []
     table = overheads(costs)
     if table:
-        fronts = list(costs["backbones"])
+        fronts, prov = list(costs["backbones"]), costs.get("provenance", {})
         lines += ["#### What each calibrator costs in front of the frozen model", "",
-                  "ONNX Runtime 1.x on the CPU, 1 thread, batch 1, the fused graph; overhead = "
+                  f"ONNX Runtime {prov.get('versions', {}).get('onnxruntime', '?')} on the CPU "
+                  f"({prov.get('cpu', '?')}, {prov.get('cores', '?')} cores), 1 thread, batch 1, "
+                  "the fused graph; overhead = "
                   "median over interleaved rounds of (fused - classifier alone), same run. "
                   "Fronts: " + "; ".join(f"{f} ({costs['backbones'][f]['classifier']}, alone "
                                          f"{costs['backbones'][f]['rows']['classifier']['latency_median_ms']:.2f} ms)"
