@@ -117,7 +117,7 @@ def markdown(accuracy: dict, costs: dict, default: dict | None) -> str:
                          + " | ".join(f"{rows[f]['overhead_pct']:+.1f}% ({rows[f]['overhead_ms']:.3f} ms)"
                                       if f in rows else "-" for f in fronts) + " |")
         lines.append("")
-    for recipe, tasks in accuracy.items():
+    for recipe, tasks in sorted(accuracy.items(), key=lambda kv: kv[0] != "plain"):
         order = [t for t in (*DEV, *CONFIRM, *SHAPE) if t in tasks]
         keys = sorted({k for t in order for k in tasks[t]["runs"]})
         lines += [f"#### Accuracy, {recipe} source classifier (target test, last epoch; source "
@@ -127,8 +127,8 @@ def markdown(accuracy: dict, costs: dict, default: dict | None) -> str:
         so = [tasks[t].get("source_only", {}) for t in order]
         lines.append("| source only | " + " | ".join(
             f"{s.get('target', 0):.1f} ({s.get('source', 0):.1f})" if s else "-" for s in so)
-            + " | " + _fmt([tasks[t]["source_only"]["target"] for t in DEV if "source_only" in tasks[t]])
-            + " | " + _fmt([tasks[t]["source_only"]["target"] for t in CONFIRM if "source_only" in tasks[t]])
+            + " | " + _fmt([tasks[t]["source_only"]["target"] for t in DEV if "source_only" in tasks.get(t, {})])
+            + " | " + _fmt([tasks[t]["source_only"]["target"] for t in CONFIRM if "source_only" in tasks.get(t, {})])
             + " |")
         for key in keys:
             cells, dev, conf = [], [], []
