@@ -18,6 +18,8 @@ def test_demo_fast_end_to_end_and_reuse(shared_data, tmp_path):
     auto = result["results"]["auto (calibrated)"]
     assert set(auto["scores"]) == {"mnist", "colour"}
     assert auto["scores"]["colour"]["auto_frame_accuracy"] > 90
+    plain = result["results"]["source only"]["scores"]["colour"]["accuracy"]
+    assert auto["scores"]["colour"]["accuracy"] > plain + 10  # the calibrator's gain shows
     assert any(s["to"] == "colour" for s in auto["switches"])
     assert "Stream accuracy per true domain" in r.output and "Timing report" in r.output
     calibrator = f"colour.{DEFAULT_ARCH}.calib.pt"
