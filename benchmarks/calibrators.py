@@ -3,6 +3,7 @@
 
     python benchmarks/calibrators.py classifiers                     # the frozen source models
     python benchmarks/calibrators.py accuracy --families all --sizes medium --seeds 0
+    python benchmarks/calibrators.py int8 --families thumbnail,shallow  # INT8 calibrators
     python benchmarks/calibrators.py costs                           # nodes, MACs, latency
     python benchmarks/calibrators.py report                          # JSON, Markdown, plot
 
@@ -63,8 +64,6 @@ def evaluate(step, name, model_args, dataset):
 
 
 def run_accuracy(args):
-    from edge_calib.models.calibrators import parse_size
-
     families = FAMILIES if args.families == ["all"] else args.families
     for recipe, task, family, size, seed in itertools.product(
             args.classifiers, args.tasks, families, args.sizes, args.seeds):
@@ -74,21 +73,66 @@ def run_accuracy(args):
             sys.exit(f"{clf} missing: run `calibrators.py classifiers` first")
         step = Step(RESULTS / "accuracy" / recipe / task, args.data_root)
         work = Path(args.work) / "accuracy" / recipe / task
-        evaluate(step, "source_only_target", ["--classifier", str(clf)], target)
-        evaluate(step, "source_only_source", ["--classifier", str(clf)], source)
-        name = f"{family}_{size}_s{seed}"
-        out = work / f"{name}.calib.pt"
-        exact = ",".join(f"{k}={v}" for k, v in parse_size(family, size).items())
-        train = ["train", "--classifier", str(clf), "--source", source, "--target", target,
-                 "--domain", target.replace(":", "-"), "--out", str(out), "--epochs",
-                 str(args.epochs), "--max-samples", str(args.max_samples), "--seed", str(seed),
-                 "--calibrator-arch", family, "--calibrator-size", exact, "--quiet", *RECIPE]
-        if (work / f"{name}.calib.state.pt").exists() and not out.exists():
-            train.append("--resume")
-        step(f"{name}_train", train)
-        with_cal = ["--classifier", str(clf), "--calibrator", str(out)]
-        evaluate(step, f"{name}_target", with_cal, target)
-        evaluate(step, f"{name}_source", with_cal, source)
+        train_and_evaluate(step, work, clf, task, family, size, seed, args)
+
+
+def train_and_evaluate(step, work: Path, clf: Path, task: str, family: str, size: str, seed: int,
+                       args) -> Path:
+    """Source only, then one calibrator trained with the common budget and evaluated on the
+    target and source test sets; returns the calibrator checkpoint."""
+    from edge_calib.models.calibrators import parse_size
+
+    source, target = TASKS[task]
+    evaluate(step, "source_only_target", ["--classifier", str(clf)], target)
+    evaluate(step, "source_only_source", ["--classifier", str(clf)], source)
+    name = f"{family}_{size}_s{seed}"
+    out = work / f"{name}.calib.pt"
+    exact = ",".join(f"{k}={v}" for k, v in parse_size(family, size).items())
+    train = ["train", "--classifier", str(clf), "--source", source, "--target", target,
+             "--domain", target.replace(":", "-"), "--out", str(out), "--epochs",
+             str(args.epochs), "--max-samples", str(args.max_samples), "--seed", str(seed),
+             "--calibrator-arch", family, "--calibrator-size", exact, "--quiet", *RECIPE]
+    if (work / f"{name}.calib.state.pt").exists() and not out.exists():
+        train.append("--resume")
+    step(f"{name}_train", train)
+    with_cal = ["--classifier", str(clf), "--calibrator", str(out)]
+    evaluate(step, f"{name}_target", with_cal, target)
+    evaluate(step, f"{name}_source", with_cal, source)
+    return out
+
+
+def run_int8(args):
+    """INT8 calibrators in front of the INT8 2:4 DTN: each calibrator is trained against the
+    INT8 classifier, then quantised (``edge-calib compress CAL --int8``, scales from its target
+    training images) and evaluated again in torch (fake quantisation) and as deployed (the
+    fused INT8 graph of an exported bundle, ONNX Runtime)."""
+    work = Path(args.work)
+    float_clf = classifier_path(work, "plain", "mnist")
+    clf = work / "classifiers" / "mnist_dtn_plain_int8.pt"
+    Step(RESULTS / "int8", args.data_root)(
+        "classifier", ["compress", str(float_clf), "--prune", "2:4", "--int8", "--calib-dataset",
+                       "mnist", "--out", str(clf), "--quiet"])
+    for task, family, seed in itertools.product(args.tasks, args.families, args.seeds):
+        if TASKS[task][0] != "mnist":
+            sys.exit(f"{task}: the INT8 runs use the MNIST classifier")
+        target = TASKS[task][1]
+        step = Step(RESULTS / "int8" / task, args.data_root)
+        cal = train_and_evaluate(step, work / "int8" / task, clf, task, family, "medium", seed,
+                                 args)
+        name = f"{family}_medium_s{seed}"
+        quantised = cal.with_name(f"{name}_int8.calib.pt")
+        step(f"{name}_int8_compress", ["compress", str(cal), "--int8", "--out", str(quantised),
+                                       "--quiet"])
+        with_cal = ["--classifier", str(clf), "--calibrator", str(quantised)]
+        evaluate(step, f"{name}_int8_target", with_cal, target)
+        evaluate(step, f"{name}_int8_source", with_cal, "mnist")
+        bundle = cal.with_name(f"{name}_int8_bundle")
+        domain = target.replace(":", "-")
+        step(f"{name}_int8_export", ["export", "--classifier", str(clf), "--calibrator",
+                                     f"{domain}={quantised}", "--no-auto-domain", "--out",
+                                     str(bundle), "--force", "--quiet"])
+        evaluate(step, f"{name}_int8_deployed_target", ["--deploy", str(bundle), "--domain",
+                                                        domain, "--fused"], target)
 
 
 def _session(model, threads: int = 1):
@@ -217,6 +261,12 @@ def main():
     p.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0])
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--max-samples", type=int, default=10000)
+    p = sub.add_parser("int8", parents=[common])
+    p.add_argument("--tasks", type=lambda s: s.split(","), default=list(PHOTOMETRIC))
+    p.add_argument("--families", type=lambda s: s.split(","), default=["thumbnail"])
+    p.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0])
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--max-samples", type=int, default=10000)
     p = sub.add_parser("costs", parents=[common])
     p.add_argument("--classifier", help="Float DTN checkpoint [default: the plain MNIST one].")
     p.add_argument("--int8-classifier", help="INT8 2:4 DTN checkpoint.")
@@ -234,6 +284,8 @@ def main():
         train_classifiers(args)
     elif args.cmd == "accuracy":
         run_accuracy(args)
+    elif args.cmd == "int8":
+        run_int8(args)
     elif args.cmd == "costs":
         run_costs(args)
     elif args.cmd == "report":

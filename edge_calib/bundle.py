@@ -132,6 +132,7 @@ class ClassifierEntry:
 @dataclass
 class CalibratorEntry:
     files: dict[str, str]
+    precision: str
     fingerprint: str
     architecture: dict
     eps: float
@@ -146,7 +147,11 @@ class CalibratorEntry:
         eps = float(r.number("eps"))
         if eps <= 0:
             raise r.error(f"must be positive, got {eps}", "eps")
-        return cls(r.paths("files"), r.get("fingerprint", str), r.get("architecture", dict), eps,
+        precision = r.get("precision", str, optional=True) or "fp32"
+        if precision not in ("fp32", "int8"):
+            raise r.error(f"must be fp32 or int8, got {precision!r}", "precision")
+        return cls(r.paths("files"), precision, r.get("fingerprint", str),
+                   r.get("architecture", dict), eps,
                    int(r.number("params")), r.get("trained_against", str),
                    r.get("source", str, optional=True), r.get("target", str, optional=True),
                    r.get("metrics", dict))

@@ -49,6 +49,19 @@ def trained_dtn(digits, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def int8_dtn(trained_dtn, digits, tmp_path_factory):
+    """``trained_dtn`` pruned 2:4 and quantised to INT8 (scales from its MNIST images)."""
+    from edge_calib.compress.pipeline import compress_classifier
+    from edge_calib.models.store import load_classifier
+
+    q = compress_classifier(load_classifier(trained_dtn), "2:4", True, digits["mnist_train"],
+                            test=digits["mnist_test"], progress=False)
+    path = tmp_path_factory.mktemp("int8") / "mnist_dtn_int8.pt"
+    q.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def trained_calibrator(trained_dtn, digits, tmp_path_factory):
     """A small (width 4, 2 blocks) USPS calibrator trained for 1 epoch against ``trained_dtn``."""
     import torch

@@ -29,16 +29,6 @@ def run(model, x):
     return session.run(None, {"input": x})[0]
 
 
-@pytest.fixture(scope="module")
-def int8_dtn(trained_dtn, digits, tmp_path_factory):
-    clf = load_classifier(trained_dtn)
-    q = compress_classifier(clf, "2:4", True, digits["mnist_train"], test=digits["mnist_test"],
-                            progress=False)
-    path = tmp_path_factory.mktemp("int8") / "mnist_dtn_int8.pt"
-    q.save(path)
-    return path
-
-
 def test_float_graphs_match_torch_on_real_images(trained_dtn, trained_calibrator, digits):
     clf, cal = load_classifier(trained_dtn), load_calibrator(trained_calibrator)
     x = digits["usps_test"].batch(range(256), "cpu")

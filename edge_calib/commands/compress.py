@@ -1,4 +1,5 @@
-"""``edge-calib compress``: prune and quantise a classifier into the model that is deployed."""
+"""``edge-calib compress``: prune and quantise a classifier into the model that is deployed, or
+quantise a calibrator to INT8 the same way."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from .options import data_root_option
 @click.option("--int8/--no-int8", default=False, help="INT8 post-training quantisation "
                                                       "(TensorRT conventions).")
 @click.option("--calib-dataset", default=None,
-              help="Source-domain images for INT8 scale estimation (quantization calibration "
-                   "data; unrelated to our calibrators).")
+              help="Images for INT8 scale estimation (quantization calibration data): source "
+                   "images for a classifier; for a calibrator [default: its target domain].")
 @click.option("--calib-batches", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--activation-range", type=click.Choice(["max", "percentile"]),
               default="percentile", show_default=True)
@@ -31,12 +32,25 @@ from .options import data_root_option
 @click.option("--quiet", is_flag=True)
 def compress(checkpoint, prune, int8, calib_dataset, calib_batches, activation_range,
              finetune_epochs, finetune_lr, data_root, out, max_samples, seed, quiet):
-    """Prune and/or quantise a classifier into the exact model that is deployed."""
+    """Prune and/or quantise a classifier into the exact model that is deployed; quantise a
+    calibrator checkpoint to INT8 (--int8 only)."""
     from ..compress.pipeline import compress_classifier
     from ..data.catalog import has_test_split
-    from ..models.store import load_classifier
+    from ..models.checkpoint import load_checkpoint
+    from ..models.store import CALIBRATOR, CLASSIFIER, load_classifier
     from ..train.tensors import load_domain
 
+    meta, _ = load_checkpoint(checkpoint, (CLASSIFIER, CALIBRATOR))
+    if "calibrator" in meta:
+        if prune or finetune_epochs:
+            raise EdgeCalibError(f"{checkpoint} is a calibrator: it can be quantised (--int8), "
+                                 "not pruned or fine-tuned")
+        if not int8:
+            raise EdgeCalibError("nothing to do: give --int8 to quantise a calibrator")
+        click.echo(json.dumps(compress_calibrator(checkpoint, calib_dataset, calib_batches,
+                                                  activation_range, data_root, out,
+                                                  max_samples, seed)))
+        return
     clf = load_classifier(checkpoint)
     if clf.onnx_bytes is not None:
         raise EdgeCalibError(f"{checkpoint} is an imported model: it is deployed as given; "
@@ -65,3 +79,26 @@ def compress(checkpoint, prune, int8, calib_dataset, calib_batches, activation_r
                            "source_test": m.get("source_test"),
                            **{k: v for k, v in m.items()
                               if k.split("_")[0] in ("float", "compressed", "pruned")}}))
+
+
+def compress_calibrator(checkpoint, calib_dataset, calib_batches, activation_range, data_root,
+                        out, max_samples, seed) -> dict:
+    from ..compress.calibrator import quantise_calibrator
+    from ..models.store import load_calibrator, save_calibrator
+    from ..spec import InputSpec
+    from ..train.tensors import load_domain
+
+    cal = load_calibrator(checkpoint)
+    dataset = calib_dataset or cal.meta.get("target")
+    if not dataset:
+        raise EdgeCalibError(f"{checkpoint} records no target domain: give --calib-dataset")
+    spec = InputSpec.from_dict(cal.meta["input_spec"])
+    calib = load_domain(dataset, "train", data_root, spec, max_samples, seed, unlabelled=True)
+    quantised = quantise_calibrator(cal, calib, activation_range, calib_batches, seed=seed)
+    saved = save_calibrator(out, quantised.module, quantised.meta)
+    q = quantised.meta["quantization"]
+    return {"out": out, "fingerprint": saved["fingerprint"], "float_fingerprint": cal.fingerprint,
+            "domain": cal.meta.get("domain"), "compression": quantised.meta["compression"],
+            "calibration_dataset": dataset, "samples": q["samples"],
+            "quantised_layers": q["quantised_layers"],
+            "max_abs_change_on_calibration_images": round(q["max_abs_change_on_calibration_images"], 5)}

@@ -1,8 +1,9 @@
 """Build a deploy bundle from checkpoints (workstation side).
 
 Writes every graph a device may need: the classifier for ONNX Runtime (real INT8 kernels) and
-for TensorRT (Q/DQ on Conv/Gemm inputs only), each calibrator in FP32 and FP16-inside, and per
-domain the fused calibrator -> classifier graph. The bundle is built in a temporary folder and
+for TensorRT (Q/DQ on Conv/Gemm inputs only), each calibrator in FP32 and FP16-inside (an INT8
+calibrator: its two Q/DQ variants, like the classifier), and per domain the fused calibrator ->
+classifier graph. The bundle is built in a temporary folder and
 renamed into place: a failed build leaves the previous bundle untouched.
 """
 
@@ -114,6 +115,10 @@ def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: 
         if path != IDENTITY:
             cal = load_calibrator(path)
             cal.check_pairs_with(clf)
+            if cal.int8 and not int8:
+                raise EdgeCalibError(f"calibrator {path} is INT8: it goes into a bundle whose "
+                                     "classifier is INT8 too (TensorRT builds Q/DQ graphs as "
+                                     "INT8 engines); use the float calibrator here")
             loaded[domain] = cal
     spec = clf.spec
     with atomic_directory(out, force=force) as tmp:
@@ -146,10 +151,20 @@ def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: 
                 domains[domain] = DomainEntry(None, None)
                 continue
             cal = loaded[domain]
-            graph = export_calibrator(cal, opset=opset_of(cls_ort))
+            opset = opset_of(cls_ort)
+            graph = export_calibrator(cal, opset=opset)
+            files = {"onnxruntime": f"calibrators/{domain}.onnx",
+                     "tensorrt": f"calibrators/{domain}.onnx"}
             onnx.save(graph, tmp / "calibrators" / f"{domain}.onnx")
-            onnx.save(export_calibrator(cal, half=True, opset=opset_of(cls_ort)),
-                      tmp / "calibrators" / f"{domain}.fp16.onnx")
+            if cal.int8:  # TensorRT's Q/DQ variant; an INT8 calibrator has no FP16 graph
+                graph_trt = export_calibrator(cal, opset=opset, target="tensorrt")
+                onnx.save(graph_trt, tmp / "calibrators" / f"{domain}.trt.onnx")
+                files["tensorrt"] = f"calibrators/{domain}.trt.onnx"
+            else:
+                graph_trt = graph
+                onnx.save(export_calibrator(cal, half=True, opset=opset),
+                          tmp / "calibrators" / f"{domain}.fp16.onnx")
+                files["tensorrt_fp16"] = f"calibrators/{domain}.fp16.onnx"
             fused_ort = fuse(graph, cls_ort, domain)
             error, same_top1 = _check_fused(fused_ort, graph, cls_ort, spec.shape)
             # INT8: a 1e-7 difference at a quantiser's rounding boundary moves a value by one
@@ -160,14 +175,11 @@ def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: 
             onnx.save(fused_ort, tmp / "fused" / f"{domain}.onnx")
             fused = {"onnxruntime": f"fused/{domain}.onnx", "tensorrt": f"fused/{domain}.onnx"}
             if int8:
-                onnx.save(fuse(graph, cls_trt, domain), tmp / "fused" / f"{domain}.trt.onnx")
+                onnx.save(fuse(graph_trt, cls_trt, domain), tmp / "fused" / f"{domain}.trt.onnx")
                 fused["tensorrt"] = f"fused/{domain}.trt.onnx"
             training = cal.meta.get("training", {})
             domains[domain] = DomainEntry(CalibratorEntry(
-                files={"onnxruntime": f"calibrators/{domain}.onnx",
-                       "tensorrt": f"calibrators/{domain}.onnx",
-                       "tensorrt_fp16": f"calibrators/{domain}.fp16.onnx"},
-                fingerprint=cal.meta["fingerprint"], architecture=cal.module.config,
+                files=files, precision="int8" if cal.int8 else "fp32", fingerprint=cal.meta["fingerprint"], architecture=cal.module.config,
                 eps=cal.module.eps, params=cal.params,
                 trained_against=cal.meta["classifier_fingerprint"],
                 source=cal.meta.get("source"), target=cal.meta.get("target"),

@@ -99,28 +99,40 @@ def export_classifier(clf: Classifier, target: str = "onnxruntime") -> onnx.Mode
     if clf.onnx_bytes is not None:  # an imported model is deployed as the user gave it
         return onnx.load_from_string(clf.onnx_bytes)
     int8 = bool(clf.compression and clf.compression.get("int8"))
-    layers = [m for m in clf.module.modules() if isinstance(m, QuantLayer)]
-    for m in layers:
-        m.enabled = False
-    try:
-        model = _torch_to_onnx(clf.module, clf.spec.shape, LOGITS)
-    finally:
-        for m in layers:
-            m.enabled = True
-    model = simplify_float(model)
-    if int8:
-        params = quant_params(clf.module)
-        ort = target == "onnxruntime"
-        model = insert_qdq(model, params, int32_bias=ort, output_qdq=ort, unsigned=ort)
-        expected = 3 * len(params) if target == "tensorrt" else None  # Q+DQ in, DQ weight
-        if expected is not None and count_qdq(model) != expected:
-            raise EdgeCalibError(f"Q/DQ insertion produced {count_qdq(model)} nodes, "
-                                 f"expected {expected}")
+    model = _export_quantisable(clf.module, clf.spec.shape, LOGITS, int8, target)
     onnx.checker.check_model(model)
     return set_metadata(model, {"kind": "classifier", "fingerprint": clf.fingerprint,
                                 "arch": clf.arch, "input_spec": clf.spec.to_dict(),
                                 "labels": clf.labels, "precision": "int8" if int8 else "fp32",
                                 "target": target})
+
+
+def _export_quantisable(module: torch.nn.Module, shape, output: str, int8: bool, target: str,
+                        opset: int = OPSET) -> onnx.ModelProto:
+    """A float graph simplified by onnxsim (fake quantisation switched off while exporting);
+    ``int8``: then explicit Q/DQ for ``target`` from the module's scales (``insert_qdq``; for
+    ``onnxruntime`` with int32 biases, re-quantised outputs and the uint8 grid)."""
+    if target not in ("onnxruntime", "tensorrt"):
+        raise EdgeCalibError(f"unknown export target {target!r}")
+    layers = [m for m in module.modules() if isinstance(m, QuantLayer)]
+    for m in layers:
+        m.enabled = False
+    try:
+        model = _torch_to_onnx(module, shape, output, opset)
+    finally:
+        for m in layers:
+            m.enabled = True
+    model = simplify_float(model)
+    if int8:
+        params = quant_params(module)
+        ort = target == "onnxruntime"
+        model = insert_qdq(model, params, int32_bias=ort, output_qdq=ort, unsigned=ort)
+        quantised = sum(n.op_type == "DequantizeLinear" and n.name.endswith("/weight_dequantize")
+                        for n in model.graph.node)
+        if quantised != len(params):
+            raise EdgeCalibError(f"Q/DQ insertion quantised {quantised} of {len(params)} "
+                                 "Conv/Gemm layers")
+    return model
 
 
 def export_classifier_fp16(clf: Classifier) -> onnx.ModelProto:
@@ -132,18 +144,26 @@ def export_classifier_fp16(clf: Classifier) -> onnx.ModelProto:
                                 "labels": clf.labels, "precision": "fp16", "target": "tensorrt"})
 
 
-def export_calibrator(cal: Calibrator, half: bool = False, opset: int = OPSET) -> onnx.ModelProto:
+def export_calibrator(cal: Calibrator, half: bool = False, opset: int = OPSET,
+                      target: str = "onnxruntime") -> onnx.ModelProto:
     """The calibrator as a simplified float graph (``half``: FP16 inside, FP32 at the I/O, for
-    strongly typed TensorRT >= 11; ``opset``: that of an imported classifier it is fused to)."""
+    strongly typed TensorRT >= 11; ``opset``: that of an imported classifier it is fused to);
+    an INT8 calibrator gets Q/DQ pairs for ``target`` exactly as an INT8 classifier does."""
     spec_shape = (cal.module.config["channels"],) + tuple(
         cal.meta["input_spec"][k] for k in ("height", "width"))
-    module = _HalfPrecision(cal.module) if half else cal.module
-    model = simplify_float(_torch_to_onnx(module, spec_shape, CALIBRATED, opset))
+    if half and cal.int8:
+        raise EdgeCalibError("an INT8 calibrator has no FP16 graph")
+    if half:
+        model = simplify_float(_torch_to_onnx(_HalfPrecision(cal.module), spec_shape, CALIBRATED,
+                                              opset))
+    else:
+        model = _export_quantisable(cal.module, spec_shape, CALIBRATED, cal.int8, target, opset)
     onnx.checker.check_model(model)
+    precision = "int8" if cal.int8 else "fp16" if half else "fp32"
     return set_metadata(model, {"kind": "calibrator", "fingerprint": cal.meta["fingerprint"],
                                 "domain": cal.meta.get("domain", ""), "eps": cal.module.eps,
                                 "trained_against": cal.meta["classifier_fingerprint"],
-                                "precision": "fp16" if half else "fp32"})
+                                "precision": precision, "target": target})
 
 
 class _HalfPrecision(torch.nn.Module):

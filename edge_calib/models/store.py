@@ -132,6 +132,11 @@ class Calibrator:
         return calibrator_fingerprint(self.module)
 
     @property
+    def int8(self) -> bool:
+        """Quantised with ``edge-calib compress --int8`` (fake-quantised Conv/Linear layers)."""
+        return bool((self.meta.get("compression") or {}).get("int8"))
+
+    @property
     def params(self) -> int:
         return count_parameters(self.module)
 
@@ -148,9 +153,16 @@ def calibrator_fingerprint(module: BoundedCalibrator) -> str:
     return state_fingerprint(module.state_dict(), fingerprint_identity(module.config))
 
 
-def build_calibrator(config: dict, spec: InputSpec) -> BoundedCalibrator:
-    """A calibrator of ``config`` (arch, size settings, eps, perturbation) for inputs of ``spec``."""
-    return make_calibrator(config, spec.channels, spec.lo, spec.hi)
+def build_calibrator(config: dict, spec: InputSpec, compression: dict | None = None
+                     ) -> BoundedCalibrator:
+    """A calibrator of ``config`` (arch, size settings, eps, perturbation) for inputs of ``spec``;
+    an INT8 ``compression`` swaps its Conv/Linear layers for their fake-quantised twins."""
+    module = make_calibrator(config, spec.channels, spec.lo, spec.hi)
+    if (compression or {}).get("int8"):
+        from ..int8 import quantize_layers
+
+        module = quantize_layers(module)
+    return module
 
 
 def save_calibrator(path: str | Path, module: BoundedCalibrator, meta: dict) -> dict:
@@ -166,7 +178,7 @@ def load_calibrator(path: str | Path) -> Calibrator:
     meta, tensors = load_checkpoint(path, CALIBRATOR)
     try:
         spec = InputSpec.from_dict(meta["input_spec"])
-        module = build_calibrator(meta["calibrator"], spec)
+        module = build_calibrator(meta["calibrator"], spec, meta.get("compression"))
         module.load_state_dict(tensors["state"])
     except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as exc:
         raise EdgeCalibError(f"{path}: calibrator checkpoint is malformed "
