@@ -19,7 +19,8 @@ until the final evaluation. Tasks: five photometric shifts of MNIST (``mnist:SHI
 Costs: ONNX node count, parameters and MACs of each calibrator graph, and its latency
 overhead over the classifier alone (ONNX Runtime, CPU, 1 thread, batch 1, the fused graph;
 median of per-round differences in one interleaved run) at 32x32 in front of the DTN (float
-and INT8 2:4) and at 480x360 in front of the LR-ASPP MobileNetV3-Small segmenter.
+and INT8 2:4; in front of the INT8 one, each calibrator also quantised to INT8, rows
+``family/size/int8``) and at 480x360 in front of the LR-ASPP MobileNetV3-Small segmenter.
 """
 
 from __future__ import annotations
@@ -162,8 +163,26 @@ def _random_calibrator(arch: str, size: str, spec, seed: int = 0):
                                "domain": f"{arch}-{size}", "input_spec": spec.to_dict()})
 
 
+def _quantised(cal, images: str, data_root: str):
+    """``cal`` quantised to INT8 with scales from 64 training images of ``images`` (latency
+    does not depend on the scale values)."""
+    from edge_calib.compress.calibrator import quantise_calibrator
+    from edge_calib.spec import InputSpec
+    from edge_calib.train.tensors import load_domain
+
+    spec = InputSpec.from_dict(cal.meta["input_spec"])
+    data = load_domain(images, "train", data_root, spec, 64, 0, unlabelled=True)
+    q = quantise_calibrator(cal, data, calib_batches=8, batch_size=8)
+    q.meta["fingerprint"] = "random"
+    return q
+
+
 def backbones(args) -> dict:
-    """name -> (Classifier, description) for the fronts the calibrators are measured in."""
+    """name -> (Classifier, description, images for INT8 calibrator scales) for the fronts the
+    calibrators are measured in. A segmenter checkpoint is measured at ``--segmenter-size``
+    (LR-ASPP is fully convolutional: the weights trained at 240x180 run on 480x360 frames)."""
+    import dataclasses
+
     import torch
 
     from edge_calib.models.classifiers import build_classifier
@@ -174,19 +193,22 @@ def backbones(args) -> dict:
     for path, label in ((args.classifier, "DTN float, 32x32"),
                         (args.int8_classifier, "DTN INT8 2:4, 32x32")):
         if path:
-            out[label] = (load_classifier(path), f"checkpoint {Path(path).name}")
-    if args.segmenter:
-        seg = load_classifier(args.segmenter)
-        precision = "INT8" if (seg.compression or {}).get("int8") else "float"
-        out[f"LR-ASPP MobileNetV3-Small {precision}, 480x360"] = (
-            seg, f"checkpoint {Path(args.segmenter).name}")
-    else:
+            out[label] = (load_classifier(path), f"checkpoint {Path(path).name}", "mnist:colour")
+    height, width = (int(v) for v in args.segmenter_size.split("x"))
+    for path in (args.segmenter, args.int8_segmenter):
+        if path:
+            seg = load_classifier(path)
+            seg.spec = dataclasses.replace(seg.spec, height=height, width=width)
+            precision = "INT8 2:4" if (seg.compression or {}).get("int8") else "float"
+            out[f"LR-ASPP MobileNetV3-Small {precision}, {width}x{height}"] = (
+                seg, f"checkpoint {Path(path).name}, trained at 240x180", "camvid:dusk")
+    if not args.segmenter:
         torch.manual_seed(0)
         module = build_classifier("lraspp_small", 11).eval()
-        camera = InputSpec(360, 480, 3, (0.5,) * 3, (0.5,) * 3)  # full 480x360 frames
+        camera = InputSpec(height, width, 3, (0.5,) * 3, (0.5,) * 3)
         seg = Classifier(module, "lraspp_small", camera, 11, [str(i) for i in range(11)])
-        out["LR-ASPP MobileNetV3-Small float, 480x360"] = (
-            seg, "random weights (the CamVid segmenter's architecture, untrained)")
+        out[f"LR-ASPP MobileNetV3-Small float, {width}x{height}"] = (
+            seg, "random weights (the CamVid segmenter's architecture, untrained)", "camvid:dusk")
     return out
 
 
@@ -207,18 +229,23 @@ def run_costs(args):
                                       "- classifier alone), same run"},
               "provenance": provenance(), "backbones": {}}
     families = FAMILIES if args.families == ["all"] else args.families
-    for name, (clf, origin) in backbones(args).items():
+    for name, (clf, origin, images) in backbones(args).items():
         spec = clf.spec
         cls_graph = export_classifier(clf, "onnxruntime")
         x = np.random.default_rng(0).uniform(-1, 1, (1, *spec.shape)).astype(np.float32)
         feeds = {"input": x}
         sessions = {"classifier": _session(cls_graph)}
         static = {"classifier": graph_costs(cls_graph) | {"nodes": len(cls_graph.graph.node)}}
+        int8 = bool((clf.compression or {}).get("int8"))
         for arch, size in itertools.product(families, SIZES):
-            graph = export_calibrator(_random_calibrator(arch, size, spec))
-            key = f"{arch}/{size}"
-            static[key] = graph_costs(graph) | {"nodes": len(graph.graph.node)}
-            sessions[key] = _session(fuse(graph, cls_graph, key))
+            cal = _random_calibrator(arch, size, spec)
+            variants = {f"{arch}/{size}": cal}
+            if int8:  # and the same calibrator quantised, in front of the INT8 classifier
+                variants[f"{arch}/{size}/int8"] = _quantised(cal, images, args.data_root)
+            for key, variant in variants.items():
+                graph = export_calibrator(variant)
+                static[key] = graph_costs(graph) | {"nodes": len(graph.graph.node)}
+                sessions[key] = _session(fuse(graph, cls_graph, key))
         configs = [Config(k, "fused", k, lambda s=s, f=feeds: s.run(None, f))
                    for k, s in sessions.items()]
         rounds = args.rounds if spec.height * spec.width <= 64 * 64 else args.rounds_large
@@ -271,6 +298,8 @@ def main():
     p.add_argument("--classifier", help="Float DTN checkpoint [default: the plain MNIST one].")
     p.add_argument("--int8-classifier", help="INT8 2:4 DTN checkpoint.")
     p.add_argument("--segmenter", help="Segmenter checkpoint [default: untrained LR-ASPP].")
+    p.add_argument("--int8-segmenter", help="INT8 2:4 segmenter checkpoint.")
+    p.add_argument("--segmenter-size", default="360x480", help="HxW the segmenters run at.")
     p.add_argument("--families", type=lambda s: s.split(","), default=["all"])
     p.add_argument("--rounds", type=int, default=400, help="Interleaved rounds at 32x32.")
     p.add_argument("--rounds-large", type=int, default=40, help="Interleaved rounds at 480x360.")
