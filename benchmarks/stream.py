@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Stream evidence: a generated video (real MNIST/USPS test images, domain changing every
 segment) through `edge-calib run` headless, with --domain auto, with the source-only identity
-calibrator everywhere, and with the target calibrator everywhere.
+calibrator everywhere, with the target calibrator everywhere, and with switch commands typed on
+``--control -`` (the time from each command to the first frame computed with the new
+calibrator, and the frames dropped meanwhile).
 
     python benchmarks/stream.py --deploy runs/bench/mnist-usps/seed0/bundle --frames 2400
 
@@ -17,6 +19,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,11 +34,21 @@ from edge_calib.runtime.testvideo import (  # noqa: E402
 )
 
 
-def run(args: list[str]) -> dict:
-    proc = subprocess.run(["edge-calib", *args], cwd=ROOT, capture_output=True, text=True)
+def run(args: list[str], commands: list[str] = (), interval: float = 1.0) -> dict:
+    """``edge-calib ARGS``; ``commands`` are typed on its standard input (``--control -``) one
+    every ``interval`` seconds, starting after one interval."""
+    proc = subprocess.Popen(["edge-calib", *args], cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for command in commands:
+        time.sleep(interval)
+        if proc.poll() is not None:
+            break
+        proc.stdin.write(command + "\n")
+        proc.stdin.flush()
+    stdout, stderr = proc.communicate()
     if proc.returncode != 0:
-        sys.exit(proc.stderr)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        sys.exit(stderr)
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def main():
@@ -61,7 +74,11 @@ def main():
                "commit": sha, "machine": capture(), "runs": {}}
     runs = {"auto": ["--domain", "auto"], "source_only": ["--domain", "mnist"],
             "usps_calibrator_everywhere": ["--domain", "usps"],
-            "auto_realtime_300fps": ["--domain", "auto", "--realtime", "--fps", "300"]}
+            "auto_realtime_300fps": ["--domain", "auto", "--realtime", "--fps", "300"],
+            "commands_realtime_100fps": ["--domain", "mnist", "--control", "-", "--realtime",
+                                         "--fps", "100"]}
+    # a switch command every second through --control -, alternating the two domains
+    typed = {"commands_realtime_100fps": [f"domain {d}" for d in ("usps", "mnist") * 10]}
     for name, extra in runs.items():
         preds = work / f"{name}.jsonl"
         cmd = ["run", "--deploy", args.deploy, "--input", str(video), "--headless", "--json",
@@ -69,10 +86,11 @@ def main():
         if name == "auto":
             cmd += ["--output", str(work / "annotated_auto.avi")]
         print(f"[{name}] edge-calib {shlex.join(cmd)}", file=sys.stderr, flush=True)
-        summary = run(cmd)
+        summary = run(cmd, typed.get(name, ()))
         results["runs"][name] = {"command": "edge-calib " + shlex.join(cmd),
                                  "summary": {k: v for k, v in summary.items() if k != "switch_log"},
                                  "switch_log": summary["switch_log"],
+                                 "typed_commands": typed.get(name, []),
                                  "scores": score_predictions(preds, truth)}
     (out / "stream.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "stream.md").write_text(markdown(results))
@@ -104,6 +122,15 @@ def markdown(r: dict) -> str:
     for stage, st in s["stages_ms"].items():
         lines.append(f"| {stage} | {st['mean']:.3f} | {st['median']:.3f} | {st['p95']:.3f} | {st['p99']:.3f} |")
     rt = r["runs"]["auto_realtime_300fps"]["summary"]
+    c = r["runs"]["commands_realtime_100fps"]["summary"]
+    lines += ["", f"Switch commands (`domain usps` / `domain mnist` typed on `--control -` once a "
+                  f"second, paced at 100 FPS): {c['switches']} switches, command to first frame "
+                  f"computed with the new calibrator median "
+                  f"{c['switch_to_first_frame_ms'].get('median', 0):.2f} ms, p95 "
+                  f"{c['switch_to_first_frame_ms'].get('p95', 0):.2f} ms, max "
+                  f"{c['switch_to_first_frame_ms'].get('max', 0):.2f} ms; "
+                  f"{c['switch_dropped_frames']} frames dropped meanwhile "
+                  f"({c['dropped']} dropped in the whole run, {c['fps']:.1f} FPS)."]
     lines += ["", f"Paced at 300 FPS (`--realtime --fps 300`, a camera faster than the pipeline): "
                   f"{rt['frames']} processed, {rt['dropped']} dropped (oldest first), "
                   f"{rt['fps']:.1f} FPS.", "", "Commands:", ""]

@@ -31,3 +31,37 @@ def test_demo_fast_end_to_end_and_reuse(shared_data, tmp_path):
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0 and r.output.count("[reuse]") == 5
     assert (work / calibrator).stat().st_mtime_ns == stamp
+
+
+def test_demo_camvid_end_to_end(camvid_root, tmp_path):
+    """The CamVid demo's loop on the real frames, at the smallest settings (1 segmenter epoch at
+    quarter scale, 1 calibrator epoch, 8 test frames scored per domain): every step's command
+    and result kept, the mIoU table for source only, histogram matching and the calibrator,
+    all the test frames streamed with --domain auto; a second run reuses every step."""
+    from edge_calib.demo_camvid import CamvidDemoConfig, run_camvid_demo
+
+    cfg = CamvidDemoConfig(tmp_path / "camvid", camvid_root, segmenter_epochs=1, train_scale=0.25,
+                           calibrator_epochs=1, eval_frames=8, quiet=True)
+    result = run_camvid_demo(cfg)
+    miou = result["miou"]
+    assert set(miou) == {"source only", "histogram matching", f"{DEFAULT_ARCH} calibrator"}
+    for row in miou.values():
+        assert set(row) == {"dusk", "day"} and all(0 < v < 100 for v in row.values())
+    stream = result["stream"]
+    assert stream["frames"] == 62 + 171  # the dusk, then the day test frames
+    assert stream["switches"] >= 1
+    work = cfg.work
+    for name in ("camvid_day.pt", "camvid_day_int8.pt", f"dusk.{DEFAULT_ARCH}.calib.pt",
+                 "bundle/manifest.json", "annotated.mp4", "predictions.jsonl",
+                 "results/segmenter.json", "results/stream.json"):
+        assert (work / name).exists(), name
+    stamp = (work / "camvid_day.pt").stat().st_mtime_ns
+    assert run_camvid_demo(cfg)["miou"] == miou
+    assert (work / "camvid_day.pt").stat().st_mtime_ns == stamp
+
+
+def test_demo_camvid_without_camvid(tmp_path):
+    r = CliRunner().invoke(main, ["demo", "camvid", "--work", str(tmp_path / "w"),
+                                  "--data-root", str(tmp_path)])
+    assert r.exit_code == 2 and "demo camvid needs CamVid" in r.output
+    assert not (tmp_path / "w").exists()
