@@ -142,14 +142,20 @@ def markdown(accuracy: dict, costs: dict, default: dict | None, int8: dict | Non
                   f"ONNX Runtime {prov.get('versions', {}).get('onnxruntime', '?')} on the CPU "
                   f"({prov.get('cpu', '?')}, {prov.get('cores', '?')} cores), 1 thread, batch 1, "
                   "the fused graph; overhead = "
-                  "median over interleaved rounds of (fused - classifier alone), same run. "
+                  "median over interleaved rounds of (fused - classifier alone), same run; "
+                  "`/int8` rows: the same calibrator quantised to INT8, in front of the INT8 "
+                  "fronts only. "
                   "Fronts: " + "; ".join(f"{f} ({costs['backbones'][f]['classifier']}, alone "
                                          f"{costs['backbones'][f]['rows']['classifier']['latency_median_ms']:.2f} ms)"
                                          for f in fronts) + ".", "",
                   "| family / size | ONNX nodes | params | MACs 32x32 | MACs 480x360 | "
                   + " | ".join(f"overhead {f}" for f in fronts) + " |",
                   "|---|---|---|---|---|" + "---|" * len(fronts)]
-        for key in sorted(table, key=lambda k: max(r["overhead_pct"] for r in table[k].values())):
+        def order(key):  # cheapest first by the worst front; an INT8 variant after its float one
+            base = key.removesuffix("/int8")
+            return max(r["overhead_pct"] for r in table.get(base, table[key]).values()), key != base
+
+        for key in sorted(table, key=order):
             rows = table[key]
             small = next((r for f, r in rows.items() if "32x32" in f), {})
             big = next((r for f, r in rows.items() if "480x360" in f), {})
