@@ -79,7 +79,7 @@ def int8_markdown(int8: dict) -> list[str]:
     if not int8:
         return []
     families = sorted({k for t in int8.values() for k in t if k != "source_only"})
-    lines = ["#### INT8 calibrators in front of the INT8 2:4 DTN (seed 0)", "",
+    lines = ["#### INT8 calibrators in front of the INT8 2:4 DTN (medium sizes, seed 0)", "",
              "Each calibrator trained against the INT8 DTN (same budget as above), then quantised "
              "post-training (`edge-calib compress CAL --int8`, scales from 512 of its target "
              "training images). Target test accuracy, source (MNIST) test in brackets: float "

@@ -120,7 +120,8 @@ def run_camvid_demo(cfg: CamvidDemoConfig) -> dict:
                "where it beats the classical baseline on your frames; on CamVid dusk it did "
                "not in our benchmark (README, Results).")
     click.echo(f"\nStream: {stream['frames']} test frames (dusk, then day) through `edge-calib run "
-               f"--domain auto`: {stream['fps']:.1f} FPS, {stream['switches']} switches; "
+               f"--domain auto`: {stream['fps']:.1f} FPS, {stream['switches']} "
+               f"switch{'' if stream['switches'] == 1 else 'es'}; "
                f"annotated video {work / 'annotated.mp4'}")
     return {"miou": {k: {d: v[d]["miou"] for d in v} for k, v in table.items()},
             "stream": {k: stream[k] for k in ("frames", "fps", "switches", "switch_log")},
