@@ -38,7 +38,7 @@ class CamvidDemoConfig:
     segmenter_epochs: int = 30
     train_scale: float = 1.0
     calibrator_epochs: int = 10
-    eval_frames: int | None = None  # test frames scored per domain (None: all 62 / 171)
+    eval_frames: int | None = None  # frames per domain scored, and for INT8 scales (None: all)
     quiet: bool = False
 
 
@@ -70,10 +70,10 @@ def run_camvid_demo(cfg: CamvidDemoConfig) -> dict:
     click.echo(f"edge-calib demo camvid: day -> dusk with a {cfg.arch} calibrator; work folder "
                f"{work}, data {root}", err=True)
 
+    subset = [] if cfg.eval_frames is None else ["--max-samples", cfg.eval_frames]
+
     def step(name, args):
         return _cli([*args, "--data-root", root], work / "results" / f"{name}.json", cfg.quiet)
-
-    subset = [] if cfg.eval_frames is None else ["--max-samples", cfg.eval_frames]
 
     def scores(name, model_args, extra=()):
         return {d: step(f"{name}_{d}", ["eval", *model_args, "--dataset", f"camvid:{d}",
@@ -90,9 +90,10 @@ def run_camvid_demo(cfg: CamvidDemoConfig) -> dict:
 
     step("segmenter", ["train-classifier", "--dataset", SOURCE, "--arch", "lraspp_small",
                        "--out", float_path, "--epochs", cfg.segmenter_epochs, "--batch-size", 8,
-                       "--lr", "2e-3", "--train-scale", cfg.train_scale, *resume(float_path), *quiet])
+                       "--lr", "2e-3", "--train-scale", cfg.train_scale, *resume(float_path),
+                       *quiet])
     step("compress", ["compress", float_path, "--int8", "--calib-dataset", SOURCE,
-                      "--out", int8_path, *quiet])
+                      "--out", int8_path, *subset, *quiet])
     table = {"source only": scores("source_only", ["--classifier", int8_path]),
              "histogram matching": scores("histogram", ["--classifier", int8_path],
                                           ["--photometric", "histogram", "--reference", SOURCE])}
@@ -134,5 +135,6 @@ def miou_table(table: dict) -> str:
              "(11 classes): dusk is the new domain, day the source (retention)",
              f"{'':>22} {'dusk':>7} {'day':>7}"]
     for name, by_domain in table.items():
-        lines.append(f"{name:>22} {by_domain['dusk']['miou']:>7.1f} {by_domain['day']['miou']:>7.1f}")
+        dusk, day = by_domain["dusk"]["miou"], by_domain["day"]["miou"]
+        lines.append(f"{name:>22} {dusk:>7.1f} {day:>7.1f}")
     return "\n".join(lines)

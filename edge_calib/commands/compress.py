@@ -101,4 +101,5 @@ def compress_calibrator(checkpoint, calib_dataset, calib_batches, activation_ran
             "domain": cal.meta.get("domain"), "compression": quantised.meta["compression"],
             "calibration_dataset": dataset, "samples": q["samples"],
             "quantised_layers": q["quantised_layers"],
-            "max_abs_change_on_calibration_images": round(q["max_abs_change_on_calibration_images"], 5)}
+            "max_abs_change_on_calibration_images":
+                round(q["max_abs_change_on_calibration_images"], 5)}
