@@ -163,16 +163,12 @@ def _random_calibrator(arch: str, size: str, spec, seed: int = 0):
                                "domain": f"{arch}-{size}", "input_spec": spec.to_dict()})
 
 
-def _quantised(cal, images: str, data_root: str):
-    """``cal`` quantised to INT8 with scales from 64 training images of ``images`` (latency
-    does not depend on the scale values)."""
+def _quantised(cal, images):
+    """``cal`` quantised to INT8 with scales from ``images`` (64 training images of a real
+    domain; latency does not depend on the scale values)."""
     from edge_calib.compress.calibrator import quantise_calibrator
-    from edge_calib.spec import InputSpec
-    from edge_calib.train.tensors import load_domain
 
-    spec = InputSpec.from_dict(cal.meta["input_spec"])
-    data = load_domain(images, "train", data_root, spec, 64, 0, unlabelled=True)
-    q = quantise_calibrator(cal, data, calib_batches=8, batch_size=8)
+    q = quantise_calibrator(cal, images, calib_batches=8, batch_size=8)
     q.meta["fingerprint"] = "random"
     return q
 
@@ -222,6 +218,7 @@ def run_costs(args):
     from edge_calib.export.onnx_graphs import export_calibrator, export_classifier, fuse
     from edge_calib.fileio import write_json_atomic
     from edge_calib.provenance import capture as provenance
+    from edge_calib.train.tensors import load_domain
 
     report = {"method": {"backend": "onnxruntime CPUExecutionProvider", "threads": 1,
                          "batch": 1, "warmup": args.warmup,
@@ -236,12 +233,15 @@ def run_costs(args):
         feeds = {"input": x}
         sessions = {"classifier": _session(cls_graph)}
         static = {"classifier": graph_costs(cls_graph) | {"nodes": len(cls_graph.graph.node)}}
-        int8 = bool((clf.compression or {}).get("int8"))
+        int8_images = None
+        if (clf.compression or {}).get("int8"):  # INT8 calibrators' scales, loaded once
+            int8_images = load_domain(images, "train", args.data_root, spec, 64, 0,
+                                      unlabelled=True)
         for arch, size in itertools.product(families, SIZES):
             cal = _random_calibrator(arch, size, spec)
             variants = {f"{arch}/{size}": cal}
-            if int8:  # and the same calibrator quantised, in front of the INT8 classifier
-                variants[f"{arch}/{size}/int8"] = _quantised(cal, images, args.data_root)
+            if int8_images is not None:  # and the same calibrator quantised to INT8
+                variants[f"{arch}/{size}/int8"] = _quantised(cal, int8_images)
             for key, variant in variants.items():
                 graph = export_calibrator(variant)
                 static[key] = graph_costs(graph) | {"nodes": len(graph.graph.node)}

@@ -16,7 +16,7 @@ import re
 import statistics
 from pathlib import Path
 
-from report_common import mean_sd, replace_readme_section
+from report_common import load_records, mean_sd, replace_readme_section
 
 DEV = ("mnist-colour", "mnist-lowlight", "mnist-haze")
 CONFIRM = ("mnist-blur", "mnist-texture")
@@ -33,7 +33,7 @@ def collect_accuracy(results: Path) -> dict:
     out: dict = {}
     for task_dir in sorted((results / "accuracy").glob("*/*")):
         recipe, task = task_dir.parent.name, task_dir.name
-        records = {p.stem: json.loads(p.read_text()) for p in task_dir.glob("*.json")}
+        records = load_records(task_dir)
         entry = out.setdefault(recipe, {}).setdefault(task, {"runs": {}})
         if "source_only_target" in records:
             entry["source_only"] = {"target": records["source_only_target"]["result"]["accuracy"],
@@ -60,8 +60,8 @@ def collect_int8(results: Path) -> dict:
     for task_dir in sorted((results / "int8").glob("*")):
         if not task_dir.is_dir():
             continue
-        acc = {p.stem: json.loads(p.read_text())["result"]["accuracy"]
-               for p in task_dir.glob("*.json") if "accuracy" in json.loads(p.read_text())["result"]}
+        acc = {name: rec["result"]["accuracy"] for name, rec in load_records(task_dir).items()
+               if "accuracy" in rec["result"]}
         entry = out.setdefault(task_dir.name, {"source_only": (acc.get("source_only_target"),
                                                                 acc.get("source_only_source"))})
         for name in acc:

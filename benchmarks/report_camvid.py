@@ -40,8 +40,10 @@ def markdown(records: dict, commands: bool = True) -> str:
     classes = list(table[0][1][0]["per_class_iou"])
     lines = ["| method | dusk mIoU | dusk pixel acc. | day mIoU (retention) | "
              + " | ".join(classes) + " |", "|---" * (4 + len(classes)) + "|"]
+    def cell(values):
+        return mean_sd(values, count=False)
+
     for label, dusk, day in table:
-        cell = lambda values: mean_sd(values, count=False)  # noqa: E731
         per_class = [cell([r["per_class_iou"][c] for r in dusk
                            if r["per_class_iou"][c] is not None]) for c in classes]
         lines.append(f"| {label} | {cell([r['miou'] for r in dusk])} | "

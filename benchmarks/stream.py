@@ -19,6 +19,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,19 +37,24 @@ from edge_calib.runtime.testvideo import (  # noqa: E402
 
 def run(args: list[str], commands: list[str] = (), interval: float = 1.0) -> dict:
     """``edge-calib ARGS``; ``commands`` are typed on its standard input (``--control -``) one
-    every ``interval`` seconds, starting after one interval."""
-    proc = subprocess.Popen(["edge-calib", *args], cwd=ROOT, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for command in commands:
-        time.sleep(interval)
-        if proc.poll() is not None:
-            break
-        proc.stdin.write(command + "\n")
-        proc.stdin.flush()
-    stdout, stderr = proc.communicate()
-    if proc.returncode != 0:
-        sys.exit(stderr)
-    return json.loads(stdout.strip().splitlines()[-1])
+    every ``interval`` seconds, starting after one interval. Its output goes to temporary
+    files, not pipes: a pipe nobody reads while commands are typed could fill and stall it."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(["edge-calib", *args], cwd=ROOT, stdin=subprocess.PIPE,
+                                stdout=out, stderr=err, text=True)
+        for command in commands:
+            time.sleep(interval)
+            if proc.poll() is not None:
+                break
+            proc.stdin.write(command + "\n")
+            proc.stdin.flush()
+        proc.stdin.close()
+        proc.wait()
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            sys.exit(err.read())
+        return json.loads(out.read().strip().splitlines()[-1])
 
 
 def main():
@@ -62,11 +68,11 @@ def main():
     p.add_argument("--report", action="store_true", help="Only rewrite stream.md from stream.json.")
     args = p.parse_args()
     out = Path(args.out)
-    if not args.report and not args.deploy:
-        p.error("--deploy is required")
     if args.report:
         (out / "stream.md").write_text(markdown(json.loads((out / "stream.json").read_text())))
         return
+    if not args.deploy:
+        p.error("--deploy is required")
     out.mkdir(parents=True, exist_ok=True)
     work = ROOT / "runs" / "stream"
     work.mkdir(parents=True, exist_ok=True)

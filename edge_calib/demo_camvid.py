@@ -25,6 +25,7 @@ from pathlib import Path
 import click
 
 from .errors import EdgeCalibError
+from .fileio import write_json_atomic
 from .models.families import DEFAULT_ARCH
 
 SOURCE, TARGET = "camvid:day", "camvid:dusk"
@@ -54,9 +55,7 @@ def _cli(args: list, out: Path, quiet: bool) -> dict:
     if proc.returncode != 0:
         raise EdgeCalibError(f"demo step `edge-calib {args[0]}` failed (exit {proc.returncode})")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(out)
+    write_json_atomic(out, result)
     return result
 
 

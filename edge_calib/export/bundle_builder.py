@@ -179,7 +179,8 @@ def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: 
                 fused["tensorrt"] = f"fused/{domain}.trt.onnx"
             training = cal.meta.get("training", {})
             domains[domain] = DomainEntry(CalibratorEntry(
-                files=files, precision="int8" if cal.int8 else "fp32", fingerprint=cal.meta["fingerprint"], architecture=cal.module.config,
+                files=files, precision="int8" if cal.int8 else "fp32",
+                fingerprint=cal.meta["fingerprint"], architecture=cal.module.config,
                 eps=cal.module.eps, params=cal.params,
                 trained_against=cal.meta["classifier_fingerprint"],
                 source=cal.meta.get("source"), target=cal.meta.get("target"),
