@@ -87,8 +87,11 @@ def run_calibrators(args, step):
             train = ["train", "--classifier", str(p["int8"]), "--source", SOURCE, "--target",
                      TARGET, "--domain", "dusk", "--out", str(out), "--epochs", str(args.epochs),
                      "--batch-size", "8", "--seed", str(seed), "--calibrator-arch", family,
-                     "--w-source", "0.2", "--lr", "3e-4", "--d-lr", "3e-4", "--eps", str(args.eps),
+                     "--w-source", "0.2", "--lr", args.lr, "--d-lr", "3e-4", "--eps", str(args.eps),
                      "--quiet"]
+            for flag, weight in (("--w-consistency", args.w_consistency),
+                                 ("--w-histogram", args.w_histogram)):
+                train += [flag, str(weight)] if weight else []
             if out.with_suffix(".state.pt").exists() and not out.exists():
                 train.append("--resume")
             step(f"{name}_train", train)
@@ -138,6 +141,11 @@ def main():
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--eps", type=float, default=0.5, help="The calibrator's bound (normalised "
                    "units; 0.5 = a quarter of the pixel range).")
+    p.add_argument("--lr", default="3e-4", help="The calibrator's learning rate.")
+    p.add_argument("--w-consistency", type=float, default=0.0,
+                   help="Source-consistency weight (0: the paper's setting).")
+    p.add_argument("--w-histogram", type=float, default=0.0,
+                   help="Pixel-histogram weight (0: the paper's setting).")
     p.add_argument("--tag", default="", help="Suffix of the runs' names (a variant's recipe).")
     p = sub.add_parser("deploy", parents=[common])
     p.add_argument("--calibrator", default="thumbnail_s0", help="Which trained dusk calibrator.")

@@ -6,6 +6,8 @@ import torch.nn.functional as F
 from edge_calib.train.losses import (
     CalibratorAdversarialLoss,
     GroupDiscriminatorLoss,
+    PixelHistogramLoss,
+    SourceConsistencyLoss,
     prediction_entropy,
 )
 
@@ -42,3 +44,33 @@ def test_prediction_entropy_by_hand():
     expected = -(p * p.log()).sum(1).mean()
     assert torch.allclose(prediction_entropy(logits), expected)
     assert abs(prediction_entropy(torch.zeros(1, 4)).item() - torch.log(torch.tensor(4.0)).item()) < 1e-6
+
+
+def test_source_consistency_loss_by_hand_on_dense_logits():
+    torch.manual_seed(2)
+    raw, cal = torch.randn(2, 5, 3, 4), torch.randn(2, 5, 3, 4)
+    p = F.softmax(raw, 1).permute(0, 2, 3, 1).reshape(-1, 5)
+    log_q = F.log_softmax(cal, 1).permute(0, 2, 3, 1).reshape(-1, 5)
+    expected = F.kl_div(log_q, p, reduction="batchmean")  # sum_k p (log p - log q), per pixel
+    assert torch.allclose(SourceConsistencyLoss()(raw, cal), expected)
+    assert SourceConsistencyLoss()(raw, raw).abs() < 1e-6  # the identity costs nothing
+
+
+def test_pixel_histogram_loss_by_hand():
+    torch.manual_seed(3)
+    target, source = torch.rand(2, 3, 8, 8), torch.rand(4, 3, 8, 8) - 0.5
+    loss = PixelHistogramLoss(samples=64)
+    torch.manual_seed(4)
+    got = loss(target, source)
+    torch.manual_seed(4)  # the same draws, written out
+    pick_t = torch.randint(64, (2, 1, 64))
+    pick_s = torch.randint(4 * 64, (1, 1, 64))
+    a = target.reshape(2, 3, 64).gather(2, pick_t.expand(2, 3, 64)).sort(2).values
+    pooled = source.permute(1, 0, 2, 3).reshape(1, 3, -1)
+    s = pooled.gather(2, pick_s.expand(1, 3, 64)).sort(2).values
+    assert torch.allclose(got, (a - s).abs().mean())
+    # a constant shift of every pixel by c costs exactly |c|
+    torch.manual_seed(5)
+    x = torch.rand(1, 3, 8, 8)
+    assert torch.allclose(PixelHistogramLoss(samples=10_000)(x + 0.25, x).detach(),
+                          torch.tensor(0.25), atol=0.02)

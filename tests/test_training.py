@@ -32,8 +32,8 @@ def small_config(**kw):
     return CalibratorConfig(**(base | kw))
 
 
-def make_trainer(tmp_path, cfg, name="g"):
-    clf = random_classifier("dtn")
+def make_trainer(tmp_path, cfg, name="g", clf=None):
+    clf = clf or random_classifier("dtn")
     src = random_domain(48, seed=1, labelled=False)
     tgt = random_domain(48, seed=2, bright=40, labelled=False)
     state, metrics = state_paths(tmp_path / f"{name}.calib.pt")
@@ -150,3 +150,48 @@ def test_diverging_training_stops_and_keeps_the_last_good_state(tmp_path):
         trainer.run(progress=False)
     assert trainer.state_path.read_bytes() == good
     assert len(trainer.metrics_path.read_text().splitlines()) == 1
+
+
+def source_kl(trainer, g):
+    """Mean KL from F(x_s) to F(G(x_s)) over the source images, by hand."""
+    x = trainer.source.batch(np.arange(len(trainer.source)), "cpu")
+    with torch.no_grad():
+        p = torch.softmax(trainer.classifier.module(x), 1)
+        log_q = torch.log_softmax(trainer.classifier.module(g(x)), 1)
+    return float((p * (p.log() - log_q)).sum(1).mean())
+
+
+def sharp_classifier(factor=30.0):
+    """A random classifier predicts almost uniformly; scaling its last layer makes its
+    predictions confident, so that a change of input changes them."""
+    clf = random_classifier("dtn")
+    last = [m for m in clf.module.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(factor)
+    return clf
+
+
+def test_consistency_term_keeps_the_source_predictions(tmp_path):
+    """The histogram term alone moves source images too (one transform for both domains);
+    with the consistency term the frozen network's source predictions move much less."""
+    base = dict(arch="thumbnail", size={}, epochs=4, lr=1e-2, ema=0.0, eps=1.0, w_target=0.0,
+                w_source=0.0, w_histogram=1.0)
+    moved_trainer = make_trainer(tmp_path, small_config(**base), "moved", sharp_classifier())
+    moved, _ = moved_trainer.run(progress=False)
+    kept_trainer = make_trainer(tmp_path, small_config(**base, w_consistency=10.0), "kept",
+                                sharp_classifier())
+    kept, _ = kept_trainer.run(progress=False)
+    assert source_kl(kept_trainer, kept) < 0.5 * source_kl(moved_trainer, moved)
+
+
+def test_histogram_term_moves_target_pixels_towards_the_source(tmp_path):
+    cfg = small_config(arch="thumbnail", size={}, epochs=4, lr=1e-2, ema=0.0, eps=1.0,
+                       w_target=0.0, w_source=0.0, w_histogram=1.0)
+    trainer = make_trainer(tmp_path, cfg, "hist")
+    g, _ = trainer.run(progress=False)
+    xs = trainer.source.batch(np.arange(len(trainer.source)), "cpu")
+    xt = trainer.target.batch(np.arange(len(trainer.target)), "cpu")
+    with torch.no_grad():
+        gap_before = abs(float(xt.mean() - xs.mean()))
+        gap_after = abs(float(g(xt).mean() - xs.mean()))
+    assert gap_before > 0.2 and gap_after < 0.3 * gap_before

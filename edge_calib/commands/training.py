@@ -122,6 +122,14 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, train_s
 @click.option("--w-source", type=float, default=0.1, show_default=True)
 @click.option("--w-pixel", type=float, default=1.0, show_default=True)
 @click.option("--w-feature", type=float, default=1.0, show_default=True)
+@click.option("--w-consistency", type=float, default=0.0, show_default=True,
+              help="Weight of the source-consistency term: KL from the frozen network's "
+                   "predictions on source images to those on the calibrated source images "
+                   "(keeps the source domain; no labels; 0: the paper's setting).")
+@click.option("--w-histogram", type=float, default=0.0, show_default=True,
+              help="Weight of the pixel-histogram term: per-channel 1-D Wasserstein distance "
+                   "from each calibrated target image's pixel values to the source images' "
+                   "(0: the paper's setting).")
 @click.option("--classifier-mode", type=click.Choice(["eval", "dropout", "batch-stats", "train"]),
               default="eval", show_default=True,
               help="How the frozen classifier runs in the training forward pass (its stored "
@@ -144,10 +152,9 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, train_s
 @click.option("--force", is_flag=True, help="Discard an existing training state.")
 @training_options
 def train(classifier, source, target, data_root, domain, out, epochs, eps, arch, size, width,
-          blocks, perturbation, lr, d_lr, patch, w_target, w_source, w_pixel, w_feature, classifier_mode,
-          d_steps, ema, schedule, select, holdout, train_size, monitor_test, resume, force,
-          batch_size, seed,
-          device, max_samples, quiet):
+          blocks, perturbation, lr, d_lr, patch, w_target, w_source, w_pixel, w_feature,
+          w_consistency, w_histogram, classifier_mode, d_steps, ema, schedule, select, holdout,
+          train_size, monitor_test, resume, force, batch_size, seed, device, max_samples, quiet):
     """Train a data calibrator for DOMAIN against a frozen classifier."""
     from ..data.catalog import has_test_split
     from ..models.store import load_classifier, save_calibrator
@@ -159,7 +166,8 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
                            arch=arch, size=calibrator_size(arch, size, width, blocks),
                            perturbation=perturbation, patch=patch,
                            w_target=w_target, w_source=w_source, w_pixel=w_pixel,
-                           w_feature=w_feature, classifier_mode=classifier_mode,
+                           w_feature=w_feature, w_consistency=w_consistency,
+                           w_histogram=w_histogram, classifier_mode=classifier_mode,
                            d_steps=d_steps, ema=ema, schedule=schedule, select=select,
                            holdout=holdout, seed=seed, train_size=parse_hw(train_size))
     cfg.validate()

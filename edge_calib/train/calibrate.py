@@ -36,6 +36,8 @@ from .frozen import MODES, FrozenForward
 from .losses import (
     CalibratorAdversarialLoss,
     GroupDiscriminatorLoss,
+    PixelHistogramLoss,
+    SourceConsistencyLoss,
     prediction_entropy,
 )
 from .tensors import DomainData, epoch_order
@@ -62,6 +64,8 @@ class CalibratorConfig:
     w_source: float = 0.1
     w_pixel: float = 1.0
     w_feature: float = 1.0
+    w_consistency: float = 0.0
+    w_histogram: float = 0.0
     classifier_mode: str = "eval"
     d_steps: int = 1
     ema: float = 0.99
@@ -79,7 +83,8 @@ class CalibratorConfig:
             if not (value > 0 and math.isfinite(value)):
                 raise EdgeCalibError(f"--{name.replace('_', '-')} must be a positive finite "
                                      f"number, got {value}")
-        for name in ("w_target", "w_source", "w_pixel", "w_feature"):
+        for name in ("w_target", "w_source", "w_pixel", "w_feature", "w_consistency",
+                     "w_histogram"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise EdgeCalibError(f"--{name.replace('_', '-')} must be a finite number >= 0, "
@@ -105,6 +110,7 @@ class CalibratorConfig:
     def resumable_from(self, other: dict) -> list[str]:
         """Names of settings that differ from a saved run (epochs may grow unless cosine)."""
         mine = json.loads(json.dumps(dataclasses.asdict(self)))  # as saved (tuples are lists)
+        other = {"w_consistency": 0.0, "w_histogram": 0.0} | other  # saved before they existed
         if "arch" not in other:  # saved before there were several calibrator families
             other = other | {"arch": "resnet", "size": {"width": other.get("width"),
                                                         "blocks": other.get("blocks")}}
@@ -157,6 +163,7 @@ class CalibratorTrainer:
         self.sched_D = torch.optim.lr_scheduler.LambdaLR(self.opt_D, decay)
         self.loss_D, self.loss_G = GroupDiscriminatorLoss(), CalibratorAdversarialLoss(
             config.w_target, config.w_source, config.w_pixel, config.w_feature)
+        self.loss_consistency, self.loss_histogram = SourceConsistencyLoss(), PixelHistogramLoss()
         self.epoch, self.history = 0, []
         self._logit_cache: dict[str, torch.Tensor] = {}
         self.best = None  # (score, epoch, state) for entropy selection
@@ -239,14 +246,16 @@ class CalibratorTrainer:
         cs, ct = self.G(torch.cat([xs, xt])).split([len(xs), len(xt)])
         shared = self.cfg.classifier_mode == "eval"
         f_cs, f_ct = (self.frozen(cs), self.frozen(ct)) if shared else (None, None)
-        for _ in range(self.cfg.d_steps):
-            d = self._discriminator_step(xs, xt, cs.detach(), ct.detach(), src, it,
-                                         (f_cs.detach(), f_ct.detach()) if shared else None)
-        return d, self._calibrator_step(xs, xt, cs, ct, f_cs, f_ct)
-
-    def _discriminator_step(self, xs, xt, cs, ct, src, it, calibrated_logits):
         with torch.no_grad():
-            feats = [self._raw_logits("source", src, xs), self._raw_logits("target", it, xt)]
+            raw = (self._raw_logits("source", src, xs), self._raw_logits("target", it, xt))
+        for _ in range(self.cfg.d_steps):
+            d = self._discriminator_step(xs, xt, cs.detach(), ct.detach(), raw,
+                                         (f_cs.detach(), f_ct.detach()) if shared else None)
+        return d, self._calibrator_step(xs, xt, cs, ct, f_cs, f_ct, raw[0])
+
+    def _discriminator_step(self, xs, xt, cs, ct, raw_logits, calibrated_logits):
+        with torch.no_grad():
+            feats = list(raw_logits)
             feats += list(calibrated_logits) if calibrated_logits is not None else \
                 [self.frozen(cs), self.frozen(ct)]
         pix = [self.D_pix(x) for x in (xs, xt, cs, ct)]
@@ -259,14 +268,19 @@ class CalibratorTrainer:
                                             for g, lg in enumerate(logits)]))
         return loss_pix.item(), loss_feat.item(), acc(pix), acc(feat)
 
-    def _calibrator_step(self, xs, xt, cs, ct, f_cs=None, f_ct=None):
+    def _calibrator_step(self, xs, xt, cs, ct, f_cs, f_ct, raw_source_logits):
+        """Eq. 7, plus the optional terms: w_consistency * L_cons(F(x_s), F(G(x_s))) and
+        w_histogram * L_hist(G(x_t), x_s) (both 0 in the paper's setting)."""
+        cfg = self.cfg
         self.D_pix.requires_grad_(False)
         self.D_feat.requires_grad_(False)
-        pix_t = self.D_pix(ct)
-        feat_t = self.D_feat(f_ct if f_ct is not None else self.frozen(ct))
-        pix_s = self.D_pix(cs)
-        feat_s = self.D_feat(f_cs if f_cs is not None else self.frozen(cs))
-        loss = self.loss_G(pix_t, feat_t, pix_s, feat_s)
+        f_ct = f_ct if f_ct is not None else self.frozen(ct)
+        f_cs = f_cs if f_cs is not None else self.frozen(cs)
+        loss = self.loss_G(self.D_pix(ct), self.D_feat(f_ct), self.D_pix(cs), self.D_feat(f_cs))
+        if cfg.w_consistency:
+            loss = loss + cfg.w_consistency * self.loss_consistency(raw_source_logits, f_cs)
+        if cfg.w_histogram:
+            loss = loss + cfg.w_histogram * self.loss_histogram(ct, xs)
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_G.step()

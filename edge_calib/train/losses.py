@@ -57,3 +57,46 @@ def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Mean Shannon entropy of softmax predictions: -(1/n) sum_i sum_k p_ik log p_ik."""
     logp = F.log_softmax(logits, dim=1)
     return -(logp.exp() * logp).sum(dim=1).mean()
+
+
+class SourceConsistencyLoss(nn.Module):
+    """Keeps the frozen network's own predictions on calibrated source images (no labels):
+
+        L_cons = (1/N) sum_n KL(p_n || q_n) = (1/N) sum_n sum_k p_nk (log p_nk - log q_nk)
+
+    p = softmax F(x_s), q = softmax F(G(x_s)); n runs over the images (classification) or over
+    every pixel of every image (segmentation, logits (B, K, H, W)).
+    """
+
+    def forward(self, logits_source, logits_calibrated_source):
+        log_p = F.log_softmax(logits_source, dim=1)
+        log_q = F.log_softmax(logits_calibrated_source, dim=1)
+        return (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
+
+
+class PixelHistogramLoss(nn.Module):
+    """Per-frame, per-channel 1-D Wasserstein-1 distance between a calibrated target image's
+    pixel values and the source images' (what histogram matching to the source minimises):
+
+        L_hist = (1/(B C m)) sum_b sum_c sum_i | sort(a_bc)_i - sort(s_c)_i |
+
+    a_bc: m values of channel c drawn at random from calibrated target image b; s_c: m values
+    of channel c drawn at random from the whole source batch.
+    """
+
+    def __init__(self, samples: int = 4096):
+        super().__init__()
+        self.samples = samples
+
+    def _sample(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, m) values drawn uniformly with replacement per image."""
+        b, c = x.shape[:2]
+        flat = x.reshape(b, c, -1)
+        pick = torch.randint(flat.shape[2], (b, 1, self.samples)).to(x.device)
+        return flat.gather(2, pick.expand(b, c, self.samples))
+
+    def forward(self, calibrated_target, source):
+        a = self._sample(calibrated_target).sort(dim=2).values
+        pooled = source.transpose(0, 1).reshape(1, source.shape[1], -1, 1)  # (1, C, B*H*W, 1)
+        s = self._sample(pooled).sort(dim=2).values
+        return (a - s).abs().mean()
