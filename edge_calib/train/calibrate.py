@@ -270,17 +270,23 @@ class CalibratorTrainer:
 
     def _calibrator_step(self, xs, xt, cs, ct, f_cs, f_ct, raw_source_logits):
         """Eq. 7, plus the optional terms: w_consistency * L_cons(F(x_s), F(G(x_s))) and
-        w_histogram * L_hist(G(x_t), x_s) (both 0 in the paper's setting)."""
+        w_histogram * L_hist(G(x_t), x_s) (both 0 in the paper's setting). Both terms are
+        logged whatever their weight (an unweighted one without gradient, and without drawing
+        from the random stream that training uses)."""
         cfg = self.cfg
         self.D_pix.requires_grad_(False)
         self.D_feat.requires_grad_(False)
         f_ct = f_ct if f_ct is not None else self.frozen(ct)
         f_cs = f_cs if f_cs is not None else self.frozen(cs)
         loss = self.loss_G(self.D_pix(ct), self.D_feat(f_ct), self.D_pix(cs), self.D_feat(f_cs))
-        if cfg.w_consistency:
-            loss = loss + cfg.w_consistency * self.loss_consistency(raw_source_logits, f_cs)
+        with torch.set_grad_enabled(bool(cfg.w_consistency)):
+            consistency = self.loss_consistency(raw_source_logits, f_cs)
         if cfg.w_histogram:
-            loss = loss + cfg.w_histogram * self.loss_histogram(ct, xs)
+            histogram = self.loss_histogram(ct, xs)
+        else:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                histogram = self.loss_histogram(ct, xs)
+        loss = loss + cfg.w_consistency * consistency + cfg.w_histogram * histogram
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_G.step()
@@ -290,13 +296,13 @@ class CalibratorTrainer:
             with torch.no_grad():
                 for e, p in zip(self.G_ema.parameters(), self.G.parameters()):
                     e.lerp_(p, 1.0 - self.cfg.ema)
-        return loss.item(), (ct - xt).abs().mean().item()
+        return loss.item(), (ct - xt).abs().mean().item(), consistency.item(), histogram.item()
 
     def _train_epoch(self, progress: bool) -> dict:
         cfg, b = self.cfg, self.batch
         order_t = epoch_order(len(self.target), cfg.seed, self.epoch)
         order_s = epoch_order(len(self.source), cfg.seed + 1, self.epoch)
-        sums = np.zeros(6)
+        sums = np.zeros(8)
         started = time.time()
         self.G.train()
         label = f"calibrator epoch {self.epoch + 1}/{cfg.epochs}"
@@ -316,6 +322,7 @@ class CalibratorTrainer:
         return {"epoch": self.epoch + 1, "steps": self.steps, "time_s": time.time() - started,
                 "loss_d_pixel": mean[0], "loss_d_feature": mean[1], "d_acc_pixel": mean[2],
                 "d_acc_feature": mean[3], "loss_g": mean[4], "delta_abs_mean": mean[5],
+                "loss_consistency": mean[6], "loss_histogram": mean[7],
                 "lr": self.sched_G.get_last_lr()[0]}
 
     def _diverged(self, step: int, values) -> None:
