@@ -7,6 +7,7 @@ calibrators, against AdaBN and classical photometric baselines.
     python benchmarks/camvid.py baselines          # source only, AdaBN, histogram, gain/gamma
     python benchmarks/camvid.py calibrators --families thumbnail,resnet --seeds 0,1,2
     python benchmarks/camvid.py deploy             # bundle, test-frame video, run, bench
+    python benchmarks/camvid.py distances          # unlabelled: dusk training frames to day pixels
     python benchmarks/camvid.py report
 
 The protocol of ``../shared/data/camvid/README.md``: source = day training frames (labelled),
@@ -124,6 +125,57 @@ def run_deploy(args, step):
                    "--json", "--data-root", args.data_root])
 
 
+def run_distances(args, step):
+    """An unlabelled criterion for comparing calibrators: how far the 62 dusk *training* frames
+    are, as the frozen network receives them, from the day training frames' pixel
+    distribution (``edge_calib.metrics.pixel_distance``), raw, histogram-matched and through
+    every calibrator in the work folder. No label is read."""
+    sys.path.insert(0, str(ROOT))
+    import datetime
+    import json
+
+    import numpy as np
+    import torch
+    from steps import git_commit, machine
+
+    from edge_calib.data import load_dataset
+    from edge_calib.metrics import pixel_distance
+    from edge_calib.models.store import load_calibrator, load_classifier
+    from edge_calib.photometric import HistogramMatch
+    from edge_calib.train.tensors import DomainData
+
+    spec = load_classifier(paths(Path(args.work))["int8"]).spec
+    size = (spec.height, spec.width)
+
+    def frames(domain, transform=None):
+        images = load_dataset(f"camvid:{domain}", "train", args.data_root, image_size=size)
+        images.labels = None  # never read
+        if transform is not None:
+            images.images = transform(images.images)
+        data = DomainData(images, spec)
+        return data.batch(np.arange(len(data)), "cpu")
+
+    day = frames("day").numpy()
+    dusk = frames("dusk")
+    day_pixels = load_dataset(SOURCE, "train", args.data_root, image_size=size).images
+    result = {"raw": pixel_distance(dusk.numpy(), day),
+              "histogram": pixel_distance(frames("dusk", HistogramMatch(day_pixels)).numpy(), day)}
+    for path in sorted((Path(args.work) / "calibrators").glob("dusk_*.calib.pt")):
+        with torch.no_grad():
+            calibrated = load_calibrator(path).module.eval()(dusk).numpy()
+        result[path.name.removeprefix("dusk_").removesuffix(".calib.pt")] = \
+            pixel_distance(calibrated, day)
+    sha, dirty = git_commit(ROOT)
+    record = {"step": "distances", "command": "python benchmarks/camvid.py distances",
+              "commit": sha, "uncommitted_changes": dirty,
+              "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+              "machine": machine(), "result": {k: round(v, 4) for k, v in result.items()}}
+    tmp = RESULTS / "distances.tmp"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(RESULTS / "distances.json")
+    print(json.dumps(record["result"], indent=1))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -149,6 +201,7 @@ def main():
     p.add_argument("--tag", default="", help="Suffix of the runs' names (a variant's recipe).")
     p = sub.add_parser("deploy", parents=[common])
     p.add_argument("--calibrator", default="thumbnail_s0", help="Which trained dusk calibrator.")
+    sub.add_parser("distances", parents=[common])
     sub.add_parser("report")
     args = parser.parse_args()
     if args.cmd == "report":
@@ -158,7 +211,7 @@ def main():
         return
     step = Step(RESULTS, args.data_root)
     {"segmenter": run_segmenter, "compress": run_compress, "baselines": run_baselines,
-     "calibrators": run_calibrators, "deploy": run_deploy}[args.cmd](args, step)
+     "calibrators": run_calibrators, "deploy": run_deploy, "distances": run_distances}[args.cmd](args, step)
 
 
 if __name__ == "__main__":

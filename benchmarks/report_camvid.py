@@ -17,19 +17,40 @@ ROWS = (("float", "float segmenter (not deployed)"),
         ("gain_gamma", "global gain/gamma fitted on the dusk frames"))
 
 
-def rows(records: dict) -> list[tuple[str, list[dict], list[dict]]]:
-    """(label, dusk results, day results) per method; calibrator families gather their seeds."""
-    out = [(label, [records[f"{key}_dusk"]["result"]], [records[f"{key}_day"]["result"]])
+FLAGS = (("--eps", "ε {}"), ("--lr", "lr {}"), ("--epochs", "{} epochs"),
+         ("--w-consistency", "consistency {}"), ("--w-histogram", "histogram {}"))
+
+
+def recipe(command: str) -> tuple[str, str]:
+    """(family, its training settings) read from a calibrator's training command."""
+    words = command.split()
+    value = lambda flag: words[words.index(flag) + 1] if flag in words else None  # noqa: E731
+    settings = [text.format(value(flag).removesuffix(".0")) for flag, text in FLAGS
+                if value(flag) is not None]
+    return value("--calibrator-arch"), ", ".join(settings)
+
+
+DISTANCE_KEYS = {"source_only": "raw", "histogram": "histogram"}  # rows -> distances.json
+
+
+def rows(records: dict) -> list[tuple[str, str, list[float], list[dict], list[dict]]]:
+    """(label, recipe, unlabelled distances, dusk results, day results) per method; calibrator
+    runs that differ only by seed are gathered."""
+    distances = records.get("distances", {}).get("result", {})
+    out = [(label, "", [distances[DISTANCE_KEYS[key]]] if DISTANCE_KEYS.get(key) in distances
+            else [], [records[f"{key}_dusk"]["result"]], [records[f"{key}_day"]["result"]])
            for key, label in ROWS if f"{key}_dusk" in records and f"{key}_day" in records]
     families: dict = {}
     for name in records:
         match = re.fullmatch(r"(\w+)_s(\d+)_dusk", name)
         if match and f"{match[1]}_s{match[2]}_day" in records:
             families.setdefault(match[1], []).append(match[2])
-    for family, seeds in sorted(families.items()):
+    for name, seeds in sorted(families.items()):
+        family, settings = recipe(records[f"{name}_s{seeds[0]}_train"]["command"])
         out.append((f"calibrator: {family} ({len(seeds)} seed{'s' * (len(seeds) > 1)})",
-                    [records[f"{family}_s{s}_dusk"]["result"] for s in sorted(seeds)],
-                    [records[f"{family}_s{s}_day"]["result"] for s in sorted(seeds)]))
+                    settings, [distances[f"{name}_s{s}"] for s in sorted(seeds)
+                               if f"{name}_s{s}" in distances], [records[f"{name}_s{s}_dusk"]["result"] for s in sorted(seeds)],
+                    [records[f"{name}_s{s}_day"]["result"] for s in sorted(seeds)]))
     return out
 
 
@@ -37,16 +58,18 @@ def markdown(records: dict, commands: bool = True) -> str:
     table = rows(records)
     if not table:
         return "(no CamVid results yet)"
-    classes = list(table[0][1][0]["per_class_iou"])
-    lines = ["| method | dusk mIoU | dusk pixel acc. | day mIoU (retention) | "
-             + " | ".join(classes) + " |", "|---" * (4 + len(classes)) + "|"]
+    classes = list(table[0][3][0]["per_class_iou"])
+    lines = ["| method | recipe | dusk train frames to day pixels (W1, unlabelled) | dusk mIoU | "
+             "dusk pixel acc. | day mIoU (retention) | " + " | ".join(classes) + " |",
+             "|---" * (6 + len(classes)) + "|"]
     def cell(values):
         return mean_sd(values, count=False)
 
-    for label, dusk, day in table:
+    for label, settings, distance, dusk, day in table:
         per_class = [cell([r["per_class_iou"][c] for r in dusk
                            if r["per_class_iou"][c] is not None]) for c in classes]
-        lines.append(f"| {label} | {cell([r['miou'] for r in dusk])} | "
+        w1 = mean_sd(distance, count=False, digits=3) if distance else ""
+        lines.append(f"| {label} | {settings} | {w1} | {cell([r['miou'] for r in dusk])} | "
                      f"{cell([r['pixel_accuracy'] for r in dusk])} | "
                      f"{cell([r['miou'] for r in day])} | " + " | ".join(per_class) + " |")
     machines = sorted({(rec.get("machine") or {}).get("cpu") or "?" for rec in records.values()})

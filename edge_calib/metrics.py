@@ -38,3 +38,18 @@ def segmentation_scores(matrix: np.ndarray, names: list[str] | None = None) -> d
             "fwiou": float(100 * np.nansum(gt / total * iou)) if total else float("nan"),
             "mean_class_accuracy": float(100 * np.nanmean(recall)),
             "labelled_pixels": int(total)}
+
+
+def pixel_distance(frames: np.ndarray, reference: np.ndarray, quantiles: int = 256) -> float:
+    """How far frames are from the reference frames' pixel distribution, without labels: the
+    mean per-frame, per-channel 1-D Wasserstein-1 distance, on Q evenly spaced quantiles,
+
+        W = (1/(N C Q)) sum_n sum_c sum_q | quantile_q(frame_nc) - quantile_q(reference_c) |
+
+    frames (N, C, H, W), reference (M, C, H, W) pooled over its frames, in the same units."""
+    levels = np.linspace(0.0, 1.0, quantiles)
+    channels = reference.shape[1]
+    ref = np.quantile(np.moveaxis(reference, 1, 0).reshape(channels, -1), levels, axis=1)
+    per_frame = [np.abs(np.quantile(f.reshape(channels, -1), levels, axis=1) - ref).mean()
+                 for f in frames]
+    return float(np.mean(per_frame))

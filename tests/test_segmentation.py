@@ -15,7 +15,7 @@ from edge_calib.cli import main
 from edge_calib.compress.fold import fold_batchnorm
 from edge_calib.data import load_dataset
 from edge_calib.export.onnx_graphs import export_classifier
-from edge_calib.metrics import confusion, segmentation_scores
+from edge_calib.metrics import confusion, pixel_distance, segmentation_scores
 from edge_calib.models.calibrators import make_calibrator, parse_size
 from edge_calib.models.classifiers import build_classifier, default_input_spec
 from edge_calib.models.store import Classifier, save_calibrator
@@ -161,3 +161,15 @@ def test_runtime_draws_masks_and_writes_class_fractions(seg_bundle, frames, tmp_
     assert ok and overlay.shape == (360, 480, 3)  # the mask is drawn at the camera's size
     original = cv2.VideoCapture(str(video)).read()[1]
     assert np.abs(overlay.astype(int) - original.astype(int)).mean() > 10  # colours blended in
+
+
+def test_pixel_distance_by_hand():
+    # one frame of 4 pixels, one channel: sorted [0, 1, 2, 3]; reference pooled [0, 0, 4, 4]
+    frame = np.array([3.0, 0.0, 2.0, 1.0]).reshape(1, 1, 2, 2)
+    reference = np.array([0.0, 4.0, 4.0, 0.0]).reshape(2, 1, 1, 2)
+    # at quantiles 0, 1/3, 2/3, 1: frame 0, 1, 2, 3; reference 0, 0, 4, 4 -> |.| 0, 1, 2, 1
+    assert pixel_distance(frame, reference, quantiles=4) == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    frames = rng.random((3, 3, 8, 8))
+    assert pixel_distance(frames + 0.25, frames, quantiles=33) > 0.2  # a shift moves it
+    assert pixel_distance(frames, frames[:1]) < pixel_distance(frames + 0.25, frames[:1])
