@@ -55,6 +55,12 @@ def test_demo_camvid_end_to_end(camvid_root, tmp_path):
                  "bundle/manifest.json", "annotated.mp4", "predictions.jsonl",
                  "results/segmenter.json", "results/stream.json"):
         assert (work / name).exists(), name
+    log = json.loads((work / f"dusk.{DEFAULT_ARCH}.calib.metrics.jsonl").read_text()
+                     .splitlines()[-1])
+    # the calibrator's day monitor reads day *validation* frames (the test frames report
+    # retention), and both extra terms of the segmentation recipe are logged
+    assert "source_val_miou" in log and "source_test_miou" not in log
+    assert log["loss_histogram"] > 0 and log["loss_consistency"] >= 0
     stamp = (work / "camvid_day.pt").stat().st_mtime_ns
     assert run_camvid_demo(cfg)["miou"] == miou
     assert (work / "camvid_day.pt").stat().st_mtime_ns == stamp

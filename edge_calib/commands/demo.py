@@ -9,7 +9,7 @@ import click
 
 from .options import data_root_option
 
-FAST_CAMVID = (6, 0.5, 3)  # segmenter epochs, its training scale, calibrator epochs
+FAST_CAMVID = (6, 0.5, 10)  # segmenter epochs, its training scale, calibrator epochs
 
 
 @click.command()

@@ -156,7 +156,7 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
           w_consistency, w_histogram, classifier_mode, d_steps, ema, schedule, select, holdout,
           train_size, monitor_test, resume, force, batch_size, seed, device, max_samples, quiet):
     """Train a data calibrator for DOMAIN against a frozen classifier."""
-    from ..data.catalog import has_test_split
+    from ..data.catalog import has_test_split, has_val_split
     from ..models.store import load_classifier, save_calibrator
     from ..train.calibrate import CalibratorConfig, CalibratorTrainer, state_paths
     from ..train.tensors import load_domain, resolve_device
@@ -183,12 +183,15 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
         clf.spec, height=cfg.train_size[0], width=cfg.train_size[1])
     src = load_domain(source, "train", data_root, spec, max_samples, seed, unlabelled=True)
     tgt = load_domain(target, "train", data_root, spec, max_samples, seed, unlabelled=True)
-    monitor_size = 2000 if clf.task == "classification" else 20  # per-epoch curve
-    src_test = (load_domain(source, "test", data_root, spec, monitor_size, seed)
-                if has_test_split(source) else None)
+    # per-epoch source monitor (labelled source frames): the validation split where there is one
+    # (CamVid), so that the test frames that report retention are never looked at in training
+    monitor_size = 2000 if clf.task == "classification" else 20
+    src_split = "val" if has_val_split(source) else "test"
+    src_test = (load_domain(source, src_split, data_root, spec, monitor_size, seed)
+                if src_split == "val" or has_test_split(source) else None)
     monitor = load_domain(target, "test", data_root, spec) if monitor_test else None
     trainer = CalibratorTrainer(clf, src, tgt, cfg, dev, state_path, metrics_path,
-                                source_test=src_test, monitor=monitor)
+                                source_test=src_test, source_split=src_split, monitor=monitor)
     if resume:
         trainer.load_state()
     elif force:

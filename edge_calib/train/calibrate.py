@@ -130,6 +130,7 @@ class CalibratorTrainer:
     def __init__(self, classifier: Classifier, source: DomainData, target: DomainData,
                  config: CalibratorConfig, device: torch.device, state_path: Path,
                  metrics_path: Path, source_test: DomainData | None = None,
+                 source_split: str = "test",
                  monitor: DomainData | None = None):
         config.validate()
         self.cfg, self.device = config, device
@@ -139,7 +140,7 @@ class CalibratorTrainer:
         self.frozen = FrozenForward(classifier.module.to(device), config.classifier_mode)
         self.source = source
         self.target, self.holdout = target.split(config.holdout, config.seed)
-        self.source_test = source_test
+        self.source_test, self.source_split = source_test, source_split  # labelled source
         self.monitor = monitor
         self.state_path, self.metrics_path = state_path, metrics_path
         torch.manual_seed(config.seed)
@@ -338,7 +339,7 @@ class CalibratorTrainer:
         G = self.deployed_G.eval()
         if self.source_test is not None:
             score = scores(self.task, self.classifier.module, self.source_test, G, self.device)
-            row["source_test_" + SCORE[self.task]] = score[SCORE[self.task]]
+            row[f"source_{self.source_split}_{SCORE[self.task]}"] = score[SCORE[self.task]]
         if self.holdout is not None:
             ent = []
             chunk = 512 if self.task == "classification" else 4
