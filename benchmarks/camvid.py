@@ -102,7 +102,8 @@ def run_calibrators(args, step):
 def run_deploy(args, step):
     """The bundle (dusk calibrator + day identity + the auto-domain model), a video of the test
     frames in sequence order (0001TP at dusk, then Seq05VD by day, 480x360 as filmed), the
-    runtime on it with --domain auto, and bench at the network's input size."""
+    runtime on it with --domain auto, bench at the network's input size, and a picture of a
+    dusk and a day frame of the runtime's output."""
     sys.path.insert(0, str(ROOT))
     from edge_calib.data import load_dataset
     from edge_calib.runtime.testvideo import write_domain_video
@@ -123,6 +124,24 @@ def run_deploy(args, step):
     step("bench", ["bench", "--deploy", str(bundle), "--report", str(RESULTS / "bench"),
                    "--threads", "1", "--batch", "1", "--iterations", "100", "--video", str(video),
                    "--json", "--data-root", args.data_root])
+    stream_picture(work / "annotated.mp4", RESULTS / "stream_frames.jpg")
+
+
+def stream_picture(video: Path, out: Path, frames=(31, 62 + 85)) -> None:
+    """A dusk and a day frame of the runtime's annotated output, side by side (the middle of
+    each sequence: 62 dusk frames, then 171 day ones)."""
+    import cv2
+
+    capture, picked = cv2.VideoCapture(str(video)), {}
+    index, (ok, frame) = 0, capture.read()
+    while ok and len(picked) < len(frames):
+        if index in frames:
+            picked[index] = frame
+        index, (ok, frame) = index + 1, capture.read()
+    capture.release()
+    if len(picked) != len(frames):
+        sys.exit(f"{video}: only {index} frames, cannot pick {frames}")
+    cv2.imwrite(str(out), cv2.hconcat([picked[i] for i in frames]))
 
 
 def run_distances(args, step):
@@ -200,7 +219,8 @@ def main():
                    help="Pixel-histogram weight (0: the paper's setting).")
     p.add_argument("--tag", default="", help="Suffix of the runs' names (a variant's recipe).")
     p = sub.add_parser("deploy", parents=[common])
-    p.add_argument("--calibrator", default="thumbnail_s0", help="Which trained dusk calibrator.")
+    p.add_argument("--calibrator", default="thumbnail_eps1_lr3e3_cons1_hist10_e40_s0",
+                   help="Which trained dusk calibrator.")
     sub.add_parser("distances", parents=[common])
     sub.add_parser("report")
     args = parser.parse_args()
