@@ -37,11 +37,12 @@ def paths(work: Path) -> dict:
 
 
 def evaluate(step, name, model_args, extra=()):
-    """The same model on the dusk test frames (target) and the day test frames (retention)."""
-    return {domain: step(f"{name}_{domain}", ["eval", *model_args, "--dataset", f"camvid:{domain}",
-                                              "--split", "test", "--json",
-                                              *extra])
-            for domain in ("dusk", "day")}
+    """The same model on the dusk test frames (target), the day test frames (retention) and
+    the day validation frames (retention on the source model's own sequence, 0016E5)."""
+    return {key: step(f"{name}_{key}", ["eval", *model_args, "--dataset", f"camvid:{domain}",
+                                        "--split", split, "--json", *extra])
+            for key, domain, split in (("dusk", "dusk", "test"), ("day", "day", "test"),
+                                       ("dayval", "day", "val"))}
 
 
 def run_segmenter(args, step):

@@ -33,12 +33,15 @@ def recipe(command: str) -> tuple[str, str]:
 DISTANCE_KEYS = {"source_only": "raw", "histogram": "histogram"}  # rows -> distances.json
 
 
-def rows(records: dict) -> list[tuple[str, str, list[float], list[dict], list[dict]]]:
-    """(label, recipe, unlabelled distances, dusk results, day results) per method; calibrator
-    runs that differ only by seed are gathered."""
+def rows(records: dict) -> list[tuple[str, str, list[float], list[dict], list[dict], list]]:
+    """(label, recipe, unlabelled distances, dusk results, day results, day validation
+    results) per method; calibrator runs that differ only by seed are gathered."""
     distances = records.get("distances", {}).get("result", {})
+    dayval = lambda key: [records[f"{key}_dayval"]["result"]] \
+        if f"{key}_dayval" in records else []  # noqa: E731
     out = [(label, "", [distances[DISTANCE_KEYS[key]]] if DISTANCE_KEYS.get(key) in distances
-            else [], [records[f"{key}_dusk"]["result"]], [records[f"{key}_day"]["result"]])
+            else [], [records[f"{key}_dusk"]["result"]], [records[f"{key}_day"]["result"]],
+            dayval(key))
            for key, label in ROWS if f"{key}_dusk" in records and f"{key}_day" in records]
     families: dict = {}
     for name in records:
@@ -46,11 +49,14 @@ def rows(records: dict) -> list[tuple[str, str, list[float], list[dict], list[di
         if match and f"{match[1]}_s{match[2]}_day" in records:
             families.setdefault(match[1], []).append(match[2])
     for name, seeds in sorted(families.items()):
+        seeds = sorted(seeds)
         family, settings = recipe(records[f"{name}_s{seeds[0]}_train"]["command"])
         out.append((f"calibrator: {family} ({len(seeds)} seed{'s' * (len(seeds) > 1)})",
-                    settings, [distances[f"{name}_s{s}"] for s in sorted(seeds)
-                               if f"{name}_s{s}" in distances], [records[f"{name}_s{s}_dusk"]["result"] for s in sorted(seeds)],
-                    [records[f"{name}_s{s}_day"]["result"] for s in sorted(seeds)]))
+                    settings, [distances[f"{name}_s{s}"] for s in seeds
+                               if f"{name}_s{s}" in distances],
+                    [records[f"{name}_s{s}_dusk"]["result"] for s in seeds],
+                    [records[f"{name}_s{s}_day"]["result"] for s in seeds],
+                    [r for s in seeds for r in dayval(f"{name}_s{s}")]))
     return out
 
 
@@ -60,18 +66,19 @@ def markdown(records: dict, commands: bool = True) -> str:
         return "(no CamVid results yet)"
     classes = list(table[0][3][0]["per_class_iou"])
     lines = ["| method | recipe | dusk train frames to day pixels (W1, unlabelled) | dusk mIoU | "
-             "dusk pixel acc. | day mIoU (retention) | " + " | ".join(classes) + " |",
-             "|---" * (6 + len(classes)) + "|"]
+             "dusk pixel acc. | day test mIoU (retention) | day val mIoU (retention, training "
+             "sequence) | " + " | ".join(classes) + " |", "|---" * (7 + len(classes)) + "|"]
     def cell(values):
         return mean_sd(values, count=False)
 
-    for label, settings, distance, dusk, day in table:
+    for label, settings, distance, dusk, day, val in table:
         per_class = [cell([r["per_class_iou"][c] for r in dusk
                            if r["per_class_iou"][c] is not None]) for c in classes]
         w1 = mean_sd(distance, count=False, digits=3) if distance else ""
         lines.append(f"| {label} | {settings} | {w1} | {cell([r['miou'] for r in dusk])} | "
                      f"{cell([r['pixel_accuracy'] for r in dusk])} | "
-                     f"{cell([r['miou'] for r in day])} | " + " | ".join(per_class) + " |")
+                     f"{cell([r['miou'] for r in day])} | {cell([r['miou'] for r in val])} | "
+                     + " | ".join(per_class) + " |")
     machines = sorted({(rec.get("machine") or {}).get("cpu") or "?" for rec in records.values()})
     lines += ["", "Per-class columns are IoU on the dusk test frames. Machines: "
               + ", ".join(machines) + ". Every record in `benchmarks/results/camvid/` has its "

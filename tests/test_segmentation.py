@@ -173,3 +173,19 @@ def test_pixel_distance_by_hand():
     frames = rng.random((3, 3, 8, 8))
     assert pixel_distance(frames + 0.25, frames, quantiles=33) > 0.2  # a shift moves it
     assert pixel_distance(frames, frames[:1]) < pixel_distance(frames + 0.25, frames[:1])
+
+
+def test_eval_on_the_day_validation_split(seg_bundle, camvid_root):
+    """eval --split val scores CamVid's day validation frames (retention on the source model's
+    own sequence); a dataset without one says so in one line."""
+    seg = seg_bundle[0].parent / "seg.pt"
+    args = ["eval", "--classifier", str(seg), "--dataset", "camvid:day", "--split", "val",
+            "--max-samples", "2", "--json", "--data-root", str(camvid_root)]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output.strip().splitlines()[-1])
+    assert result["split"] == "val" and result["n"] == 2 and 0 <= result["miou"] <= 100
+    r = CliRunner().invoke(main, ["eval", "--classifier", str(seg), "--dataset", "mnist",
+                                  "--split", "val", "--data-root", str(camvid_root)])
+    assert r.exit_code == 2 and r.output.strip().splitlines()[-1] == \
+        "error: unknown split 'val'; choose one of train, test"

@@ -217,7 +217,8 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
 @click.option("--fused/--separate", default=False,
               help="With --deploy: run the fused graph instead of two sessions.")
 @click.option("--dataset", required=True)
-@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test",
+              show_default=True, help="val: the datasets that have one (CamVid).")
 @data_root_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True)
