@@ -220,7 +220,7 @@ def main():
                    help="Pixel-histogram weight (0: the paper's setting).")
     p.add_argument("--tag", default="", help="Suffix of the runs' names (a variant's recipe).")
     p = sub.add_parser("deploy", parents=[common])
-    p.add_argument("--calibrator", default="thumbnail_eps1_lr3e3_cons1_hist10_e40_s0",
+    p.add_argument("--calibrator", default="thumbnail_eps1_lr3e3_cons10_hist10_e40_s0",
                    help="Which trained dusk calibrator.")
     sub.add_parser("distances", parents=[common])
     sub.add_parser("report")
