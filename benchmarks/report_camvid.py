@@ -25,8 +25,9 @@ def recipe(command: str) -> tuple[str, str]:
     """(family, its training settings) read from a calibrator's training command."""
     words = command.split()
     value = lambda flag: words[words.index(flag) + 1] if flag in words else None  # noqa: E731
-    settings = [text.format(value(flag).removesuffix(".0")) for flag, text in FLAGS
-                if value(flag) is not None]
+    defaults = {"--eps": "0.5"}  # the CLI's default, which early runs did not spell out
+    settings = [text.format((value(flag) or defaults[flag]).removesuffix(".0"))
+                for flag, text in FLAGS if value(flag) is not None or flag in defaults]
     return value("--calibrator-arch"), ", ".join(settings)
 
 
