@@ -151,35 +151,36 @@ def run_distances(args, step):
     distribution (``edge_calib.metrics.pixel_distance``), raw, histogram-matched and through
     every calibrator in the work folder. No label is read."""
     sys.path.insert(0, str(ROOT))
+    import dataclasses
     import datetime
-    import json
 
     import numpy as np
     import torch
     from steps import git_commit, machine
 
     from edge_calib.data import load_dataset
+    from edge_calib.fileio import write_json_atomic
     from edge_calib.metrics import pixel_distance
     from edge_calib.models.store import load_calibrator, load_classifier
     from edge_calib.photometric import HistogramMatch
     from edge_calib.train.tensors import DomainData
 
     spec = load_classifier(paths(Path(args.work))["int8"]).spec
-    size = (spec.height, spec.width)
 
-    def frames(domain, transform=None):
-        images = load_dataset(f"camvid:{domain}", "train", args.data_root, image_size=size)
-        images.labels = None  # never read
-        if transform is not None:
-            images.images = transform(images.images)
+    def unlabelled(dataset):
+        images = load_dataset(dataset, "train", args.data_root, image_size=(spec.height, spec.width))
+        return dataclasses.replace(images, labels=None)  # never read
+
+    def normalised(images):
         data = DomainData(images, spec)
         return data.batch(np.arange(len(data)), "cpu")
 
-    day = frames("day").numpy()
-    dusk = frames("dusk")
-    day_pixels = load_dataset(SOURCE, "train", args.data_root, image_size=size).images
+    day_images, dusk_images = unlabelled(SOURCE), unlabelled(TARGET)
+    day, dusk = normalised(day_images).numpy(), normalised(dusk_images)
+    matched = dataclasses.replace(dusk_images,
+                                  images=HistogramMatch(day_images.images)(dusk_images.images))
     result = {"raw": pixel_distance(dusk.numpy(), day),
-              "histogram": pixel_distance(frames("dusk", HistogramMatch(day_pixels)).numpy(), day)}
+              "histogram": pixel_distance(normalised(matched).numpy(), day)}
     for path in sorted((Path(args.work) / "calibrators").glob("dusk_*.calib.pt")):
         with torch.no_grad():
             calibrated = load_calibrator(path).module.eval()(dusk).numpy()
@@ -190,10 +191,8 @@ def run_distances(args, step):
               "commit": sha, "uncommitted_changes": dirty,
               "finished": datetime.datetime.now().isoformat(timespec="seconds"),
               "machine": machine(), "result": {k: round(v, 4) for k, v in result.items()}}
-    tmp = RESULTS / "distances.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(RESULTS / "distances.json")
-    print(json.dumps(record["result"], indent=1))
+    write_json_atomic(RESULTS / "distances.json", record)
+    print("\n".join(f"{k}: {v}" for k, v in record["result"].items()))
 
 
 def main():
