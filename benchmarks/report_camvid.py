@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 from report_common import load_records, mean_sd, replace_readme_section
 
@@ -34,15 +35,25 @@ def recipe(command: str) -> tuple[str, str]:
 DISTANCE_KEYS = {"source_only": "raw", "histogram": "histogram"}  # rows -> distances.json
 
 
-def rows(records: dict) -> list[tuple[str, str, list[float], list[dict], list[dict], list]]:
-    """(label, recipe, unlabelled distances, dusk results, day results, day validation
-    results) per method; calibrator runs that differ only by seed are gathered."""
+class Row(NamedTuple):
+    """One method: its results per seed (one for a baseline) on each set of frames."""
+
+    label: str
+    recipe: str
+    distances: list[float]  # W1 of the dusk training frames to the day pixels (unlabelled)
+    dusk: list[dict]
+    day: list[dict]
+    dayval: list[dict]
+
+
+def rows(records: dict) -> list[Row]:
+    """One Row per method; calibrator runs that differ only by seed are gathered."""
     distances = records.get("distances", {}).get("result", {})
     dayval = lambda key: [records[f"{key}_dayval"]["result"]] \
         if f"{key}_dayval" in records else []  # noqa: E731
-    out = [(label, "", [distances[DISTANCE_KEYS[key]]] if DISTANCE_KEYS.get(key) in distances
-            else [], [records[f"{key}_dusk"]["result"]], [records[f"{key}_day"]["result"]],
-            dayval(key))
+    out = [Row(label, "", [distances[DISTANCE_KEYS[key]]] if DISTANCE_KEYS.get(key) in distances
+               else [], [records[f"{key}_dusk"]["result"]], [records[f"{key}_day"]["result"]],
+               dayval(key))
            for key, label in ROWS if f"{key}_dusk" in records and f"{key}_day" in records]
     families: dict = {}
     for name in records:
@@ -52,8 +63,8 @@ def rows(records: dict) -> list[tuple[str, str, list[float], list[dict], list[di
     for name, seeds in sorted(families.items()):
         seeds = sorted(seeds)
         family, settings = recipe(records[f"{name}_s{seeds[0]}_train"]["command"])
-        out.append((f"calibrator: {family} ({len(seeds)} seed{'s' * (len(seeds) > 1)})",
-                    settings, [distances[f"{name}_s{s}"] for s in seeds
+        out.append(Row(f"calibrator: {family} ({len(seeds)} seed{'s' * (len(seeds) > 1)})",
+                       settings, [distances[f"{name}_s{s}"] for s in seeds
                                if f"{name}_s{s}" in distances],
                     [records[f"{name}_s{s}_dusk"]["result"] for s in seeds],
                     [records[f"{name}_s{s}_day"]["result"] for s in seeds],
@@ -65,7 +76,7 @@ def markdown(records: dict, commands: bool = True) -> str:
     table = rows(records)
     if not table:
         return "(no CamVid results yet)"
-    classes = list(table[0][3][0]["per_class_iou"])
+    classes = list(table[0].dusk[0]["per_class_iou"])
     lines = ["| method | recipe | dusk train frames to day pixels (W1, unlabelled) | dusk mIoU | "
              "dusk pixel acc. | day test mIoU (retention) | day val mIoU (retention, training "
              "sequence) | " + " | ".join(classes) + " |", "|---" * (7 + len(classes)) + "|"]
