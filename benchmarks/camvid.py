@@ -152,19 +152,19 @@ def run_distances(args, step):
     every calibrator in the work folder. No label is read."""
     sys.path.insert(0, str(ROOT))
     import dataclasses
-    import datetime
+    import time
 
     import numpy as np
     import torch
-    from steps import git_commit, machine
+    from steps import git_commit, write_record
 
     from edge_calib.data import load_dataset
-    from edge_calib.fileio import write_json_atomic
     from edge_calib.metrics import pixel_distance
     from edge_calib.models.store import load_calibrator, load_classifier
     from edge_calib.photometric import HistogramMatch
     from edge_calib.train.tensors import DomainData
 
+    code, started = git_commit(ROOT), time.time()
     spec = load_classifier(paths(Path(args.work))["int8"]).spec
 
     def unlabelled(dataset):
@@ -186,13 +186,10 @@ def run_distances(args, step):
             calibrated = load_calibrator(path).module.eval()(dusk).numpy()
         result[path.name.removeprefix("dusk_").removesuffix(".calib.pt")] = \
             pixel_distance(calibrated, day)
-    sha, dirty = git_commit(ROOT)
-    record = {"step": "distances", "command": "python benchmarks/camvid.py distances",
-              "commit": sha, "uncommitted_changes": dirty,
-              "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-              "machine": machine(), "result": {k: round(v, 4) for k, v in result.items()}}
-    write_json_atomic(RESULTS / "distances.json", record)
-    print("\n".join(f"{k}: {v}" for k, v in record["result"].items()))
+    result = {k: round(v, 4) for k, v in result.items()}
+    write_record(RESULTS / "distances.json", "distances", "python benchmarks/camvid.py distances",
+                 code, started, result)
+    print("\n".join(f"{k}: {v}" for k, v in result.items()))
 
 
 def main():

@@ -60,14 +60,21 @@ class Step:
         if proc.returncode != 0:
             sys.exit(f"step {name} failed (exit {proc.returncode}); rerun to resume")
         result = json.loads(proc.stdout.strip().splitlines()[-1])
-        record = {"step": name, "command": shlex.join(command), "commit": sha,
-                  "uncommitted_changes": dirty, "seconds": round(time.time() - started, 1),
-                  "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-                  "machine": machine(), "result": result}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        tmp.replace(path)
+        write_record(path, name, shlex.join(command), (sha, dirty), started, result)
         return result
+
+
+def write_record(path: Path, name: str, command: str, code: tuple[str, bool], started: float,
+                 result) -> None:
+    """A step's result with its provenance (command, commit read before it started, duration,
+    machine), written atomically."""
+    record = {"step": name, "command": command, "commit": code[0],
+              "uncommitted_changes": code[1], "seconds": round(time.time() - started, 1),
+              "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+              "machine": machine(), "result": result}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def machine() -> dict:
