@@ -23,31 +23,42 @@ def _cdf(hist: np.ndarray) -> np.ndarray:
     return c / np.maximum(c[..., -1:], 1)
 
 
+def channels_last(images: np.ndarray) -> np.ndarray:
+    """uint8 images (N, H, W) or (N, H, W, C) as (N, H, W, C)."""
+    return images[..., None] if images.ndim == 3 else images
+
+
 def channel_histograms(images: np.ndarray) -> np.ndarray:
-    """(C, 256) histograms summed over uint8 images (N, H, W, C)."""
+    """(C, 256) histograms summed over uint8 images (N, H, W[, C])."""
+    images = channels_last(images)
     return np.stack([np.bincount(images[..., c].ravel(), minlength=256)
                      for c in range(images.shape[-1])])
 
 
 class HistogramMatch:
+    """A grey reference serves every channel of colour frames (grey images become colour by
+    repeating their one channel)."""
+
     def __init__(self, reference: np.ndarray):
         self.reference_cdf = _cdf(channel_histograms(reference))
         self.params = {"method": "histogram", "reference_frames": len(reference)}
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
+        shape, images = images.shape, channels_last(images)
         out = np.empty_like(images)
         for i, img in enumerate(images):
             frame_cdf = _cdf(channel_histograms(img[None]))
             for c in range(img.shape[-1]):
-                lut = np.searchsorted(self.reference_cdf[c], frame_cdf[c] - 1e-12).clip(0, 255)
+                ref = self.reference_cdf[min(c, len(self.reference_cdf) - 1)]
+                lut = np.searchsorted(ref, frame_cdf[c] - 1e-12).clip(0, 255)
                 out[i, ..., c] = lut.astype(np.uint8)[img[..., c]]
-        return out
+        return out.reshape(shape)
 
 
 class GainGamma:
     def __init__(self, reference: np.ndarray, target: np.ndarray):
-        ref = reference.astype(np.float64) / 255.0
-        tgt = target.astype(np.float64) / 255.0
+        ref = channels_last(reference).astype(np.float64) / 255.0
+        tgt = channels_last(target).astype(np.float64) / 255.0
         goal = ref.mean()
         lo, hi = 0.1, 10.0  # mean(tgt ** gamma) falls as gamma grows: bisection on log gamma
         for _ in range(60):
@@ -62,9 +73,10 @@ class GainGamma:
                        "reference_frames": len(reference), "fitted_on_frames": len(target)}
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        x = images.astype(np.float64) / 255.0
-        y = np.clip(self.gains * x ** self.gamma, 0.0, 1.0)
-        return np.rint(y * 255.0).astype(np.uint8)
+        x = channels_last(images).astype(np.float64) / 255.0
+        gains = self.gains if self.gains.size == x.shape[-1] else self.gains.mean()
+        y = np.clip(gains * x ** self.gamma, 0.0, 1.0)
+        return np.rint(y * 255.0).astype(np.uint8).reshape(images.shape)
 
 
 def fit_photometric(method: str, reference: np.ndarray, target: np.ndarray | None):
