@@ -97,7 +97,7 @@ def compare(reference: np.ndarray, other: np.ndarray) -> dict:
 def run_doctor(deploy: str | None, report_dir: str, settings: dict, iterations: int = 50) -> dict:
     report = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "software": software(), "bundle": None, "onnxruntime": None, "tensorrt": None,
-              "problems": []}
+              "problems": [], "warnings": []}
     if deploy is not None:
         from .bundle import open_bundle
         from .engines import open_engines
@@ -116,6 +116,11 @@ def run_doctor(deploy: str | None, report_dir: str, settings: dict, iterations: 
             report["bundle"] = {"ok": True, "task": bundle.task, "domains": bundle.domains,
                                 "precision": bundle.manifest.classifier.precision,
                                 "check_images": f"{len(x)} ({origin})"}
+            metrics = bundle.manifest.classifier.metrics
+            if metrics.get("conversion_warning"):
+                report["warnings"].append(f"classifier: {metrics['conversion_warning']}")
+            if str(metrics.get("fusion", "")).startswith("two graphs"):
+                report["warnings"].append(f"classifier: {metrics['fusion']}")
             reference = {}
             try:
                 with open_engines(bundle, "onnxruntime", threads=0, fused=True) as ort_engines:
@@ -177,6 +182,8 @@ def markdown(report: dict) -> str:
     for backend in ("onnxruntime", "tensorrt"):
         if report[backend] is not None:
             lines += ["", f"## {backend}", "", "```", json.dumps(report[backend], indent=2), "```"]
+    if report.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
     if report["problems"]:
         lines += ["", "## Problems", ""] + [f"- {p}" for p in report["problems"]]
     return "\n".join(lines) + "\n"

@@ -72,7 +72,8 @@ def test_onnx_matches_torch(arch, size, spec, digits):
     assert np.abs(expected - x).max() > 1e-3  # it really changes the images
     assert np.abs(run(graph, x) - expected).max() <= 1e-4
     assert not any(n.op_type == "Constant" for n in graph.graph.node)
-    if spec is DIGITS_RGB32:  # one bound for all channels: a single Clip
+    if spec is DIGITS_RGB32 and arch != "curve":  # one bound for all channels: a single Clip
+        # (the curve has no clamp at the end: its table of output levels stays in range)
         assert [n.op_type for n in graph.graph.node].count("Clip") == 1
 
 

@@ -147,8 +147,8 @@ def test_import_calibrate_deploy_unchanged(their_model, shared_data, tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--input-size", "32x32"], "the model's input is 64x64, not --input-size 32x32"),
-    (["--input-size", "64x64", "--mean", "0.5", "--std", "0.5"],
-     "the model takes 3 channels, the input spec says 1"),
+    (["--input-size", "64x64", "--mean", "0.5,0.5", "--std", "0.5,0.5"],
+     "--mean has 2 values but the model takes 3 channels: give one --mean value per channel"),
     (["--input-size", "64x64", "--std", "0,1,1"], "std must be positive"),
     (["--input-size", "sixty"], "--input-size 'sixty': use HEIGHTxWIDTH"),
     (["--input-size", "64x64", "--task", "segmentation"], "a segmentation model gives"),

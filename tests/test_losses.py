@@ -6,10 +6,13 @@ import torch.nn.functional as F
 from edge_calib.train.losses import (
     CalibratorAdversarialLoss,
     GroupDiscriminatorLoss,
+    MarginalKLLoss,
     PixelHistogramLoss,
     SourceConsistencyLoss,
+    SourceStatsLoss,
     prediction_entropy,
 )
+from edge_calib.train.source_stats import tap_moments
 
 
 def test_group_discriminator_loss_by_hand():
@@ -74,3 +77,35 @@ def test_pixel_histogram_loss_by_hand():
     x = torch.rand(1, 3, 8, 8)
     assert torch.allclose(PixelHistogramLoss(samples=10_000)(x + 0.25, x).detach(),
                           torch.tensor(0.25), atol=0.02)
+
+
+def test_source_stats_loss_by_hand():
+    """Two taps: a dense (B, C, H, W) activation and a (B, C) one, against recorded moments."""
+    torch.manual_seed(6)
+    dense, flat = torch.randn(3, 4, 5, 6) * 2 + 1, torch.randn(7, 3)
+    means, variances = [torch.randn(4), torch.randn(3)], [torch.rand(4) + 0.1, torch.rand(3) + 0.1]
+    d = 1e-5
+    expected = 0.0
+    for x, m, v in ((dense, means[0], variances[0]), (flat, means[1], variances[1])):
+        rows = x.transpose(0, 1).reshape(x.shape[1], -1)  # channel c: every sample and position
+        mu = rows.mean(1)
+        s2 = ((rows - mu[:, None]) ** 2).mean(1)
+        expected = expected + ((mu - m) ** 2 / (v + d)
+                               + (torch.log(s2 + d) - torch.log(v + d)) ** 2).mean() / 2
+    image = torch.zeros(3, 3, 8, 8)  # the first tap is the image: left out
+    got = SourceStatsLoss(means, variances)(tap_moments([image, dense, flat]))
+    assert torch.allclose(got, expected)
+    # its own moments cost nothing
+    own = tap_moments([image, dense])
+    assert SourceStatsLoss([own[0][0]], [own[0][1]])(own).abs() < 1e-10
+
+
+def test_marginal_kl_loss_by_hand_on_dense_logits():
+    torch.manual_seed(7)
+    logits, prior = torch.randn(2, 5, 3, 4), torch.softmax(torch.randn(5), 0)
+    pbar = F.softmax(logits, 1).mean(dim=(0, 2, 3))
+    expected = (pbar * (pbar.log() - prior.log())).sum()
+    assert torch.allclose(MarginalKLLoss(prior)(logits), expected)
+    uniform = torch.full((5,), 0.2)  # with a uniform prior: log K - H(pbar), IM's diversity term
+    entropy = -(pbar * pbar.log()).sum()
+    assert torch.allclose(MarginalKLLoss(uniform)(logits), torch.log(torch.tensor(5.0)) - entropy)

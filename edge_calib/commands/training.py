@@ -45,15 +45,22 @@ def calibrator_size(arch: str, size: str | None, width: int | None, blocks: int 
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--augment/--no-augment", default=False, show_default=True,
-              help="Classifiers: random small rotations, scalings and shifts.")
+              help="Classifiers: random small rotations, scalings and shifts. Segmenters: "
+                   "photometric jitter (exposure, gamma, contrast, colour gains).")
+@click.option("--input-size", default=None, metavar="HxW",
+              help="Segmenters: the network's input size [default: the architecture's, "
+                   "180x240 for lraspp_small].")
+@click.option("--crop", default=None, metavar="HxW",
+              help="Segmenters: the size of the random training crops [default: about 98% x "
+                   "93% of the input size].")
 @click.option("--train-scale", type=click.FloatRange(0.1, 2.0), default=1.0, show_default=True,
               help="Segmenters: train on random crops of the input-size frames scaled by about "
                    "this factor (masks are scored at their full resolution).")
 @click.option("--resume", is_flag=True, help="Continue from the saved training state.")
 @click.option("--force", is_flag=True, help="Discard an existing training state.")
 @training_options
-def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, train_scale, resume,
-                     force, batch_size, seed, device, max_samples, quiet):
+def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, input_size, crop,
+                     train_scale, resume, force, batch_size, seed, device, max_samples, quiet):
     """Train the frozen source model (classifier or segmenter); the checkpoint holds weights,
     architecture, input spec and labels. Resumable: the state is saved after every epoch."""
     from ..data.catalog import has_test_split, has_val_split
@@ -62,6 +69,18 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, train_s
     from ..train.tensors import load_domain, resolve_device
 
     spec = default_input_spec(arch)
+    if input_size:
+        from ..models.classifiers import task_of
+
+        if task_of(arch) != "segmentation":
+            raise EdgeCalibError(f"--input-size: {arch} is a classifier with a fixed input "
+                                 f"({spec.height}x{spec.width})")
+        h, w = parse_hw(input_size, "--input-size")
+        spec = dataclasses.replace(spec, height=h, width=w)
+    crop = parse_hw(crop, "--crop")
+    if crop and not (crop[0] <= spec.height and crop[1] <= spec.width):
+        raise EdgeCalibError(f"--crop {crop[0]}x{crop[1]} is larger than the input "
+                             f"{spec.height}x{spec.width}")
     name = Path(out).name
     state = Path(out).with_name((name[:-3] if name.endswith(".pt") else name) + ".state.pt")
     if state.exists() and not (resume or force):
@@ -78,7 +97,7 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, train_s
     test = load_domain(dataset, "test", data_root, spec) if has_test_split(dataset) else None
     clf = fit(arch, spec, train, test, epochs, batch_size, lr, seed, dev, augment,
               progress=not quiet, val=val, state_path=state, resume=resume,
-              train_scale=train_scale)
+              train_scale=train_scale, crop=crop)
     fingerprint = clf.save(out)
     state.unlink(missing_ok=True)
     m = clf.metrics
@@ -130,6 +149,21 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, train_s
               help="Weight of the pixel-histogram term: per-channel 1-D Wasserstein distance "
                    "from each calibrated target image's pixel values to the source images' "
                    "(0: the paper's setting).")
+@click.option("--objective", type=click.Choice(["adversarial", "stats"]), default="adversarial",
+              show_default=True,
+              help="adversarial: the paper's discriminators (eq. 5-7); stats: match the frozen "
+                   "model's activation statistics on its source data (recorded with the model; "
+                   "no discriminator).")
+@click.option("--w-stats", type=float, default=1.0, show_default=True,
+              help="Weight of the source-statistics term (objective stats).")
+@click.option("--stats-layers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Match the statistics of the first N recorded layers only (0: all).")
+@click.option("--w-entropy", type=float, default=0.0, show_default=True,
+              help="Weight of the mean prediction entropy on calibrated target images.")
+@click.option("--w-marginal", type=float, default=0.0, show_default=True,
+              help="Weight of the class-marginal term: KL from the mean prediction on calibrated "
+                   "target images to the source's class marginal (with --w-entropy: information "
+                   "maximisation).")
 @click.option("--classifier-mode", type=click.Choice(["eval", "dropout", "batch-stats", "train"]),
               default="eval", show_default=True,
               help="How the frozen classifier runs in the training forward pass (its stored "
@@ -139,8 +173,10 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, train_s
               help="Exponential moving average of the calibrator weights (0: off).")
 @click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="cosine",
               show_default=True, help="Learning-rate schedule over all epochs.")
-@click.option("--select", type=click.Choice(["last", "entropy"]), default="last",
-              show_default=True, help="Epoch selection (never on target labels).")
+@click.option("--select", type=click.Choice(["last", "entropy", "stats"]), default="last",
+              show_default=True,
+              help="Epoch selection, never on target labels: the last epoch, or the lowest "
+                   "prediction entropy / source-statistics distance on --holdout frames.")
 @click.option("--holdout", type=float, default=0.0, show_default=True,
               help="Fraction of unlabelled target training images held out for --select.")
 @click.option("--train-size", default=None, metavar="HxW",
@@ -153,7 +189,9 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, train_s
 @training_options
 def train(classifier, source, target, data_root, domain, out, epochs, eps, arch, size, width,
           blocks, perturbation, lr, d_lr, patch, w_target, w_source, w_pixel, w_feature,
-          w_consistency, w_histogram, classifier_mode, d_steps, ema, schedule, select, holdout,
+          w_consistency, w_histogram, objective, w_stats, stats_layers, w_entropy, w_marginal,
+          classifier_mode,
+          d_steps, ema, schedule, select, holdout,
           train_size, monitor_test, resume, force, batch_size, seed, device, max_samples, quiet):
     """Train a data calibrator for DOMAIN against a frozen classifier."""
     from ..data.catalog import has_test_split, has_val_split
@@ -167,7 +205,10 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
                            perturbation=perturbation, patch=patch,
                            w_target=w_target, w_source=w_source, w_pixel=w_pixel,
                            w_feature=w_feature, w_consistency=w_consistency,
-                           w_histogram=w_histogram, classifier_mode=classifier_mode,
+                           w_histogram=w_histogram, objective=objective, w_stats=w_stats,
+                           stats_layers=stats_layers,
+                           w_entropy=w_entropy, w_marginal=w_marginal,
+                           classifier_mode=classifier_mode,
                            d_steps=d_steps, ema=ema, schedule=schedule, select=select,
                            holdout=holdout, seed=seed, train_size=parse_hw(train_size))
     cfg.validate()
@@ -231,10 +272,17 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
 @click.option("--reference", default=None, help="With --photometric: source images (train split).")
 @click.option("--fit", "fit_on", default=None,
               help="With --photometric gain-gamma: unlabelled target images (train split).")
+@click.option("--unlabelled", is_flag=True,
+              help="Scores that need no labels (to rank calibrators on a domain's unlabelled "
+                   "frames): the source-statistics distance, the pixel W1 to the source and the "
+                   "mean prediction entropy.")
 def evaluate(classifier, calibrator, deploy, domain, fused, dataset, split, data_root, as_json,
-             batch_size, device, max_samples, photometric, reference, fit_on):
+             batch_size, device, max_samples, photometric, reference, fit_on, unlabelled):
     """Accuracy (segmenters: mIoU, per-class IoU, pixel accuracy, fwIoU) of the frozen model,
     with a calibrator or a classical photometric correction in front when one is given."""
+    if unlabelled and (deploy or photometric):
+        raise EdgeCalibError("--unlabelled scores checkpoints: give --classifier (and "
+                             "--calibrator), not --deploy or --photometric")
     if deploy:
         if classifier or calibrator:
             raise EdgeCalibError("--deploy replaces --classifier/--calibrator; give one or the other")
@@ -258,7 +306,7 @@ def evaluate(classifier, calibrator, deploy, domain, fused, dataset, split, data
                 photometric, load_dataset(reference, "train", data_root).images,
                 load_dataset(fit_on, "train", data_root).images if fit_on else None)
         result = _evaluate_checkpoints(classifier, calibrator, dataset, split, data_root,
-                                       batch_size, device, max_samples, correction)
+                                       batch_size, device, max_samples, correction, unlabelled)
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -267,10 +315,11 @@ def evaluate(classifier, calibrator, deploy, domain, fused, dataset, split, data
 
 
 def _evaluate_checkpoints(classifier, calibrator, dataset, split, data_root, batch_size, device,
-                          max_samples, correction=None):
+                          max_samples, correction=None, unlabelled=False):
     from ..data import load_dataset
     from ..models.store import load_calibrator, load_classifier
-    from ..train.evaluate import accuracy, segmentation
+    from ..train.evaluate import accuracy, segmentation, unlabelled_scores
+    from ..train.source_stats import SourceStats
     from ..train.tensors import DomainData, resolve_device
 
     clf = load_classifier(classifier)
@@ -285,7 +334,14 @@ def _evaluate_checkpoints(classifier, calibrator, dataset, split, data_root, bat
         images.images = correction(images.images)
     data = DomainData(images, clf.spec)
     module, cal_module = clf.module.to(dev), None if cal is None else cal.module.to(dev)
-    if clf.task == "segmentation":
+    if unlabelled:
+        stats = SourceStats.of(clf)
+        if stats is None:
+            raise EdgeCalibError(f"{classifier} has no recorded source statistics (they are "
+                                 "recorded by train-classifier, compress --calib-dataset and "
+                                 "import-model --source)")
+        score = unlabelled_scores(module, data, stats, cal_module, min(batch_size, 64), dev)
+    elif clf.task == "segmentation":
         score = {k: (round(v, 3) if isinstance(v, float) else v)
                  for k, v in segmentation(module, data, cal_module, device=dev).items()}
     else:
@@ -324,26 +380,38 @@ def adabn(classifier, target, data_root, out, max_samples):
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--task", type=click.Choice(["classification", "segmentation"]),
               default="classification", show_default=True)
-@click.option("--input-size", required=True, metavar="HxW", help="The model's input size.")
-@click.option("--mean", default="0.5,0.5,0.5", show_default=True,
-              help="Per-channel mean subtracted from pixels in [0, 1].")
-@click.option("--std", default="0.5,0.5,0.5", show_default=True,
-              help="Per-channel standard deviation the pixels are divided by.")
+@click.option("--input-size", default=None, metavar="HxW",
+              help="The model's input size [default: the model's, when it is fixed].")
+@click.option("--mean", default="0.5", show_default=True,
+              help="Per-channel mean subtracted from pixels in [0, 1] (one value, or one per "
+                   "channel).")
+@click.option("--std", default="0.5", show_default=True,
+              help="Per-channel standard deviation the pixels are divided by (one value, or one "
+                   "per channel).")
 @click.option("--colour-order", type=click.Choice(["RGB", "BGR"]), default="RGB",
               show_default=True)
+@click.option("--layout", type=click.Choice(["auto", "nchw", "nhwc"]), default="auto",
+              show_default=True,
+              help="The graph's input layout (auto: from the axis that holds 1 or 3 channels); "
+                   "an NHWC graph is deployed with a Transpose from NCHW in front.")
 @click.option("--labels", "labels_file", type=click.Path(dir_okay=False), default=None,
               help="Class names, one a line [default: 0, 1, ... from the model's outputs].")
 @click.option("--check-dataset", default=None,
               help="Real images to verify the conversion on (a dataset or folder).")
+@click.option("--source", default=None,
+              help="The model's source images (a dataset or folder; labels unused): its "
+                   "activation statistics on them are recorded for `train --objective stats` "
+                   "and the `curve` calibrator [default: recorded at training time from "
+                   "`train --source`].")
+@click.option("--force", is_flag=True,
+              help="Import even when the conversion disagrees with ONNX Runtime (recorded as a "
+                   "warning that doctor and the bundle show).")
 @data_root_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
-def import_model(model, task, input_size, mean, std, colour_order, labels_file, check_dataset,
-                 data_root, out):
+def import_model(model, task, input_size, mean, std, colour_order, layout, labels_file,
+                 check_dataset, source, force, data_root, out):
     """Import a frozen ONNX network (deployed unchanged) so calibrators can be trained for it."""
-    from ..models.importer import import_onnx
-    from ..spec import InputSpec
-
-    h, w = parse_hw(input_size, "--input-size")
+    from ..models.importer import ImportRequest, import_onnx
 
     def floats(text, name):
         try:
@@ -351,25 +419,32 @@ def import_model(model, task, input_size, mean, std, colour_order, labels_file, 
         except ValueError:
             raise EdgeCalibError(f"--{name} {text!r}: give comma-separated numbers") from None
 
-    mean_t, std_t = floats(mean, "mean"), floats(std, "std")
-    if len(mean_t) != len(std_t):
-        raise EdgeCalibError(f"--mean has {len(mean_t)} values, --std {len(std_t)}")
-    spec = InputSpec(h, w, len(mean_t), mean_t, std_t, colour_order)
     labels = None
     if labels_file:
         try:
             labels = [line.strip() for line in open(labels_file) if line.strip()]
         except OSError as exc:
             raise EdgeCalibError(f"--labels {labels_file}: {exc.strerror}") from None
+    request = ImportRequest(task, parse_hw(input_size, "--input-size"), floats(mean, "mean"),
+                            floats(std, "std"), colour_order, layout, labels, force)
     images = name = None
     if check_dataset:
         from ..data import load_dataset
 
-        images = load_dataset(check_dataset, "test", data_root, image_size=(h, w)).images
+        images = load_dataset(check_dataset, "test", data_root).images
         name = check_dataset
-    clf = import_onnx(model, task, spec, labels, images, name)
+    clf = import_onnx(model, request, images, name)
+    if source:
+        from ..train.source_stats import record_source_stats
+        from ..train.tensors import load_domain
+
+        data = load_domain(source, "train", data_root, clf.spec, unlabelled=True)
+        clf.source_stats = record_source_stats(clf.module, data).saved()
     fingerprint = clf.save(out)
     click.echo(json.dumps({"out": out, "fingerprint": fingerprint, "task": task,
-                           "classes": clf.num_classes, "int8_graph": clf.metrics["int8_graph"],
+                           "classes": clf.num_classes, "input_spec": clf.spec.to_dict(),
+                           "graph_layout": clf.graph_layout,
+                           "int8_graph": clf.metrics["int8_graph"],
                            "conversion_check": clf.metrics["conversion_check"],
+                           "conversion_warning": clf.metrics["conversion_warning"],
                            "onnx_sha256": clf.metrics["onnx_sha256"]}))

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ..int8 import estimate_scales, quantize_layers
 from ..models.store import Classifier
 from ..train.evaluate import scores
+from ..train.source_stats import record_source_stats
 from ..train.supervised import Fit, fit
 from ..train.tensors import DomainData
 from .fold import fold_batchnorm
@@ -47,8 +48,9 @@ def compress_classifier(clf: Classifier, prune: str | None, int8: bool, calib: D
                         batch_size: int = 128, seed: int = 0, progress: bool = True) -> Classifier:
     """A deployable classifier: BN folded, optionally pruned and INT8 fake-quantised.
 
-    ``calib`` (source-domain images) estimates the INT8 activation ranges; ``test`` measures
-    source accuracy (segmenters: mIoU) before and after; nothing here touches ``clf`` itself.
+    ``calib`` (source-domain images) estimates the INT8 activation ranges and gives the
+    compressed model's source statistics; ``test`` measures source accuracy (segmenters: mIoU)
+    before and after; nothing here touches ``clf`` itself.
     """
     started = time.time()
     pruning = parse_prune(prune)
@@ -92,8 +94,11 @@ def compress_classifier(clf: Classifier, prune: str | None, int8: bool, calib: D
         metrics["source_test"] = test.name
     metrics["sparsity_report"] = report
     metrics["time_s"] = time.time() - started
+    # the deployed model's own statistics on its source images: folding removed the BatchNorm
+    # statistics and pruning and INT8 moved the activations
+    stats = None if calib is None else record_source_stats(module.eval(), calib, seed=seed).saved()
     out = Classifier(module.eval(), clf.arch, clf.spec, clf.num_classes, clf.labels, compression,
-                     metrics)
+                     metrics, source_stats=stats)
     for p in out.module.parameters():
         p.requires_grad_(False)
     return out

@@ -42,8 +42,9 @@ def run_session(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
 class OrtEngines(Engines):
     """All sessions of a bundle, created once: a domain switch only picks another session.
 
-    ``fused``: each calibrated domain runs its fused graph (stage ``network``); otherwise the
-    calibrator then the classifier (stages ``calibrator`` and ``classifier``). The calibrator
+    ``fused``: each calibrated domain runs its fused graph (stage ``network``); otherwise, or
+    where the bundle has none (a classifier that could not be merged), the calibrator then the
+    classifier (stages ``calibrator`` and ``classifier``). The calibrator
     sessions are always loaded, for ``calibrate`` and the bound check."""
 
     backend = BACKEND
@@ -80,7 +81,7 @@ class OrtEngines(Engines):
         """Logits and wall times (ms) of the stages that ran."""
         calibrator = self._session(domain)
         t0 = time.perf_counter()
-        if calibrator is None or self.fused:
+        if calibrator is None or domain in self.fused_sessions:
             session = self.fused_sessions.get(domain, self.classifier)
             logits = run_session(session, x)
             return logits, {"network": (time.perf_counter() - t0) * 1e3}

@@ -53,6 +53,9 @@ def add_tensorrt_engines(deploy, settings: dict, force: bool = False) -> dict:
                              "8.5 or newer (JetPack 5 or 6)")
     plan = precision_plan(precision, features)
     fused = bool(settings.get("fused", True))
+    if fused and any(bundle.calibrator(d) is not None and bundle.domain(d).fused is None
+                     for d in bundle.domains):
+        fused = False  # a classifier the export could not merge: two engines per domain
     build = {"precision": precision, "fused": fused, "sparse": bool(settings.get("sparse")),
              "dla_core": settings.get("dla_core"),
              "batch": list(settings.get("batch") or (1, 1, 8)),

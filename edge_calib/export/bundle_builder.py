@@ -27,26 +27,55 @@ from ..bundle import (
 )
 from ..errors import EdgeCalibError
 from ..fileio import atomic_directory
-from ..models.store import load_calibrator, load_classifier
+from ..models.store import Calibrator, load_calibrator, load_classifier
 from ..provenance import git_commit
 from .onnx_graphs import (
+    calibrator_opset,
     export_calibrator,
     export_classifier,
     export_classifier_fp16,
+    fusable,
     fuse,
     opset_of,
 )
 
 IDENTITY = "identity"
+HISTOGRAM = "histogram"  # DOMAIN=histogram[:TARGET]: per-frame histogram matching, no training
+
+
+def histogram_calibrator(clf, domain: str, spec: str) -> Calibrator:
+    """``DOMAIN=histogram[:TARGET]``: per-frame histogram matching to the classifier's source
+    pixels (its recorded source statistics) as a curve calibrator with no training; TARGET
+    names the domain's images (for `run --domain auto`)."""
+    from ..models.calibrators.curve import histogram_matching
+    from ..models.store import calibrator_fingerprint
+    from ..train.source_stats import SourceStats
+
+    stats = SourceStats.of(clf)
+    if stats is None:
+        raise EdgeCalibError(f"--calibrator {domain}={spec}: {clf.path} has no recorded source "
+                             "statistics to match to (they are recorded by train-classifier, "
+                             "compress --calib-dataset and import-model --source)")
+    module = histogram_matching(clf.spec.channels, clf.spec.lo, clf.spec.hi,
+                                stats.pixel_quantiles)
+    target = spec.partition(":")[2] or None
+    meta = {"domain": domain, "classifier_fingerprint": clf.fingerprint,
+            "input_spec": clf.spec.to_dict(), "source": stats.dataset, "target": target,
+            "calibrator": module.config, "fingerprint": calibrator_fingerprint(module),
+            "training": {"selection": {"rule": "none: per-frame histogram matching to the "
+                                               f"source pixels of {stats.dataset}"}}}
+    return Calibrator(module, meta, None)
 
 
 def parse_calibrator_args(values: tuple[str, ...]) -> list[tuple[str, str]]:
-    """``DOMAIN=PATH`` or ``DOMAIN=identity`` pairs, in order, names unique."""
+    """``DOMAIN=PATH``, ``DOMAIN=identity`` or ``DOMAIN=histogram[:TARGET]`` pairs, in order,
+    names unique."""
     pairs, seen = [], set()
     for value in values:
         domain, sep, path = value.partition("=")
         if not sep or not domain or not path:
-            raise EdgeCalibError(f"--calibrator {value!r}: use DOMAIN=PATH or DOMAIN=identity")
+            raise EdgeCalibError(f"--calibrator {value!r}: use DOMAIN=PATH, DOMAIN=identity or "
+                                 "DOMAIN=histogram[:TARGET]")
         if domain in seen:
             raise EdgeCalibError(f"--calibrator: domain {domain!r} given twice")
         seen.add(domain)
@@ -69,7 +98,12 @@ def _check_fused(fused: onnx.ModelProto, calibrator: onnx.ModelProto,
                                                 providers=["CPUExecutionProvider"]), x)
 
     x = np.random.default_rng(0).uniform(-1, 1, (4, *shape)).astype(np.float32)
-    a, b = run(fused, x), run(classifier, run(calibrator, x))
+    try:
+        a, b = run(fused, x), run(classifier, run(calibrator, x))
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise EdgeCalibError(f"the fused graph cannot run in ONNX Runtime "
+                             f"({str(exc).strip().splitlines()[-1][:200]}); nothing was written"
+                             ) from None
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise EdgeCalibError("the calibrator's graph gives non-finite outputs (NaN or inf): a "
                              "diverged calibrator cannot be deployed; nothing was written")
@@ -112,7 +146,9 @@ def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: 
         raise EdgeCalibError(f"{classifier_path} is INT8-compressed; use --precision int8")
     loaded = {}
     for domain, path in calibrators:
-        if path != IDENTITY:
+        if path == HISTOGRAM or path.startswith(HISTOGRAM + ":"):
+            loaded[domain] = histogram_calibrator(clf, domain, path)
+        elif path != IDENTITY:
             cal = load_calibrator(path)
             cal.check_pairs_with(clf)
             if cal.int8 and not int8:
@@ -127,7 +163,9 @@ def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: 
         cls_ort = export_classifier(clf, "onnxruntime")
         files = {"onnxruntime": "classifier.onnx", "tensorrt": "classifier.onnx"}
         cls_trt = cls_ort
-        if clf.onnx_bytes is not None:  # the user's file, byte for byte, for every backend
+        if clf.onnx_bytes is not None and clf.graph_layout == "NHWC":
+            onnx.save(cls_ort, tmp / "classifier.onnx")  # the user's graph behind a Transpose
+        elif clf.onnx_bytes is not None:  # the user's file, byte for byte, for every backend
             (tmp / "classifier.onnx").write_bytes(clf.onnx_bytes)
         elif int8:
             onnx.save(cls_ort, tmp / "classifier.onnx")
@@ -144,14 +182,25 @@ def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: 
             sparsity=(clf.compression or {}).get("sparsity", 0.0), params=clf.params,
             opset=opset_of(cls_ort),
             metrics={k: v for k, v in clf.metrics.items()
-                     if k.endswith("acc") or k in ("source_test", "source")})
+                     if k.endswith("acc") or k in ("source_test", "source", "conversion_warning",
+                                                   "graph_layout")})
+        # calibrators are exported at the opset they need; the classifier is merged with them
+        # converted to it, or, where it cannot be, each domain runs two graphs
+        opset = calibrator_opset(cls_ort)
+        try:
+            fusable_ort = fusable(cls_ort, opset)
+            fusable_trt = fusable_ort if cls_trt is cls_ort else fusable(cls_trt, opset)
+            classifier.metrics["fusion"] = "fused" if opset_of(cls_ort) == opset else \
+                f"fused with the classifier converted from opset {opset_of(cls_ort)} to {opset}"
+        except EdgeCalibError as exc:
+            fusable_ort = fusable_trt = None
+            classifier.metrics["fusion"] = f"two graphs per domain (cannot fuse: {exc})"
         domains = {}
         for domain, path in calibrators:
             if path == IDENTITY:
                 domains[domain] = DomainEntry(None, None)
                 continue
             cal = loaded[domain]
-            opset = opset_of(cls_ort)
             graph = export_calibrator(cal, opset=opset)
             files = {"onnxruntime": f"calibrators/{domain}.onnx",
                      "tensorrt": f"calibrators/{domain}.onnx"}
@@ -165,18 +214,23 @@ def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: 
                 onnx.save(export_calibrator(cal, half=True, opset=opset),
                           tmp / "calibrators" / f"{domain}.fp16.onnx")
                 files["tensorrt_fp16"] = f"calibrators/{domain}.fp16.onnx"
-            fused_ort = fuse(graph, cls_ort, domain)
-            error, same_top1 = _check_fused(fused_ort, graph, cls_ort, spec.shape)
-            # INT8: a 1e-7 difference at a quantiser's rounding boundary moves a value by one
-            # quantisation step, so the fused INT8 graph is held to the same top-1 instead
-            if same_top1 < 0.99 or (not error <= 1e-4 and not int8):
-                raise EdgeCalibError(f"fused graph for {domain} differs from calibrator then "
-                                     f"classifier by {error:.2e}")
-            onnx.save(fused_ort, tmp / "fused" / f"{domain}.onnx")
-            fused = {"onnxruntime": f"fused/{domain}.onnx", "tensorrt": f"fused/{domain}.onnx"}
-            if int8:
-                onnx.save(fuse(graph_trt, cls_trt, domain), tmp / "fused" / f"{domain}.trt.onnx")
-                fused["tensorrt"] = f"fused/{domain}.trt.onnx"
+            fused, error = None, None
+            if fusable_ort is not None:
+                fused_ort = fuse(graph, fusable_ort, domain)
+                error, same_top1 = _check_fused(fused_ort, graph, cls_ort, spec.shape)
+                # INT8: a 1e-7 difference at a quantiser's rounding boundary moves a value by one
+                # quantisation step, so the fused INT8 graph is held to the same top-1 instead
+                if same_top1 < 0.99 or (not error <= 1e-4 and not (int8 or clf.metrics.get(
+                        "int8_graph"))):
+                    raise EdgeCalibError(f"fused graph for {domain} differs from calibrator then "
+                                         f"classifier by {error:.2e}")
+                onnx.save(fused_ort, tmp / "fused" / f"{domain}.onnx")
+                fused = {"onnxruntime": f"fused/{domain}.onnx",
+                         "tensorrt": f"fused/{domain}.onnx"}
+                if int8:
+                    onnx.save(fuse(graph_trt, fusable_trt, domain),
+                              tmp / "fused" / f"{domain}.trt.onnx")
+                    fused["tensorrt"] = f"fused/{domain}.trt.onnx"
             training = cal.meta.get("training", {})
             domains[domain] = DomainEntry(CalibratorEntry(
                 files=files, precision="int8" if cal.int8 else "fp32",

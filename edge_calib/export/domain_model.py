@@ -27,7 +27,11 @@ def domain_datasets(calibrators, loaded) -> dict[str, str]:
     out = {}
     for domain, _ in calibrators:
         if domain in loaded:
-            out[domain] = loaded[domain].meta["target"]
+            out[domain] = loaded[domain].meta.get("target")
+            if not out[domain]:
+                raise EdgeCalibError(f"domain {domain!r}: no target images recorded to learn it "
+                                     "for --domain auto; give DOMAIN=histogram:TARGET, or "
+                                     "--no-auto-domain")
         elif len(sources) == 1:
             out[domain] = next(iter(sources))
         else:

@@ -97,7 +97,7 @@ def export_classifier(clf: Classifier, target: str = "onnxruntime") -> onnx.Mode
     if target not in ("onnxruntime", "tensorrt"):
         raise EdgeCalibError(f"unknown export target {target!r}")
     if clf.onnx_bytes is not None:  # an imported model is deployed as the user gave it
-        return onnx.load_from_string(clf.onnx_bytes)
+        return imported_graph(clf)
     int8 = bool(clf.compression and clf.compression.get("int8"))
     model = _export_quantisable(clf.module, clf.spec.shape, LOGITS, int8, target)
     onnx.checker.check_model(model)
@@ -139,6 +139,61 @@ def _export_quantisable(module: torch.nn.Module, shape, output: str, int8: bool,
     return model
 
 
+def imported_graph(clf: Classifier) -> onnx.ModelProto:
+    """An imported model as deployed: the user's graph; an NHWC graph with one Transpose in
+    front that takes the NCHW frames every other graph takes."""
+    model = onnx.load_from_string(clf.onnx_bytes)
+    if clf.graph_layout != "NHWC":
+        return model
+    inits = {i.name for i in model.graph.initializer}
+    original = next(v for v in model.graph.input if v.name not in inits)
+    dims = [d.dim_value or d.dim_param or "batch" for d in original.type.tensor_type.shape.dim]
+    name = INPUT if INPUT not in {n for node in model.graph.node for n in node.output} else \
+        "nchw_input"
+    nchw = onnx.helper.make_tensor_value_info(name, original.type.tensor_type.elem_type,
+                                              [dims[0], dims[3], dims[1], dims[2]])
+    transpose = onnx.helper.make_node("Transpose", [name], [original.name], perm=[0, 2, 3, 1],
+                                      name="edge_calib/nchw_to_nhwc")
+    model.graph.node.insert(0, transpose)
+    model.graph.input.remove(original)
+    model.graph.input.insert(0, nchw)
+    onnx.checker.check_model(model)
+    return model
+
+
+def fusable(classifier: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """A copy of ``classifier`` that ``fuse`` can merge with a calibrator exported at ``opset``:
+    an older opset converted up (onnx's version converter), IR version >= 7 and initialisers
+    no longer listed as graph inputs (IR 3 exporters list them); an EdgeCalibError when the
+    converter cannot (the bundle then runs the calibrator and the classifier as two graphs)."""
+    from onnx import version_converter
+
+    model = onnx.ModelProto()
+    model.CopyFrom(classifier)
+    if opset_of(model) < opset:
+        try:
+            model = version_converter.convert_version(model, opset)
+        except Exception as exc:  # the converter raises several types
+            raise EdgeCalibError(f"opset {opset_of(classifier)} -> {opset}: "
+                                 f"{str(exc).splitlines()[0][:160]}") from None
+    inits = {i.name for i in model.graph.initializer}
+    kept = [v for v in model.graph.input if v.name not in inits]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    model.ir_version = max(model.ir_version, 7)
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:  # onnx raises several types
+        raise EdgeCalibError(f"the converted graph is not valid ({str(exc).splitlines()[0][:160]})"
+                             ) from None
+    return model
+
+
+def calibrator_opset(classifier: onnx.ModelProto) -> int:
+    """Calibrators are exported at OPSET, or at the classifier's opset when it is newer."""
+    return max(OPSET, opset_of(classifier))
+
+
 def export_classifier_fp16(clf: Classifier) -> onnx.ModelProto:
     """A float classifier with FP16 inside and FP32 I/O (strongly typed TensorRT >= 11)."""
     model = simplify_float(_torch_to_onnx(_HalfPrecision(clf.module), clf.spec.shape, LOGITS))
@@ -162,12 +217,54 @@ def export_calibrator(cal: Calibrator, half: bool = False, opset: int = OPSET,
                                               opset))
     else:
         model = _export_quantisable(cal.module, spec_shape, CALIBRATED, cal.int8, target, opset)
+    narrow_gather_indices(model)
     onnx.checker.check_model(model)
     precision = "int8" if cal.int8 else "fp16" if half else "fp32"
     return set_metadata(model, {"kind": "calibrator", "fingerprint": cal.meta["fingerprint"],
                                 "domain": cal.meta.get("domain", ""), "eps": cal.module.eps,
                                 "trained_against": cal.meta["classifier_fingerprint"],
                                 "precision": precision, "target": target})
+
+
+def narrow_gather_indices(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Casts to int64 whose values only reach GatherElements as its indices (through
+    Reshape/Flatten; Shape reads no values) cast to int32 instead: torch gathers with int64
+    indices, ONNX takes either, and a per-pixel index tensor of half the bytes is cheaper to
+    write and read."""
+    readers: dict[str, list] = {}
+    for node in model.graph.node:
+        for position, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, position))
+    outputs = {o.name for o in model.graph.output}
+
+    def index_tensors(name: str) -> list[str] | None:
+        """``name`` and the reshaped copies of it, when its values only become indices."""
+        if name in outputs or not readers.get(name):
+            return None
+        names = [name]
+        for node, position in readers[name]:
+            if node.op_type in ("Reshape", "Flatten") and position == 0:
+                downstream = index_tensors(node.output[0])
+                if downstream is None:
+                    return None
+                names += downstream
+            elif not ((node.op_type == "GatherElements" and position == 1)
+                      or node.op_type == "Shape"):
+                return None
+        return names
+
+    narrowed = set()
+    for node in model.graph.node:
+        to = next((a for a in node.attribute if a.name == "to"), None)
+        if node.op_type == "Cast" and to is not None and to.i == onnx.TensorProto.INT64:
+            names = index_tensors(node.output[0])
+            if names:
+                to.i = onnx.TensorProto.INT32
+                narrowed.update(names)
+    kept = [v for v in model.graph.value_info if v.name not in narrowed]  # stale int64 types
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
+    return model
 
 
 class _HalfPrecision(torch.nn.Module):
@@ -209,6 +306,11 @@ def fuse(calibrator: onnx.ModelProto, classifier: onnx.ModelProto, domain: str) 
     merged = compose.merge_models(a, b, io_map=[(CALIBRATED, inp)],
                                   prefix1="calibrator/", prefix2="classifier/")
     _rename(merged, {f"calibrator/{INPUT}": INPUT, f"classifier/{out}": LOGITS})
+    batch = next(v for v in b.graph.input if v.name == inp).type.tensor_type.shape.dim[0]
+    if batch.dim_value > 0:  # a classifier with a fixed batch: the fused graph has it too
+        first = merged.graph.input[0].type.tensor_type.shape.dim[0]
+        first.Clear()
+        first.dim_value = batch.dim_value
     onnx.checker.check_model(merged)
     return set_metadata(merged, meta | {"kind": "fused", "domain": domain,
                                         "calibrator_fingerprint": read_metadata(calibrator)["fingerprint"]})

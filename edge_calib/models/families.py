@@ -7,5 +7,7 @@ FAMILY_SUMMARIES = {
                  "matrix",
     "lowres": "a small network at 1/factor resolution, its bounded output upsampled bilinearly",
     "shallow": "a few full-resolution 3x3 convolutions (no norms, no pads)",
+    "curve": "a per-frame, per-channel monotone tone curve predicted from the frame's histogram "
+             "(contains histogram matching to the source; one table lookup per pixel)",
 }
 DEFAULT_ARCH = "thumbnail"

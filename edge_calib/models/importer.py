@@ -1,15 +1,19 @@
 """``edge-calib import-model``: a user's ONNX network as a frozen classifier checkpoint.
 
-The file is checked (onnx checker; one NCHW image input with 1 or 3 channels, fixed or dynamic
-batch; an output per class, or per class and pixel for a segmenter), converted for training
-(``onnx_import.OnnxModule``) and the conversion verified against ONNX Runtime on random inputs
-and, when given, real images: the largest |difference| is stated in the checkpoint's metrics.
-The checkpoint carries the file byte for byte; its fingerprint is the file's sha256.
+The file is checked (onnx checker; opset >= 7, what ONNX Runtime runs; one image input with 1
+or 3 channels in NCHW or NHWC layout, fixed or dynamic batch; an output per class, or per class
+and pixel for a segmenter), converted for training (``onnx_import.OnnxModule``) and the
+conversion verified against ONNX Runtime on random inputs and, when given, real images. The
+check gates the import: a conversion whose outputs differ from ONNX Runtime's by more than a
+small share of their range, or whose top-1 disagrees on real images, is refused (``force``
+imports it anyway and records the warning, which ``doctor`` and the bundle show). The
+checkpoint carries the file byte for byte; its fingerprint is the file's sha256.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +24,14 @@ from ..errors import EdgeCalibError
 from ..spec import InputSpec
 from .store import Classifier
 
-TOLERANCE = 1e-3  # a float graph's conversion must agree with ONNX Runtime to this
+MIN_OPSET = 7  # the oldest opset ONNX Runtime runs
+# the conversion's largest |difference| to ONNX Runtime, as a share of the range of ONNX
+# Runtime's outputs; a quantised graph may differ where float sums land on another side of
+# a rounding boundary in some quantiser (one step of that activation)
+TOLERANCE = {"float": 1e-4, "quantised": 2e-2}
+MIN_TOP1 = 0.99  # top-1 agreement on real images
+CHECK_IMAGES = 32
+LAYOUTS = ("auto", "nchw", "nhwc")
 
 
 def _first_line(exc: Exception) -> str:
@@ -28,10 +39,64 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
-def import_onnx(path: str | Path, task: str, spec: InputSpec, labels: list[str] | None,
+@dataclass
+class ImportRequest:
+    """What the user says about their model (``None``: read it from the model)."""
+
+    task: str = "classification"
+    size: tuple[int, int] | None = None
+    mean: tuple[float, ...] = (0.5,)
+    std: tuple[float, ...] = (0.5,)
+    colour_order: str = "RGB"
+    layout: str = "auto"
+    labels: list[str] | None = None
+    force: bool = False
+
+
+def image_input(model: onnx.ModelProto, path) -> tuple[str, list[int | None]]:
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in inits]
+    if len(inputs) != 1:
+        raise EdgeCalibError(f"{path}: {len(inputs)} inputs; edge-calib needs exactly one image "
+                             "input")
+    dims = [d.dim_value or None for d in inputs[0].type.tensor_type.shape.dim]
+    if len(dims) != 4:
+        raise EdgeCalibError(f"{path}: input {inputs[0].name} is shaped {dims}; edge-calib needs "
+                             "an image input (N, C, H, W) or (N, H, W, C)")
+    return inputs[0].name, dims
+
+
+def detect_layout(dims: list[int | None], asked: str, path) -> str:
+    """NCHW when the second axis holds 1 or 3 channels, NHWC when the last does; ``asked``
+    (nchw / nhwc) overrides, ``auto`` refuses what it cannot tell."""
+    if asked not in LAYOUTS:
+        raise EdgeCalibError(f"--layout {asked!r}: choose one of {', '.join(LAYOUTS)}")
+    channels_first, channels_last = dims[1] in (1, 3), dims[3] in (1, 3)
+    if asked == "auto":
+        if channels_first == channels_last:
+            raise EdgeCalibError(f"{path}: cannot tell the layout of an input shaped {dims}; "
+                                 "pass --layout nchw or --layout nhwc")
+        asked = "nchw" if channels_first else "nhwc"
+    channels = dims[1] if asked == "nchw" else dims[3]
+    if channels not in (1, 3):
+        raise EdgeCalibError(f"{path}: an input shaped {dims} has {channels} channels in "
+                             f"{asked.upper()} layout; edge-calib needs 1 or 3"
+                             + ("" if asked == "nhwc" else " (an NHWC model: pass --layout nhwc)"))
+    return asked
+
+
+def per_channel(values: tuple[float, ...], channels: int, name: str) -> tuple[float, ...]:
+    if len(values) == 1:
+        return values * channels
+    if len(values) != channels:
+        raise EdgeCalibError(f"--{name} has {len(values)} values but the model takes {channels} "
+                             f"channels: give one --{name} value per channel, or one for all")
+    return values
+
+
+def import_onnx(path: str | Path, request: ImportRequest,
                 check_images: np.ndarray | None = None, check_name: str | None = None
                 ) -> Classifier:
-    from ..engines.onnxruntime_backend import run_session
     from ..int8 import count_qdq
     from .onnx_import import OnnxModule
 
@@ -44,39 +109,91 @@ def import_onnx(path: str | Path, task: str, spec: InputSpec, labels: list[str] 
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx raises several types for a broken file
         raise EdgeCalibError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from None
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [v for v in model.graph.input if v.name not in inits]
-    if len(inputs) != 1:
-        raise EdgeCalibError(f"{path}: {len(inputs)} inputs; edge-calib needs exactly one image "
-                             "input")
-    dims = [d.dim_value or None for d in inputs[0].type.tensor_type.shape.dim]
-    if len(dims) != 4 or dims[1] not in (1, 3):
-        raise EdgeCalibError(f"{path}: input {inputs[0].name} is shaped {dims}; edge-calib needs "
-                             "an NCHW image input with 1 or 3 channels")
-    if dims[1] != spec.channels:
-        raise EdgeCalibError(f"{path}: the model takes {dims[1]} channels, the input spec says "
-                             f"{spec.channels}")
-    for axis, want in ((2, spec.height), (3, spec.width)):
-        if dims[axis] is not None and dims[axis] != want:
-            raise EdgeCalibError(f"{path}: the model's input is {dims[2]}x{dims[3]}, not "
-                                 f"--input-size {spec.height}x{spec.width}")
-    module = OnnxModule(model).eval()
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or opset < MIN_OPSET:
+        raise EdgeCalibError(f"{path}: opset {opset} is older than ONNX Runtime runs (>= "
+                             f"{MIN_OPSET}); re-export the model with opset >= 11")
+    name, dims = image_input(model, path)
+    layout = detect_layout(dims, request.layout, path)
+    channels, hw = (dims[1], dims[2:]) if layout == "nchw" else (dims[3], dims[1:3])
+    if request.size is None:
+        if None in hw:
+            raise EdgeCalibError(f"{path}: the model's input size is not fixed ({dims}): give "
+                                 "--input-size HxW")
+        size = tuple(hw)
+    else:
+        size = request.size
+        if any(d is not None and d != want for d, want in zip(hw, size)):
+            raise EdgeCalibError(f"{path}: the model's input is {hw[0]}x{hw[1]}, not "
+                                 f"--input-size {size[0]}x{size[1]}")
+    spec = InputSpec(size[0], size[1], channels, per_channel(request.mean, channels, "mean"),
+                     per_channel(request.std, channels, "std"), request.colour_order)
+    module = OnnxModule(model, layout).eval()
     for p in module.parameters():
         p.requires_grad_(False)
+    quantised = count_qdq(model) > 0 or any(
+        n.op_type in ("DynamicQuantizeLinear", "MatMulInteger", "ConvInteger")
+        for n in model.graph.node)
+    report, classes = conversion_check(data, module, spec, dims[0], layout, check_images,
+                                       check_name, path)
+    expected_rank = 4 if request.task == "segmentation" else 2
+    if report["random"]["output_rank"] != expected_rank:
+        raise EdgeCalibError(f"{path}: output shaped {report['random']['output_shape']}: a "
+                             f"{request.task} model gives "
+                             f"{'(N, K, H, W)' if expected_rank == 4 else '(N, K)'}")
+    failures = gate(report, "quantised" if quantised else "float")
+    warning = None
+    if failures:
+        message = (f"{path}: the converted graph disagrees with ONNX Runtime ({'; '.join(failures)})"
+                   "; calibrators trained on it would be trained against another model")
+        if not request.force:
+            raise EdgeCalibError(message + "; --force imports it anyway, with a warning")
+        warning = f"imported with --force although {'; '.join(failures)}"
+    labels = request.labels or [str(i) for i in range(classes)]
+    if len(labels) != classes:
+        raise EdgeCalibError(f"{path}: the model has {classes} outputs per sample, but "
+                             f"{len(labels)} labels were given")
+    metrics = {"imported_from": path.name, "onnx_sha256": hashlib.sha256(data).hexdigest(),
+               "conversion_check": report, "int8_graph": quantised, "opset": module.opset,
+               "ir_version": model.ir_version, "producer": model.producer_name or None,
+               "graph_layout": layout.upper(), "conversion_warning": warning}
+    return Classifier(module, "onnx", spec, classes, labels,
+                      {"imported": True, "int8": quantised, "folded": False}, metrics, None, data,
+                      request.task, graph_layout=layout.upper())
+
+
+def conversion_check(data: bytes, module, spec: InputSpec, fixed_batch, layout, check_images,
+                     check_name, path) -> tuple[dict, int]:
+    """ONNX Runtime against the converted module on random inputs in the input range and on
+    real images: per input set the largest |difference|, that as a share of the range of ONNX
+    Runtime's outputs, and the share of samples (or pixels) with the same top-1."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    batch = dims[0] or 2
+    from ..engines.onnxruntime_backend import run_session
+
+    try:
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise EdgeCalibError(f"{path}: ONNX Runtime cannot load it ({_first_line(exc)})") from None
+    batch = fixed_batch or 2
     rng = np.random.default_rng(0)
     lo, hi = np.array(spec.lo).reshape(1, -1, 1, 1), np.array(spec.hi).reshape(1, -1, 1, 1)
-    checks = {"random": (rng.uniform(0, 1, (batch, *spec.shape)) * (hi - lo) + lo)
+    checks = {"random": (rng.uniform(0, 1, (2 * batch, *spec.shape)) * (hi - lo) + lo)
               .astype(np.float32)}
     if check_images is not None:
-        checks[check_name or "images"] = spec.preprocess(check_images[:8 - 8 % batch or batch])
-    qdq = count_qdq(model) > 0
+        count = max(batch, CHECK_IMAGES - CHECK_IMAGES % batch)
+        checks[check_name or "images"] = spec.preprocess(check_images[:count])
     report = {}
     for name, x in checks.items():
-        reference = run_session(session, x)
+        x = x[:len(x) - len(x) % batch]
+        feed = x if layout == "nchw" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        try:
+            reference = run_session(session, feed)
+        except EdgeCalibError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise EdgeCalibError(f"{path}: ONNX Runtime cannot run it on {name} inputs "
+                                 f"({_first_line(exc)})") from None
         with torch.no_grad():
             got = torch.cat([module(torch.from_numpy(x[i:i + batch]))
                              for i in range(0, len(x), batch)]).numpy()
@@ -84,23 +201,24 @@ def import_onnx(path: str | Path, task: str, spec: InputSpec, labels: list[str] 
             raise EdgeCalibError(f"{path}: the converted graph gives {got.shape}, ONNX Runtime "
                                  f"{reference.shape}")
         diff = float(np.abs(reference - got).max())
-        report[name] = {"max_abs_diff": diff,
-                        "same_argmax": float((reference.argmax(1) == got.argmax(1)).mean())}
-        if not qdq and not diff <= TOLERANCE:
-            raise EdgeCalibError(f"{path}: the converted graph differs from ONNX Runtime by "
-                                 f"{diff:.2e} on {name} inputs (tolerance {TOLERANCE})")
-        classes = reference.shape[1]
-    expected_rank = 4 if task == "segmentation" else 2
-    if reference.ndim != expected_rank:
-        raise EdgeCalibError(f"{path}: output shaped {list(reference.shape)}: a {task} model "
-                             f"gives {'(N, K, H, W)' if expected_rank == 4 else '(N, K)'}")
-    labels = labels or [str(i) for i in range(classes)]
-    if len(labels) != classes:
-        raise EdgeCalibError(f"{path}: the model has {classes} outputs per sample, but "
-                             f"{len(labels)} labels were given")
-    metrics = {"imported_from": path.name, "onnx_sha256": hashlib.sha256(data).hexdigest(),
-               "conversion_check": report,
-               "int8_graph": qdq, "opset": module.opset}
-    return Classifier(module, "onnx", spec, classes, labels,
-                      {"imported": True, "int8": qdq, "folded": False}, metrics, None, data,
-                      task)
+        spread = float(reference.max() - reference.min()) if reference.size else 0.0
+        report[name] = {"max_abs_diff": diff, "relative_diff": diff / max(spread, 1e-12),
+                        "same_argmax": float((reference.argmax(1) == got.argmax(1)).mean()),
+                        "real_images": name != "random", "output_rank": reference.ndim,
+                        "output_shape": list(reference.shape)}
+    return report, int(reference.shape[1])
+
+
+def gate(report: dict, kind: str) -> list[str]:
+    """What fails the conversion check: a relative difference above the tolerance on any input
+    set, or top-1 agreement below MIN_TOP1 on real images."""
+    failures = []
+    for name, r in report.items():
+        if not r["relative_diff"] <= TOLERANCE[kind]:
+            failures.append(f"{name} inputs: max |difference| {r['max_abs_diff']:.3g}, "
+                            f"{100 * r['relative_diff']:.3g}% of the output range (tolerance "
+                            f"{100 * TOLERANCE[kind]:.3g}% for a {kind} graph)")
+        if r["real_images"] and r["same_argmax"] < MIN_TOP1:
+            failures.append(f"{name} images: top-1 agrees on {100 * r['same_argmax']:.1f}% "
+                            f"(needs {100 * MIN_TOP1:.0f}%)")
+    return failures

@@ -8,11 +8,14 @@ over the graph is enough: each node calls the torch function of its operator (th
 common in vision networks, listed in ``OPERATORS``; anything else is one error naming it).
 Every operator is checked against ONNX Runtime in the tests.
 
-INT8 graphs (QuantizeLinear/DequantizeLinear) run as their float equivalent: dequantised
-weights, activation Q/DQ pairs passed through; the difference to the INT8 graph is measured
-at import. A Reshape whose target starts with the graph's fixed batch size (exports without a
-dynamic batch write it as a constant) takes the batch of its input instead, so the module
-trains on batches.
+Quantised graphs are simulated exactly: QuantizeLinear rounds (half to even) and saturates on
+its zero point's integer grid, DequantizeLinear maps back, so ONNX Runtime's static QDQ models
+(per tensor or per channel, with the clipping its quantiser folds into the ranges) compute the
+same values here; dynamic quantisation (DynamicQuantizeLinear, MatMulInteger, ConvInteger)
+likewise, in float64 where the graph accumulates in int32. Gradients pass straight through the
+rounding (zero where a value saturates), as for our own INT8 models. A Reshape whose target
+starts with the graph's fixed batch size (exports without a dynamic batch write it as a
+constant) takes the batch of its input instead, so the module trains on batches.
 """
 
 from __future__ import annotations
@@ -127,9 +130,14 @@ def op_reshape(i, a, fixed_batch):
 
 def op_slice(i, a):
     x = i[0]
-    starts, ends = _ints(i[1]), _ints(i[2])
-    axes = _ints(i[3]) if len(i) > 3 and i[3] is not None else list(range(len(starts)))
-    steps = _ints(i[4]) if len(i) > 4 and i[4] is not None else [1] * len(starts)
+    if len(i) == 1:  # opset < 10: starts, ends and axes are attributes
+        starts, ends = list(a["starts"]), list(a["ends"])
+        axes = list(a.get("axes", range(len(starts))))
+        steps = [1] * len(starts)
+    else:
+        starts, ends = _ints(i[1]), _ints(i[2])
+        axes = _ints(i[3]) if len(i) > 3 and i[3] is not None else list(range(len(starts)))
+        steps = _ints(i[4]) if len(i) > 4 and i[4] is not None else [1] * len(starts)
     index = [slice(None)] * x.dim()
     for s, e, ax, st in zip(starts, ends, axes, steps):
         if st < 0:
@@ -155,6 +163,25 @@ def op_resize(i, a):
     if mode == "linear" and coord in ("half_pixel", "pytorch_half_pixel", "align_corners"):
         return F.interpolate(x, size=size, mode="bilinear", align_corners=coord == "align_corners")
     raise EdgeCalibError(f"Resize mode {mode!r} with {coord!r} coordinates is not supported")
+
+
+def op_upsample(i, a):
+    """Upsample (opsets 7-9): scales as an attribute (7-8) or an input (9)."""
+    scales = list(a["scales"]) if "scales" in a else i[1].tolist()
+    size = [int(math.floor(d * s)) for d, s in zip(i[0].shape[2:], scales[2:])]
+    if a.get("mode", "nearest") == "nearest":
+        return F.interpolate(i[0], size=size, mode="nearest")
+    return F.interpolate(i[0], size=size, mode="bilinear", align_corners=False)
+
+
+def op_split(i, a):
+    axis = a.get("axis", 0)
+    split = a.get("split") or (_ints(i[1]) if len(i) > 1 and i[1] is not None else None)
+    if split is None:
+        parts = a.get("num_outputs")
+        size = i[0].shape[axis]
+        split = [size // parts] * parts if parts else None
+    return torch.split(i[0], split, dim=axis)
 
 
 def op_reduce(fn):
@@ -198,18 +225,82 @@ def op_clip(i, a):
     return x
 
 
-def op_dequantize(i, a):
-    """Integer input (a weight): dequantise it. Float input (an activation passed through the
-    float equivalent of its Q/DQ pair): unchanged."""
+QUANT_RANGES = {torch.uint8: (0, 255), torch.int8: (-128, 127), torch.int16: (-32768, 32767),
+                torch.int32: (-2 ** 31, 2 ** 31 - 1)}
+
+
+def _per_axis(t: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
+    """A per-axis scale or zero point (1-D) shaped to broadcast against ``x`` along ``axis``."""
+    if t.dim() != 1 or x.dim() <= 1 or t.numel() == 1:
+        return t.reshape(()) if t.numel() == 1 else t
+    shape = [1] * x.dim()
+    shape[axis % x.dim()] = -1
+    return t.reshape(shape)
+
+
+def round_ste(v: torch.Tensor) -> torch.Tensor:
+    """Round half to even (as ONNX and ONNX Runtime do) with a straight-through gradient."""
+    return v + (torch.round(v) - v).detach()
+
+
+def op_quantize(i, a):
+    """QuantizeLinear, simulated exactly: q = saturate(round(x / scale) + zero_point) on the zero
+    point's integer grid (uint8 when absent), returned as a float tensor of the integer values
+    with a straight-through gradient (zero where it saturates)."""
     x, scale = i[0], i[1]
-    if x.dtype not in INTEGER:
-        return x
-    zero = i[2] if len(i) > 2 and i[2] is not None else torch.zeros((), dtype=x.dtype)
-    if scale.dim() == 1 and x.dim() > 1:
-        shape = [1] * x.dim()
-        shape[a.get("axis", 1)] = -1
-        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    zero = i[2] if len(i) > 2 and i[2] is not None else torch.zeros((), dtype=torch.uint8)
+    low, high = QUANT_RANGES[zero.dtype]
+    axis = a.get("axis", 1)
+    scale, zero_f = _per_axis(scale, x, axis), _per_axis(zero, x, axis).to(torch.float32)
+    return torch.clamp(round_ste(x / scale) + zero_f, low, high)
+
+
+def op_dequantize(i, a):
+    """DequantizeLinear: (q - zero_point) * scale, for a stored integer tensor (a weight, an
+    int32 bias) and for the integer values a simulated QuantizeLinear produced."""
+    x, scale = i[0], i[1]
+    zero = i[2] if len(i) > 2 and i[2] is not None else torch.zeros((), dtype=torch.int32)
+    axis = a.get("axis", 1)
+    scale, zero = _per_axis(scale, x, axis), _per_axis(zero, x, axis)
     return (x.to(torch.float32) - zero.to(torch.float32)) * scale
+
+
+def op_dynamic_quantize(i, a):
+    """DynamicQuantizeLinear: uint8 with the scale and zero point of this tensor's own range
+    (including 0): scale = (max(0, max x) - min(0, min x)) / 255, zero = saturate(round(-min /
+    scale)); the range is treated as a constant for the gradient."""
+    x = i[0]
+    low = torch.clamp(x.detach().min(), max=0.0)
+    high = torch.clamp(x.detach().max(), min=0.0)
+    scale = (high - low) / 255.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    zero = torch.clamp(torch.round(-low / scale), 0, 255)
+    q = torch.clamp(round_ste(x / scale) + zero, 0, 255)
+    return q, scale, zero.to(torch.uint8)
+
+
+def _centred(x, zero, axis):
+    """An integer operand minus its zero point, in float64 (exact for int32 accumulations)."""
+    if zero is None:
+        return x.to(torch.float64)
+    return x.to(torch.float64) - _per_axis(zero, x, axis).to(torch.float64)
+
+
+def op_matmul_integer(i, a):
+    """MatMulInteger: (A - a_zero) @ (B - b_zero), exactly (float64), as int32 values."""
+    a_zero = i[2] if len(i) > 2 else None
+    b_zero = i[3] if len(i) > 3 else None
+    return torch.matmul(_centred(i[0], a_zero, -1), _centred(i[1], b_zero, -1)).to(torch.float32)
+
+
+def op_conv_integer(i, a):
+    """ConvInteger: Conv of (x - x_zero) with (w - w_zero), exactly (float64), as int32 values."""
+    x = _centred(i[0], i[2] if len(i) > 2 else None, 1)
+    w = _centred(i[1], i[3] if len(i) > 3 else None, 0)
+    k = a.get("kernel_shape", list(w.shape[2:]))
+    strides, dil = a.get("strides", [1, 1]), a.get("dilations", [1, 1])
+    x = _pads_2d(_auto_pad(a, x, k, strides, dil), x)
+    return F.conv2d(x, w, None, strides, 0, dil, a.get("group", 1)).to(torch.float32)
 
 
 def op_pad(i, a):
@@ -227,7 +318,7 @@ def op_gather(i, a):
     axis = a.get("axis", 0) % x.dim()
     index = torch.where(index < 0, index + x.shape[axis], index)
     picked = torch.index_select(x, axis, index.reshape(-1))
-    return picked.reshape(*x.shape[:axis], *index.shape, *x.shape[axis + 1:])
+    return picked.reshape((*x.shape[:axis], *index.shape, *x.shape[axis + 1:]))
 
 
 def op_softmax(log):
@@ -286,27 +377,45 @@ OPERATORS = {
     "Equal": lambda i, a: i[0] == i[1],
     "ConstantOfShape": lambda i, a: torch.full(_ints(i[0]), float(a["value"].reshape(-1)[0])
                                                if "value" in a else 0.0),
-    "QuantizeLinear": lambda i, a: i[0],  # the float equivalent of a Q/DQ pair
-    "DequantizeLinear": op_dequantize,
+    "QuantizeLinear": op_quantize, "DequantizeLinear": op_dequantize,
+    "DynamicQuantizeLinear": op_dynamic_quantize, "MatMulInteger": op_matmul_integer,
+    "ConvInteger": op_conv_integer,
+    "Upsample": op_upsample, "Split": op_split,
+    "Floor": lambda i, a: torch.floor(i[0]), "Ceil": lambda i, a: torch.ceil(i[0]),
+    "Round": lambda i, a: torch.round(i[0]), "Sign": lambda i, a: torch.sign(i[0]),
+    "Less": lambda i, a: i[0] < i[1], "Greater": lambda i, a: i[0] > i[1],
+    "LessOrEqual": lambda i, a: i[0] <= i[1], "GreaterOrEqual": lambda i, a: i[0] >= i[1],
+    "Not": lambda i, a: torch.logical_not(i[0]),
+    "Tile": lambda i, a: i[0].repeat(*_ints(i[1])),
+    "ReduceMin": op_reduce(torch.amin),
 }
-NEEDS_OPSET = {"Softmax": op_softmax(False), "LogSoftmax": op_softmax(True)}
+# operators that need the graph's opset or fixed batch (called with the module as well)
+WITH_CONTEXT = {"Softmax": lambda i, a, m: op_softmax(False)(i, a, m.opset),
+                "LogSoftmax": lambda i, a, m: op_softmax(True)(i, a, m.opset),
+                "Reshape": lambda i, a, m: op_reshape(i, a, m.fixed_batch)}
+
+
+LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger",
+          "MatMulInteger")  # tapped when their weight is stored
 
 
 class OnnxModule(nn.Module):
     """The graph of ``model`` as a torch module: float initialisers are (frozen) parameters,
-    the nodes run in order."""
+    the nodes run in order. ``tap``, when set, is called with the input of every Conv / Gemm /
+    MatMul whose weight is stored (the layers whose input statistics are recorded)."""
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, layout: str = "nchw"):
         super().__init__()
         graph = model.graph
+        self.channels_last = layout.lower() == "nhwc"  # the graph takes NHWC: transpose first
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
         unknown = sorted({n.op_type for n in graph.node if n.op_type not in OPERATORS
-                          and n.op_type not in NEEDS_OPSET and n.op_type != "Constant"
+                          and n.op_type not in WITH_CONTEXT and n.op_type != "Constant"
                           or n.domain not in ("", "ai.onnx")})
         if unknown:
             raise EdgeCalibError(f"the ONNX graph uses operator(s) edge-calib cannot run for "
                                  f"training: {', '.join(unknown)} (supported: "
-                                 f"{', '.join(sorted([*OPERATORS, *NEEDS_OPSET]))})")
+                                 f"{', '.join(sorted([*OPERATORS, *WITH_CONTEXT]))})")
         inits = {i.name for i in graph.initializer}
         inputs = [v for v in graph.input if v.name not in inits]
         if len(inputs) != 1:
@@ -331,6 +440,13 @@ class OnnxModule(nn.Module):
                 self._store(node.output[0], value)
                 continue
             self.nodes.append((node.op_type, list(node.input), list(node.output), attrs))
+        constant = set(self.names)  # tensors computed from initialisers alone (e.g. a DQ weight)
+        for op, inputs, outputs, _ in self.nodes:
+            if all(n in constant for n in inputs if n):
+                constant.update(outputs)
+        self.layer_nodes = {i for i, (op, inputs, _, _) in enumerate(self.nodes)
+                            if op in LAYERS and len(inputs) > 1 and inputs[1] in constant}
+        self.tap = None
 
     def _store(self, name: str, value: torch.Tensor):
         """A float tensor becomes a frozen parameter, anything else a buffer."""
@@ -343,17 +459,25 @@ class OnnxModule(nn.Module):
             self.names[name] = ("b", key)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: NCHW images, whatever the graph's own layout."""
+        if self.channels_last:
+            x = x.permute(0, 2, 3, 1)
         env = {self.input_name: x, "": None}
         for name, (kind, key) in self.names.items():
             env[name] = self.params[key] if kind == "p" else getattr(self, key)
-        for op, inputs, outputs, attrs in self.nodes:
+        for index, (op, inputs, outputs, attrs) in enumerate(self.nodes):
             args = [env[n] for n in inputs]
-            if op == "Reshape":
-                result = op_reshape(args, attrs, self.fixed_batch)
-            elif op in NEEDS_OPSET:
-                result = NEEDS_OPSET[op](args, attrs, self.opset)
-            else:
-                result = OPERATORS[op](args, attrs)
+            if self.tap is not None and index in self.layer_nodes:
+                self.tap(args[0])
+            try:
+                result = (WITH_CONTEXT[op](args, attrs, self) if op in WITH_CONTEXT
+                          else OPERATORS[op](args, attrs))
+            except EdgeCalibError:
+                raise
+            except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as exc:
+                raise EdgeCalibError(f"the ONNX graph's {op} node (#{index}, output "
+                                     f"{outputs[0]!r}) cannot run here: "
+                                     f"{str(exc).splitlines()[0][:160]}") from None
             results = result if isinstance(result, (list, tuple)) else [result]
             for out, value in zip(outputs, results):
                 env[out] = value

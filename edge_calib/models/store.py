@@ -2,7 +2,9 @@
 
 A classifier checkpoint holds the architecture name, the input spec, the labels, its
 compression (folded / pruned / INT8) and the weights; its *fingerprint* is a hash of all of
-that and every tensor. An imported model (arch ``onnx``, ``edge-calib import-model``) holds
+that and every tensor. Beside them it may hold the model's statistics on its source data
+(``train.source_stats``), which are not part of the fingerprint: recording them again does not
+unpair the model's calibrators. An imported model (arch ``onnx``, ``edge-calib import-model``) holds
 the user's ONNX file itself, byte for byte; its fingerprint is the file's sha256. A calibrator
 checkpoint records the fingerprint of the classifier it was trained against; pairing it with
 another classifier is an error naming both.
@@ -40,6 +42,10 @@ class Classifier:
     path: str | None = None
     onnx_bytes: bytes | None = None  # an imported model's file, deployed unchanged
     imported_task: str | None = None
+    # the model's own statistics on source data (train.source_stats): {"meta", "tensors"};
+    # kept beside the weights, outside the fingerprint
+    source_stats: dict | None = None
+    graph_layout: str = "NCHW"  # an imported graph's own input layout (NHWC: transposed first)
 
     def identity(self) -> dict:
         identity = {"arch": self.arch, "num_classes": self.num_classes,
@@ -68,19 +74,23 @@ class Classifier:
         meta = self.identity() | {"labels": self.labels, "metrics": self.metrics,
                                   "fingerprint": self.fingerprint}
         tensors = {"state": self.module.state_dict()}
+        if self.source_stats is not None:
+            meta["source_stats"] = self.source_stats["meta"]
+            tensors["source_stats"] = self.source_stats["tensors"]
         if self.onnx_bytes is not None:
             meta["onnx_sha256"] = hashlib.sha256(self.onnx_bytes).hexdigest()
+            meta["graph_layout"] = self.graph_layout
             tensors["onnx"] = torch.frombuffer(bytearray(self.onnx_bytes), dtype=torch.uint8)
         save_checkpoint(path, CLASSIFIER, meta, tensors)
         return meta["fingerprint"]
 
 
-def imported_module(onnx_bytes: bytes) -> nn.Module:
+def imported_module(onnx_bytes: bytes, layout: str = "NCHW") -> nn.Module:
     import onnx
 
     from .onnx_import import OnnxModule
 
-    return OnnxModule(onnx.load_from_string(onnx_bytes)).eval()
+    return OnnxModule(onnx.load_from_string(onnx_bytes), layout).eval()
 
 
 def build_structure(arch: str, num_classes: int, compression: dict | None) -> nn.Module:
@@ -102,14 +112,17 @@ def load_classifier(path: str | Path) -> Classifier:
         onnx_bytes = None
         if meta["arch"] == "onnx":
             onnx_bytes = tensors["onnx"].numpy().tobytes()
-            module = imported_module(onnx_bytes)
+            module = imported_module(onnx_bytes, meta.get("graph_layout", "NCHW"))
         else:
             module = build_structure(meta["arch"], int(meta["num_classes"]),
                                      meta.get("compression"))
         module.load_state_dict(tensors["state"])
+        stats = ({"meta": meta["source_stats"], "tensors": tensors["source_stats"]}
+                 if "source_stats" in meta else None)
         clf = Classifier(module.eval(), meta["arch"], InputSpec.from_dict(meta["input_spec"]),
                          int(meta["num_classes"]), list(meta["labels"]), meta.get("compression"),
-                         meta.get("metrics", {}), str(path), onnx_bytes, meta.get("task"))
+                         meta.get("metrics", {}), str(path), onnx_bytes, meta.get("task"), stats,
+                         meta.get("graph_layout", "NCHW"))
     except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as exc:
         raise EdgeCalibError(f"{path}: classifier checkpoint does not match its architecture "
                              f"({str(exc).splitlines()[0][:160]})") from None

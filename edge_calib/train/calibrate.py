@@ -1,14 +1,20 @@
-"""Adversarial training of a data calibrator against a frozen classifier.
+"""Training a data calibrator against a frozen classifier, with one of two objectives:
 
-Per batch pair (x_s source, x_t target): ``d_steps`` discriminator steps on the four groups
-(eq. 5, 6), then one calibrator step (eq. 7). Only the calibrator and the discriminators learn;
-the classifier's fingerprint is checked after every epoch and any change is an error.
+- ``adversarial`` (the paper's): per batch pair (x_s source, x_t target), ``d_steps``
+  discriminator steps on the four groups (eq. 5, 6), then one calibrator step (eq. 7);
+- ``stats``: no discriminator; one calibrator step per batch pair that makes the frozen
+  model's activation statistics on calibrated target images match those it has on source
+  images (``source_stats``, recorded with the model or, failing that, from ``source``).
+
+Either adds the optional terms (source consistency, pixel histogram, prediction entropy, class
+marginal) with their weights. Only the calibrator (and the discriminators) learn; the
+classifier's fingerprint is checked after every epoch and any change is an error.
 
 Checkpointing: the whole training state (networks, optimisers, schedule, EMA, RNG states,
 history) is written atomically after every epoch; ``resume`` continues bit-for-bit.
-Model selection never looks at target labels: the default is the last epoch; ``entropy``
-picks the epoch with the lowest mean prediction entropy on a held-out slice of the
-*unlabelled* target training images.
+Model selection never looks at target labels: the default is the last epoch; ``entropy`` and
+``stats`` pick the epoch with the lowest mean prediction entropy, or statistics distance, on a
+held-out slice of the *unlabelled* target training images.
 """
 
 from __future__ import annotations
@@ -36,13 +42,18 @@ from .frozen import MODES, FrozenForward
 from .losses import (
     CalibratorAdversarialLoss,
     GroupDiscriminatorLoss,
+    MarginalKLLoss,
     PixelHistogramLoss,
     SourceConsistencyLoss,
+    SourceStatsLoss,
     prediction_entropy,
 )
+from .source_stats import SourceStats, activation_taps, record_source_stats, stats_distance, \
+    tap_moments
 from .tensors import DomainData, epoch_order
 
-SELECTIONS = ("last", "entropy")
+OBJECTIVES = ("adversarial", "stats")
+SELECTIONS = ("last", "entropy", "stats")
 SCORE = {"classification": "accuracy", "segmentation": "miou"}  # per-epoch monitor scores
 SCHEDULES = ("constant", "cosine")
 STATE = "calibrator-training-state"
@@ -66,6 +77,11 @@ class CalibratorConfig:
     w_feature: float = 1.0
     w_consistency: float = 0.0
     w_histogram: float = 0.0
+    objective: str = "adversarial"
+    w_stats: float = 1.0  # the main term of the stats objective
+    stats_layers: int = 0  # match the first N taps only (0: all)
+    w_entropy: float = 0.0
+    w_marginal: float = 0.0
     classifier_mode: str = "eval"
     d_steps: int = 1
     ema: float = 0.99
@@ -83,12 +99,17 @@ class CalibratorConfig:
             if not (value > 0 and math.isfinite(value)):
                 raise EdgeCalibError(f"--{name.replace('_', '-')} must be a positive finite "
                                      f"number, got {value}")
+        if self.objective not in OBJECTIVES:
+            raise EdgeCalibError(f"unknown --objective {self.objective!r}; choose one of "
+                                 f"{', '.join(OBJECTIVES)}")
         for name in ("w_target", "w_source", "w_pixel", "w_feature", "w_consistency",
-                     "w_histogram"):
+                     "w_histogram", "w_stats", "w_entropy", "w_marginal"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise EdgeCalibError(f"--{name.replace('_', '-')} must be a finite number >= 0, "
                                      f"got {value}")
+        if self.stats_layers < 0:
+            raise EdgeCalibError(f"--stats-layers must be >= 0, got {self.stats_layers}")
         if self.epochs < 1 or self.batch_size < 1 or self.d_steps < 1:
             raise EdgeCalibError("--epochs, --batch-size and --d-steps must be >= 1")
         self.size = calibrator_class(self.arch).check_size(self.size)
@@ -100,9 +121,9 @@ class CalibratorConfig:
             raise EdgeCalibError(f"unknown --schedule {self.schedule!r}; choose {SCHEDULES}")
         if self.select not in SELECTIONS:
             raise EdgeCalibError(f"unknown --select {self.select!r}; choose {SELECTIONS}")
-        if self.select == "entropy" and self.holdout <= 0:
-            raise EdgeCalibError("--select entropy needs --holdout > 0 (a held-out slice of the "
-                                 "unlabelled target training images)")
+        if self.select != "last" and self.holdout <= 0:
+            raise EdgeCalibError(f"--select {self.select} needs --holdout > 0 (a held-out slice "
+                                 "of the unlabelled target training images)")
 
     def calibrator_config(self) -> dict:
         return {"arch": self.arch, **self.size, "eps": self.eps, "perturbation": self.perturbation}
@@ -110,7 +131,9 @@ class CalibratorConfig:
     def resumable_from(self, other: dict) -> list[str]:
         """Names of settings that differ from a saved run (epochs may grow unless cosine)."""
         mine = json.loads(json.dumps(dataclasses.asdict(self)))  # as saved (tuples are lists)
-        other = {"w_consistency": 0.0, "w_histogram": 0.0} | other  # saved before they existed
+        other = {"w_consistency": 0.0, "w_histogram": 0.0, "objective": "adversarial",
+                 "w_stats": 1.0, "stats_layers": 0, "w_entropy": 0.0,
+                 "w_marginal": 0.0} | other  # saved before
         if "arch" not in other:  # saved before there were several calibrator families
             other = other | {"arch": "resnet", "size": {"width": other.get("width"),
                                                         "blocks": other.get("blocks")}}
@@ -143,9 +166,12 @@ class CalibratorTrainer:
         self.source_test, self.source_split = source_test, source_split  # labelled source
         self.monitor = monitor
         self.state_path, self.metrics_path = state_path, metrics_path
+        self.stats = self._source_stats()
         torch.manual_seed(config.seed)
         spec = classifier.spec
         self.G = build_calibrator(config.calibrator_config(), spec).to(device)
+        if hasattr(self.G, "set_source_quantiles"):  # a family that contains histogram matching
+            self.G.set_source_quantiles(self.stats.pixel_quantiles)
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if config.ema > 0 else None
         self.D_pix = PixelDiscriminator(spec.channels, config.patch).to(device)
         self.D_feat = FeatureDiscriminator(classifier.num_classes).to(device)
@@ -165,9 +191,29 @@ class CalibratorTrainer:
         self.loss_D, self.loss_G = GroupDiscriminatorLoss(), CalibratorAdversarialLoss(
             config.w_target, config.w_source, config.w_pixel, config.w_feature)
         self.loss_consistency, self.loss_histogram = SourceConsistencyLoss(), PixelHistogramLoss()
+        n = config.stats_layers or len(self.stats.means)
+        self.loss_stats = SourceStatsLoss(self.stats.means[:n], self.stats.variances[:n])
+        self.loss_marginal = MarginalKLLoss(self.stats.class_marginal)
         self.epoch, self.history = 0, []
         self._logit_cache: dict[str, torch.Tensor] = {}
         self.best = None  # (score, epoch, state) for entropy selection
+
+    def _source_stats(self) -> SourceStats:
+        """The frozen model's recorded source statistics; recorded here from the source images
+        when the checkpoint has none, or when training at another size than the model's."""
+        stats = SourceStats.of(self.classifier)
+        spec = self.classifier.spec
+        resized = self.cfg.train_size not in (None, (spec.height, spec.width))
+        if stats is None or resized:
+            why = "at the training size" if stats is not None else "none recorded with the model"
+            echo_err(f"source statistics: recording them on {self.source.name} "
+                     f"({min(len(self.source), 2048)} images; {why})")
+            stats = record_source_stats(self.classifier.module, self.source, device=self.device)
+        probe = self.source.batch(np.arange(min(2, len(self.source))), self.device)
+        with torch.no_grad(), activation_taps(self.classifier.module) as values:
+            self.classifier.module(probe)
+        stats.check_fits(tap_moments(values), str(self.classifier.path or "the classifier"))
+        return stats
 
     # -- the calibrator used for evaluation and output --------------------------------------
     @property
@@ -236,25 +282,49 @@ class CalibratorTrainer:
                 self.source if which == "source" else self.target)
         return self._logit_cache[which][torch.as_tensor(index)]
 
-    def _step(self, xs, xt, src, it):
-        """``d_steps`` discriminator steps, then one calibrator step, on one batch pair.
+    def _step(self, xs, xt, src, it) -> dict:
+        """One batch pair: the objective's discriminator steps (adversarial), then one
+        calibrator step; returns the values logged.
 
         G does not change during the discriminator steps, so its outputs are computed once,
         with gradients, and shared (detached) with them; in eval mode the frozen classifier's
         logits on them are shared the same way. This is the same computation as recomputing
         them (tested bit for bit) at about two thirds of the cost. In the stochastic classifier
         modes every classifier pass still draws its own dropout."""
+        cfg = self.cfg
+        if cfg.objective == "stats":
+            return self._calibrator_step(xs, xt, *self._calibrated(xs, xt, cfg.w_consistency > 0))
         cs, ct = self.G(torch.cat([xs, xt])).split([len(xs), len(xt)])
-        shared = self.cfg.classifier_mode == "eval"
-        f_cs, f_ct = (self.frozen(cs), self.frozen(ct)) if shared else (None, None)
+        shared = cfg.classifier_mode == "eval"
+        f_cs, f_ct, taps = None, None, None
+        if shared:
+            f_cs = self.frozen(cs)
+            with activation_taps(self.frozen.module) as taps:
+                f_ct = self.frozen(ct)
         with torch.no_grad():
             raw = (self._raw_logits("source", src, xs), self._raw_logits("target", it, xt))
-        for _ in range(self.cfg.d_steps):
+        for _ in range(cfg.d_steps):
             d = self._discriminator_step(xs, xt, cs.detach(), ct.detach(), raw,
                                          (f_cs.detach(), f_ct.detach()) if shared else None)
-        return d, self._calibrator_step(xs, xt, cs, ct, f_cs, f_ct, raw[0])
+        return d | self._calibrator_step(xs, xt, cs, ct, f_cs, f_ct, taps, raw[0])
 
-    def _discriminator_step(self, xs, xt, cs, ct, raw_logits, calibrated_logits):
+    def _calibrated(self, xs, xt, with_source: bool):
+        """Stats objective: (G(x_s), G(x_t), F(G(x_s)), F(G(x_t)), taps of F(G(x_t)), F(x_s));
+        the source passes only when a source term needs them."""
+        if not with_source:
+            ct = self.G(xt)
+            with activation_taps(self.frozen.module) as taps:
+                f_ct = self.frozen(ct)
+            return None, ct, None, f_ct, taps, None
+        cs, ct = self.G(torch.cat([xs, xt])).split([len(xs), len(xt)])
+        f_cs = self.frozen(cs)
+        with activation_taps(self.frozen.module) as taps:
+            f_ct = self.frozen(ct)
+        with torch.no_grad():
+            raw = self.frozen(xs)
+        return cs, ct, f_cs, f_ct, taps, raw
+
+    def _discriminator_step(self, xs, xt, cs, ct, raw_logits, calibrated_logits) -> dict:
         with torch.no_grad():
             feats = list(raw_logits)
             feats += list(calibrated_logits) if calibrated_logits is not None else \
@@ -267,43 +337,68 @@ class CalibratorTrainer:
         self.opt_D.step()
         acc = lambda logits: float(np.mean([(lg.argmax(1) == g).float().mean().item()
                                             for g, lg in enumerate(logits)]))
-        return loss_pix.item(), loss_feat.item(), acc(pix), acc(feat)
+        return {"loss_d_pixel": loss_pix.item(), "loss_d_feature": loss_feat.item(),
+                "d_acc_pixel": acc(pix), "d_acc_feature": acc(feat)}
 
-    def _calibrator_step(self, xs, xt, cs, ct, f_cs, f_ct, raw_source_logits):
-        """Eq. 7, plus the optional terms: w_consistency * L_cons(F(x_s), F(G(x_s))) and
-        w_histogram * L_hist(G(x_t), x_s) (both 0 in the paper's setting). Both terms are
-        logged whatever their weight (an unweighted one without gradient, and without drawing
-        from the random stream that training uses)."""
+    def _calibrator_step(self, xs, xt, cs, ct, f_cs, f_ct, taps, raw_source_logits) -> dict:
+        """The objective's main term (eq. 7, or w_stats * L_stats), plus the optional terms
+        w_consistency * L_cons(F(x_s), F(G(x_s))), w_histogram * L_hist(G(x_t), x_s),
+        w_entropy * H(F(G(x_t))) and w_marginal * L_marg(F(G(x_t))). The histogram, consistency
+        (when computed), statistics and entropy terms are logged whatever their weight (an
+        unweighted one without gradient; the histogram term without drawing from the random
+        stream that training uses)."""
         cfg = self.cfg
-        self.D_pix.requires_grad_(False)
-        self.D_feat.requires_grad_(False)
-        f_ct = f_ct if f_ct is not None else self.frozen(ct)
-        f_cs = f_cs if f_cs is not None else self.frozen(cs)
-        loss = self.loss_G(self.D_pix(ct), self.D_feat(f_ct), self.D_pix(cs), self.D_feat(f_cs))
-        with torch.set_grad_enabled(bool(cfg.w_consistency)):
-            consistency = self.loss_consistency(raw_source_logits, f_cs)
+        row = {}
+        if cfg.objective == "adversarial":
+            self.D_pix.requires_grad_(False)
+            self.D_feat.requires_grad_(False)
+            if f_ct is None:
+                with activation_taps(self.frozen.module) as taps:
+                    f_ct = self.frozen(ct)
+            f_cs = f_cs if f_cs is not None else self.frozen(cs)
+            loss = self.loss_G(self.D_pix(ct), self.D_feat(f_ct), self.D_pix(cs),
+                               self.D_feat(f_cs))
+            row["loss_adversarial"] = loss.item()
+        with torch.set_grad_enabled(cfg.objective == "stats"):
+            stats = self.loss_stats(tap_moments(taps))
+        if cfg.objective == "stats":
+            loss = cfg.w_stats * stats
+        if f_cs is not None:
+            with torch.set_grad_enabled(bool(cfg.w_consistency)):
+                consistency = self.loss_consistency(raw_source_logits, f_cs)
+            loss = loss + cfg.w_consistency * consistency
+            row["loss_consistency"] = consistency.item()
         if cfg.w_histogram:
             histogram = self.loss_histogram(ct, xs)
         else:
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
                 histogram = self.loss_histogram(ct, xs)
-        loss = loss + cfg.w_consistency * consistency + cfg.w_histogram * histogram
+        with torch.set_grad_enabled(bool(cfg.w_entropy)):
+            entropy = prediction_entropy(f_ct)
+        loss = loss + cfg.w_histogram * histogram + cfg.w_entropy * entropy
+        if cfg.w_marginal:
+            marginal = self.loss_marginal(f_ct)
+            loss = loss + cfg.w_marginal * marginal
+            row["loss_marginal"] = marginal.item()
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_G.step()
-        self.D_pix.requires_grad_(True)
-        self.D_feat.requires_grad_(True)
+        if cfg.objective == "adversarial":
+            self.D_pix.requires_grad_(True)
+            self.D_feat.requires_grad_(True)
         if self.G_ema is not None:
             with torch.no_grad():
                 for e, p in zip(self.G_ema.parameters(), self.G.parameters()):
                     e.lerp_(p, 1.0 - self.cfg.ema)
-        return loss.item(), (ct - xt).abs().mean().item(), consistency.item(), histogram.item()
+        return row | {"loss_g": loss.item(), "delta_abs_mean": (ct - xt).abs().mean().item(),
+                      "loss_histogram": histogram.item(), "loss_stats": stats.item(),
+                      "entropy": entropy.item()}
 
     def _train_epoch(self, progress: bool) -> dict:
         cfg, b = self.cfg, self.batch
         order_t = epoch_order(len(self.target), cfg.seed, self.epoch)
         order_s = epoch_order(len(self.source), cfg.seed + 1, self.epoch)
-        sums = np.zeros(8)
+        sums: dict[str, float] = {}
         started = time.time()
         self.G.train()
         label = f"calibrator epoch {self.epoch + 1}/{cfg.epochs}"
@@ -312,27 +407,29 @@ class CalibratorTrainer:
                 it = order_t[step * b:(step + 1) * b].numpy()
                 src = order_s[step * b:(step + 1) * b].numpy()
                 xs, xt = self.source.batch(src, self.device), self.target.batch(it, self.device)
-                d, g = self._step(xs, xt, src, it)
-                if not np.all(np.isfinite(d + g)):
-                    self._diverged(step, d + g)
+                values = self._step(xs, xt, src, it)
+                if not np.all(np.isfinite(list(values.values()))):
+                    self._diverged(step, values)
                 self.sched_G.step()
-                self.sched_D.step()
-                sums += np.array(d + g)
-                bar.update(1, current_item=f"D_pix {d[0]:.3f} D_feat {d[1]:.3f} G {g[0]:.3f}")
-        mean = sums / self.steps
+                if cfg.objective == "adversarial":
+                    self.sched_D.step()
+                for key, value in values.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                bar.update(1, current_item=" ".join(
+                    f"{k} {values[k]:.3f}" for k in ("loss_d_pixel", "loss_d_feature", "loss_g",
+                                                     "loss_stats") if k in values))
         return {"epoch": self.epoch + 1, "steps": self.steps, "time_s": time.time() - started,
-                "loss_d_pixel": mean[0], "loss_d_feature": mean[1], "d_acc_pixel": mean[2],
-                "d_acc_feature": mean[3], "loss_g": mean[4], "delta_abs_mean": mean[5],
-                "loss_consistency": mean[6], "loss_histogram": mean[7],
+                **{k: v / self.steps for k, v in sums.items()},
                 "lr": self.sched_G.get_last_lr()[0]}
 
-    def _diverged(self, step: int, values) -> None:
+    def _diverged(self, step: int, values: dict) -> None:
         """Stop: a non-finite loss would poison the weights, the EMA and every later epoch."""
         kept = (f"the last good state (epoch {self.epoch}) is kept in {self.state_path} and "
                 "no calibrator was written" if self.epoch else "nothing was written")
+        bad = ", ".join(f"{k} {v:.3g}" for k, v in values.items() if not np.isfinite(v))
         raise EdgeCalibError(f"training stopped at epoch {self.epoch + 1}, step {step + 1}: the "
-                             f"losses became non-finite ({', '.join(f'{v:.3g}' for v in values)})"
-                             f"; {kept}. Try a lower --lr/--d-lr or a smaller --eps")
+                             f"losses became non-finite ({bad}); {kept}. Try a lower "
+                             "--lr/--d-lr or a smaller --eps")
 
     @torch.no_grad()
     def _evaluate(self, row: dict):
@@ -348,6 +445,8 @@ class CalibratorTrainer:
                                        self.device)
                 ent.append(prediction_entropy(self.classifier.module(G(x))).item() * len(x))
             row["holdout_entropy"] = sum(ent) / len(self.holdout)
+            row["holdout_stats"] = stats_distance(self.classifier.module, self.holdout,
+                                                  self.stats, G, chunk, self.device)
         if self.monitor is not None:  # logged for curves only, never read by selection
             score = scores(self.task, self.classifier.module, self.monitor, G, self.device)
             row["monitor_target_test_" + SCORE[self.task]] = score[SCORE[self.task]]
@@ -367,10 +466,9 @@ class CalibratorTrainer:
             self._evaluate(row)
             self.epoch += 1
             self.check_frozen()
-            if self.cfg.select == "entropy" and (self.best is None
-                                                 or row["holdout_entropy"] < self.best[0]):
-                self.best = (row["holdout_entropy"], self.epoch,
-                             copy.deepcopy(self.deployed_G.state_dict()))
+            key = f"holdout_{self.cfg.select}"
+            if self.cfg.select != "last" and (self.best is None or row[key] < self.best[0]):
+                self.best = (row[key], self.epoch, copy.deepcopy(self.deployed_G.state_dict()))
             self.history.append(row)
             write_bytes_atomic(self.metrics_path,
                                "".join(json.dumps(h) + "\n" for h in self.history).encode())
@@ -379,11 +477,13 @@ class CalibratorTrainer:
             self.save_state()
         chosen = copy.deepcopy(self.deployed_G).cpu().eval()
         selection = {"rule": "last epoch", "epoch": self.epoch}
-        if self.cfg.select == "entropy":
+        if self.cfg.select != "last":
             chosen.load_state_dict(self.best[2])
-            selection = {"rule": "lowest prediction entropy on held-out unlabelled target "
-                                 f"training images ({len(self.holdout)})",
-                         "epoch": self.best[1], "holdout_entropy": self.best[0]}
+            what = {"entropy": "prediction entropy",
+                    "stats": "source-statistics distance"}[self.cfg.select]
+            selection = {"rule": f"lowest {what} on held-out unlabelled target training images "
+                                 f"({len(self.holdout)})",
+                         "epoch": self.best[1], f"holdout_{self.cfg.select}": self.best[0]}
         last = self.history[-1] if self.history else {}
         summary = {"epochs": self.epoch, "selection": selection,
                    "ema": self.cfg.ema, "last_epoch": last,

@@ -1,7 +1,7 @@
 """Training the frozen source model before deployment: a classifier (cross-entropy, optional
 random-affine augmentation) or a segmenter (class-weighted cross-entropy with the void label
-ignored, trained on random scaled crops and flips at a reduced resolution, evaluated at full
-resolution). Both run the one supervised loop (``supervised.py``) and resume with --resume."""
+ignored, trained on random scaled crops and flips, optionally with photometric jitter, at its
+input size, evaluated at the labels' full resolution). Both run the one supervised loop (``supervised.py``) and resume with --resume."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ..models.classifiers import build_classifier, task_of
 from ..models.store import Classifier
 from ..spec import InputSpec
 from .evaluate import accuracy, segmentation
+from .source_stats import record_source_stats
 from .supervised import Fit, class_weights, fit
 from .tensors import DomainData
 
@@ -57,15 +58,42 @@ def scaled_crops(scale: float, crop: tuple[int, int], jitter: float = 0.25):
     return transform
 
 
+def photometric_jitter(lo, hi):
+    """A batch transform for segmentation that changes the camera, not the scene: per image a
+    random exposure gain (x0.5-1.5), gamma (0.6-1.6), contrast about the mean (x0.7-1.3) and
+    colour gains (x0.9-1.1 per channel), in pixel units [0, 1], clipped."""
+    lo_t = torch.tensor(lo, dtype=torch.float32).reshape(1, -1, 1, 1)
+    span = torch.tensor(hi, dtype=torch.float32).reshape(1, -1, 1, 1) - lo_t
+
+    def transform(x: torch.Tensor, y: torch.Tensor):
+        b, c = x.shape[:2]
+        u = ((x - lo_t.to(x.device)) / span.to(x.device)).clamp(0, 1)
+        draw = lambda a, z, *shape: torch.empty(b, *shape, 1, 1, device=x.device).uniform_(a, z)  # noqa: E731
+        u = (u * draw(0.5, 1.5, 1)).clamp(0, 1) ** draw(0.6, 1.6, 1)
+        mean = u.mean(dim=(1, 2, 3), keepdim=True)
+        u = ((u - mean) * draw(0.7, 1.3, 1) + mean) * draw(0.9, 1.1, c)
+        return u.clamp(0, 1) * span.to(x.device) + lo_t.to(x.device), y
+
+    return transform
+
+
+def default_crop(spec: InputSpec) -> tuple[int, int]:
+    """Training crops for a segmenter: multiples of 16 near 98% x 93% of the input (176 x 224
+    at 180 x 240)."""
+    return (max(16, round(spec.height * 176 / 180 / 16) * 16),
+            max(16, round(spec.width * 224 / 240 / 16) * 16))
+
+
 def train_classifier(arch: str, spec: InputSpec, train: DomainData, test: DomainData | None,
                      epochs: int, batch_size: int, lr: float, seed: int, device: torch.device,
                      augment: bool = False, val_fraction: float = 0.1, progress: bool = True,
                      val: DomainData | None = None, state_path: Path | None = None,
                      resume: bool = False, train_scale: float = 1.0,
-                     crop: tuple[int, int] = (176, 224)) -> Classifier:
+                     crop: tuple[int, int] | None = None) -> Classifier:
     """Train ``arch`` on labelled ``train``; report source validation (``val``, else a held-out
     ``val_fraction`` of ``train``) each epoch (every 10th for segmentation) and source test
-    scores at the end (stored in the checkpoint's metrics). The model is the last epoch's."""
+    scores at the end (stored in the checkpoint's metrics). The model is the last epoch's, with
+    its statistics on ``train`` recorded (``source_stats``)."""
     task = task_of(arch)
     if train.labels is None:
         raise EdgeCalibError(f"{train.name}: training needs labelled images")
@@ -81,7 +109,11 @@ def train_classifier(arch: str, spec: InputSpec, train: DomainData, test: Domain
         weights = class_weights(train.labels, len(labels), ignore=len(labels)).to(device)
         loss_fn = lambda logits, y: F.cross_entropy(logits, y, weight=weights,  # noqa: E731
                                                     ignore_index=len(labels))
-        transform = scaled_crops(train_scale, crop)
+        crops = scaled_crops(train_scale, crop or default_crop(spec))
+        transform = crops
+        if augment:
+            jitter = photometric_jitter(spec.lo, spec.hi)
+            transform = lambda x, y: crops(*jitter(x, y))  # noqa: E731
         cfg = Fit(epochs, batch_size, lr, seed, weight_decay=1e-4, schedule="cosine",
                   label="segmenter epoch")
         every = max(1, min(10, epochs))
@@ -116,4 +148,6 @@ def train_classifier(arch: str, spec: InputSpec, train: DomainData, test: Domain
         else:
             metrics["source_test_acc"] = accuracy(model, test, device=device)
     model = model.cpu().eval()
-    return Classifier(model, arch, spec, len(labels), labels, None, metrics)
+    stats = record_source_stats(model, train, seed=seed)
+    return Classifier(model, arch, spec, len(labels), labels, None, metrics,
+                      source_stats=stats.saved())

@@ -64,3 +64,29 @@ def scores(task: str, classifier, data: DomainData, calibrator=None, device="cpu
     if task == "segmentation":
         return segmentation(classifier, data, calibrator, device=device)
     return {"accuracy": accuracy(classifier, data, calibrator, device=device)}
+
+
+@torch.no_grad()
+def unlabelled_scores(classifier, data: DomainData, stats, calibrator=None, batch_size=8,
+                      device="cpu") -> dict:
+    """What can be measured on a domain's frames without labels, to compare calibrators (lower
+    is closer to the source): ``stats_distance`` (``SourceStatsLoss`` over all of ``data``),
+    ``pixel_w1`` (mean per-frame, per-channel |quantile - source quantile| over the recorded
+    quantile levels, normalised units) and ``entropy`` (mean prediction entropy, nats)."""
+    from .losses import prediction_entropy
+    from .source_stats import stats_distance
+
+    distance = stats_distance(classifier, data, stats, calibrator, batch_size, device)
+    levels = np.linspace(0.0, 1.0, stats.pixel_quantiles.shape[1])
+    reference = stats.pixel_quantiles.numpy()
+    w1, entropy = [], []
+    for start in range(0, len(data), batch_size):
+        x = data.batch(np.arange(start, min(start + batch_size, len(data))), device)
+        if calibrator is not None:
+            x = calibrator(x)
+        entropy.append(prediction_entropy(classifier(x)).item() * len(x))
+        for frame in x.cpu().numpy():
+            q = np.quantile(frame.reshape(frame.shape[0], -1), levels, axis=1).T
+            w1.append(np.abs(q - reference).mean())
+    return {"stats_distance": distance, "pixel_w1": float(np.mean(w1)),
+            "entropy": sum(entropy) / len(data)}

@@ -100,3 +100,55 @@ class PixelHistogramLoss(nn.Module):
         pooled = source.transpose(0, 1).reshape(1, source.shape[1], -1, 1)  # (1, C, B*H*W, 1)
         s = self._sample(pooled).sort(dim=2).values
         return (a - s).abs().mean()
+
+
+class SourceStatsLoss(nn.Module):
+    """Distance of the frozen model's activation statistics on calibrated target images to
+    those it has on source images (recorded), averaged over taps l and channels c:
+
+        L_stats = (1/L) sum_l (1/C_l) sum_c [ (mu_lc - m_lc)^2 / (v_lc + d)
+                                              + (log(s2_lc + d) - log(v_lc + d))^2 ]
+
+    mu, s2: mean and variance of tap l's channel c over the batch (and positions) of calibrated
+    target images; m, v: the recorded source mean and variance; d = 1e-5. The mean gap is
+    measured in source standard deviations and the variance gap as a log-ratio, so every layer
+    weighs the same whatever its scale (cf. the BN-statistics losses of Hou & Zheng 2020 and
+    VPTTA, and ActMAD's moment matching).
+    """
+
+    def __init__(self, means, variances, floor: float = 1e-5):
+        super().__init__()
+        self.means = [m.float() for m in means]
+        self.variances = [v.float() for v in variances]
+        self.floor = floor
+
+    def forward(self, moments):
+        """``moments``: per tap (mean, variance) of the current batch, as from ``tap_moments``."""
+        terms = []
+        for (mu, s2), m, v in zip(moments, self.means, self.variances):
+            m, v = m.to(mu.device), v.to(mu.device)
+            mean_gap = (mu - m) ** 2 / (v + self.floor)
+            var_gap = (torch.log(s2 + self.floor) - torch.log(v + self.floor)) ** 2
+            terms.append((mean_gap + var_gap).mean())
+        return torch.stack(terms).mean()
+
+
+class MarginalKLLoss(nn.Module):
+    """Keeps the frozen model's predictions on calibrated target images as diverse as on the
+    source: KL from the batch's mean prediction to the recorded source class marginal pi,
+
+        L_marg = sum_k pbar_k (log pbar_k - log pi_k),   pbar = (1/N) sum_n softmax(z_n)
+
+    n over images (and pixels). With a uniform pi it is the diversity term of information
+    maximisation (-H(pbar) + log K); with the entropy term it is its whole objective.
+    """
+
+    def __init__(self, marginal: torch.Tensor, floor: float = 1e-8):
+        super().__init__()
+        self.log_marginal = torch.log(marginal.float().clamp(min=floor))
+
+    def forward(self, logits):
+        p = F.softmax(logits, dim=1)
+        pbar = p.transpose(0, 1).reshape(p.shape[1], -1).mean(1)
+        log_pbar = torch.log(pbar.clamp(min=1e-12))
+        return (pbar * (log_pbar - self.log_marginal.to(pbar.device))).sum()

@@ -8,7 +8,9 @@ differ in what they can change and in what they cost on the device:
 - ``pointwise``: a per-domain colour mapping (1x1 convolutions), a few pointwise nodes;
 - ``thumbnail``: a per-frame colour matrix predicted from a thumbnail, a near-constant cost;
 - ``lowres``: a small network at 1/factor resolution, its bounded output upsampled;
-- ``shallow``: a few full-resolution 3x3 convolutions, no norms, no pads.
+- ``shallow``: a few full-resolution 3x3 convolutions, no norms, no pads;
+- ``curve``: a per-frame monotone tone curve per channel, from the frame's histogram (it
+  contains per-frame histogram matching to the source), one table lookup per pixel.
 
 A calibrator's config (``module.config``) is plain data: ``arch``, ``channels``, its size
 settings, ``eps`` and ``perturbation``; checkpoints store it and ``build_calibrator`` rebuilds it.
@@ -19,6 +21,7 @@ from __future__ import annotations
 from ...errors import EdgeCalibError
 from ..families import DEFAULT_ARCH, FAMILY_SUMMARIES
 from .base import PERTURBATIONS, BoundedCalibrator
+from .curve import CurveCalibrator
 from .lowres import LowResCalibrator
 from .pointwise import PointwiseCalibrator
 from .resnet import ResnetCalibrator
@@ -27,7 +30,7 @@ from .thumbnail import ThumbnailCalibrator
 
 FAMILIES: dict[str, type[BoundedCalibrator]] = {
     cls.arch: cls for cls in (ResnetCalibrator, PointwiseCalibrator, ThumbnailCalibrator,
-                              LowResCalibrator, ShallowCalibrator)}
+                              LowResCalibrator, ShallowCalibrator, CurveCalibrator)}
 if list(FAMILIES) != list(FAMILY_SUMMARIES):  # the CLI help lists FAMILY_SUMMARIES
     raise ImportError("calibrator families and their summaries disagree")
 LEGACY_ARCH = "resnet"  # what a checkpoint written before the families existed holds

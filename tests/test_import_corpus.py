@@ -1,0 +1,178 @@
+"""Real ONNX files from the exporters users have (torch.onnx at opsets 9-18, ONNX Runtime's
+quantiser, an NHWC graph, an IR-3 graph, the ONNX model zoo's mnist-8), each taken through the
+whole path: import (with the conversion check) -> train -> export -> eval --deploy -> run. The
+corpus is built by ``benchmarks/import_corpus.py``, which also writes the results table."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from edge_calib.cli import main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from import_corpus import build_corpus, whole_path  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def corpus(shared_data, tmp_path_factory):
+    models = build_corpus(tmp_path_factory.mktemp("corpus"), shared_data)
+    return {m.name: m for m in models}
+
+
+@pytest.fixture(scope="module")
+def lowlight_video(shared_data, tmp_path_factory):
+    from edge_calib.data import load_dataset
+    from edge_calib.runtime.testvideo import write_domain_video
+
+    m = load_dataset("mnist:lowlight", "test", shared_data)
+    path = tmp_path_factory.mktemp("video") / "lowlight.avi"
+    write_domain_video(path, [("lowlight", m.images[:20], m.labels[:20])])
+    return path
+
+
+NAMES = ["torch-opset9-view", "torch-opset11-flatten-fixed-batch", "torch-opset13-view",
+         "torch-opset17-adaptive-reshape", "torch-opset18-adaptive-reshape",
+         "ort-static-qdq-per-tensor", "ort-static-qdq-per-channel", "ort-dynamic",
+         "nhwc-transpose", "ir3-opset8", "onnx-zoo-mnist-8"]
+
+
+def in_process(args, cwd):
+    """One CLI call in this process, as ``import_corpus.edge_calib`` runs it in a subprocess."""
+    import json
+    import os
+
+    before = os.getcwd()
+    os.chdir(cwd)
+    try:
+        r = CliRunner().invoke(main, [str(a) for a in args])
+    finally:
+        os.chdir(before)
+    if r.exit_code != 0:
+        return None, r.output.strip().splitlines()[-1] if r.output.strip() else repr(r.exception)
+    return json.loads(r.stdout.strip().splitlines()[-1]), None
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_corpus_model_goes_end_to_end(name, corpus, shared_data, lowlight_video, tmp_path):
+    if name not in corpus:
+        pytest.skip("the ONNX model zoo's mnist-8 is not under the data root")
+    model = corpus[name]
+    row = whole_path(model, tmp_path / "work", shared_data, lowlight_video, in_process, 256)
+    assert row["import"] == "ok", row
+    quantised = name.startswith("ort-")
+    assert row["quantised"] == quantised
+    # float graphs and static QDQ are exact up to float rounding; dynamic quantisation's int32
+    # accumulation lands a handful of values one step away
+    assert row["parity_relative_diff"] <= (1e-2 if name == "ort-dynamic" else 1e-5), row
+    assert row["parity_top1"] == 1.0
+    assert row["end_to_end"], row
+    assert row["deployed_accuracy"] == pytest.approx(row["torch_accuracy"], abs=0.5)
+    assert row["run_frames"] == 20
+    assert row["graph_layout"] == ("NHWC" if name == "nhwc-transpose" else "NCHW")
+    assert row["fusion"].startswith("fused")
+
+
+def test_a_quantised_model_that_passed_through_would_be_wrong(corpus):
+    """Without exact Q/DQ simulation (Q and DQ as pass-through) the static QDQ model is far off
+    ONNX Runtime; with it, equal."""
+    import onnxruntime as ort
+    import torch
+
+    from edge_calib.models import onnx_import
+    from edge_calib.models.onnx_import import OnnxModule
+
+    path = corpus["ort-static-qdq-per-channel"].path
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 1, 28, 28)).astype(np.float32)
+    reference = ort.InferenceSession(str(path)).run(None, {"digits": x})[0]
+    with torch.no_grad():
+        exact = OnnxModule(onnx.load(str(path)))(torch.from_numpy(x)).numpy()
+        simulated, passthrough = onnx_import.OPERATORS["QuantizeLinear"], lambda i, a: i[0]
+        onnx_import.OPERATORS["QuantizeLinear"] = passthrough
+        try:
+            float_twin = OnnxModule(onnx.load(str(path)))(torch.from_numpy(x)).numpy()
+        finally:
+            onnx_import.OPERATORS["QuantizeLinear"] = simulated
+    assert np.abs(exact - reference).max() == 0.0
+    assert np.abs(float_twin - reference).max() > 1e-3
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(result, message):
+    assert result.exit_code == 2, result.output
+    assert message in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def resize_model(path: Path, nearest_mode: str) -> Path:
+    """A real graph the converter gets wrong on purpose: nearest Resize with ``ceil`` rounding
+    (the interpreter rounds to the nearest), a 1x1 Conv, its 4 x 12 x 12 values as scores."""
+    rng = np.random.default_rng(0)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 576])
+    inits = [numpy_helper.from_array(np.array([1, 1, 1.5, 1.5], np.float32), "scales"),
+             numpy_helper.from_array(rng.normal(size=(4, 3, 1, 1)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array([1, 576], np.int64), "shape")]
+    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["r"], mode="nearest",
+                              coordinate_transformation_mode="asymmetric",
+                              nearest_mode=nearest_mode),
+             helper.make_node("Conv", ["r", "w"], ["c"]),
+             helper.make_node("Reshape", ["c", "shape"], ["y"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_conversion_that_disagrees_is_refused_unless_forced(tmp_path, shared_data):
+    path = resize_model(tmp_path / "ceil.onnx", "ceil")
+    r = invoke("import-model", path, "--out", tmp_path / "x.pt")
+    one_line_error(r, "the converted graph disagrees with ONNX Runtime (random inputs: max "
+                      "|difference|")
+    assert "--force imports it anyway" in r.output and not (tmp_path / "x.pt").exists()
+    r = invoke("import-model", path, "--force", "--out", tmp_path / "x.pt")
+    assert r.exit_code == 0, r.output
+    r = invoke("export", "--classifier", tmp_path / "x.pt", "--calibrator", "a=identity",
+               "--out", tmp_path / "b", "--quiet")
+    assert r.exit_code == 0, r.output
+    doctor = invoke("doctor", "--deploy", tmp_path / "b", "--report", tmp_path / "report")
+    assert "imported with --force although random inputs: max |difference|" in doctor.output
+    # the same graph with the rounding the interpreter does imports cleanly
+    r = invoke("import-model", resize_model(tmp_path / "floor.onnx", "floor"), "--out",
+               tmp_path / "y.pt")
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("make,args,message", [
+    ("opset1", [], "opset 1 is older than ONNX Runtime runs (>= 7); re-export the model with "
+                   "opset >= 11"),
+    ("square", [], "cannot tell the layout of an input shaped [1, 3, 8, 3]; pass --layout nchw "
+                   "or --layout nhwc"),
+    ("nhwc", ["--mean", "0.5,0.5"], "--mean has 2 values but the model takes 3 channels: give "
+                                    "one --mean value per channel, or one for all"),
+    ("nhwc", ["--layout", "nchw"], "has 8 channels in NCHW layout; edge-calib needs 1 or 3 (an "
+                                   "NHWC model: pass --layout nhwc)"),
+    ("dynamic", [], "the model's input size is not fixed"),
+])
+def test_refusals_name_what_to_do(make, args, message, tmp_path):
+    shapes = {"opset1": [1, 3, 8, 8], "square": [1, 3, 8, 3], "nhwc": [1, 8, 8, 3],
+              "dynamic": ["n", 3, "h", "w"]}
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shapes[make])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, shapes[make])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                                                [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 1 if make == "opset1"
+                                                                 else 13)])
+    if make == "opset1":
+        model.ir_version = 3
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    one_line_error(invoke("import-model", tmp_path / "m.onnx", *args, "--out", tmp_path / "x.pt"),
+                   message)
+    assert not (tmp_path / "x.pt").exists()
