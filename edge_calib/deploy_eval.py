@@ -11,7 +11,7 @@ from .bundle import open_bundle
 from .data import load_dataset
 from .engines import open_engines
 from .errors import EdgeCalibError
-from .metrics import confusion, segmentation_scores
+from .scoring import LabelMap, Scorer
 
 
 def upsample_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -25,8 +25,9 @@ def upsample_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def evaluate_bundle(deploy, domain, dataset, split, data_root, batch_size=512, max_samples=None,
-                    fused=False) -> dict:
+                    fused=False, label_map=None) -> dict:
     bundle = open_bundle(deploy)
+    mapping = LabelMap.load(label_map, bundle.labels) if label_map else None
     domain = domain or bundle.default_domain
     bundle.domain(domain)  # unknown names list the bundle's domains
     spec = bundle.spec
@@ -38,26 +39,17 @@ def evaluate_bundle(deploy, domain, dataset, split, data_root, batch_size=512, m
     if segmenting != (data.labels.ndim == 3):
         raise EdgeCalibError(f"{dataset} has {'masks' if data.labels.ndim == 3 else 'labels'}, "
                              f"but this bundle's model does {bundle.task}")
-    classes = len(bundle.labels)
-    matrix = np.zeros((classes, classes), np.int64)
-    predictions = []
+    scorer = Scorer(bundle.task, bundle.labels, data.void, mapping, dataset)
     step = 8 if segmenting else batch_size
     with open_engines(bundle, "onnxruntime", fused=fused) as engines:
         for start in range(0, len(data), step):
             x = spec.preprocess(data.images[start:start + step])
             logits = engines.infer(domain, x)[0]
+            truth = data.labels[start:start + step]
             if segmenting:
-                truth = data.labels[start:start + step]
-                pred = upsample_logits(logits, truth.shape[1:]).argmax(1)
-                matrix += confusion(pred, truth, classes, ignore=classes)
-            else:
-                predictions.append(logits.argmax(1))
-    if segmenting:
-        score = {k: (round(v, 3) if isinstance(v, float) else v)
-                 for k, v in segmentation_scores(matrix, bundle.labels).items()}
-    else:
-        score = {"accuracy": round(float((np.concatenate(predictions) == data.labels).mean()
-                                         * 100.0), 3)}
+                logits = upsample_logits(logits, truth.shape[1:])
+            scorer.add(logits.argmax(1), truth)
+    score = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in scorer.scores().items()}
     clf = bundle.manifest.classifier
     cal = bundle.calibrator(domain)
     return {"dataset": dataset, "split": split, "n": len(data), **score,

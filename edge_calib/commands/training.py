@@ -197,6 +197,7 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
     from ..data.catalog import has_test_split, has_val_split
     from ..models.store import load_classifier, save_calibrator
     from ..train.calibrate import CalibratorConfig, CalibratorTrainer, state_paths
+    from ..train.evaluate import check_task
     from ..train.tensors import load_domain, resolve_device
 
     out = Path(out)
@@ -231,6 +232,9 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
     src_test = (load_domain(source, src_split, data_root, spec, monitor_size, seed)
                 if src_split == "val" or has_test_split(source) else None)
     monitor = load_domain(target, "test", data_root, spec) if monitor_test else None
+    for labelled in (src_test, monitor):
+        if labelled is not None:
+            check_task(clf.task, labelled)
     trainer = CalibratorTrainer(clf, src, tgt, cfg, dev, state_path, metrics_path,
                                 source_test=src_test, source_split=src_split, monitor=monitor)
     if resume:
@@ -257,7 +261,10 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
 @click.option("--domain", default=None, help="With --deploy: the domain whose calibrator runs.")
 @click.option("--fused/--separate", default=False,
               help="With --deploy: run the fused graph instead of two sessions.")
-@click.option("--dataset", required=True)
+@click.option("--dataset", required=True,
+              help="A dataset name, or a folder: images/ + labels/ (segmentation; labels are "
+                   "single-channel PNGs of class indices, 255 unlabelled), or class-index "
+                   "subfolders (classification).")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test",
               show_default=True, help="val: the datasets that have one (CamVid).")
 @data_root_option
@@ -272,12 +279,17 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
 @click.option("--reference", default=None, help="With --photometric: source images (train split).")
 @click.option("--fit", "fit_on", default=None,
               help="With --photometric gain-gamma: unlabelled target images (train split).")
+@click.option("--label-map", type=click.Path(dir_okay=False), default=None,
+              help="A JSON object {model class name: label id}: score a model whose classes "
+                   "differ from the labels' (several classes may share an id; ids no class "
+                   "maps to are left out and listed).")
 @click.option("--unlabelled", is_flag=True,
               help="Scores that need no labels (to rank calibrators on a domain's unlabelled "
                    "frames): the source-statistics distance, the pixel W1 to the source and the "
                    "mean prediction entropy.")
 def evaluate(classifier, calibrator, deploy, domain, fused, dataset, split, data_root, as_json,
-             batch_size, device, max_samples, photometric, reference, fit_on, unlabelled):
+             batch_size, device, max_samples, photometric, reference, fit_on, unlabelled,
+             label_map):
     """Accuracy (segmenters: mIoU, per-class IoU, pixel accuracy, fwIoU) of the frozen model,
     with a calibrator or a classical photometric correction in front when one is given."""
     if unlabelled and (deploy or photometric):
@@ -289,7 +301,7 @@ def evaluate(classifier, calibrator, deploy, domain, fused, dataset, split, data
         from ..deploy_eval import evaluate_bundle
 
         result = evaluate_bundle(deploy, domain, dataset, split, data_root, batch_size,
-                                 max_samples, fused)
+                                 max_samples, fused, label_map)
     else:
         if not classifier:
             raise EdgeCalibError("give --classifier (and optionally --calibrator), or --deploy")
@@ -306,7 +318,8 @@ def evaluate(classifier, calibrator, deploy, domain, fused, dataset, split, data
                 photometric, load_dataset(reference, "train", data_root).images,
                 load_dataset(fit_on, "train", data_root).images if fit_on else None)
         result = _evaluate_checkpoints(classifier, calibrator, dataset, split, data_root,
-                                       batch_size, device, max_samples, correction, unlabelled)
+                                       batch_size, device, max_samples, correction, unlabelled,
+                                       label_map)
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -315,24 +328,28 @@ def evaluate(classifier, calibrator, deploy, domain, fused, dataset, split, data
 
 
 def _evaluate_checkpoints(classifier, calibrator, dataset, split, data_root, batch_size, device,
-                          max_samples, correction=None, unlabelled=False):
+                          max_samples, correction=None, unlabelled=False, label_map=None):
     from ..data import load_dataset
     from ..models.store import load_calibrator, load_classifier
-    from ..train.evaluate import accuracy, segmentation, unlabelled_scores
+    from ..scoring import LabelMap
+    from ..train.evaluate import check_task, classification, segmentation, unlabelled_scores
     from ..train.source_stats import SourceStats
     from ..train.tensors import DomainData, resolve_device
 
     clf = load_classifier(classifier)
+    mapping = LabelMap.load(label_map, clf.labels) if label_map else None
     cal = None
     if calibrator:
         cal = load_calibrator(calibrator)
         cal.check_pairs_with(clf)
     dev = resolve_device(device)
-    images = load_dataset(dataset, split, data_root, image_size=(clf.spec.height, clf.spec.width))
+    images = load_dataset(dataset, split, data_root, image_size=(clf.spec.height, clf.spec.width),
+                          unlabelled=unlabelled)
     images = images.subset(max_samples)
     if correction is not None:
         images.images = correction(images.images)
     data = DomainData(images, clf.spec)
+    check_task(clf.task, data)
     module, cal_module = clf.module.to(dev), None if cal is None else cal.module.to(dev)
     if unlabelled:
         stats = SourceStats.of(clf)
@@ -341,11 +358,12 @@ def _evaluate_checkpoints(classifier, calibrator, dataset, split, data_root, bat
                                  "recorded by train-classifier, compress --calib-dataset and "
                                  "import-model --source)")
         score = unlabelled_scores(module, data, stats, cal_module, min(batch_size, 64), dev)
-    elif clf.task == "segmentation":
-        score = {k: (round(v, 3) if isinstance(v, float) else v)
-                 for k, v in segmentation(module, data, cal_module, device=dev).items()}
     else:
-        score = {"accuracy": round(accuracy(module, data, cal_module, batch_size, dev), 3)}
+        score = (segmentation(module, data, cal_module, device=dev, labels=clf.labels,
+                              label_map=mapping) if clf.task == "segmentation"
+                 else classification(module, data, cal_module, batch_size, dev, clf.labels,
+                                     mapping))
+        score = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in score.items()}
     return {"dataset": dataset, "split": split, "n": len(data), **score,
             "photometric": None if correction is None else correction.params,
             "backend": "torch", "classifier": classifier,

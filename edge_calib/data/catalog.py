@@ -89,13 +89,15 @@ CATALOG: dict[str, tuple[Variant, ...]] = {
 @dataclass
 class ImageSet:
     """uint8 images (N,H,W,C), RGB or grey; labels (N,) int64, or masks (N,H,W) uint8 whose
-    value ``len(classes)`` is void, or None (unlabelled); class names where known."""
+    value ``void`` (default ``len(classes)``) marks unlabelled pixels, or None (unlabelled);
+    class names where known."""
 
     images: np.ndarray
     labels: np.ndarray | None
     name: str
     split: str
     classes: tuple[str, ...] | None = None
+    void: int | None = None
 
     def __len__(self):
         return len(self.images)
@@ -108,7 +110,7 @@ class ImageSet:
             raise EdgeCalibError(f"--max-samples must be positive, got {n}")
         idx = np.sort(np.random.default_rng(seed).permutation(len(self))[:n])
         labels = None if self.labels is None else self.labels[idx]
-        return ImageSet(self.images[idx], labels, self.name, self.split, self.classes)
+        return ImageSet(self.images[idx], labels, self.name, self.split, self.classes, self.void)
 
 
 def default_data_root() -> Path:
@@ -178,11 +180,15 @@ def has_test_split(name: str) -> bool:
 
 
 def load_dataset(name_or_path: str | Path, split: str = "train", root: str | Path | None = None,
-                 download: bool = True, image_size: tuple[int, int] | None = None) -> ImageSet:
+                 download: bool = True, image_size: tuple[int, int] | None = None,
+                 unlabelled: bool = False) -> ImageSet:
     """Load a catalogued dataset split from ``root`` (downloading it when allowed) or a folder.
 
     A folder with ``train/`` and ``test/`` subfolders gives the split asked for; any other
-    folder is read whole (labelled by class-index subfolders, or unlabelled).
+    folder is read whole: labelled segmentation frames (``images/`` + ``labels/``), an
+    ImageFolder (class-index subfolders), or unlabelled images. ``unlabelled``: a folder is
+    read as a camera's frames, every image in it and its subfolders (a segmentation folder's
+    ``images/``), without labels.
     """
     text = str(name_or_path)
     base, modifier = split_name(text)
@@ -207,6 +213,12 @@ def load_dataset(name_or_path: str | Path, split: str = "train", root: str | Pat
         if path.is_dir():
             if (path / split).is_dir():
                 path = path / split
+            if unlabelled:  # a segmentation folder's frames are under images/
+                frames = path / "images" if formats.is_segmentation_folder(path) else path
+                return ImageSet(formats.read_frames(frames, image_size), None, text, split)
+            if formats.is_segmentation_folder(path):
+                images, masks = formats.read_segmentation_folder(path, image_size)
+                return ImageSet(images, masks, text, split, void=formats.SEGMENTATION_VOID)
             images, labels = formats.read_image_folder(path, image_size)
             return ImageSet(images, labels, str(name_or_path), split)
         _variants(text)  # raises the unknown-dataset error

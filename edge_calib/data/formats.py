@@ -122,6 +122,80 @@ def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def list_frames(folder: str | Path) -> list[Path]:
+    """Every image under ``folder``, in nested folders too (a camera's frames as they come:
+    one folder per sequence or per day), in path order."""
+    return sorted(p for p in Path(folder).rglob("*")
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _stack(images: list[np.ndarray], folder, size) -> np.ndarray:
+    """Images resized to ``size`` (h, w) when given, grey promoted to RGB when mixed."""
+    out = []
+    for img in images:
+        if size is not None and img.shape[:2] != tuple(size):
+            img = cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+            img = img[..., None] if img.ndim == 2 else img
+        out.append(img)
+    if len({img.shape[-1] for img in out}) > 1:
+        out = [np.repeat(i, 3, -1) if i.shape[-1] == 1 else i for i in out]
+    shapes = {img.shape for img in out}
+    if len(shapes) > 1:
+        raise EdgeCalibError(f"{folder}: images differ in size {sorted(shapes)[:3]}...; "
+                             "give a target size")
+    return np.stack(out)
+
+
+def read_frames(folder: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Unlabelled frames: every image under ``folder``, recursively, as uint8 (N,H,W,C)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EdgeCalibError(f"{folder}: not a folder")
+    paths = list_frames(folder)
+    if not paths:
+        raise EdgeCalibError(f"{folder}: no images found (looked for "
+                             f"{', '.join(IMAGE_SUFFIXES)} in it and its subfolders)")
+    return _stack([_read_image(p) for p in paths], folder, size)
+
+
+SEGMENTATION_VOID = 255  # the label value of pixels nobody labelled, in a user's label PNGs
+
+
+def is_segmentation_folder(folder: str | Path) -> bool:
+    return (Path(folder) / "images").is_dir() and (Path(folder) / "labels").is_dir()
+
+
+def read_segmentation_folder(folder: str | Path, size: tuple[int, int] | None = None
+                             ) -> tuple[np.ndarray, np.ndarray]:
+    """Labelled frames: ``images/`` and ``labels/`` with the same file stems; each label a
+    single-channel PNG of class indices, 255 for unlabelled pixels. Frames are resized to
+    ``size`` when given; labels keep their resolution (scores are computed there) and must
+    share one size. Returns (frames uint8 (N,H,W,C), masks uint8 (N,h,w))."""
+    folder = Path(folder)
+    images = {p.stem: p for p in _list_images(folder / "images")}
+    labels = {p.stem: p for p in _list_images(folder / "labels")}
+    if not images:
+        raise EdgeCalibError(f"{folder / 'images'}: no images found")
+    unmatched = sorted(set(images) ^ set(labels))
+    if unmatched:
+        side = "labels" if unmatched[0] in images else "images"
+        raise EdgeCalibError(f"{folder}: {len(unmatched)} file stem(s) have no match in "
+                             f"{side}/ (first: {unmatched[0]!r}); images/ and labels/ need the "
+                             "same stems")
+    masks = []
+    for stem in sorted(images):
+        mask = cv2.imread(str(labels[stem]), cv2.IMREAD_UNCHANGED)
+        if mask is None or mask.ndim != 2 or mask.dtype != np.uint8:
+            raise EdgeCalibError(f"{labels[stem]}: a label must be a single-channel 8-bit PNG of "
+                                 "class indices (255 = unlabelled)")
+        masks.append(mask)
+    if len({m.shape for m in masks}) > 1:
+        raise EdgeCalibError(f"{folder / 'labels'}: labels differ in size "
+                             f"{sorted({m.shape for m in masks})[:3]}; they must share one")
+    frames = _stack([_read_image(images[s]) for s in sorted(images)], folder, size)
+    return frames, np.stack(masks)
+
+
 def _read_image(path: Path) -> np.ndarray:
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
@@ -155,21 +229,11 @@ def read_image_folder(folder: str | Path, size: tuple[int, int] | None = None):
     else:
         entries = [(p, None) for p in _list_images(folder)]
     if not entries:
+        nested = " (its subfolders are not class indices 0, 1, ...: for unlabelled frames in " \
+                 "nested folders give it as --target / --input)" if list_frames(folder) else ""
         raise EdgeCalibError(f"{folder}: no images found (looked for {', '.join(IMAGE_SUFFIXES)}"
-                             " directly or in class-index subfolders)")
-    images = []
-    for path, _ in entries:
-        img = _read_image(path)
-        if size is not None and img.shape[:2] != size:
-            img = cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-            img = img[..., None] if img.ndim == 2 else img
-        images.append(img)
-    channels = {img.shape[-1] for img in images}
-    if len(channels) > 1:  # mixed grey and colour: promote grey to RGB
-        images = [np.repeat(i, 3, -1) if i.shape[-1] == 1 else i for i in images]
-    shapes = {img.shape for img in images}
-    if len(shapes) > 1:
-        raise EdgeCalibError(f"{folder}: images differ in size {sorted(shapes)[:3]}...; "
-                             "give a target size")
+                             f" directly or in class-index subfolders){nested}; labelled "
+                             "segmentation frames go in images/ and labels/")
+    images = _stack([_read_image(path) for path, _ in entries], folder, size)
     labels = None if class_dirs == [] else np.asarray([lab for _, lab in entries], np.int64)
-    return np.stack(images), labels
+    return images, labels

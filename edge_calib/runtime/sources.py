@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..data.formats import IMAGE_SUFFIXES
+from ..data.formats import IMAGE_SUFFIXES, list_frames
 from ..errors import EdgeCalibError
 
 
@@ -76,12 +76,14 @@ def csi_pipeline(sensor: int, width: int, height: int, fps: float) -> str:
 
 
 class FolderReader:
-    """Images of a folder in name order, as a VideoCapture-like reader."""
+    """Images of a folder and its subfolders in path order (a camera's frames as they come:
+    one folder per sequence or per day), as a VideoCapture-like reader."""
 
     def __init__(self, folder: str, loop: bool):
-        self.files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.files = list_frames(folder)
         if not self.files:
-            raise EdgeCalibError(f"image folder {folder} has no images")
+            raise EdgeCalibError(f"image folder {folder} has no images (looked for "
+                                 f"{', '.join(IMAGE_SUFFIXES)} in it and its subfolders)")
         self.loop, self.position = loop, 0
         self.expected = len(self.files)
 

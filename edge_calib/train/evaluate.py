@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import EdgeCalibError
-from ..metrics import confusion, segmentation_scores
+from ..scoring import LabelMap, Scorer
 from .tensors import DomainData
 
 
@@ -28,6 +28,18 @@ def predict(classifier: torch.nn.Module, data: DomainData, calibrator: torch.nn.
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
+def check_task(task: str, data: DomainData) -> None:
+    """A segmenter needs masks and a classifier image labels: one line when they do not meet
+    (before any work, not after an epoch)."""
+    if data.labels is None:
+        return
+    masks = data.labels.ndim == 3
+    if masks != (task == "segmentation"):
+        raise EdgeCalibError(f"{data.name} has {'label masks' if masks else 'image labels'}, "
+                             f"but the model is a {'classifier' if masks else 'segmenter'}; "
+                             f"give a {'classification' if masks else 'segmentation'} dataset")
+
+
 def _labels(data: DomainData) -> np.ndarray:
     if data.labels is None:
         raise EdgeCalibError(f"{data.name} has no labels: scores need a labelled dataset")
@@ -41,22 +53,33 @@ def accuracy(classifier, data: DomainData, calibrator=None, batch_size=512, devi
 
 
 @torch.no_grad()
-def segmentation(classifier, data: DomainData, calibrator=None, batch_size=4, device="cpu") -> dict:
-    """mIoU, per-class IoU, pixel accuracy, fwIoU over ``data`` (label ``len(classes)`` is void)."""
-    labels = _labels(data)
-    classes = len(data.classes)
-    matrix = np.zeros((classes, classes), np.int64)
+def segmentation(classifier, data: DomainData, calibrator=None, batch_size=4, device="cpu",
+                 labels: list[str] | None = None, label_map: LabelMap | None = None) -> dict:
+    """mIoU, per-class IoU, pixel accuracy, fwIoU over ``data`` (its void pixels ignored), for
+    the model's classes ``labels`` (default: the dataset's) or through ``label_map``."""
+    truth = _labels(data)
+    scorer = Scorer("segmentation", labels or list(data.classes), data.void, label_map,
+                    data.name)
     for start in range(0, len(data), batch_size):
         part = np.arange(start, min(start + batch_size, len(data)))
         x = data.batch(part, device)
         if calibrator is not None:
             x = calibrator(x)
         logits = classifier(x)
-        if logits.shape[-2:] != labels.shape[-2:]:  # scored at the labels' full resolution
-            logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear",
+        if logits.shape[-2:] != truth.shape[-2:]:  # scored at the labels' full resolution
+            logits = F.interpolate(logits, size=truth.shape[-2:], mode="bilinear",
                                    align_corners=False)
-        matrix += confusion(logits.argmax(1).cpu().numpy(), labels[part], classes, ignore=classes)
-    return segmentation_scores(matrix, list(data.classes))
+        scorer.add(logits.argmax(1).cpu().numpy(), truth[part])
+    return scorer.scores()
+
+
+def classification(classifier, data: DomainData, calibrator=None, batch_size=512, device="cpu",
+                   labels: list[str] | None = None, label_map: LabelMap | None = None) -> dict:
+    """Top-1 accuracy in percent, of the model's classes or through ``label_map``."""
+    truth = _labels(data)
+    scorer = Scorer("classification", labels or list(data.classes), None, label_map, data.name)
+    scorer.add(predict(classifier, data, calibrator, batch_size, device), truth)
+    return scorer.scores()
 
 
 def scores(task: str, classifier, data: DomainData, calibrator=None, device="cpu") -> dict:

@@ -31,6 +31,7 @@ class DomainData:
         self.spec = spec
         self.images = spec.resize_uint8(images.images)
         self.labels = images.labels
+        self.void = images.void
         self.classes = images.classes or (
             None if images.labels is None or images.labels.ndim != 1
             else tuple(str(i) for i in range(int(images.labels.max()) + 1)))
@@ -60,6 +61,7 @@ class DomainData:
     def _take(self, index) -> "DomainData":
         part = object.__new__(DomainData)
         part.name, part.spec, part.classes = self.name, self.spec, self.classes
+        part.void = self.void
         part.images = self.images[index]
         part.labels = None if self.labels is None else self.labels[index]
         return part
@@ -75,8 +77,10 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 def load_domain(name, split, root, spec: InputSpec, max_samples=None, seed=0,
                 unlabelled=False) -> DomainData:
     """A dataset or folder split at ``spec``'s size, optionally subsampled; ``unlabelled``
-    drops the labels (target domains are trained on without them)."""
-    ds = load_dataset(name, split, root, image_size=(spec.height, spec.width))
+    drops the labels (target domains are trained on without them) and reads a folder as a
+    camera's frames, nested folders included."""
+    ds = load_dataset(name, split, root, image_size=(spec.height, spec.width),
+                      unlabelled=unlabelled)
     ds = ds.subset(max_samples, seed)
     if unlabelled:
         ds.labels = None
