@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import shlex
 import sys
 from pathlib import Path
 
@@ -39,11 +40,14 @@ SHIFTS = ("colour", "lowlight", "haze", "blur", "texture")
 TASKS = {**{f"mnist-{s}": ("mnist", f"mnist:{s}") for s in SHIFTS},
          "mnist-usps": ("mnist", "usps"), "usps-mnist": ("usps", "mnist")}
 PHOTOMETRIC = tuple(f"mnist-{s}" for s in SHIFTS)
-FAMILIES = ("resnet", "pointwise", "thumbnail", "lowres", "shallow")
+FAMILIES = ("resnet", "pointwise", "thumbnail", "lowres", "shallow", "curve")
 SIZES = ("small", "medium", "large")
 # The paper's calibrator is resnet at width 8, 9 blocks: its "large" preset.
 REFERENCE = ("resnet", "large")
-CLASSIFIERS = {"plain": [], "augment": ["--augment"]}
+# plain-r2: the plain recipe trained again on 2026-12-01 (the first plain checkpoint is gone and
+# training on the CPU is not bit-reproducible across machines' thread counts): the runs that
+# compare calibrators on it are gathered under its name
+CLASSIFIERS = {"plain": [], "augment": ["--augment"], "plain-r2": []}
 RECIPE = ["--lr", "3e-4", "--d-lr", "3e-4"]
 
 
@@ -86,13 +90,14 @@ def train_and_evaluate(step, work: Path, clf: Path, task: str, family: str, size
     source, target = TASKS[task]
     evaluate(step, "source_only_target", ["--classifier", str(clf)], target)
     evaluate(step, "source_only_source", ["--classifier", str(clf)], source)
-    name = f"{family}_{size}_s{seed}"
+    name = f"{family}_{size}{getattr(args, 'tag', '')}_s{seed}"
     out = work / f"{name}.calib.pt"
     exact = ",".join(f"{k}={v}" for k, v in parse_size(family, size).items())
     train = ["train", "--classifier", str(clf), "--source", source, "--target", target,
              "--domain", target.replace(":", "-"), "--out", str(out), "--epochs",
              str(args.epochs), "--max-samples", str(args.max_samples), "--seed", str(seed),
-             "--calibrator-arch", family, "--calibrator-size", exact, "--quiet", *RECIPE]
+             "--calibrator-arch", family, "--calibrator-size", exact, "--quiet", *RECIPE,
+             *shlex.split(getattr(args, "recipe", ""))]
     if (work / f"{name}.calib.state.pt").exists() and not out.exists():
         train.append("--resume")
     step(f"{name}_train", train)
@@ -288,6 +293,9 @@ def main():
     p.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0])
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--max-samples", type=int, default=10000)
+    p.add_argument("--recipe", default="", help="Further `edge-calib train` flags, e.g. "
+                   "\"--objective stats\" (the runs' names get --tag).")
+    p.add_argument("--tag", default="", help="Suffix of the runs' names (a recipe's).")
     p = sub.add_parser("int8", parents=[common])
     p.add_argument("--tasks", type=lambda s: s.split(","), default=list(PHOTOMETRIC))
     p.add_argument("--families", type=lambda s: s.split(","), default=["thumbnail"])

@@ -2,12 +2,12 @@
 """CamVid day -> dusk: a frozen, compressed segmenter on real road frames, with and without
 calibrators, against AdaBN and classical photometric baselines.
 
-    python benchmarks/camvid.py segmenter          # train on the 305 day frames (resumable)
-    python benchmarks/camvid.py compress           # 2:4 + INT8
-    python benchmarks/camvid.py baselines          # source only, AdaBN, histogram, gain/gamma
-    python benchmarks/camvid.py calibrators --families thumbnail,resnet --seeds 0,1,2
+    python benchmarks/camvid.py segmenter [--augment]   # 480x360, the 305 day frames (resumable)
+    python benchmarks/camvid.py compress [--augment]    # 2:4 + INT8
+    python benchmarks/camvid.py baselines [--augment]   # source only, AdaBN, histogram, gain/gamma
+    python benchmarks/camvid.py calibrators --families curve --seeds 0,1,2 --recipe "..." --tag T
     python benchmarks/camvid.py deploy             # bundle, test-frame video, run, bench
-    python benchmarks/camvid.py distances          # unlabelled: dusk training frames to day pixels
+    python benchmarks/camvid.py distances          # unlabelled criteria on the dusk training frames
     python benchmarks/camvid.py report
 
 The protocol of ``../shared/data/camvid/README.md``: source = day training frames (labelled),
@@ -20,6 +20,7 @@ retention, on the 171 day test frames. Each step is an ``edge-calib`` CLI call s
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -31,9 +32,16 @@ RESULTS = ROOT / "benchmarks" / "results" / "camvid"
 SOURCE, TARGET = "camvid:day", "camvid:dusk"
 
 
-def paths(work: Path) -> dict:
-    return {"float": work / "camvid_day.pt", "int8": work / "camvid_day_int8.pt",
-            "adabn": work / "camvid_dusk_adabn.pt"}
+def paths(work: Path, augment: bool = False) -> dict:
+    """The segmenter's checkpoints: the main one, or the one trained with photometric jitter."""
+    stem = "camvid_day_aug" if augment else "camvid_day"
+    return {"float": work / f"{stem}.pt", "int8": work / f"{stem}_int8.pt",
+            "adabn": work / f"{stem.replace('day', 'dusk')}_adabn.pt"}
+
+
+def prefix(args) -> str:
+    """Record names of the photometric-jitter segmenter's steps start with ``aug_``."""
+    return "aug_" if getattr(args, "augment", False) else ""
 
 
 def evaluate(step, name, model_args, extra=()):
@@ -46,20 +54,23 @@ def evaluate(step, name, model_args, extra=()):
 
 
 def run_segmenter(args, step):
-    step("segmenter", ["train-classifier", "--dataset", SOURCE, "--arch", "lraspp_small",
-                       "--out", str(paths(Path(args.work))["float"]), "--epochs",
-                       str(args.epochs), "--batch-size", "8", "--lr", "2e-3", "--quiet",
-                       *(["--resume"] if args.resume else [])])
+    """LR-ASPP at the frames' full 480x360, trained on random 384x288 crops (scale jitter,
+    flips, ENet class weights); ``--augment`` adds photometric jitter."""
+    step(f"{prefix(args)}segmenter", [
+        "train-classifier", "--dataset", SOURCE, "--arch", "lraspp_small", "--input-size",
+        "360x480", "--crop", "288x384", "--out", str(paths(Path(args.work), args.augment)["float"]),
+        "--epochs", str(args.epochs), "--batch-size", "8", "--lr", "2e-3", "--quiet",
+        *(["--augment"] if args.augment else []), *(["--resume"] if args.resume else [])])
 
 
 def run_compress(args, step):
-    p = paths(Path(args.work))
-    evaluate(step, "float", ["--classifier", str(p["float"])])
-    step("compress", ["compress", str(p["float"]), "--prune", "2:4", "--int8", "--calib-dataset",
-                      SOURCE, "--finetune-epochs", str(args.finetune_epochs), "--finetune-lr",
-                      "5e-4", "--out",
-                      str(p["int8"]), "--quiet"])
-    evaluate(step, "source_only", ["--classifier", str(p["int8"])])
+    p, pre = paths(Path(args.work), args.augment), prefix(args)
+    evaluate(step, f"{pre}float", ["--classifier", str(p["float"])])
+    step(f"{pre}compress", ["compress", str(p["float"]), "--prune", "2:4", "--int8",
+                            "--calib-dataset", SOURCE, "--finetune-epochs",
+                            str(args.finetune_epochs), "--finetune-lr", "5e-4", "--out",
+                            str(p["int8"]), "--quiet"])
+    evaluate(step, f"{pre}source_only", ["--classifier", str(p["int8"])])
 
 
 def run_baselines(args, step):
@@ -68,23 +79,25 @@ def run_baselines(args, step):
     folded into 2:4-pruned, fine-tuned weights, so AdaBN would need the pruning fine-tune
     redone without labels. And two corrections that cost nothing to train, in front of the
     deployed (compressed) segmenter."""
-    p = paths(Path(args.work))
-    step("adabn", ["adabn", "--classifier", str(p["float"]), "--target", TARGET, "--out",
-                   str(p["adabn"])])
-    evaluate(step, "adabn_float", ["--classifier", str(p["adabn"])])
+    p, pre = paths(Path(args.work), args.augment), prefix(args)
+    step(f"{pre}adabn", ["adabn", "--classifier", str(p["float"]), "--target", TARGET, "--out",
+                         str(p["adabn"])])
+    evaluate(step, f"{pre}adabn_float", ["--classifier", str(p["adabn"])])
     int8 = ["--classifier", str(p["int8"])]
-    evaluate(step, "histogram", int8, ["--photometric", "histogram", "--reference", SOURCE])
-    evaluate(step, "gain_gamma", int8, ["--photometric", "gain-gamma", "--reference", SOURCE,
-                                        "--fit", TARGET])
+    evaluate(step, f"{pre}histogram", int8, ["--photometric", "histogram", "--reference",
+                                             SOURCE])
+    evaluate(step, f"{pre}gain_gamma", int8, ["--photometric", "gain-gamma", "--reference",
+                                              SOURCE, "--fit", TARGET])
 
 
 def run_calibrators(args, step):
-    """The paper's segmentation setting (feature discriminator on the softmax map, source
-    weight 0.2), against the compressed segmenter, at its input size (240x180)."""
-    p = paths(Path(args.work))
+    """Calibrators against the compressed segmenter at its input size: the paper's setting
+    (feature discriminator on the softmax map, source weight 0.2) with the flags given, and a
+    ``--recipe`` of further training flags (e.g. the stats objective's)."""
+    p, pre = paths(Path(args.work), args.augment), prefix(args)
     for family in args.families:
         for seed in args.seeds:
-            name = f"{family}{args.tag}_s{seed}"
+            name = f"{pre}{family}{args.tag}_s{seed}"
             out = Path(args.work) / "calibrators" / f"dusk_{name}.calib.pt"
             train = ["train", "--classifier", str(p["int8"]), "--source", SOURCE, "--target",
                      TARGET, "--domain", "dusk", "--out", str(out), "--epochs", str(args.epochs),
@@ -94,6 +107,7 @@ def run_calibrators(args, step):
             for flag, weight in (("--w-consistency", args.w_consistency),
                                  ("--w-histogram", args.w_histogram)):
                 train += [flag, str(weight)] if weight else []
+            train += shlex.split(args.recipe)
             if out.with_suffix(".state.pt").exists() and not out.exists():
                 train.append("--resume")
             step(f"{name}_train", train)
@@ -146,10 +160,13 @@ def stream_picture(video: Path, out: Path, frames=(31, 62 + 85)) -> None:
 
 
 def run_distances(args, step):
-    """An unlabelled criterion for comparing calibrators: how far the 62 dusk *training* frames
-    are, as the frozen network receives them, from the day training frames' pixel
-    distribution (``edge_calib.metrics.pixel_distance``), raw, histogram-matched and through
-    every calibrator in the work folder. No label is read."""
+    """Unlabelled criteria for comparing calibrators, on the 62 dusk *training* frames as the
+    frozen network receives them, raw, histogram-matched and through every calibrator in the
+    work folder: ``pixel_w1``, their distance to the day training frames' pixel distribution
+    (``edge_calib.metrics.pixel_distance``), and ``stats_distance``, the source-statistics
+    distance of the compressed segmenter's activations on them (``train.source_stats``), for
+    each segmenter (the main one, and the photometric-jitter one where trained). No label is
+    read."""
     sys.path.insert(0, str(ROOT))
     import dataclasses
     import time
@@ -162,31 +179,44 @@ def run_distances(args, step):
     from edge_calib.metrics import pixel_distance
     from edge_calib.models.store import load_calibrator, load_classifier
     from edge_calib.photometric import HistogramMatch
+    from edge_calib.train.source_stats import SourceStats, stats_distance
     from edge_calib.train.tensors import DomainData
 
     code, started = git_commit(ROOT), time.time()
-    spec = load_classifier(paths(Path(args.work))["int8"]).spec
+    result = {}
+    for augment in (False, True):
+        path = paths(Path(args.work), augment)["int8"]
+        if not path.exists():
+            continue
+        clf, pre = load_classifier(path), "aug_" if augment else ""
+        spec, stats = clf.spec, SourceStats.of(clf)
 
-    def unlabelled(dataset):
-        images = load_dataset(dataset, "train", args.data_root, image_size=(spec.height, spec.width))
-        return dataclasses.replace(images, labels=None)  # never read
+        def unlabelled(dataset):
+            images = load_dataset(dataset, "train", args.data_root,
+                                  image_size=(spec.height, spec.width))
+            return dataclasses.replace(images, labels=None)  # never read
 
-    def normalised(images):
-        data = DomainData(images, spec)
-        return data.batch(np.arange(len(data)), "cpu")
+        day_images, dusk_images = unlabelled(SOURCE), unlabelled(TARGET)
+        day = DomainData(day_images, spec)
+        day = day.batch(np.arange(len(day)), "cpu").numpy()
+        matched = dataclasses.replace(
+            dusk_images, images=HistogramMatch(day_images.images)(dusk_images.images))
 
-    day_images, dusk_images = unlabelled(SOURCE), unlabelled(TARGET)
-    day, dusk = normalised(day_images).numpy(), normalised(dusk_images)
-    matched = dataclasses.replace(dusk_images,
-                                  images=HistogramMatch(day_images.images)(dusk_images.images))
-    result = {"raw": pixel_distance(dusk.numpy(), day),
-              "histogram": pixel_distance(normalised(matched).numpy(), day)}
-    for path in sorted((Path(args.work) / "calibrators").glob("dusk_*.calib.pt")):
-        with torch.no_grad():
-            calibrated = load_calibrator(path).module.eval()(dusk).numpy()
-        result[path.name.removeprefix("dusk_").removesuffix(".calib.pt")] = \
-            pixel_distance(calibrated, day)
-    result = {k: round(v, 4) for k, v in result.items()}
+        def criteria(images, calibrator=None):
+            data = DomainData(images, spec)
+            with torch.no_grad():
+                x = data.batch(np.arange(len(data)), "cpu")
+                x = x if calibrator is None else calibrator(x)
+            return {"pixel_w1": round(pixel_distance(x.numpy(), day), 4),
+                    "stats_distance": round(stats_distance(clf.module, data, stats, calibrator),
+                                            4)}
+
+        result[f"{pre}raw"], result[f"{pre}histogram"] = criteria(dusk_images), criteria(matched)
+        for cal_path in sorted((Path(args.work) / "calibrators").glob(f"dusk_{pre}*.calib.pt")):
+            name = cal_path.name.removeprefix("dusk_").removesuffix(".calib.pt")
+            if not augment and name.startswith("aug_"):
+                continue
+            result[name] = criteria(dusk_images, load_calibrator(cal_path).module.eval())
     write_record(RESULTS / "distances.json", "distances", "python benchmarks/camvid.py distances",
                  code, started, result)
     print("\n".join(f"{k}: {v}" for k, v in result.items()))
@@ -195,9 +225,11 @@ def run_distances(args, step):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
-    common = common_arguments("camvid")
+    common = common_arguments("camvid_full")
+    common.add_argument("--augment", action="store_true",
+                        help="The segmenter trained with photometric jitter (records aug_*).")
     p = sub.add_parser("segmenter", parents=[common])
-    p.add_argument("--epochs", type=int, default=120)
+    p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--resume", action="store_true")
     p = sub.add_parser("compress", parents=[common])
     p.add_argument("--finetune-epochs", type=int, default=20,
@@ -214,6 +246,8 @@ def main():
                    help="Source-consistency weight (0: the paper's setting).")
     p.add_argument("--w-histogram", type=float, default=0.0,
                    help="Pixel-histogram weight (0: the paper's setting).")
+    p.add_argument("--recipe", default="", help="Further `edge-calib train` flags, e.g. "
+                   "\"--objective stats --w-stats 3 --calibrator-size large --ema 0.95\".")
     p.add_argument("--tag", default="", help="Suffix of the runs' names (a variant's recipe).")
     p = sub.add_parser("deploy", parents=[common])
     p.add_argument("--calibrator", default="thumbnail_eps1_lr3e3_cons10_hist10_e40_s0",

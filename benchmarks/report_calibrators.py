@@ -39,12 +39,12 @@ def collect_accuracy(results: Path) -> dict:
             entry["source_only"] = {"target": records["source_only_target"]["result"]["accuracy"],
                                     "source": records["source_only_source"]["result"]["accuracy"]}
         for name, rec in records.items():
-            match = re.fullmatch(r"(\w+)_(small|medium|large)_s(\d+)_target", name)
+            match = re.fullmatch(r"([a-z0-9]+)_(small|medium|large)(\w*)_s(\d+)_target", name)
             if not match or f"{name[:-7]}_source" not in records:
                 continue
-            family, size, seed = match.groups()
+            family, size, tag, seed = match.groups()  # tag: a recipe's suffix (e.g. _stats)
             train = records.get(f"{name[:-7]}_train", {})
-            entry["runs"].setdefault(f"{family}/{size}", {})[int(seed)] = {
+            entry["runs"].setdefault(f"{family}/{size}{tag}", {})[int(seed)] = {
                 "target": rec["result"]["accuracy"],
                 "source": records[f"{name[:-7]}_source"]["result"]["accuracy"],
                 "params": rec["result"].get("calibrator_params"),

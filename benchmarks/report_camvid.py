@@ -1,38 +1,43 @@
-"""The CamVid day -> dusk table from ``benchmarks/results/camvid/*.json``: mIoU, pixel accuracy
-and per-class IoU on the 62 dusk test frames, retention on the 171 day test frames, calibrators
-as mean ± standard deviation over seeds; written as ``camvid.md`` and into the README between
-the camvid-results markers."""
+"""The CamVid day -> dusk table from ``benchmarks/results/camvid/*.json``: per segmenter (the main
+one, and the one trained with photometric jitter where it exists), mIoU, pixel accuracy and
+per-class IoU on the 62 dusk test frames, retention on the 171 day test and 101 day validation
+frames, the unlabelled criteria on the dusk training frames, calibrators as mean ± standard
+deviation over seeds, and how well the unlabelled statistics distance ranks the calibrator
+variants against their dusk mIoU (Spearman); written as ``camvid.md`` and into the README
+between the camvid-results markers."""
 
 from __future__ import annotations
 
 import re
+import statistics
 from pathlib import Path
 from typing import NamedTuple
 
 from report_common import load_records, mean_sd, replace_readme_section
 
-ROWS = (("float", "float segmenter (not deployed)"),
-        ("adabn_float", "AdaBN on the float segmenter (dusk BN statistics; not deployed)"),
-        ("source_only", "source only (2:4 + INT8, deployed)"),
-        ("histogram", "histogram matching to the day frames"),
-        ("gain_gamma", "global gain/gamma fitted on the dusk frames"))
-
-
-FLAGS = (("--eps", "ε {}"), ("--lr", "lr {}"), ("--epochs", "{} epochs"),
-         ("--w-consistency", "consistency {}"), ("--w-histogram", "histogram {}"))
+BASELINES = (("float", "float segmenter (not deployed)"),
+             ("adabn_float", "AdaBN on the float segmenter (dusk BN statistics; not deployed)"),
+             ("source_only", "source only (2:4 + INT8, deployed)"),
+             ("histogram", "histogram matching to the day frames (per frame, no parameters)"),
+             ("gain_gamma", "global gain/gamma fitted on the dusk frames"))
+SEGMENTERS = (("", "LR-ASPP MobileNetV3-Small at 480x360, 2:4 + INT8 (no photometric "
+                   "augmentation: the main benchmark vehicle)"),
+              ("aug_", "the same trained with photometric jitter (exposure, gamma, contrast, "
+                       "colour gains)"))
+FLAGS = (("--objective", "{} objective"), ("--calibrator-size", "{}"), ("--eps", "ε {}"),
+         ("--lr", "lr {}"), ("--epochs", "{} epochs"), ("--ema", "EMA {}"),
+         ("--w-stats", "stats {}"), ("--w-consistency", "consistency {}"),
+         ("--w-histogram", "histogram {}"))
+DISTANCE_KEYS = {"source_only": "raw", "histogram": "histogram"}  # rows -> distances.json
 
 
 def recipe(command: str) -> tuple[str, str]:
     """(family, its training settings) read from a calibrator's training command."""
     words = command.split()
     value = lambda flag: words[words.index(flag) + 1] if flag in words else None  # noqa: E731
-    defaults = {"--eps": "0.5"}  # the CLI's default, which early runs did not spell out
-    settings = [text.format((value(flag) or defaults[flag]).removesuffix(".0"))
-                for flag, text in FLAGS if value(flag) is not None or flag in defaults]
+    settings = [text.format(value(flag).removesuffix(".0"))
+                for flag, text in FLAGS if value(flag) is not None]
     return value("--calibrator-arch"), ", ".join(settings)
-
-
-DISTANCE_KEYS = {"source_only": "raw", "histogram": "histogram"}  # rows -> distances.json
 
 
 class Row(NamedTuple):
@@ -40,62 +45,120 @@ class Row(NamedTuple):
 
     label: str
     recipe: str
-    distances: list[float]  # W1 of the dusk training frames to the day pixels (unlabelled)
+    criteria: list[dict]  # unlabelled, on the dusk training frames (distances.json)
     dusk: list[dict]
     day: list[dict]
     dayval: list[dict]
 
 
-def rows(records: dict) -> list[Row]:
-    """One Row per method; calibrator runs that differ only by seed are gathered."""
-    distances = records.get("distances", {}).get("result", {})
-    dayval = lambda key: [records[f"{key}_dayval"]["result"]] \
-        if f"{key}_dayval" in records else []  # noqa: E731
-    out = [Row(label, "", [distances[DISTANCE_KEYS[key]]] if DISTANCE_KEYS.get(key) in distances
-               else [], [records[f"{key}_dusk"]["result"]], [records[f"{key}_day"]["result"]],
-               dayval(key))
-           for key, label in ROWS if f"{key}_dusk" in records and f"{key}_day" in records]
-    families: dict = {}
+def rows(records: dict, pre: str) -> list[Row]:
+    """One Row per method of the segmenter whose records start with ``pre``; calibrator runs
+    that differ only by seed are gathered."""
+    criteria = records.get("distances", {}).get("result", {})
+    result = lambda key: [records[key]["result"]] if key in records else []  # noqa: E731
+    out = []
+    for key, label in BASELINES:
+        if f"{pre}{key}_dusk" in records:
+            crit = criteria.get(f"{pre}{DISTANCE_KEYS.get(key, '?')}")
+            out.append(Row(label, "", [crit] if crit else [], result(f"{pre}{key}_dusk"),
+                           result(f"{pre}{key}_day"), result(f"{pre}{key}_dayval")))
+    runs: dict = {}
     for name in records:
         match = re.fullmatch(r"(\w+)_s(\d+)_dusk", name)
-        if match and f"{match[1]}_s{match[2]}_day" in records:
-            families.setdefault(match[1], []).append(match[2])
-    for name, seeds in sorted(families.items()):
+        if match and match[1].startswith(pre) and not (pre == "" and match[1].startswith("aug_")):
+            runs.setdefault(match[1], []).append(match[2])
+    for name, seeds in sorted(runs.items()):
         seeds = sorted(seeds)
         family, settings = recipe(records[f"{name}_s{seeds[0]}_train"]["command"])
         out.append(Row(f"calibrator: {family} ({len(seeds)} seed{'s' * (len(seeds) > 1)})",
-                       settings, [distances[f"{name}_s{s}"] for s in seeds
-                               if f"{name}_s{s}" in distances],
-                    [records[f"{name}_s{s}_dusk"]["result"] for s in seeds],
-                    [records[f"{name}_s{s}_day"]["result"] for s in seeds],
-                    [r for s in seeds for r in dayval(f"{name}_s{s}")]))
+                       settings, [criteria[f"{name}_s{s}"] for s in seeds
+                                  if f"{name}_s{s}" in criteria],
+                       [r for s in seeds for r in result(f"{name}_s{s}_dusk")],
+                       [r for s in seeds for r in result(f"{name}_s{s}_day")],
+                       [r for s in seeds for r in result(f"{name}_s{s}_dayval")]))
     return out
 
 
-def markdown(records: dict, commands: bool = True) -> str:
-    table = rows(records)
-    if not table:
-        return "(no CamVid results yet)"
-    classes = list(table[0].dusk[0]["per_class_iou"])
-    lines = ["| method | recipe | dusk train frames to day pixels (W1, unlabelled) | dusk mIoU | "
-             "dusk pixel acc. | day test mIoU (retention) | day val mIoU (retention, training "
-             "sequence) | " + " | ".join(classes) + " |", "|---" * (7 + len(classes)) + "|"]
-    def cell(values):
-        return mean_sd(values, count=False)
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Rank correlation (average ranks for ties)."""
+    if len(x) < 3:
+        return None
 
-    for label, settings, distance, dusk, day, val in table:
+    def ranks(values):
+        order = sorted(range(len(values)), key=lambda i: values[i])
+        out = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2
+            i = j + 1
+        return out
+
+    rx, ry = ranks(x), ranks(y)
+    return statistics.correlation(rx, ry)
+
+
+def criterion_ranking(records: dict, pre: str) -> str:
+    """How the unlabelled statistics distance ranks every calibrator run (each seed a point)
+    against its dusk test mIoU."""
+    criteria = records.get("distances", {}).get("result", {})
+    points = [(criteria[name[:-5]]["stats_distance"], records[name]["result"]["miou"])
+              for name in records if name.endswith("_dusk") and name[:-5] in criteria
+              and name.startswith(pre) and not (pre == "" and name.startswith("aug_"))
+              and re.search(r"_s\d+$", name[:-5])]
+    rho = spearman([p[0] for p in points], [p[1] for p in points])
+    if rho is None:
+        return ""
+    return (f"Unlabelled selection: over the {len(points)} calibrator runs above (each seed a "
+            f"point), the statistics distance on the dusk *training* frames ranks them against "
+            f"their dusk *test* mIoU with Spearman {rho:+.2f} (lower distance, higher mIoU: a "
+            "negative value is agreement).")
+
+
+def table(records: dict, pre: str, commands: bool) -> list[str]:
+    body = rows(records, pre)
+    if not body:
+        return []
+    classes = list(body[0].dusk[0]["per_class_iou"])
+    lines = ["| method | recipe | statistics distance (unlabelled) | pixel W1 (unlabelled) | "
+             "dusk mIoU | dusk pixel acc. | day test mIoU (retention) | day val mIoU "
+             "(retention, training sequence) | " + " | ".join(classes) + " |",
+             "|---" * (8 + len(classes)) + "|"]
+
+    def cell(values, digits=1):
+        return mean_sd(values, count=False, digits=digits)
+
+    for label, settings, crit, dusk, day, val in body:
         per_class = [cell([r["per_class_iou"][c] for r in dusk
                            if r["per_class_iou"][c] is not None]) for c in classes]
-        w1 = mean_sd(distance, count=False, digits=3) if distance else ""
-        lines.append(f"| {label} | {settings} | {w1} | {cell([r['miou'] for r in dusk])} | "
+        lines.append(f"| {label} | {settings} | "
+                     f"{cell([c['stats_distance'] for c in crit], 3) if crit else ''} | "
+                     f"{cell([c['pixel_w1'] for c in crit], 3) if crit else ''} | "
+                     f"{cell([r['miou'] for r in dusk])} | "
                      f"{cell([r['pixel_accuracy'] for r in dusk])} | "
                      f"{cell([r['miou'] for r in day])} | {cell([r['miou'] for r in val])} | "
                      + " | ".join(per_class) + " |")
+    ranking = criterion_ranking(records, pre)
+    return lines + (["", ranking] if ranking else [])
+
+
+def markdown(records: dict, commands: bool = True) -> str:
+    lines = []
+    for pre, title in SEGMENTERS:
+        part = table(records, pre, commands)
+        if part:
+            lines += [f"**{title}**", "", *part, ""]
+    if not lines:
+        return "(no CamVid results yet)"
     machines = sorted({(rec.get("machine") or {}).get("cpu") or "?" for rec in records.values()})
-    lines += ["", "Per-class columns are IoU on the dusk test frames. Machines: "
-              + ", ".join(machines) + ". Every record in `benchmarks/results/camvid/` has its "
-              "command and commit" + (":" if commands else " (all commands: "
-                                      "`benchmarks/results/camvid/camvid.md`).")]
+    lines += ["Per-class columns are IoU on the dusk test frames. The unlabelled columns are "
+              "measured on the 62 dusk *training* frames (`python benchmarks/camvid.py "
+              "distances`). Machines: " + ", ".join(machines) + ". Every record in "
+              "`benchmarks/results/camvid/` has its command and commit"
+              + (":" if commands else " (all commands: `benchmarks/results/camvid/camvid.md`).")]
     if commands:
         lines += ["", "```", *sorted({rec["command"] for rec in records.values()
                                       if "command" in rec}), "```"]

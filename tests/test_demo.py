@@ -44,22 +44,24 @@ def test_demo_camvid_end_to_end(camvid_root, tmp_path):
                            calibrator_epochs=1, eval_frames=8, quiet=True)
     result = run_camvid_demo(cfg)
     miou = result["miou"]
-    assert set(miou) == {"source only", "histogram matching", f"{DEFAULT_ARCH} calibrator"}
+    assert set(miou) == {"source only", "histogram matching", f"{cfg.arch} calibrator"}
     for row in miou.values():
         assert set(row) == {"dusk", "day"} and all(0 < v < 100 for v in row.values())
     stream = result["stream"]
     assert stream["frames"] == 62 + 171  # the dusk, then the day test frames
     assert stream["switches"] >= 1
     work = cfg.work
-    for name in ("camvid_day.pt", "camvid_day_int8.pt", f"dusk.{DEFAULT_ARCH}.calib.pt",
+    for name in ("camvid_day.pt", "camvid_day_int8.pt", f"dusk.{cfg.arch}.calib.pt",
                  "bundle/manifest.json", "annotated.mp4", "predictions.jsonl",
                  "results/segmenter.json", "results/stream.json"):
         assert (work / name).exists(), name
-    log = json.loads((work / f"dusk.{DEFAULT_ARCH}.calib.metrics.jsonl").read_text()
+    log = json.loads((work / f"dusk.{cfg.arch}.calib.metrics.jsonl").read_text()
                      .splitlines()[-1])
     # the calibrator's day monitor reads day *validation* frames (the test frames report
-    # retention), and both extra terms of the segmentation recipe are logged
+    # retention); the statistics objective and both extra terms of the recipe are logged
+    assert cfg.arch == "curve"
     assert "source_val_miou" in log and "source_test_miou" not in log
+    assert log["loss_stats"] > 0 and "loss_d_pixel" not in log
     assert log["loss_histogram"] > 0 and log["loss_consistency"] >= 0
     stamp = (work / "camvid_day.pt").stat().st_mtime_ns
     assert run_camvid_demo(cfg)["miou"] == miou

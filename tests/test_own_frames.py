@@ -178,3 +178,14 @@ def seg_model(camvid_root, tmp_path_factory):
                "--out", work / "bundle", "--quiet", "--data-root", camvid_root)
     assert r.exit_code == 0, r.output
     return work / "seg.pt", work / "bundle"
+
+
+def test_masks_in_front_of_a_classifier_are_one_line_before_any_training(trained_dtn,
+                                                                         camvid_root, tmp_path):
+    """A segmentation dataset as the source of a classifier's calibrator (its monitor frames
+    are masks): one line at once, not a traceback after an epoch."""
+    r = invoke("train", "--classifier", trained_dtn, "--source", "camvid:day", "--target",
+               "camvid:dusk", "--domain", "dusk", "--out", tmp_path / "x.calib.pt", "--epochs", 1,
+               "--data-root", camvid_root, "--quiet")
+    one_line_error(r, "camvid:day has label masks, but the model is a classifier")
+    assert not list(tmp_path.iterdir())

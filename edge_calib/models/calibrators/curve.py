@@ -120,7 +120,8 @@ class CurveCalibrator(BoundedCalibrator):
     def frame_cdf(self, sample: torch.Tensor) -> torch.Tensor:
         """(B, C, K+1): share of the sampled pixels at or below each knot (comparisons only:
         the same in torch and ONNX Runtime)."""
-        below = sample.flatten(2).unsqueeze(-1) <= self.knot_x.unsqueeze(1)
+        pixels = int(sample.shape[-2]) * int(sample.shape[-1])  # static: one Reshape in ONNX
+        below = sample.reshape(-1, self.channels, pixels, 1) <= self.knot_x.unsqueeze(1)
         return below.to(sample.dtype).mean(dim=2)
 
     def thumbnail(self, sample: torch.Tensor) -> torch.Tensor:
@@ -158,8 +159,9 @@ class CurveCalibrator(BoundedCalibrator):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         level = torch.clamp(x * self.level_scale + self.level_offset, 0, LEVELS - 1).long()
-        out = torch.gather(self.output_table(x), 2, level.flatten(2))
-        return out.reshape(x.shape)
+        c, h, w = self.channels, int(x.shape[-2]), int(x.shape[-1])  # static shapes in ONNX
+        out = torch.gather(self.output_table(x), 2, level.reshape(-1, c, h * w))
+        return out.reshape(-1, c, h, w)
 
 
 def histogram_matching(channels: int, lo, hi, quantiles: torch.Tensor) -> CurveCalibrator:
