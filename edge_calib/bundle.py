@@ -39,6 +39,7 @@ from pathlib import Path
 
 from .errors import EdgeCalibError
 from .fileio import file_digest, write_bytes_atomic
+from .names import check_name, check_relative_path
 from .spec import InputSpec
 
 FORMAT, FORMAT_VERSION = "edge-calib-bundle", 2
@@ -91,11 +92,18 @@ class _Reader:
         return None if value is None else _Reader(self.where, value, _join(self.path, key))
 
     def paths(self, key: str, optional: bool = False) -> dict[str, str] | None:
-        """A {name: relative path} object."""
+        """A {name: relative path} object; every path inside the bundle."""
         value = self.obj(key, optional)
         if value is None:
             return None
-        return {k: value.get(k, str) for k in value.data}
+        return {k: self.path_in_bundle(value.get(k, str), _join(value.path, k))
+                for k in value.data}
+
+    def path_in_bundle(self, path: str, key: str) -> str:
+        try:
+            return check_relative_path(path, "file")
+        except EdgeCalibError as exc:
+            raise self.error(str(exc), key) from None
 
 
 def _join(path: str, key: str) -> str:
@@ -187,7 +195,8 @@ class DomainClassifierEntry:
 
     @classmethod
     def read(cls, r: _Reader) -> "DomainClassifierEntry":
-        return cls(r.get("file", str), r.get("features", str), r.get("domains", list),
+        return cls(r.path_in_bundle(r.get("file", str), "file"), r.get("features", str),
+                   r.get("domains", list),
                    r.get("trained_on", dict), int(r.number("holdout_frames")),
                    float(r.number("holdout_accuracy")))
 
@@ -205,9 +214,11 @@ class EngineEntry:
     @classmethod
     def read(cls, r: _Reader) -> "EngineEntry":
         domains = r.obj("domains")
+        inside = lambda p, key: None if p is None else r.path_in_bundle(p, key)  # noqa: E731
         return cls(r.get("device", str), r.get("settings", dict), r.get("fused", bool),
-                   r.get("classifier", str, optional=True),
-                   {k: domains.get(k, str, optional=True) for k in domains.data})
+                   inside(r.get("classifier", str, optional=True), "classifier"),
+                   {k: inside(domains.get(k, str, optional=True), f"domains.{k}")
+                    for k in domains.data})
 
 
 @dataclass
@@ -240,6 +251,11 @@ class Manifest:
         domains_r = r.obj("domains")
         if not domains_r.data:
             raise domains_r.error("no domains")
+        for name in domains_r.data:
+            try:
+                check_name(name, "domain")
+            except EdgeCalibError as exc:
+                raise domains_r.error(str(exc)) from None
         domains = {name: DomainEntry.read(domains_r.obj(name)) for name in domains_r.data}
         default = r.get("default_domain", str)
         if default not in domains:
@@ -250,10 +266,11 @@ class Manifest:
         for backend in engines_r.data:
             per = engines_r.obj(backend)
             engines[backend] = {key: EngineEntry.read(per.obj(key)) for key in per.data}
-        files = r.paths("files")
+        files_r = r.obj("files")
+        files = {files_r.path_in_bundle(k, k): files_r.get(k, str) for k in files_r.data}
         checks = r.obj("checks", optional=True)
         if checks is not None:
-            checks.get("inputs", str)
+            checks.path_in_bundle(checks.get("inputs", str), "inputs")
             checks.get("from", str)
         return cls(task, ClassifierEntry.read(r.obj("classifier")), domains, default,
                    None if dc is None else DomainClassifierEntry.read(dc), engines,

@@ -3,6 +3,7 @@ manifest covered by its own; each way of breaking it is one clear line."""
 
 import json
 import shutil
+from pathlib import Path
 
 import onnx
 import pytest
@@ -112,3 +113,28 @@ def test_manifest_round_trip_and_no_nan(bundle_dir):
     data["domains"]["usps"]["calibrator"]["eps"] = float("nan")
     with pytest.raises(EdgeCalibError, match="not a finite number"):
         Manifest.from_dict(json.loads(json.dumps(data)))
+
+
+@pytest.mark.parametrize("domain", ["../../victim/classifier", "/tmp/abs", "a/b", "..", "",
+                                    "x" * 65, "night\nshift"])
+def test_names_that_would_become_paths_are_refused(domain, trained_dtn, trained_calibrator,
+                                                   tmp_path):
+    """A domain name becomes calibrators/DOMAIN.onnx: anything but a safe name is one line,
+    exit 2, and nothing is written anywhere (inside or outside --out)."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "classifier.onnx").write_bytes(b"keep me")
+    r = CliRunner().invoke(main, ["export", "--classifier", str(trained_dtn), "--calibrator",
+                                  f"{domain}={trained_calibrator}", "--out",
+                                  str(tmp_path / "deploy" / "new"), "--no-auto-domain"])
+    assert r.exit_code == 2, r.output
+    assert "is not a safe name" in r.output or "use DOMAIN=PATH" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert (victim / "classifier.onnx").read_bytes() == b"keep me"
+    assert not (tmp_path / "deploy").exists() and not Path("/tmp/abs.onnx").exists()
+    if domain:
+        r = CliRunner().invoke(main, ["train", "--classifier", str(trained_dtn), "--source",
+                                      "mnist", "--target", "usps", "--domain", domain, "--out",
+                                      str(tmp_path / "x.calib.pt")])
+        assert r.exit_code == 2 and "is not a safe name" in r.output
+        assert not (tmp_path / "x.calib.pt").exists()

@@ -218,3 +218,63 @@ def test_a_stall_is_noticed_within_the_reconnect_timeout(bundle_dir):
     assert summary["frames"] >= 30
     assert "did not come back within --reconnect-timeout 2s" in summary["error"]
     assert time.monotonic() - started < 20  # not OpenCV's 30 s per read
+
+
+def test_the_control_socket_obeys_its_owner_only_and_bounds_lines(bundle_dir, frame_folder,
+                                                                  tmp_path):
+    """Started with a permissive umask, the socket is still owner-only; another local user
+    (setpriv to nobody) cannot command the run; an over-long line gets an error line and the
+    run goes on; a good command after it works."""
+    import os
+    import shutil
+    import stat
+    import tempfile
+    from pathlib import Path
+
+    # a folder every user may reach (pytest's own is its owner's only): only the socket's own
+    # mode and the peer check stand between another user and the run
+    shared = Path(tempfile.mkdtemp(prefix="edge-calib-control-", dir="/tmp"))
+    os.chmod(shared, 0o755)
+    sock = shared / "ec.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "edge_calib.cli", "run", "--deploy",
+                             str(bundle_dir), "--input", str(frame_folder), "--domain", "usps",
+                             "--headless", "--loop", "--realtime", "--fps", "50", "--control",
+                             str(sock)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: os.umask(0))
+    try:
+        deadline = time.time() + 60
+        while not sock.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert sock.exists(), proc.stderr.read().decode()[-2000:]
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+        if shutil.which("setpriv") and os.getuid() == 0:
+            other = subprocess.run(
+                ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                 sys.executable, "-c", "import socket,sys; s=socket.socket(socket.AF_UNIX); "
+                 f"s.connect({str(sock)!r}); s.sendall(b'quit\\n'); print(s.recv(999))"],
+                capture_output=True, text=True, timeout=30)
+            assert other.returncode != 0 and "PermissionError" in other.stderr
+            os.chmod(sock, 0o666)  # were the mode ever opened, the peer's user is still checked
+            other = subprocess.run(
+                ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                 sys.executable, "-c", "import socket,sys; s=socket.socket(socket.AF_UNIX); "
+                 f"s.connect({str(sock)!r}); print(s.recv(999)); s.sendall(b'quit\\n')"],
+                capture_output=True, text=True, timeout=30)
+            assert "obeys the user that started the run only" in other.stdout, other.stderr
+            assert proc.poll() is None  # the other user's quit was not obeyed
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(sock))
+            s.sendall(b"x" * 100_000 + b"\n")
+            reply = json.loads(s.makefile().readline())
+            assert reply["ok"] is False and "longer than 4096 bytes" in reply["error"]
+        assert proc.poll() is None  # still running
+        from edge_calib.runtime.control import send_command
+
+        assert send_command(str(sock), "status")["ok"] is True
+        assert send_command(str(sock), "quit")["ok"] is True
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        shutil.rmtree(shared, ignore_errors=True)

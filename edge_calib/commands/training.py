@@ -198,8 +198,10 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
     from ..models.store import load_classifier, save_calibrator
     from ..train.calibrate import CalibratorConfig, CalibratorTrainer, state_paths
     from ..train.evaluate import check_task
+    from ..names import check_name
     from ..train.tensors import load_domain, resolve_device
 
+    check_name(domain, "--domain")
     out = Path(out)
     cfg = CalibratorConfig(epochs=epochs, batch_size=batch_size, lr=lr, d_lr=d_lr, eps=eps,
                            arch=arch, size=calibrator_size(arch, size, width, blocks),

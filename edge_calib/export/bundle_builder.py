@@ -28,6 +28,7 @@ from ..bundle import (
 from ..errors import EdgeCalibError
 from ..fileio import atomic_directory
 from ..models.store import Calibrator, load_calibrator, load_classifier
+from ..names import check_name
 from ..provenance import git_commit
 from .onnx_graphs import (
     calibrator_opset,
@@ -76,6 +77,7 @@ def parse_calibrator_args(values: tuple[str, ...]) -> list[tuple[str, str]]:
         if not sep or not domain or not path:
             raise EdgeCalibError(f"--calibrator {value!r}: use DOMAIN=PATH, DOMAIN=identity or "
                                  "DOMAIN=histogram[:TARGET]")
+        check_name(domain, "--calibrator: domain")
         if domain in seen:
             raise EdgeCalibError(f"--calibrator: domain {domain!r} given twice")
         seen.add(domain)

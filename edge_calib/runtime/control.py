@@ -3,6 +3,11 @@
 From a UNIX socket (``--control PATH``; one command per line, one JSON reply per line) or
 from standard input (``--control -``). Commands are queued and applied by the pipeline between
 frames, so a switch takes effect on the next frame.
+
+The socket obeys its owner only, whatever the umask: it is created owner-only (mode 0600) and
+a connection from another user is answered with an error and closed (the peer's credentials,
+SO_PEERCRED). A line longer than MAX_LINE bytes is answered with an error and the connection
+closed; at most MAX_CLIENTS connections are served at once.
 """
 
 from __future__ import annotations
@@ -12,11 +17,15 @@ import os
 import queue
 import socket
 import stat
+import struct
 import sys
 import threading
 import time
 
 from ..errors import EdgeCalibError
+
+MAX_LINE = 4096  # bytes of one command line
+MAX_CLIENTS = 8
 
 
 class Command:
@@ -58,20 +67,39 @@ class ControlChannel:
                 print(json.dumps(self._submit(line)), file=sys.stderr, flush=True)
 
     def _serve(self):
+        clients = threading.BoundedSemaphore(MAX_CLIENTS)
         while not self.stopped.is_set():
             try:
                 conn, _ = self.server.accept()
             except (socket.timeout, OSError):
                 continue
-            threading.Thread(target=self._client, args=(conn,), daemon=True).start()
+            if not _same_user(conn):
+                _refuse(conn, "this socket obeys the user that started the run only")
+            elif not clients.acquire(blocking=False):
+                _refuse(conn, f"too many connections (at most {MAX_CLIENTS})")
+            else:
+                threading.Thread(target=self._client, args=(conn, clients), daemon=True).start()
 
-    def _client(self, conn):
-        with conn, conn.makefile("rw") as stream:
-            for line in stream:
-                if not line.strip():
-                    continue
-                stream.write(json.dumps(self._submit(line)) + "\n")
-                stream.flush()
+    def _client(self, conn, clients):
+        try:
+            with conn, conn.makefile("rwb") as stream:
+                while not self.stopped.is_set():
+                    line = stream.readline(MAX_LINE + 1)
+                    if not line:
+                        return
+                    if len(line) > MAX_LINE and not line.endswith(b"\n"):
+                        stream.write(_reply({"ok": False, "error": f"line longer than "
+                                                                   f"{MAX_LINE} bytes"}))
+                        stream.flush()
+                        return
+                    text = line.decode("utf-8", errors="replace")
+                    if text.strip():
+                        stream.write(_reply(self._submit(text)))
+                        stream.flush()
+        except OSError:
+            pass  # the client went away
+        finally:
+            clients.release()
 
     def pending(self):
         """Commands received since the last call (non-blocking)."""
@@ -90,6 +118,29 @@ class ControlChannel:
                     os.unlink(self.where)
             except OSError:
                 pass
+
+
+def _reply(message: dict) -> bytes:
+    return (json.dumps(message) + "\n").encode()
+
+
+def _refuse(conn: socket.socket, why: str) -> None:
+    try:
+        conn.sendall(_reply({"ok": False, "error": why}))
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def _same_user(conn: socket.socket) -> bool:
+    """The connecting process runs as this process's user (or as root)."""
+    try:
+        _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                         struct.calcsize("3i")))
+    except (OSError, AttributeError):  # no SO_PEERCRED here: the file mode still guards it
+        return True
+    return uid in (os.getuid(), 0)
 
 
 def _listen(path: str) -> socket.socket:
@@ -113,13 +164,17 @@ def _listen(path: str) -> socket.socket:
     if not os.path.isdir(folder):
         raise EdgeCalibError(f"--control {path}: folder {folder} does not exist")
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    umask = os.umask(0o177)  # owner-only from the moment it exists
     try:
         server.bind(path)
+        os.chmod(path, 0o600)
     except OSError as exc:
         server.close()
         raise EdgeCalibError(f"--control {path}: cannot create a socket there "
                              f"({exc.strerror})") from None
-    server.listen(4)
+    finally:
+        os.umask(umask)
+    server.listen(MAX_CLIENTS)
     server.settimeout(0.2)
     return server
 
