@@ -376,7 +376,8 @@ class Bundle:
 
     def verify(self) -> None:
         """The manifest matches manifest.sha256; every file it names is covered by a hash;
-        every hashed file exists and matches."""
+        every hashed file exists and matches; no graph reads weights from an unhashed external
+        data file."""
         manifest_bytes = (self.root / MANIFEST).read_bytes()
         expected = _read_hash(self.root)
         if file_digest_bytes(manifest_bytes) != expected:
@@ -395,10 +396,23 @@ class Bundle:
             if file_digest(path) != digest:
                 raise EdgeCalibError(f"bundle {self.root}: {relative} does not match its sha256 "
                                      f"in {MANIFEST} (modified or corrupt)")
+            if path.suffix == ".onnx" and _external_data(path):
+                raise EdgeCalibError(f"bundle {self.root}: {relative} keeps weights in an "
+                                     "external data file that no sha256 covers; rebuild the "
+                                     "bundle (edge-calib embeds external data at import)")
 
     def save(self) -> None:
         """Rewrite the manifest (after adding engines), re-hashing every file it names."""
         write_manifest(self.root, self.manifest)
+
+
+def _external_data(path: Path) -> bool:
+    """The ONNX file's graph reads any tensor from an external data file."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    return any(uses_external_data(t) for t in model.graph.initializer)
 
 
 def file_digest_bytes(data: bytes) -> str:

@@ -176,3 +176,38 @@ def test_refusals_name_what_to_do(make, args, message, tmp_path):
     one_line_error(invoke("import-model", tmp_path / "m.onnx", *args, "--out", tmp_path / "x.pt"),
                    message)
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_external_data_is_embedded_at_import_and_refused_in_a_bundle(corpus, tmp_path):
+    """A model whose weights sit in a data file beside it imports (embedded: the checkpoint
+    and the bundle carry the whole model); a bundle graph that reads an unhashed external file
+    is refused."""
+    from edge_calib.bundle import open_bundle
+    from edge_calib.errors import EdgeCalibError
+
+    model = onnx.load(str(corpus["torch-opset13-view"].path))
+    onnx.save(model, str(tmp_path / "ext.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="ext.data", size_threshold=0)
+    r = invoke("import-model", tmp_path / "ext.onnx", "--out", tmp_path / "m.pt")
+    assert r.exit_code == 0, r.output
+    r = invoke("export", "--classifier", tmp_path / "m.pt", "--calibrator", "a=identity",
+               "--out", tmp_path / "b", "--quiet")
+    assert r.exit_code == 0, r.output
+    (tmp_path / "ext.data").unlink()  # the bundle does not depend on the user's data file
+    assert open_bundle(tmp_path / "b").spec.height == 28
+    # a bundle whose classifier graph was swapped for one reading an external file
+    bundle = tmp_path / "b"
+    onnx.save(model, str(bundle / "classifier.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="weights.data", size_threshold=0)
+    import hashlib
+    import json
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["classifier.onnx"] = hashlib.sha256(
+        (bundle / "classifier.onnx").read_bytes()).hexdigest()
+    text = json.dumps(manifest, indent=2)
+    (bundle / "manifest.json").write_text(text)
+    (bundle / "manifest.sha256").write_text(
+        f"{hashlib.sha256(text.encode()).hexdigest()}  manifest.json\n")
+    with pytest.raises(EdgeCalibError, match="keeps weights in an external data file"):
+        open_bundle(bundle)

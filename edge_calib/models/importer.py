@@ -7,7 +7,8 @@ conversion verified against ONNX Runtime on random inputs and, when given, real 
 check gates the import: a conversion whose outputs differ from ONNX Runtime's by more than a
 small share of their range, or whose top-1 disagrees on real images, is refused (``force``
 imports it anyway and records the warning, which ``doctor`` and the bundle show). The
-checkpoint carries the file byte for byte; its fingerprint is the file's sha256.
+checkpoint carries the file byte for byte (embedded, where its weights were external); its
+fingerprint is that file's sha256.
 """
 
 from __future__ import annotations
@@ -51,6 +52,17 @@ class ImportRequest:
     layout: str = "auto"
     labels: list[str] | None = None
     force: bool = False
+
+
+def _external_data(model: onnx.ModelProto) -> set[str]:
+    """The files beside the model that hold its weights (external data), if any."""
+    from onnx.external_data_helper import uses_external_data
+
+    files = set()
+    for tensor in model.graph.initializer:
+        if uses_external_data(tensor):
+            files.update(e.value for e in tensor.external_data if e.key == "location")
+    return files
 
 
 def image_input(model: onnx.ModelProto, path) -> tuple[str, list[int | None]]:
@@ -106,7 +118,13 @@ def import_onnx(path: str | Path, request: ImportRequest,
     data = path.read_bytes()
     try:
         model = onnx.load_from_string(data)
+        external = _external_data(model)
+        if external:  # weights in files beside it: embedded, so the checkpoint and bundle
+            model = onnx.load(str(path))  # carry (and hash) the whole model
+            data = model.SerializeToString()
         onnx.checker.check_model(model)
+    except EdgeCalibError:
+        raise
     except Exception as exc:  # onnx raises several types for a broken file
         raise EdgeCalibError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from None
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -154,6 +172,7 @@ def import_onnx(path: str | Path, request: ImportRequest,
         raise EdgeCalibError(f"{path}: the model has {classes} outputs per sample, but "
                              f"{len(labels)} labels were given")
     metrics = {"imported_from": path.name, "onnx_sha256": hashlib.sha256(data).hexdigest(),
+               "external_data_embedded": sorted(external) or None,
                "conversion_check": report, "int8_graph": quantised, "opset": module.opset,
                "ir_version": model.ir_version, "producer": model.producer_name or None,
                "graph_layout": layout.upper(), "conversion_warning": warning}
