@@ -90,16 +90,29 @@ def write_json_atomic(path: str | Path, obj) -> None:
 def atomic_directory(path: str | Path, force: bool = False):
     """Yield a temporary folder beside ``path``; on success it replaces ``path``.
 
-    Without ``force`` an existing ``path`` is an error (raised by the caller beforehand). With
-    ``force`` the old folder is swapped out only after the new one is complete.
+    Without ``force`` an existing ``path`` is an error (raised by the caller beforehand), and
+    one that appears while the folder is built (a second writer) is never replaced: the rename
+    fails and this build's folder is removed. With ``force`` the old folder is swapped out
+    only after the new one is complete.
     """
+    from .errors import EdgeCalibError
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_beside(path, folder=True)
     try:
         yield tmp
         os.chmod(tmp, 0o755)
-        if path.exists():
+        if not force:
+            try:  # atomic, and refused onto a folder that is not empty
+                if path.exists():
+                    raise FileExistsError(path)
+                os.rename(tmp, path)
+            except OSError:
+                raise EdgeCalibError(f"{path} appeared while this one was being written "
+                                     "(another writer?); it was left as it is and nothing "
+                                     "was written (pass --force to replace it)") from None
+        elif path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)

@@ -138,3 +138,26 @@ def test_names_that_would_become_paths_are_refused(domain, trained_dtn, trained_
                                       str(tmp_path / "x.calib.pt")])
         assert r.exit_code == 2 and "is not a safe name" in r.output
         assert not (tmp_path / "x.calib.pt").exists()
+
+
+def test_two_exports_to_one_new_folder_never_replace_each_other(trained_dtn, trained_calibrator,
+                                                                tmp_path):
+    """Two real processes export to the same new --out without --force at once: one bundle
+    lands whole, the other run fails in one line, nothing is silently replaced."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "deploy"
+    args = [sys.executable, "-m", "edge_calib.cli", "export", "--classifier", str(trained_dtn),
+            "--calibrator", f"usps={trained_calibrator}", "--no-auto-domain", "--quiet",
+            "--out", str(out)]
+    procs = [subprocess.Popen(args + extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for extra in ([], [])]
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    assert sorted(code for code, _ in results) == [0, 2], results
+    error = next(err for code, err in results if code == 2).strip().splitlines()
+    assert len(error) == 1 and ("already exists" in error[0] or "appeared while" in error[0])
+    from edge_calib.bundle import open_bundle
+
+    assert open_bundle(out).domains == ["usps"]  # whole, verified
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".deploy")]  # no leftovers
