@@ -278,3 +278,43 @@ def test_the_control_socket_obeys_its_owner_only_and_bounds_lines(bundle_dir, fr
         if proc.poll() is None:
             proc.kill()
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def write_big_png(path, side=9000):
+    """A real, valid grey PNG of side x side pixels (81 MP: over the 67 MP cap), a few hundred
+    KB on disk, written row by row."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    packer, row, body = zlib.compressobj(9), b"\0" * (side + 1), []
+    for _ in range(side):
+        body.append(packer.compress(row))
+    body.append(packer.flush())
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8,
+                                                                        0, 0, 0, 0))
+                     + chunk(b"IDAT", b"".join(body)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_an_oversized_image_is_refused_undecoded(bundle_dir, trained_dtn, frame_folder,
+                                                 tmp_path):
+    """`run` counts it as a skipped frame and goes on; a dataset folder names it and the cap."""
+    import shutil
+
+    folder = tmp_path / "frames"
+    shutil.copytree(frame_folder, folder)
+    big = write_big_png(folder / "005b.png")
+    assert big.stat().st_size < 2_000_000
+    r = invoke("run", "--deploy", bundle_dir, "--input", folder, "--domain", "usps",
+               "--headless", "--json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output.strip().splitlines()[-1])
+    assert summary["frames"] == 12 and summary["corrupt"] == 1
+    r = invoke("eval", "--classifier", trained_dtn, "--dataset", folder, "--unlabelled")
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.output.strip().splitlines()[-1] == (
+        f"error: {big}: 9000x9000 pixels is over the cap of 67,108,864 pixels; resize it first")

@@ -196,7 +196,48 @@ def read_segmentation_folder(folder: str | Path, size: tuple[int, int] | None = 
     return frames, np.stack(masks)
 
 
+MAX_PIXELS = 1 << 26  # 67 million pixels (8192 x 8192): above, an image is refused undecoded
+
+
+def header_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) from a PNG or JPEG header without decoding the image; None for other
+    formats or an unreadable header."""
+    import struct
+
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(26)
+            if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+                return struct.unpack(">II", head[16:24])
+            if head[:2] != b"\xff\xd8":
+                return None
+            handle.seek(2)
+            while True:  # JPEG markers up to the frame header (SOFn)
+                marker = handle.read(2)
+                if len(marker) < 2 or marker[0] != 0xFF:
+                    return None
+                if marker[1] in (0xD8, 0x01) or 0xD0 <= marker[1] <= 0xD7:
+                    continue
+                length = struct.unpack(">H", handle.read(2))[0]
+                if 0xC0 <= marker[1] <= 0xCF and marker[1] not in (0xC4, 0xC8, 0xCC):
+                    height, width = struct.unpack(">xHH", handle.read(5))
+                    return width, height
+                handle.seek(length - 2, 1)
+    except (OSError, struct.error):
+        return None
+
+
+def check_pixels(path: str | Path) -> None:
+    """An image whose header says it holds more than MAX_PIXELS is refused before decoding
+    (a 30000 x 30000 PNG of 876 KB decodes to 2.7 GB)."""
+    size = header_size(path)
+    if size is not None and size[0] * size[1] > MAX_PIXELS:
+        raise EdgeCalibError(f"{path}: {size[0]}x{size[1]} pixels is over the cap of "
+                             f"{MAX_PIXELS:,} pixels; resize it first")
+
+
 def _read_image(path: Path) -> np.ndarray:
+    check_pixels(path)
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise EdgeCalibError(f"{path}: not a readable image")

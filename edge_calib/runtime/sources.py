@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..data.formats import IMAGE_SUFFIXES, list_frames
+from ..data.formats import IMAGE_SUFFIXES, check_pixels, list_frames
 from ..errors import EdgeCalibError
 
 
@@ -97,7 +97,11 @@ class FolderReader:
                 self.position = 0
             path = self.files[self.position]
             self.position += 1
-            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            try:
+                check_pixels(path)  # an oversized image is a skipped frame, never decoded
+                frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            except EdgeCalibError:
+                frame = None
             if frame is not None:
                 return False, frame, False, skipped
             skipped += 1
