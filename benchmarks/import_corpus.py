@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -297,9 +298,14 @@ def whole_path(model: CorpusModel, work: Path, data_root: Path, video: Path, cli
     return row
 
 
-def write_report(rows: list[dict]) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "corpus.json").write_text(json.dumps(rows, indent=2) + "\n")
+def write_report(rows: list[dict], command: str) -> None:
+    """corpus.json (the rows, the command, the machine and commit) and corpus.md (the table),
+    each written atomically."""
+    from edge_calib.fileio import write_bytes_atomic, write_json_atomic
+    from edge_calib.provenance import capture
+
+    write_json_atomic(RESULTS / "corpus.json", {"command": command, "provenance": capture(),
+                                                "models": rows})
     lines = ["| model | producer | opset | IR | parity on 32 real MNIST images (max abs, "
              "% of range, top-1) | end to end | deployed / torch accuracy, calibrated "
              "mnist:lowlight | fusion |", "|---|---|---|---|---|---|---|---|"]
@@ -311,7 +317,8 @@ def write_report(rows: list[dict]) -> None:
         lines.append(f"| {r['model']} | {r['producer']} | {r['opset']} | {r['ir_version']} | "
                      f"{parity} | {'yes' if r.get('end_to_end') else 'no'} | {acc} | "
                      f"{r.get('fusion', '')} |")
-    (RESULTS / "corpus.md").write_text("\n".join(lines) + "\n")
+    lines.append(f"\n`{command}`; machine and commit in `corpus.json`.")
+    write_bytes_atomic(RESULTS / "corpus.md", ("\n".join(lines) + "\n").encode())
 
 
 def main():
@@ -334,7 +341,7 @@ def main():
         rows.append(whole_path(model, work / model.name, data_root, video))
         print(json.dumps({k: v for k, v in rows[-1].items() if not isinstance(v, dict)}),
               flush=True)
-    write_report(rows)
+    write_report(rows, shlex.join(["python", "benchmarks/import_corpus.py", *sys.argv[1:]]))
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
 
