@@ -7,4 +7,4 @@ on the source domain (Ye et al., CVPR 2020). The workstation side (``data``, ``m
 ``runtime``, ``bench``) uses numpy, onnxruntime or TensorRT, and OpenCV only.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the package version (pyproject.toml reads it from here)

@@ -23,3 +23,17 @@ def random_classifier(arch="dtn", seed=0) -> Classifier:
     torch.manual_seed(seed)
     module = build_classifier(arch).eval()
     return Classifier(module, arch, default_input_spec(arch), 10, [str(i) for i in range(10)])
+
+
+def wait_until(condition, thread, timeout=60.0, what="the runner"):
+    """Poll ``condition()`` until it holds; fail (rather than hang the suite) when ``thread``
+    has died or ``timeout`` seconds have passed."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if not thread.is_alive():
+            raise AssertionError(f"{what} stopped before the condition held")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: condition not met within {timeout:.0f} s")
+        time.sleep(0.02)

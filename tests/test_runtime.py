@@ -18,6 +18,7 @@ from edge_calib.runtime.control import send_command
 from edge_calib.runtime.sources import parse_source
 from edge_calib.runtime.stream import RunOptions, StreamRunner
 from edge_calib.runtime.testvideo import score_predictions, write_domain_video
+from helpers import wait_until
 
 
 def invoke(*args):
@@ -72,8 +73,7 @@ def test_control_socket_switch_while_frames_flow(bundle_dir, domain_video, tmp_p
     result = {}
     thread = threading.Thread(target=lambda: result.update(runner.run()))
     thread.start()
-    while not os.path.exists(sock) or runner.times.frames < 10:
-        time.sleep(0.02)
+    wait_until(lambda: os.path.exists(sock) and runner.times.frames >= 10, thread)
     assert send_command(sock, "status")["domain"] == "mnist"
     assert send_command(sock, "domain night")["ok"] is False
     assert send_command(sock, "domain usps") == {"ok": True, "domain": "usps"}
@@ -171,8 +171,7 @@ def test_reload_swaps_good_bundles_and_keeps_old_on_bad(bundle_dir, domain_video
     result = {}
     thread = threading.Thread(target=lambda: result.update(runner.run()))
     thread.start()
-    while not os.path.exists(sock) or runner.times.frames < 5:
-        time.sleep(0.02)
+    wait_until(lambda: os.path.exists(sock) and runner.times.frames >= 5, thread)
     assert send_command(sock, "reload")["ok"]
     deadline = time.time() + 20
     while not runner.reloads and time.time() < deadline:

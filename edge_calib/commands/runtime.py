@@ -12,7 +12,8 @@ from ..errors import EdgeCalibError
 
 @click.command()
 @click.option("--deploy", required=True, type=click.Path(file_okay=False),
-              help="Deploy bundle (from `edge-calib build-engine`).")
+              help="Deploy bundle (from `edge-calib export`; on a TensorRT device, after "
+                   "`edge-calib build-engine --deploy`).")
 @click.option("--camera", type=int, default=None, help="OpenCV camera index.")
 @click.option("--input", "uri", default=None,
               help="/dev/videoN, v4l2:///dev/videoN, csi://N, a video file, an image folder, "
