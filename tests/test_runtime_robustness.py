@@ -318,3 +318,60 @@ def test_an_oversized_image_is_refused_undecoded(bundle_dir, trained_dtn, frame_
     assert r.exit_code == 2 and "Traceback" not in r.output
     assert r.output.strip().splitlines()[-1] == (
         f"error: {big}: 9000x9000 pixels is over the cap of 67,108,864 pixels; resize it first")
+
+
+LIMITED_RUN = """
+import re, resource, sys
+import cv2, numpy, onnxruntime
+from edge_calib.cli import main
+vm = int(re.search(r"VmSize:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + 200 * 2**20,) * 2)
+sys.argv = ["edge-calib", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc: Linux")
+def test_capture_that_runs_out_of_memory_fails_the_run_and_keeps_the_old_output(bundle_dir,
+                                                                               tmp_path):
+    """Under a memory limit (200 MB of address space above the imported modules) a 62 MP frame
+    (under the pixel cap) cannot be decoded: the capture thread's error ends the run with exit 1
+    and one line, the previous predictions file stays, the frames before it go beside it."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        cv2.imwrite(str(frames / f"{i:02d}.png"), rng.integers(0, 255, (64, 64, 3), np.uint8))
+    cv2.imwrite(str(frames / "03.png"), np.zeros((7800, 8000, 3), np.uint8))
+    cv2.imwrite(str(frames / "04.png"), rng.integers(0, 255, (64, 64, 3), np.uint8))
+    preds = tmp_path / "p.jsonl"
+    preds.write_text("".join(json.dumps({"index": i}) + "\n" for i in range(21)))
+    before = preds.read_bytes()
+    proc = subprocess.run([sys.executable, "-c", LIMITED_RUN, "run", "--deploy", str(bundle_dir),
+                           "--input", str(frames), "--domain", "mnist", "--headless",
+                           "--threads", "1", "--predictions", str(preds)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: reading ") and "memory" in error.lower(), error
+    assert "p.partial.jsonl" in error
+    assert preds.read_bytes() == before
+    partial = (tmp_path / "p.partial.jsonl").read_text().splitlines()
+    assert [json.loads(line)["index"] for line in partial] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("flag,value", [("--fps", "nan"), ("--fps", "inf"), ("--fps", "0"),
+                                        ("--fps", "1e308"), ("--reconnect-timeout", "inf"),
+                                        ("--reconnect-timeout", "-1"), ("--input-width", "0"),
+                                        ("--camera", "-1"), ("--max-frames", str(2**63)),
+                                        ("--queue", "99999999999")])
+def test_run_numbers_outside_their_range_are_one_line_before_any_work(tmp_path, flag, value):
+    """Values at the edge of their type (they reached a sleep, an int() or a deque) are refused
+    by the option itself: exit 2, one line naming the option, no output written."""
+    result = invoke("run", "--deploy", str(tmp_path / "no-bundle"), "--input", str(tmp_path),
+                    "--domain", "x", "--headless", "--predictions", str(tmp_path / "p.jsonl"),
+                    flag, value)
+    assert result.exit_code == 2
+    assert f"Invalid value for '{flag}'" in result.output
+    assert not (tmp_path / "p.jsonl").exists()

@@ -8,7 +8,7 @@ import json
 import click
 
 from ..errors import EdgeCalibError
-from .options import data_root_option
+from .options import Real, data_root_option
 
 
 @click.command()
@@ -24,7 +24,7 @@ from .options import data_root_option
               default="percentile", show_default=True)
 @click.option("--finetune-epochs", type=click.IntRange(min=0), default=0, show_default=True,
               help="Supervised fine-tuning on --calib-dataset with the pruning masks fixed.")
-@click.option("--finetune-lr", type=float, default=1e-4, show_default=True)
+@click.option("--finetune-lr", type=Real(0, 10, low_open=True), default=1e-4, show_default=True)
 @data_root_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 @click.option("--max-samples", type=click.IntRange(min=1), default=None)

@@ -24,3 +24,25 @@ def training_options(f):
     ]):
         f = decorator(f)
     return f
+
+
+class Real(click.ParamType):
+    """A finite float within [low, high] (``low_open``: above low): click's FloatRange lets
+    nan through, and an infinite or huge value reached a sleep or an int() as a hang or a
+    traceback."""
+
+    name = "number"
+
+    def __init__(self, low: float, high: float, low_open: bool = False):
+        self.low, self.high, self.low_open = low, high, low_open
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        above = number > self.low if self.low_open else number >= self.low
+        if not (above and number <= self.high):  # also false for nan
+            low = f"above {self.low:g}" if self.low_open else f"at least {self.low:g}"
+            self.fail(f"{value} must be {low} and at most {self.high:g}", param, ctx)
+        return number

@@ -8,13 +8,14 @@ import sys
 import click
 
 from ..errors import EdgeCalibError
+from .options import Real
 
 
 @click.command()
 @click.option("--deploy", required=True, type=click.Path(file_okay=False),
               help="Deploy bundle (from `edge-calib export`; on a TensorRT device, after "
                    "`edge-calib build-engine --deploy`).")
-@click.option("--camera", type=int, default=None, help="OpenCV camera index.")
+@click.option("--camera", type=click.IntRange(0, 1023), default=None, help="OpenCV camera index.")
 @click.option("--input", "uri", default=None,
               help="/dev/videoN, v4l2:///dev/videoN, csi://N, a video file, an image folder, "
                    "rtsp:// or http:// stream, or a GStreamer pipeline.")
@@ -28,18 +29,18 @@ from ..errors import EdgeCalibError
 @click.option("--control", default=None, help="UNIX socket path (or - for stdin) for line "
                                               "commands: domain NAME, status, reload, quit.")
 @click.option("--watch", is_flag=True, help="Reload when the bundle changes on disk.")
-@click.option("--input-width", type=int, default=None)
-@click.option("--input-height", type=int, default=None)
-@click.option("--fps", type=float, default=None, help="Camera rate, or the pace of --realtime.")
+@click.option("--input-width", type=click.IntRange(1, 16384), default=None)
+@click.option("--input-height", type=click.IntRange(1, 16384), default=None)
+@click.option("--fps", type=Real(0, 1000, low_open=True), default=None, help="Camera rate, or the pace of --realtime.")
 @click.option("--loop", is_flag=True, help="Loop files and folders.")
 @click.option("--realtime", is_flag=True,
               help="Treat a file like a live camera: paced at --fps, oldest frames dropped "
                    "when processing falls behind.")
-@click.option("--queue", "queue_size", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--reconnect-timeout", type=float, default=10.0, show_default=True,
+@click.option("--queue", "queue_size", type=click.IntRange(1, 1024), default=4, show_default=True)
+@click.option("--reconnect-timeout", type=Real(0, 86400), default=10.0, show_default=True,
               help="Seconds to keep reconnecting to a live source that stopped.")
-@click.option("--max-frames", type=click.IntRange(min=1), default=None)
-@click.option("--threads", type=click.IntRange(min=0), default=0,
+@click.option("--max-frames", type=click.IntRange(1, 2**62), default=None)
+@click.option("--threads", type=click.IntRange(0, 1024), default=0,
               help="ONNX Runtime intra-op threads (0: its default).")
 @click.option("--separate", is_flag=True,
               help="Run each domain's calibrator and the classifier as two graphs (timed "
@@ -64,7 +65,10 @@ def run(deploy, camera, uri, domain, backend, headless, output, predictions, as_
     if as_json:
         click.echo(json.dumps(summary))
     if summary["error"]:
-        click.echo(f"error: {summary['error']}", err=True)
+        kept = summary["partial_outputs"]
+        click.echo(f"error: {summary['error']}" + (f" (the frames before it: {', '.join(kept)}; "
+                                                    f"previous outputs left as they were)"
+                                                    if kept else ""), err=True)
         sys.exit(1)
     if summary["frames"] == 0:
         raise EdgeCalibError(f"{source.describe()} delivered no frames")

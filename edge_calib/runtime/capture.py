@@ -112,6 +112,9 @@ class CaptureThread:
                 self._push(Frame(index, rgb, now, (now - started) * 1000))
                 self.counts["captured"] += 1
                 index += 1
+        except Exception as exc:  # e.g. out of memory while decoding: the run must not pass
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            self.error = f"reading {self.spec.describe()} failed: {reason}"
         finally:
             self.reader.release()
             with self.cond:

@@ -55,12 +55,22 @@ def _temporary(path: Path) -> Path:
     return temporary_beside(path, suffix=f".partial{path.suffix}")
 
 
-def _finish(tmp: Path, path: Path, keep: bool) -> None:
-    if keep:
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    else:
+def partial_path(path: Path) -> Path:
+    """Where the output of a run that failed goes (``preds.jsonl`` -> ``preds.partial.jsonl``),
+    so that it never replaces the previous good file."""
+    return path.with_name(f"{path.stem}.partial{path.suffix}")
+
+
+def _finish(tmp: Path, path: Path, written: bool, complete: bool) -> Path | None:
+    """Rename what was written into place (``path`` after a complete run, ``partial_path``
+    after a failed one); drop an empty output. Returns where it went."""
+    if not written:
         tmp.unlink(missing_ok=True)
+        return None
+    target = path if complete else partial_path(path)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, target)
+    return target
 
 
 class VideoOutput:
@@ -83,11 +93,12 @@ class VideoOutput:
         self.writer.write(bgr)
         self.frames += 1
 
-    def close(self):
-        """Rename into place if frames were written; otherwise keep the previous file."""
+    def close(self, complete: bool = True) -> Path | None:
+        """Rename into place if frames were written (beside it, as ``.partial``, if the run
+        failed); otherwise keep the previous file."""
         if self.writer is not None:
             self.writer.release()
-        _finish(self.tmp, self.path, self.frames > 0)
+        return _finish(self.tmp, self.path, self.frames > 0, complete)
 
 
 class PredictionLog:
@@ -101,7 +112,8 @@ class PredictionLog:
         self.handle.write(json.dumps(record) + "\n")
         self.records += 1
 
-    def close(self):
-        """Rename into place if records were written; otherwise keep the previous file."""
+    def close(self, complete: bool = True) -> Path | None:
+        """Rename into place if records were written (beside it, as ``.partial``, if the run
+        failed); otherwise keep the previous file."""
         self.handle.close()
-        _finish(self.tmp, self.path, self.records > 0)
+        return _finish(self.tmp, self.path, self.records > 0, complete)

@@ -98,6 +98,7 @@ class StreamRunner:
         self._reload_thread = None
         self._last_x = np.zeros((1, *self.spec.shape), np.float32)
         self.stop_requested = False
+        self.partial_outputs: list[str] = []  # outputs of a failed run, kept beside the old ones
 
     # -- engines and reload ----------------------------------------------------------------
     def _load_checked(self, bundle, x):
@@ -241,6 +242,7 @@ class StreamRunner:
         last_report = started
         self.times = StageTimes()
         index = 0
+        completed = False
         try:
             while not self.stop_requested:
                 if self.opts.max_frames is not None and index >= self.opts.max_frames:
@@ -300,14 +302,18 @@ class StreamRunner:
                 if self.opts.verbose and time.perf_counter() - last_report >= self.opts.report_every:
                     last_report = time.perf_counter()
                     log("\n" + self.times.report(self.counters_text()))
+            completed = True
         finally:
             self.stop_requested = True
             self.capture.stop()
             if self.control is not None:
                 self.control.close()
+            complete = completed and self.capture.error is None
             for out in (self.video, self.predictions):
                 if out is not None:
-                    out.close()
+                    written = out.close(complete)
+                    if written is not None and not complete:
+                        self.partial_outputs.append(str(written))
             if not self.opts.headless:
                 import cv2
 
@@ -337,4 +343,5 @@ class StreamRunner:
                 "domain_frames": self.domain_frames, "final_domain": self.domain,
                 "auto": self.opts.domain == "auto", "reloads": list(self.reloads),
                 "stages_ms": self.times.summary(), "error": self.capture.error,
+                "partial_outputs": self.partial_outputs,
                 "outputs": {"video": self.opts.output, "predictions": self.opts.predictions}}
