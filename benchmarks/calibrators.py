@@ -181,7 +181,7 @@ def _quantised(cal, images):
 def backbones(args) -> dict:
     """name -> (Classifier, description, images for INT8 calibrator scales) for the fronts the
     calibrators are measured in. A segmenter checkpoint is measured at ``--segmenter-size``
-    (LR-ASPP is fully convolutional: the weights trained at 240x180 run on 480x360 frames)."""
+    (LR-ASPP is fully convolutional: weights trained at another size run at this one)."""
     import dataclasses
 
     import torch
@@ -199,10 +199,11 @@ def backbones(args) -> dict:
     for path in (args.segmenter, args.int8_segmenter):
         if path:
             seg = load_classifier(path)
+            trained = f"{seg.spec.width}x{seg.spec.height}"
             seg.spec = dataclasses.replace(seg.spec, height=height, width=width)
             precision = "INT8 2:4" if (seg.compression or {}).get("int8") else "float"
             out[f"LR-ASPP MobileNetV3-Small {precision}, {width}x{height}"] = (
-                seg, f"checkpoint {Path(path).name}, trained at 240x180", "camvid:dusk")
+                seg, f"checkpoint {Path(path).name}, trained at {trained}", "camvid:dusk")
     if not args.segmenter:
         torch.manual_seed(0)
         module = build_classifier("lraspp_small", 11).eval()

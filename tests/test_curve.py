@@ -117,3 +117,32 @@ def test_histogram_domain_needs_recorded_statistics(trained_dtn, tmp_path):
     assert "has no recorded source statistics" in r.output
     assert len(r.output.strip().splitlines()) == 1
     assert not (tmp_path / "b").exists()
+
+
+def test_init_histogram_starts_the_curve_at_histogram_matching(trained_dtn, digits, tmp_path):
+    """--init histogram: before any step the trainer's curve (and its EMA copy) computes what
+    the deployable histogram-matching curve computes on the same frames; the default starts at
+    the identity; a family without histogram matching refuses the option in one line."""
+    from edge_calib.errors import EdgeCalibError
+    from edge_calib.models.store import load_classifier
+    from edge_calib.train.calibrate import CalibratorConfig, CalibratorTrainer, state_paths
+    from edge_calib.train.source_stats import SourceStats
+
+    clf = load_classifier(trained_dtn)
+    stats = SourceStats.of(clf)
+    x = digits["usps_train"].batch(np.arange(16), "cpu")
+    hm = histogram_matching(3, clf.spec.lo, clf.spec.hi, stats.pixel_quantiles)
+    for init in ("histogram", "identity"):
+        cfg = CalibratorConfig(epochs=1, batch_size=8, arch="curve", size={"knots": 64},
+                               objective="stats", eps=2.0, init=init)
+        trainer = CalibratorTrainer(clf, digits["mnist_train"], digits["usps_train"], cfg,
+                                    torch.device("cpu"), *state_paths(tmp_path / f"{init}.pt"))
+        with torch.no_grad():
+            for g in (trainer.G, trainer.G_ema):
+                out = g.eval()(x)
+                expected = hm(x) if init == "histogram" else x
+                assert torch.allclose(out, expected, atol=1e-5), init
+        if init == "histogram":
+            assert not torch.allclose(out, x, atol=1e-2)  # the digits do move
+    with pytest.raises(EdgeCalibError, match="--init histogram needs a family"):
+        CalibratorConfig(arch="thumbnail", init="histogram").validate()

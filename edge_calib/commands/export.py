@@ -15,8 +15,11 @@ def export_options(f):
         click.option("--classifier", required=True, type=click.Path(dir_okay=False),
                      help="Frozen classifier checkpoint (float or compressed)."),
         click.option("--calibrator", "calibrators", multiple=True,
-                     help="DOMAIN=CHECKPOINT or DOMAIN=identity; repeat per domain (the first "
-                          "is the default domain)."),
+                     help="DOMAIN=CHECKPOINT, DOMAIN=identity, or DOMAIN=histogram[:IMAGES] "
+                          "(per-frame histogram matching to the classifier's recorded source "
+                          "pixels, no training; IMAGES: the domain's frames, for the "
+                          "auto-domain model); repeat per domain (the first is the default "
+                          "domain)."),
         click.option("--precision", type=click.Choice(["fp32", "int8"]), default=None,
                      help="[default: int8 for an INT8 classifier, else fp32]"),
         click.option("--auto-domain/--no-auto-domain", default=True, show_default=True,

@@ -184,6 +184,10 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, input_s
                    "four times cheaper); the calibrator is deployed at the model's input size.")
 @click.option("--monitor-test/--no-monitor-test", default=False,
               help="Log target test accuracy per epoch (curves only, never used to select).")
+@click.option("--init", type=click.Choice(["identity", "histogram"]), default="identity",
+              show_default=True,
+              help="Where the calibrator starts: the identity, or (curve) per-frame histogram "
+                   "matching to the source's recorded pixels.")
 @click.option("--resume", is_flag=True, help="Continue from the saved training state.")
 @click.option("--force", is_flag=True, help="Discard an existing training state.")
 @training_options
@@ -192,7 +196,8 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
           w_consistency, w_histogram, objective, w_stats, stats_layers, w_entropy, w_marginal,
           classifier_mode,
           d_steps, ema, schedule, select, holdout,
-          train_size, monitor_test, resume, force, batch_size, seed, device, max_samples, quiet):
+          train_size, monitor_test, init, resume, force, batch_size, seed, device, max_samples,
+          quiet):
     """Train a data calibrator for DOMAIN against a frozen classifier."""
     from ..data.catalog import has_test_split, has_val_split
     from ..models.store import load_classifier, save_calibrator
@@ -213,7 +218,8 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
                            w_entropy=w_entropy, w_marginal=w_marginal,
                            classifier_mode=classifier_mode,
                            d_steps=d_steps, ema=ema, schedule=schedule, select=select,
-                           holdout=holdout, seed=seed, train_size=parse_hw(train_size))
+                           holdout=holdout, init=init, seed=seed,
+                           train_size=parse_hw(train_size))
     cfg.validate()
     state_path, metrics_path = state_paths(out)
     if state_path.exists() and not (resume or force):

@@ -54,6 +54,7 @@ from .tensors import DomainData, epoch_order
 
 OBJECTIVES = ("adversarial", "stats")
 SELECTIONS = ("last", "entropy", "stats")
+INITS = ("identity", "histogram")
 SCORE = {"classification": "accuracy", "segmentation": "miou"}  # per-epoch monitor scores
 SCHEDULES = ("constant", "cosine")
 STATE = "calibrator-training-state"
@@ -88,6 +89,7 @@ class CalibratorConfig:
     schedule: str = "cosine"
     select: str = "last"
     holdout: float = 0.0
+    init: str = "identity"  # or "histogram": a curve calibrator starts at histogram matching
     seed: int = 0
     train_size: tuple[int, int] | None = None  # images resized to (h, w) for training
 
@@ -121,6 +123,12 @@ class CalibratorConfig:
             raise EdgeCalibError(f"unknown --schedule {self.schedule!r}; choose {SCHEDULES}")
         if self.select not in SELECTIONS:
             raise EdgeCalibError(f"unknown --select {self.select!r}; choose {SELECTIONS}")
+        if self.init not in INITS:
+            raise EdgeCalibError(f"unknown --init {self.init!r}; choose {', '.join(INITS)}")
+        if self.init == "histogram" and not hasattr(calibrator_class(self.arch),
+                                                    "start_at_histogram_matching"):
+            raise EdgeCalibError(f"--init histogram needs a family that contains histogram "
+                                 f"matching (curve), not {self.arch}")
         if self.select != "last" and self.holdout <= 0:
             raise EdgeCalibError(f"--select {self.select} needs --holdout > 0 (a held-out slice "
                                  "of the unlabelled target training images)")
@@ -172,6 +180,8 @@ class CalibratorTrainer:
         self.G = build_calibrator(config.calibrator_config(), spec).to(device)
         if hasattr(self.G, "set_source_quantiles"):  # a family that contains histogram matching
             self.G.set_source_quantiles(self.stats.pixel_quantiles)
+        if config.init == "histogram":
+            self.G.start_at_histogram_matching()
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if config.ema > 0 else None
         self.D_pix = PixelDiscriminator(spec.channels, config.patch).to(device)
         self.D_feat = FeatureDiscriminator(classifier.num_classes).to(device)

@@ -108,6 +108,14 @@ class CurveCalibrator(BoundedCalibrator):
         with torch.no_grad():
             self.source_quantiles.copy_(torch.sort(quantiles, dim=1).values)
 
+    def start_at_histogram_matching(self) -> None:
+        """Set the predictor's output to a = 1, b = r = 0 for every frame: the curve starts as
+        histogram matching to the source (within the eps bound) instead of the identity."""
+        with torch.no_grad():
+            self.head.weight.zero_()
+            self.head.bias.zero_()
+            self.head.bias.view(self.channels, -1)[:, 0] = 1.0
+
     # -- per-frame curve ----------------------------------------------------------------------
     def sample(self, x: torch.Tensor) -> torch.Tensor:
         """A strided subsample of about SAMPLES pixels per frame, (B, C, h', w')."""
@@ -177,6 +185,5 @@ def histogram_matching(channels: int, lo, hi, quantiles: torch.Tensor) -> CurveC
                   - torch.as_tensor(lo, dtype=torch.float32)).max())
     g = CurveCalibrator(channels, eps=2 * span, lo=lo, hi=hi, knots=64, hidden=1, grid=1)
     g.set_source_quantiles(quantiles)
-    with torch.no_grad():
-        g.head.bias.view(channels, -1)[:, 0] = 1.0
+    g.start_at_histogram_matching()
     return g.eval()
