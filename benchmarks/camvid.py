@@ -88,6 +88,13 @@ def run_baselines(args, step):
                                              SOURCE])
     evaluate(step, f"{pre}gain_gamma", int8, ["--photometric", "gain-gamma", "--reference",
                                               SOURCE, "--fit", TARGET])
+    # the correction a user can ship: histogram matching as a bundle entry (to the source
+    # pixels recorded with the model, 64 knots), run by ONNX Runtime as deployed
+    bundle = Path(args.work) / f"{pre}histogram_bundle"
+    step(f"{pre}histogram_bundle", ["export", *int8, "--calibrator", f"dusk=histogram:{TARGET}",
+                                    "--no-auto-domain", "--out", str(bundle), "--force",
+                                    "--quiet"])
+    evaluate(step, f"{pre}histogram_deployed", ["--deploy", str(bundle), "--domain", "dusk"])
 
 
 def run_calibrators(args, step):

@@ -19,6 +19,8 @@ BASELINES = (("float", "float segmenter (not deployed)"),
              ("adabn_float", "AdaBN on the float segmenter (dusk BN statistics; not deployed)"),
              ("source_only", "source only (2:4 + INT8, deployed)"),
              ("histogram", "histogram matching to the day frames (per frame, no parameters)"),
+             ("histogram_deployed", "histogram matching as a bundle entry (`dusk=histogram`, "
+                                    "to the recorded source pixels, ONNX Runtime)"),
              ("gain_gamma", "global gain/gamma fitted on the dusk frames"))
 SEGMENTERS = (("", "LR-ASPP MobileNetV3-Small at 480x360, 2:4 + INT8 (no photometric "
                    "augmentation: the main benchmark vehicle)"),
