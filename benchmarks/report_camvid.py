@@ -26,7 +26,8 @@ SEGMENTERS = (("", "LR-ASPP MobileNetV3-Small at 480x360, 2:4 + INT8 (no photome
                    "augmentation: the main benchmark vehicle)"),
               ("aug_", "the same trained with photometric jitter (exposure, gamma, contrast, "
                        "colour gains)"))
-FLAGS = (("--objective", "{} objective"), ("--calibrator-size", "{}"), ("--eps", "ε {}"),
+FLAGS = (("--objective", "{} objective"), ("--init", "starts at {}"),
+         ("--calibrator-size", "{}"), ("--eps", "ε {}"),
          ("--lr", "lr {}"), ("--epochs", "{} epochs"), ("--ema", "EMA {}"),
          ("--w-stats", "stats {}"), ("--w-consistency", "consistency {}"),
          ("--w-histogram", "histogram {}"))
