@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -30,6 +31,12 @@ MISSING = {
 }
 
 
+# what the file system says about a place to write (full, read-only, no permission, a name too
+# long): the user's to fix, so one line; writers are atomic, so the previous files stand
+FILE_SYSTEM_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                      errno.ENAMETOOLONG}
+
+
 class EdgeCalibGroup(click.Group):
     """Turns EdgeCalibError into one ``error:`` line and a non-zero exit status."""
 
@@ -46,6 +53,15 @@ class EdgeCalibGroup(click.Group):
             command = ctx.invoked_subcommand or "edge-calib"
             click.echo(f"error: {command}: {MISSING[module]}", err=True)
             sys.exit(3)
+        except OSError as exc:
+            if exc.errno not in FILE_SYSTEM_ERRORS:
+                raise
+            command = ctx.invoked_subcommand or "edge-calib"
+            name = str(exc.filename or "")
+            name = name if len(name) <= 80 else name[:38] + "..." + name[-38:]
+            click.echo(f"error: {command}: {exc.strerror}" + (f": {name}" if name else "")
+                       + " (nothing was replaced)", err=True)
+            sys.exit(1)
         except click.UsageError as exc:  # bad option values: one line, not the usage text
             command = exc.ctx.command_path if exc.ctx else "edge-calib"
             click.echo(f"error: {command}: {exc.format_message()}", err=True)

@@ -107,13 +107,25 @@ class PredictionLog:
         self.tmp = _temporary(self.path)
         self.handle = open(self.tmp, "w")
         self.records = 0
+        self.broken = False  # a write failed (e.g. the disk is full): keep nothing
 
     def write(self, record: dict):
-        self.handle.write(json.dumps(record) + "\n")
+        try:
+            self.handle.write(json.dumps(record) + "\n")
+        except OSError:
+            self.broken = True
+            raise
         self.records += 1
 
     def close(self, complete: bool = True) -> Path | None:
         """Rename into place if records were written (beside it, as ``.partial``, if the run
-        failed); otherwise keep the previous file."""
-        self.handle.close()
+        failed); otherwise keep the previous file. After a failed write (a full disk) the
+        temporary file is removed, so that it does not keep the disk full."""
+        try:
+            self.handle.close()
+        except OSError:
+            self.broken = True
+        if self.broken:
+            self.tmp.unlink(missing_ok=True)
+            return None
         return _finish(self.tmp, self.path, self.records > 0, complete)

@@ -1,0 +1,80 @@
+"""What the file system refuses (BAD_INPUTS, second round): a full disk, a read-only folder and a
+name too long give one line, exit 1, and leave nothing behind and the previous files intact.
+A full disk and a read-only file system are real: small tmpfs mounts (skipped where this user
+cannot mount)."""
+
+import contextlib
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+
+def edge_calib(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "edge_calib.cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def one_error_line(proc, words: str) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], lines
+    return lines[0]
+
+
+@contextlib.contextmanager
+def tmpfs(path, size: str, read_only: bool = False):
+    path.mkdir()
+    options = f"size={size}" + (",ro" if read_only else "")
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def export(trained_dtn, out):
+    return edge_calib("export", "--classifier", trained_dtn, "--calibrator", "mnist=identity",
+                      "--no-auto-domain", "--quiet", "--out", out)
+
+
+def test_a_name_too_long_is_one_line(trained_dtn, tmp_path):
+    proc = export(trained_dtn, tmp_path / ("b" * 300))
+    line = one_error_line(proc, "File name too long")
+    assert len(line) < 200  # the name is shortened in the message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_onto_a_full_disk_leaves_the_disk_empty(trained_dtn, tmp_path):
+    with tmpfs(tmp_path / "small", "256k") as disk:
+        one_error_line(export(trained_dtn, disk / "bundle"), "No space left on device")
+        assert list(disk.iterdir()) == []
+
+
+def test_export_into_a_read_only_folder_is_one_line(trained_dtn, tmp_path):
+    with tmpfs(tmp_path / "ro", "1m", read_only=True) as folder:
+        one_error_line(export(trained_dtn, folder / "bundle"), "Read-only file system")
+
+
+def test_run_on_a_full_disk_keeps_the_old_predictions_and_no_temporary(bundle_dir, tmp_path):
+    """The predictions fill a 16 KB disk part way through 300 frames: exit 1 and one line; the
+    previous predictions file is intact and the temporary file is gone (it would keep the disk
+    full)."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        cv2.imwrite(str(frames / f"{i:04d}.png"), rng.integers(0, 255, (32, 32, 3), np.uint8))
+    with tmpfs(tmp_path / "small", "16k") as disk:
+        (disk / "p.jsonl").write_text("old\n")
+        proc = edge_calib("run", "--deploy", bundle_dir, "--input", frames, "--domain", "mnist",
+                          "--headless", "--threads", "1", "--predictions", disk / "p.jsonl")
+        one_error_line(proc, "No space left on device")
+        assert [p.name for p in disk.iterdir()] == ["p.jsonl"]
+        assert (disk / "p.jsonl").read_text() == "old\n"
