@@ -24,8 +24,8 @@ through a table of the L = 256 input levels of an 8-bit camera,
 (d interpolated linearly between knots): exactly the curve on 8-bit frames (every frame the
 pipeline feeds is one; the 1/4 makes truncating and rounding casts pick the same level there),
 and within a level of it between levels. Per pixel that is one per-channel affine map (a
-BatchNormalization node), a Clip, a Cast and one GatherElements, whatever K is; the histogram and the thumbnail come from a strided
-subsample of about 2048 pixels. Training evaluates the very same table (gradients reach the
+BatchNormalization node), a Clip, a Cast and one GatherElements, whatever K is; the histogram
+and the thumbnail come from a strided subsample of about 2048 pixels. Training evaluates the very same table (gradients reach the
 curve through it), so torch and ONNX compute one function.
 """
 
@@ -68,8 +68,9 @@ class CurveCalibrator(BoundedCalibrator):
         self.register_buffer("span", span.reshape(1, channels, 1), persistent=False)
         self.register_buffer("knot_x", (self.lo.reshape(channels, 1) + span.reshape(channels, 1)
                                         * torch.arange(knots + 1) / knots), persistent=False)
-        self.register_buffer("level_scale", ((LEVELS - 1) / span), persistent=False)
-        self.register_buffer("level_offset", (0.25 - self.lo * (LEVELS - 1) / span),
+        # the per-channel affine map to table levels, as BatchNormalization's weight and bias
+        self.register_buffer("level_scale", ((LEVELS - 1) / span).flatten(), persistent=False)
+        self.register_buffer("level_offset", (0.25 - self.lo * (LEVELS - 1) / span).flatten(),
                              persistent=False)
         self.register_buffer("zeros", torch.zeros(channels), persistent=False)
         self.register_buffer("ones", torch.ones(channels), persistent=False)
@@ -170,8 +171,8 @@ class CurveCalibrator(BoundedCalibrator):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x * level_scale + level_offset as one per-channel affine pass (a BatchNormalization
         # node in ONNX, fused by TensorRT; a Mul and an Add cost ORT 12% more here)
-        affine = F.batch_norm(x, self.zeros, self.ones, self.level_scale.flatten(),
-                              self.level_offset.flatten(), eps=0.0)
+        affine = F.batch_norm(x, self.zeros, self.ones, self.level_scale, self.level_offset,
+                              eps=0.0)
         level = torch.clamp(affine, 0, LEVELS - 1).long()
         c, h, w = self.channels, int(x.shape[-2]), int(x.shape[-1])  # static shapes in ONNX
         out = torch.gather(self.output_table(x), 2, level.reshape(-1, c, h * w))
