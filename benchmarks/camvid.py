@@ -115,7 +115,7 @@ def run_calibrators(args, step):
                                  ("--w-histogram", args.w_histogram)):
                 train += [flag, str(weight)] if weight else []
             train += shlex.split(args.recipe)
-            if out.with_suffix(".state.pt").exists() and not out.exists():
+            if not out.exists() and any(out.parent.glob(out.name[:-3] + "*.state.pt")):
                 train.append("--resume")
             step(f"{name}_train", train)
             evaluate(step, name, ["--classifier", str(p["int8"]), "--calibrator", str(out)])

@@ -188,6 +188,12 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, input_s
               show_default=True,
               help="Where the calibrator starts: the identity, or (curve) per-frame histogram "
                    "matching to the source's recorded pixels.")
+@click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Start N times from different seeds, train each for --restart-epochs and "
+                   "continue the one with the lowest source-statistics distance on the unlabelled "
+                   "target images (held-out ones with --holdout).")
+@click.option("--restart-epochs", type=click.IntRange(min=1), default=None,
+              help="Epochs of each start before the choice [default: a fifth of --epochs].")
 @click.option("--resume", is_flag=True, help="Continue from the saved training state.")
 @click.option("--force", is_flag=True, help="Discard an existing training state.")
 @training_options
@@ -196,13 +202,14 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
           w_consistency, w_histogram, objective, w_stats, stats_layers, w_entropy, w_marginal,
           classifier_mode,
           d_steps, ema, schedule, select, holdout,
-          train_size, monitor_test, init, resume, force, batch_size, seed, device, max_samples,
-          quiet):
+          train_size, monitor_test, init, restarts, restart_epochs, resume, force, batch_size,
+          seed, device, max_samples, quiet):
     """Train a data calibrator for DOMAIN against a frozen classifier."""
     from ..data.catalog import has_test_split, has_val_split
     from ..models.store import load_classifier, save_calibrator
     from ..train.calibrate import CalibratorConfig, CalibratorTrainer, state_paths
     from ..train.evaluate import check_task
+    from ..train.restarts import chosen_trainer, training_files
     from ..names import check_name
     from ..train.tensors import load_domain, resolve_device
 
@@ -218,14 +225,18 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
                            w_entropy=w_entropy, w_marginal=w_marginal,
                            classifier_mode=classifier_mode,
                            d_steps=d_steps, ema=ema, schedule=schedule, select=select,
-                           holdout=holdout, init=init, seed=seed,
+                           holdout=holdout, init=init, seed=seed, restarts=restarts,
+                           restart_epochs=(max(1, epochs // 5) if restart_epochs is None
+                                           else restart_epochs) if restarts > 1 else 0,
                            train_size=parse_hw(train_size))
     cfg.validate()
     state_path, metrics_path = state_paths(out)
-    if state_path.exists() and not (resume or force):
-        raise EdgeCalibError(f"a training state exists at {state_path}: pass --resume to continue "
-                             "or --force to start over")
-    if resume and not state_path.exists():
+    states = [f for f in training_files(out, restarts) if f.name.endswith(".state.pt")]
+    existing = [f for f in states if f.exists()]
+    if existing and not (resume or force):
+        raise EdgeCalibError(f"a training state exists at {existing[0]}: pass --resume to "
+                             "continue or --force to start over")
+    if resume and not existing:
         raise EdgeCalibError(f"--resume: no training state at {state_path}")
     clf = load_classifier(classifier)
     dev = resolve_device(device)
@@ -243,21 +254,24 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
     for labelled in (src_test, monitor):
         if labelled is not None:
             check_task(clf.task, labelled)
-    trainer = CalibratorTrainer(clf, src, tgt, cfg, dev, state_path, metrics_path,
-                                source_test=src_test, source_split=src_split, monitor=monitor)
-    if resume:
-        trainer.load_state()
-    elif force:
-        metrics_path.unlink(missing_ok=True)
+    if force and not resume:
+        for f in training_files(out, restarts):
+            f.unlink(missing_ok=True)
+
+    def make_trainer(config, state, metrics):
+        return CalibratorTrainer(clf, src, tgt, config, dev, state, metrics, source_test=src_test,
+                                 source_split=src_split, monitor=monitor)
+
+    trainer = chosen_trainer(make_trainer, cfg, out, resume, progress=not quiet)
     module, summary = trainer.run(progress=not quiet)
     meta = {"domain": domain, "classifier_fingerprint": trainer.fingerprint,
             "classifier_path": str(classifier), "input_spec": clf.spec.to_dict(),
             "source": source, "target": target, "max_samples": max_samples,
-            "config": cfg.__dict__, "training": summary}
+            "config": dataclasses.asdict(trainer.cfg), "training": summary}
     saved = save_calibrator(out, module, meta)
     click.echo(json.dumps({"out": str(out), "domain": domain, "fingerprint": saved["fingerprint"],
                            "params": saved["params"], "epochs": summary["epochs"],
-                           "selection": summary["selection"],
+                           "selection": summary["selection"], "restarts": summary["restarts"],
                            "classifier_fingerprint": trainer.fingerprint}))
 
 

@@ -91,6 +91,9 @@ class CalibratorConfig:
     holdout: float = 0.0
     init: str = "identity"  # or "histogram": a curve calibrator starts at histogram matching
     seed: int = 0
+    restarts: int = 1  # short starts from different seeds; the best by statistics continues
+    restart_epochs: int = 0  # epochs of each start before the choice (0: no restarts)
+    restart: int = 0  # which start this trainer is (its weights and order use ``run_seed``)
     train_size: tuple[int, int] | None = None  # images resized to (h, w) for training
 
     def validate(self):
@@ -129,9 +132,20 @@ class CalibratorConfig:
                                                     "start_at_histogram_matching"):
             raise EdgeCalibError(f"--init histogram needs a family that contains histogram "
                                  f"matching (curve), not {self.arch}")
+        if self.restarts < 1:
+            raise EdgeCalibError(f"--restarts must be >= 1, got {self.restarts}")
+        if self.restarts > 1 and not 1 <= self.restart_epochs < self.epochs:
+            raise EdgeCalibError(f"--restart-epochs must be between 1 and --epochs - 1 "
+                                 f"({self.epochs - 1}), got {self.restart_epochs}")
         if self.select != "last" and self.holdout <= 0:
             raise EdgeCalibError(f"--select {self.select} needs --holdout > 0 (a held-out slice "
                                  "of the unlabelled target training images)")
+
+    @property
+    def run_seed(self) -> int:
+        """The seed of this start's weights and sample order (``seed`` for the first start);
+        the held-out split always uses ``seed``, so every start is scored on the same frames."""
+        return self.seed + 1000 * self.restart
 
     def calibrator_config(self) -> dict:
         return {"arch": self.arch, **self.size, "eps": self.eps, "perturbation": self.perturbation}
@@ -141,7 +155,8 @@ class CalibratorConfig:
         mine = json.loads(json.dumps(dataclasses.asdict(self)))  # as saved (tuples are lists)
         other = {"w_consistency": 0.0, "w_histogram": 0.0, "objective": "adversarial",
                  "w_stats": 1.0, "stats_layers": 0, "w_entropy": 0.0,
-                 "w_marginal": 0.0} | other  # saved before
+                 "w_marginal": 0.0, "restarts": 1, "restart_epochs": 0,
+                 "restart": 0} | other  # saved before
         if "arch" not in other:  # saved before there were several calibrator families
             other = other | {"arch": "resnet", "size": {"width": other.get("width"),
                                                         "blocks": other.get("blocks")}}
@@ -175,7 +190,7 @@ class CalibratorTrainer:
         self.monitor = monitor
         self.state_path, self.metrics_path = state_path, metrics_path
         self.stats = self._source_stats()
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.run_seed)
         spec = classifier.spec
         self.G = build_calibrator(config.calibrator_config(), spec).to(device)
         if hasattr(self.G, "set_source_quantiles"):  # a family that contains histogram matching
@@ -207,6 +222,7 @@ class CalibratorTrainer:
         self.epoch, self.history = 0, []
         self._logit_cache: dict[str, torch.Tensor] = {}
         self.best = None  # (score, epoch, state) for entropy selection
+        self.restarts: list[dict] | None = None  # the starts scored before this one continued
 
     def _source_stats(self) -> SourceStats:
         """The frozen model's recorded source statistics; recorded here from the source images
@@ -244,7 +260,8 @@ class CalibratorTrainer:
             tensors["best_G"] = self.best[2]
         meta = {"config": dataclasses.asdict(self.cfg), "epoch": self.epoch,
                 "history": self.history, "classifier_fingerprint": self.fingerprint,
-                "best": None if self.best is None else list(self.best[:2])}
+                "best": None if self.best is None else list(self.best[:2]),
+                "restarts": self.restarts}
         save_checkpoint(self.state_path, STATE, meta, tensors)
 
     def load_state(self):
@@ -271,6 +288,7 @@ class CalibratorTrainer:
         self.epoch, self.history = meta["epoch"], meta["history"]
         if meta.get("best") is not None:
             self.best = (meta["best"][0], meta["best"][1], t["best_G"])
+        self.restarts = meta.get("restarts")
 
     # -- one training step ------------------------------------------------------------------
     @torch.no_grad()
@@ -406,8 +424,8 @@ class CalibratorTrainer:
 
     def _train_epoch(self, progress: bool) -> dict:
         cfg, b = self.cfg, self.batch
-        order_t = epoch_order(len(self.target), cfg.seed, self.epoch)
-        order_s = epoch_order(len(self.source), cfg.seed + 1, self.epoch)
+        order_t = epoch_order(len(self.target), cfg.run_seed, self.epoch)
+        order_s = epoch_order(len(self.source), cfg.run_seed + 1, self.epoch)
         sums: dict[str, float] = {}
         started = time.time()
         self.G.train()
@@ -461,6 +479,15 @@ class CalibratorTrainer:
             score = scores(self.task, self.classifier.module, self.monitor, G, self.device)
             row["monitor_target_test_" + SCORE[self.task]] = score[SCORE[self.task]]
 
+    @torch.no_grad()
+    def unlabelled_stats_distance(self) -> float:
+        """The statistics distance of the calibrated frozen model on the held-out target
+        images, or on all the target training images when none are held out (no labels)."""
+        data = self.holdout if self.holdout is not None else self.target
+        chunk = 512 if self.task == "classification" else 4
+        return stats_distance(self.classifier.module, data, self.stats, self.deployed_G.eval(),
+                              chunk, self.device)
+
     def check_frozen(self):
         now = self.classifier.fingerprint
         if now != self.fingerprint:
@@ -495,7 +522,7 @@ class CalibratorTrainer:
                                  f"({len(self.holdout)})",
                          "epoch": self.best[1], f"holdout_{self.cfg.select}": self.best[0]}
         last = self.history[-1] if self.history else {}
-        summary = {"epochs": self.epoch, "selection": selection,
+        summary = {"epochs": self.epoch, "selection": selection, "restarts": self.restarts,
                    "ema": self.cfg.ema, "last_epoch": last,
                    "time_per_epoch_s": float(np.mean([h["time_s"] for h in self.history]))
                    if self.history else None,
