@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 NAME = "grey-stats-v1"
+FEATURES = 37  # per frame: a 16-bin histogram, 8 row and 8 column means, 5 statistics
 
 
 def image_features(x: np.ndarray, lo: float, hi: float) -> np.ndarray:

@@ -161,3 +161,49 @@ def test_two_exports_to_one_new_folder_never_replace_each_other(trained_dtn, tra
 
     assert open_bundle(out).domains == ["usps"]  # whole, verified
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".deploy")]  # no leftovers
+
+
+def rehash_files(bundle):
+    """Re-hash every file the manifest names (a deliberate, consistent edit of the bundle)."""
+    rewrite(bundle, lambda m: m["files"].update(
+        {name: file_digest(bundle / name) for name in m["files"]}))
+
+
+def test_a_calibrator_of_another_size_is_one_line(bundle_copy, shared_data):
+    """A consistently hashed bundle whose calibrator returns 16x16 frames to a 32x32 classifier:
+    eval, run and bench refuse it in one line before any session runs."""
+    from onnx import TensorProto, helper
+
+    path = bundle_copy / "calibrators" / "usps.onnx"
+    old = onnx.load(str(path))
+    inp, out = old.graph.input[0].name, old.graph.output[0].name
+    graph = helper.make_graph(
+        [helper.make_node("AveragePool", [inp], [out], kernel_shape=[2, 2], strides=[2, 2])],
+        "half", [helper.make_tensor_value_info(inp, TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, 3, 16, 16])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.save(model, str(path))
+    rehash_files(bundle_copy)
+    message = "domain usps: the calibrator's output is 3x16x16 but the classifier takes 3x32x32"
+    code, output = eval_line(bundle_copy, shared_data)
+    assert code != 0 and message in output and len(output.strip().splitlines()) == 1
+    r = CliRunner().invoke(main, ["bench", "--deploy", str(bundle_copy), "--iterations", "2",
+                                  "--report", str(bundle_copy.parent / "bench"), "--no-stream"])
+    assert r.exit_code != 0 and message in r.output, r.output
+
+
+def test_a_domain_classifier_that_disagrees_with_its_names_is_one_line(bundle_copy, domain_video):
+    """The auto-domain model names one domain but scores two: refused before the first frame,
+    not an IndexError mid-stream."""
+    model = json.loads((bundle_copy / "domain_classifier.json").read_text())
+    assert len(model["domains"]) == 2
+    model["domains"] = model["domains"][:1]
+    (bundle_copy / "domain_classifier.json").write_text(json.dumps(model))
+    rewrite(bundle_copy, lambda m: m["domain_classifier"].update(domains=model["domains"]))
+    rehash_files(bundle_copy)
+    r = CliRunner().invoke(main, ["run", "--deploy", str(bundle_copy), "--input",
+                                  str(domain_video[0]), "--domain", "auto", "--headless"])
+    assert r.exit_code != 0
+    assert "the domain classifier names 1 domains but its weights are shaped (37, 2)" in r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1

@@ -41,6 +41,7 @@ class Engines:
 def open_engines(bundle, backend: str = "onnxruntime", threads: int = 0, fused: bool = True,
                  check: bool = True) -> Engines:
     """Every domain's engines, checked on one frame each (and warmed up by it)."""
+    check_graph_shapes(bundle, backend)
     if backend == "onnxruntime":
         from .onnxruntime_backend import OrtEngines
 
@@ -58,6 +59,46 @@ def open_engines(bundle, backend: str = "onnxruntime", threads: int = 0, fused: 
             engines.close()
             raise
     return engines
+
+
+def _image_shape(path, which: str) -> tuple:
+    """Declared dims of a graph's image input or first output (None where symbolic)."""
+    import onnx
+
+    from ..export.onnx_graphs import graph_io
+
+    model = onnx.load(str(path), load_external_data=False)
+    name = graph_io(model)[0 if which == "input" else 1]
+    value = next(v for v in (*model.graph.input, *model.graph.output) if v.name == name)
+    return tuple(d.dim_value if d.HasField("dim_value") else None
+                 for d in value.type.tensor_type.shape.dim)
+
+
+def check_graph_shapes(bundle, backend: str = "onnxruntime") -> None:
+    """Each calibrator graph takes and returns what the classifier graph takes (the batch
+    dimension aside): a calibrator built for another model size is refused in one line before
+    any session runs."""
+    variant = "tensorrt" if backend == "tensorrt" else "onnxruntime"
+    wanted = _image_shape(bundle.classifier_file(variant), "input")
+
+    def agree(got: tuple) -> bool:
+        return len(got) == len(wanted) and all(
+            a is None or b is None or a == b for a, b in zip(got[1:], wanted[1:]))
+
+    def dims(shape: tuple) -> str:
+        return "x".join("?" if d is None else str(d) for d in shape[1:])
+
+    for name in bundle.domains:
+        path = bundle.calibrator_file(name, variant)
+        if path is None:
+            continue
+        for which in ("input", "output"):
+            got = _image_shape(path, which)
+            if not agree(got):
+                raise EdgeCalibError(
+                    f"bundle {bundle.root}: domain {name}: the calibrator's {which} is "
+                    f"{dims(got)} but the classifier takes {dims(wanted)}; rebuild the bundle "
+                    "with a calibrator trained against this classifier")
 
 
 def check_engines(engines: Engines, bundle, x: np.ndarray | None = None) -> None:

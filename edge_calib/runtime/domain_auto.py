@@ -8,17 +8,43 @@ import json
 
 import numpy as np
 
-from ..domain_features import NAME, image_features, predict_logistic
+from ..domain_features import FEATURES, NAME, image_features, predict_logistic
 from ..errors import EdgeCalibError
 
 
-def load_domain_model(path) -> dict:
+def load_domain_model(path, bundle_domains: list[str]) -> dict:
+    """The bundle's domain classifier, refused in one line unless its domain names, weights,
+    bias and feature scaling agree with each other and name only the bundle's domains."""
     try:
         model = json.loads(open(path).read())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EdgeCalibError(f"{path}: cannot read the domain classifier ({exc})") from None
-    if model.get("features") != NAME:
-        raise EdgeCalibError(f"{path}: unknown domain features {model.get('features')!r}")
+    if not isinstance(model, dict) or model.get("features") != NAME:
+        raise EdgeCalibError(f"{path}: unknown domain features "
+                             f"{model.get('features') if isinstance(model, dict) else model!r}")
+    domains = model.get("domains")
+    if not (isinstance(domains, list) and domains and all(isinstance(d, str) for d in domains)):
+        raise EdgeCalibError(f"{path}: 'domains' must be a non-empty list of names")
+    unknown = [d for d in domains if d not in bundle_domains]
+    if unknown:
+        raise EdgeCalibError(f"{path}: names domain {unknown[0]!r}, which the bundle does not "
+                             f"have ({', '.join(bundle_domains)}); rebuild the bundle")
+    try:
+        weights, bias = np.asarray(model["weights"], float), np.asarray(model["bias"], float)
+        mean, std = np.asarray(model["mean"], float), np.asarray(model["std"], float)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EdgeCalibError(f"{path}: the domain classifier's weights are unreadable "
+                             f"({type(exc).__name__}: {exc})") from None
+    features = FEATURES
+    if weights.shape != (features, len(domains)) or bias.shape != (len(domains),) \
+            or mean.shape != (features,) or std.shape != (features,):
+        raise EdgeCalibError(f"{path}: the domain classifier names {len(domains)} domains but "
+                             f"its weights are shaped {weights.shape}, bias {bias.shape} (expected "
+                             f"({features}, {len(domains)}) and ({len(domains)},)); rebuild the "
+                             "bundle")
+    if not all(np.all(np.isfinite(a)) for a in (weights, bias, mean, std)) or np.any(std <= 0):
+        raise EdgeCalibError(f"{path}: the domain classifier has non-finite weights or a "
+                             "non-positive std; rebuild the bundle")
     return model
 
 

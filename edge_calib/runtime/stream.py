@@ -71,7 +71,8 @@ class StreamRunner:
             if entry is None:
                 raise EdgeCalibError("--domain auto: this bundle has no domain classifier "
                                      "(build it with several domains and --auto-domain)")
-            self.auto = AutoDomain(load_domain_model(self.bundle.path(entry.file)),
+            self.auto = AutoDomain(load_domain_model(self.bundle.path(entry.file),
+                                                      self.bundle.domains),
                                    self.spec.lo[0], self.spec.hi[0], options.auto_window,
                                    options.auto_threshold)
             self.domain = self.bundle.default_domain
