@@ -329,7 +329,7 @@ def main():
     elif args.cmd == "report":
         from report_calibrators import write_report
 
-        write_report(RESULTS, ROOT / "README.md")
+        write_report(RESULTS, ROOT / "RESULTS.md")
 
 
 if __name__ == "__main__":

@@ -265,7 +265,7 @@ def main():
     if args.cmd == "report":
         from report_camvid import write_report
 
-        write_report(RESULTS, ROOT / "README.md")
+        write_report(RESULTS, ROOT / "RESULTS.md")
         return
     step = Step(RESULTS, args.data_root)
     {"segmenter": run_segmenter, "compress": run_compress, "baselines": run_baselines,

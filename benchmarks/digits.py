@@ -216,7 +216,7 @@ def main():
                 add_epoch_summary(record, metrics)
     else:
         from report_digits import write_report
-        write_report(RESULTS, ROOT / "README.md")
+        write_report(RESULTS, ROOT / "RESULTS.md")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from edge_calib.compress.fold import fold_batchnorm
+from edge_calib.models.fold import fold_batchnorm
 from edge_calib.compress.prune import (
     apply_masks,
     compute_masks,

@@ -187,7 +187,7 @@ def test_corrupt_checkpoint_and_onnx(trained_dtn, tmp_path):
     bad.write_bytes(trained_dtn.read_bytes()[:1000])
     r = invoke("export", "--classifier", bad, "--calibrator", "a=identity", "--out", tmp_path / "o")
     assert r.exit_code == 2 and "corrupt or truncated" in r.output
-    from edge_calib.engines.onnxruntime_backend import make_session
+    from edge_calib.ort_session import make_session
     (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage")
     with pytest.raises(EdgeCalibError, match="ONNX Runtime cannot load it"):
         make_session(tmp_path / "bad.onnx")

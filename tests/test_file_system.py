@@ -78,3 +78,38 @@ def test_run_on_a_full_disk_keeps_the_old_predictions_and_no_temporary(bundle_di
         one_error_line(proc, "No space left on device")
         assert [p.name for p in disk.iterdir()] == ["p.jsonl"]
         assert (disk / "p.jsonl").read_text() == "old\n"
+
+
+def test_another_user_cannot_write_into_the_folder_one_line(trained_dtn):
+    """A real second user (setpriv to nobody) exports into a folder it may read but not write:
+    one line naming the folder, exit 1, and the folder stays empty (root would bypass the mode,
+    so this runs as another user)."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    if os.getuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to act as another user")
+    shared = Path(tempfile.mkdtemp(prefix="edge-calib-eacces-", dir="/tmp"))
+    try:
+        os.chmod(shared, 0o755)
+        classifier = shared / "clf.pt"
+        shutil.copy(trained_dtn, classifier)
+        os.chmod(classifier, 0o644)
+        locked = shared / "locked"
+        locked.mkdir(mode=0o755)
+        proc = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                               sys.executable, "-m", "edge_calib.cli", "export", "--classifier",
+                               classifier, "--calibrator", "mnist=identity", "--no-auto-domain",
+                               "--quiet", "--out", locked / "bundle"],
+                              capture_output=True, text=True, timeout=600,
+                              env=os.environ | {"HOME": str(shared)})
+        if "Permission denied" in proc.stderr and "edge_calib" not in proc.stderr \
+                and proc.returncode == 126:
+            pytest.skip("the interpreter is not reachable by another user here")
+        line = one_error_line(proc, "Permission denied")
+        assert str(locked) in line
+        assert list(locked.iterdir()) == []
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)

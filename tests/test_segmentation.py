@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from edge_calib.cli import main
-from edge_calib.compress.fold import fold_batchnorm
+from edge_calib.models.fold import fold_batchnorm
 from edge_calib.data import load_dataset
 from edge_calib.export.onnx_graphs import export_classifier
 from edge_calib.metrics import confusion, pixel_distance, segmentation_scores

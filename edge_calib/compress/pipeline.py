@@ -17,7 +17,7 @@ from ..train.evaluate import scores
 from ..train.source_stats import record_source_stats
 from ..train.supervised import Fit, fit
 from ..train.tensors import DomainData
-from .fold import fold_batchnorm
+from ..models.fold import fold_batchnorm
 from .prune import apply_masks, compute_masks, parse_prune, sparsity_report
 
 

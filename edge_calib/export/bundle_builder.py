@@ -93,7 +93,7 @@ def _check_fused(fused: onnx.ModelProto, calibrator: onnx.ModelProto,
     random inputs (ONNX Runtime); non-finite outputs are an error."""
     import onnxruntime as ort
 
-    from ..engines.onnxruntime_backend import run_session
+    from ..ort_session import run_session
 
     def run(model, x):
         return run_session(ort.InferenceSession(model.SerializeToString(),

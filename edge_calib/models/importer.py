@@ -188,7 +188,7 @@ def conversion_check(data: bytes, module, spec: InputSpec, fixed_batch, layout, 
     Runtime's outputs, and the share of samples (or pixels) with the same top-1."""
     import onnxruntime as ort
 
-    from ..engines.onnxruntime_backend import run_session
+    from ..ort_session import run_session
 
     try:
         session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])

@@ -95,7 +95,7 @@ def imported_module(onnx_bytes: bytes, layout: str = "NCHW") -> nn.Module:
 
 def build_structure(arch: str, num_classes: int, compression: dict | None) -> nn.Module:
     """The module a checkpoint's weights fit: the float net, or its folded / INT8 form."""
-    from ..compress.fold import fold_batchnorm
+    from .fold import fold_batchnorm
     from ..int8 import quantize_layers
 
     module = build_classifier(arch, num_classes)
