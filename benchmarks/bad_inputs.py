@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run the bad-input catalogue (``../shared/docs/BAD_INPUTS.md``) against the real CLI and
+"""Run the bad-input catalogues (``../shared/docs/BAD_INPUTS.md``, both) against the real CLI and
 write the table: per case the command's last stderr line, its exit status, whether a
 traceback appeared, and whether the good files it could have touched stayed byte-identical.
 
@@ -234,8 +234,174 @@ def run_catalogue(demo: Path, data_root: str) -> list[dict]:
     c.case("streams", "truncated video (warns, ends, exit 0)", [*run[:4], tmp / "trunc.avi",
                                                                  *run[5:-2]], expect_fail=False,
            warns="frames its header announces")
+    hostile_cases(c, g, tmp, dr)
     shutil.rmtree(tmp, ignore_errors=True)
     return c.rows
+
+
+def rehashed(bundle: Path) -> Path:
+    """Re-hash every file the manifest names, and the manifest: a deliberate, consistent edit."""
+    m = json.loads((bundle / "manifest.json").read_text())
+    m["files"] = {name: digest(bundle / name) for name in m["files"]}
+    text = json.dumps(m, indent=2)
+    (bundle / "manifest.json").write_text(text)
+    (bundle / "manifest.sha256").write_text(
+        hashlib.sha256(text.encode()).hexdigest() + "  manifest.json\n")
+    return bundle
+
+
+def hostile_cases(c: Catalogue, g: dict, tmp: Path, dr: list) -> None:
+    """The second catalogue (hostile but realistic): names that become paths, what a bundle
+    runs, resource caps, concurrent writers, file systems, option values at the edges, old
+    third-party graphs. The control socket's cases (another user, over-long lines) and a
+    capture thread that runs out of memory need a live run and a memory limit: they are run by
+    tests/test_runtime_robustness.py."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    good, cal, clf = g["bundle"], g["cal"], g["clf"]
+    # names that become paths
+    (tmp / "victim").mkdir()
+    (tmp / "victim" / "classifier.onnx").write_bytes(b"keep me")
+    for name in ("../../victim/classifier", "/tmp/abs", "a" * 300):
+        c.case("names that become paths", f"export --calibrator {name[:30]}=CAL",
+               ["export", "--classifier", clf, "--calibrator", f"{name}={cal}", "--out",
+                tmp / "deploy" / "new", "--no-auto-domain", "--quiet", *dr],
+               keep=[tmp / "victim"], after=lambda: not (tmp / "deploy").exists())
+    # what a bundle runs
+    b = fresh_bundle(good, tmp, "b_size")
+    path = next((b / "calibrators").glob("*.onnx"))
+    old = onnx.load(str(path))
+    inp, out = old.graph.input[0].name, old.graph.output[0].name
+    dims = [d.dim_value for d in old.graph.input[0].type.tensor_type.shape.dim]
+    half = [1, dims[1], dims[2] // 2, dims[3] // 2]
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("AveragePool", [inp], [out], kernel_shape=[2, 2], strides=[2, 2])],
+        "half", [helper.make_tensor_value_info(inp, TensorProto.FLOAT, [1, *dims[1:]])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, half)]),
+        opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.save(model, str(path))
+    domain = path.stem
+    c.case("what a bundle runs", "calibrator output smaller than the model input (re-hashed)",
+           ["eval", "--deploy", rehashed(b), "--domain", domain, "--dataset", "mnist:colour",
+            "--max-samples", "20", *dr])
+    b = fresh_bundle(good, tmp, "b_auto")
+    auto = json.loads((b / "domain_classifier.json").read_text())
+    auto["domains"] = auto["domains"][:1]
+    (b / "domain_classifier.json").write_text(json.dumps(auto))
+    c.case("what a bundle runs", "auto-domain model names fewer domains than it scores",
+           ["run", "--deploy", rehashed(b), "--input", g["video"], "--domain", "auto",
+            "--headless", "--max-frames", "20"])
+    b = fresh_bundle(good, tmp, "b_external")
+    m = onnx.load(str(b / "classifier.onnx"))
+    onnx.save(m, str(b / "classifier.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    c.case("what a bundle runs", "classifier weights moved to an unhashed external data file",
+           ["eval", "--deploy", rehashed(b), "--dataset", "mnist:colour", "--max-samples", "20",
+            *dr])
+    # resource caps
+    frames = tmp / "bomb"
+    frames.mkdir()
+    import cv2
+    for i in range(4):
+        cv2.imwrite(str(frames / f"{i}.png"), np.full((32, 32, 3), 40 * i, np.uint8))
+    write_big_png(frames / "bomb.png")
+    c.case("resource caps", "a 9000x9000 PNG (a few hundred KB) in a target folder",
+           ["train", "--classifier", clf, "--source", "mnist", "--target", frames, "--domain",
+            "b", "--out", tmp / "b.calib.pt", "--epochs", "1", "--max-samples", "20", *dr])
+    c.case("resource caps", "the same PNG among the frames of a run (skipped, counted, exit 0)",
+           ["run", "--deploy", good, "--input", frames, "--domain", "auto", "--headless",
+            "--json"], expect_fail=False, warns="over the cap")
+    # concurrent writers
+    concurrent_case(c, clf, tmp)
+    # file systems
+    mounted = tmpfs(tmp / "full", "256k")
+    if mounted:
+        c.case("file systems", "export onto a full disk (256 KB tmpfs)",
+               ["export", "--classifier", clf, "--calibrator", "mnist=identity",
+                "--no-auto-domain", "--quiet", "--out", tmp / "full" / "bundle"],
+               after=lambda: list((tmp / "full").iterdir()) == [])
+        subprocess.run(["umount", str(tmp / "full")], check=False)
+    if tmpfs(tmp / "ro", "1m", read_only=True):
+        c.case("file systems", "export into a read-only file system",
+               ["export", "--classifier", clf, "--calibrator", "mnist=identity",
+                "--no-auto-domain", "--quiet", "--out", tmp / "ro" / "bundle"])
+        subprocess.run(["umount", str(tmp / "ro")], check=False)
+    c.case("file systems", "an output name longer than the file system allows",
+           ["export", "--classifier", clf, "--calibrator", "mnist=identity", "--no-auto-domain",
+            "--quiet", "--out", tmp / ("b" * 300)])
+    # option values at the edges
+    run = ["run", "--deploy", good, "--input", g["video"], "--domain", "auto", "--headless"]
+    for flag, value in (("--fps", "nan"), ("--fps", "1e-300"), ("--fps", "1e308"),
+                        ("--reconnect-timeout", "inf"), ("--max-frames", str(2 ** 63))):
+        c.case("option values at the edges", f"run {flag} {value}", [*run, flag, value])
+    c.case("option values at the edges", "compress --finetune-lr nan",
+           ["compress", g["float"], "--prune", "2:4", "--finetune-epochs", "1",
+            "--finetune-lr", "nan", "--calib-dataset", "mnist", "--out", tmp / "q.pt", *dr])
+    # third-party model files
+    old_model = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "old",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 32, 32])]),
+        opset_imports=[helper.make_opsetid("", 6)])
+    old_model.ir_version = 3
+    onnx.save(old_model, str(tmp / "opset6.onnx"))
+    c.case("third-party model files", "an opset-6 graph", [
+        "import-model", tmp / "opset6.onnx", "--out", tmp / "old.pt", "--check-dataset", "mnist",
+        *dr],
+        after=lambda: not (tmp / "old.pt").exists())
+
+
+def tmpfs(path: Path, size: str, read_only: bool = False) -> bool:
+    """A small tmpfs at ``path`` (a full disk, a read-only file system); False where this user
+    cannot mount (the cases are then left out, and say so)."""
+    path.mkdir()
+    options = f"size={size}" + (",ro" if read_only else "")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"skip  file systems: cannot mount a tmpfs here ({done.stderr.strip()})")
+    return done.returncode == 0
+
+
+def concurrent_case(c: Catalogue, clf: Path, tmp: Path) -> None:
+    """Two exports to one new --out at once, neither with --force: one bundle, one refusal."""
+    out = tmp / "together"
+    args = ["edge-calib", "export", "--classifier", str(clf), "--calibrator", "mnist=identity",
+            "--no-auto-domain", "--quiet", "--out", str(out)]
+    started = time.time()
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    refusal = next((err for code, err in results if code != 0), "")
+    lines = [ln for ln in refusal.splitlines() if ln.strip()]
+    ok = codes[0] == 0 and codes[1] != 0 and "Traceback" not in refusal and (
+        out / "manifest.json").is_file()
+    c.rows.append({"family": "concurrent writers", "case": "two exports to one new --out at once",
+                   "exit": codes[1], "message": lines[-1] if lines else "", "traceback":
+                   "Traceback" in refusal, "good_files_kept": (out / "manifest.json").is_file(),
+                   "check": ok, "ok": ok, "seconds": round(time.time() - started, 1)})
+    print(("ok  " if ok else "FAIL") + f" concurrent writers: {c.rows[-1]['message'][:150]}")
+
+
+def write_big_png(path: Path, side: int = 9000) -> Path:
+    """A valid grey PNG of side x side pixels (81 MP, over the 67 MP cap), a few hundred KB."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    packer, row = zlib.compressobj(9), b"\0" * (side + 1)
+    body = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side,
+                                                                          8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path
 
 
 def nan_calibrator(g, tmp: Path) -> Path:

@@ -157,6 +157,7 @@ def _random_calibrator(arch: str, size: str, spec, seed: int = 0):
     import torch
 
     from edge_calib.models.calibrators import make_calibrator, parse_size
+    from edge_calib.models.records import CalibratorRecord
     from edge_calib.models.store import Calibrator
 
     torch.manual_seed(seed)
@@ -164,8 +165,9 @@ def _random_calibrator(arch: str, size: str, spec, seed: int = 0):
                              spec.channels, spec.lo, spec.hi).eval()
     for p in module.parameters():
         torch.nn.init.normal_(p, std=0.05)
-    return Calibrator(module, {"fingerprint": "random", "classifier_fingerprint": "random",
-                               "domain": f"{arch}-{size}", "input_spec": spec.to_dict()})
+    return Calibrator(module, CalibratorRecord(domain=f"{arch}-{size}",
+                                               classifier_fingerprint="random", input_spec=spec,
+                                               fingerprint="random"))
 
 
 def _quantised(cal, images):
@@ -174,7 +176,7 @@ def _quantised(cal, images):
     from edge_calib.compress.calibrator import quantise_calibrator
 
     q = quantise_calibrator(cal, images, calib_batches=8, batch_size=8)
-    q.meta["fingerprint"] = "random"
+    q.meta.fingerprint = "random"
     return q
 
 

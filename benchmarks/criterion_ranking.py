@@ -55,7 +55,7 @@ def main():
             if not all(p.is_file() for p in evals.values()):
                 continue
             cal = load_calibrator(path)
-            config = cal.meta["config"]
+            config = cal.meta.config
             scores = unlabelled_scores(clf.module, dusk, stats, cal.module.eval())
             rows.append({"name": name, "settings": {k: config.get(k) for k in SETTINGS},
                          **{k: round(v, 5) for k, v in scores.items()},

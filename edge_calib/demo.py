@@ -12,7 +12,7 @@ already there (a different target or calibrator gets its own files).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import click
@@ -64,7 +64,9 @@ def run_demo(cfg: DemoConfig) -> dict:
         score_predictions,
         write_domain_video,
     )
-    from .train.calibrate import CalibratorConfig, CalibratorTrainer, state_paths
+    from .models.records import CalibratorRecord
+    from .train.calibrate import CalibratorConfig, CalibratorTrainer
+    from .train.loop import state_paths
     from .train.classifier import train_classifier
     from .train.tensors import DomainData, resolve_device
 
@@ -99,11 +101,10 @@ def run_demo(cfg: DemoConfig) -> dict:
         if state.exists():
             trainer.load_state()
         module, summary = trainer.run(progress=progress)
-        save_calibrator(cal_path, module, {"domain": name, "classifier_fingerprint": clf.fingerprint,
-                                           "classifier_path": str(int8_path),
-                                           "input_spec": spec.to_dict(), "source": "mnist",
-                                           "target": target, "config": cfg_c.__dict__,
-                                           "training": summary})
+        save_calibrator(cal_path, module, CalibratorRecord(
+            domain=name, classifier_fingerprint=clf.fingerprint, classifier_path=str(int8_path),
+            input_spec=spec, source="mnist", target=target, config=asdict(cfg_c),
+            training=summary))
 
     _step(f"{name} calibrator ({cfg.arch}, trained against the INT8 model)", cal_path, train_cal)
     bundle = work / f"bundle-{name}-{cfg.arch}"

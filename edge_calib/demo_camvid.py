@@ -72,6 +72,7 @@ def _cli(args: list, out: Path, quiet: bool) -> dict:
 def run_camvid_demo(cfg: CamvidDemoConfig) -> dict:
     from .data import load_dataset
     from .runtime.testvideo import write_domain_video
+    from .train.loop import state_paths
 
     work, root = cfg.work, str(cfg.data_root)
     (work / "results").mkdir(parents=True, exist_ok=True)
@@ -94,8 +95,7 @@ def run_camvid_demo(cfg: CamvidDemoConfig) -> dict:
 
     def resume(checkpoint: Path) -> list[str]:
         """--resume where an interrupted training left its state, else --force."""
-        state = checkpoint.with_name(checkpoint.name[:-3] + ".state.pt")
-        return ["--resume"] if state.exists() else ["--force"]
+        return ["--resume"] if state_paths(checkpoint)[0].exists() else ["--force"]
 
     step("segmenter", ["train-classifier", "--dataset", SOURCE, "--arch", "lraspp_small",
                        "--out", float_path, "--epochs", cfg.segmenter_epochs, "--batch-size", 8,

@@ -66,12 +66,10 @@ def trained_calibrator(trained_dtn, digits, tmp_path_factory):
     """A small (width 4, 2 blocks) USPS calibrator trained for 1 epoch against ``trained_dtn``."""
     import torch
 
+    from edge_calib.models.records import CalibratorRecord
     from edge_calib.models.store import load_classifier, save_calibrator
-    from edge_calib.train.calibrate import (
-        CalibratorConfig,
-        CalibratorTrainer,
-        state_paths,
-    )
+    from edge_calib.train.calibrate import CalibratorConfig, CalibratorTrainer
+    from edge_calib.train.loop import state_paths
 
     clf = load_classifier(trained_dtn)
     out = tmp_path_factory.mktemp("calib") / "usps.calib.pt"
@@ -80,9 +78,9 @@ def trained_calibrator(trained_dtn, digits, tmp_path_factory):
     trainer = CalibratorTrainer(clf, digits["mnist_train"], digits["usps_train"], cfg,
                                 torch.device("cpu"), *state_paths(out))
     module, summary = trainer.run(progress=False)
-    save_calibrator(out, module, {"domain": "usps", "classifier_fingerprint": clf.fingerprint,
-                                  "input_spec": clf.spec.to_dict(), "source": "mnist",
-                                  "target": "usps", "training": summary})
+    save_calibrator(out, module, CalibratorRecord(
+        domain="usps", classifier_fingerprint=clf.fingerprint, input_spec=clf.spec,
+        source="mnist", target="usps", training=summary))
     return out
 
 

@@ -10,6 +10,7 @@ from edge_calib.cli import main
 from edge_calib.errors import EdgeCalibError
 from edge_calib.export.onnx_graphs import export_calibrator, export_classifier, fuse
 from edge_calib.models.calibrators import FAMILIES, make_calibrator, parse_size
+from edge_calib.models.records import CalibratorRecord
 from edge_calib.models.store import Calibrator, build_calibrator, load_classifier
 from edge_calib.spec import DIGITS_RGB32, InputSpec
 
@@ -33,8 +34,8 @@ def randomised(arch, size, spec=DIGITS_RGB32, eps=0.5, std=0.5, seed=0):
 
 
 def as_calibrator(module, spec):
-    return Calibrator(module, {"fingerprint": "f" * 16, "classifier_fingerprint": "c" * 16,
-                               "domain": "test", "input_spec": spec.to_dict()})
+    return Calibrator(module, CalibratorRecord(domain="test", classifier_fingerprint="c" * 16,
+                                               input_spec=spec, fingerprint="f" * 16))
 
 
 @pytest.mark.parametrize("arch,size", CASES)
@@ -149,9 +150,9 @@ def test_one_bundle_carries_different_families_per_domain(trained_dtn, digits, t
     args = ["export", "--classifier", str(trained_dtn), "--out", str(tmp_path / "b"),
             "--precision", "fp32", "--no-auto-domain", "--quiet"]
     for domain, g in modules.items():
-        save_calibrator(tmp_path / f"{domain}.calib.pt", g, {
-            "domain": domain, "classifier_fingerprint": clf.fingerprint,
-            "input_spec": clf.spec.to_dict(), "source": "mnist", "target": domain})
+        save_calibrator(tmp_path / f"{domain}.calib.pt", g, CalibratorRecord(
+            domain=domain, classifier_fingerprint=clf.fingerprint, input_spec=clf.spec,
+            source="mnist", target=domain))
         args += ["--calibrator", f"{domain}={tmp_path / f'{domain}.calib.pt'}"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output

@@ -6,6 +6,7 @@ from helpers import random_classifier
 
 from edge_calib.errors import EdgeCalibError
 from edge_calib.models.calibrators.resnet import ResnetCalibrator
+from edge_calib.models.records import CalibratorRecord
 from edge_calib.models.store import load_calibrator, load_classifier, save_calibrator
 
 
@@ -51,10 +52,38 @@ def test_calibrator_for_another_classifier_names_both(tmp_path):
     a.path, b.path = "a.pt", "b.pt"
     spec = a.spec
     g = ResnetCalibrator(channels=1, width=2, blocks=1, lo=spec.lo, hi=spec.hi)
-    save_calibrator(tmp_path / "g.pt", g, {"domain": "usps", "classifier_fingerprint": a.fingerprint,
-                                           "input_spec": spec.to_dict()})
+    save_calibrator(tmp_path / "g.pt", g, CalibratorRecord(
+        domain="usps", classifier_fingerprint=a.fingerprint, input_spec=spec))
     cal = load_calibrator(tmp_path / "g.pt")
     cal.check_pairs_with(a)
     with pytest.raises(EdgeCalibError) as err:
         cal.check_pairs_with(b)
     assert a.fingerprint in str(err.value) and b.fingerprint in str(err.value)
+
+
+def test_calibrator_record_round_trip_and_malformed_fields(tmp_path):
+    """The record written is the record read (unknown keys kept); a missing or mistyped field
+    of a real checkpoint is one line naming it."""
+    from edge_calib.models.checkpoint import load_checkpoint, save_checkpoint
+
+    clf = random_classifier("lenet", seed=0)
+    g = ResnetCalibrator(channels=1, width=2, blocks=1, lo=clf.spec.lo, hi=clf.spec.hi)
+    written = save_calibrator(tmp_path / "g.pt", g, CalibratorRecord(
+        domain="usps", classifier_fingerprint=clf.fingerprint, input_spec=clf.spec,
+        source="mnist", target="usps", training={"epochs": 3}))
+    read = load_calibrator(tmp_path / "g.pt").meta
+    assert read == written and read.architecture == g.config and not read.int8
+    meta, tensors = load_checkpoint(tmp_path / "g.pt", "calibrator")
+    assert meta["calibrator"] == g.config and "architecture" not in meta  # the format is kept
+    save_checkpoint(tmp_path / "newer.pt", "calibrator", meta | {"camera": "cam-7"}, tensors)
+    assert load_calibrator(tmp_path / "newer.pt").meta.extra == {"camera": "cam-7"}
+    for name, bad, words in (("missing", {k: v for k, v in meta.items()
+                                          if k != "classifier_fingerprint"},
+                              "('classifier_fingerprint' missing)"),
+                             ("typed", meta | {"domain": 7}, "('domain' is a int)"),
+                             ("spec", meta | {"input_spec": {"height": 28}},
+                              "(input_spec:")):
+        save_checkpoint(tmp_path / f"{name}.pt", "calibrator", bad, tensors)
+        with pytest.raises(EdgeCalibError, match="calibrator checkpoint is malformed") as err:
+            load_calibrator(tmp_path / f"{name}.pt")
+        assert words in str(err.value) and "\n" not in str(err.value)

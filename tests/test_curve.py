@@ -125,7 +125,8 @@ def test_init_histogram_starts_the_curve_at_histogram_matching(trained_dtn, digi
     the identity; a family without histogram matching refuses the option in one line."""
     from edge_calib.errors import EdgeCalibError
     from edge_calib.models.store import load_classifier
-    from edge_calib.train.calibrate import CalibratorConfig, CalibratorTrainer, state_paths
+    from edge_calib.train.calibrate import CalibratorConfig, CalibratorTrainer
+    from edge_calib.train.loop import state_paths
     from edge_calib.train.source_stats import SourceStats
 
     clf = load_classifier(trained_dtn)

@@ -49,7 +49,7 @@ def test_quantised_calibrator_checkpoint(shallow_pair, int8_dtn, digits):
     assert report["quantised_layers"] == len(layers) == 2  # the shallow medium's 2 convolutions
     assert report["calibration_dataset"] == "usps" and report["samples"] == 512
     assert q.int8 and not cal.int8 and q.fingerprint != cal.fingerprint
-    assert q.meta["float_fingerprint"] == cal.fingerprint
+    assert q.meta.float_fingerprint == cal.fingerprint
     q.check_pairs_with(load_classifier(int8_dtn))  # still paired with its classifier
     x = digits["usps_test"].batch(range(256), "cpu")
     with torch.no_grad():

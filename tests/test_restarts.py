@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from edge_calib.cli import main
 from edge_calib.models.checkpoint import load_checkpoint
 from edge_calib.models.store import load_classifier
-from edge_calib.train.calibrate import STATE, CalibratorConfig, CalibratorTrainer, state_paths
+from edge_calib.train.calibrate import STATE, CalibratorConfig, CalibratorTrainer
+from edge_calib.train.loop import state_paths
 from edge_calib.train.restarts import chosen_trainer, start_paths
 from edge_calib.train.source_stats import stats_distance
 

@@ -18,6 +18,7 @@ from edge_calib.export.onnx_graphs import export_classifier
 from edge_calib.metrics import confusion, pixel_distance, segmentation_scores
 from edge_calib.models.calibrators import make_calibrator, parse_size
 from edge_calib.models.classifiers import build_classifier, default_input_spec
+from edge_calib.models.records import CalibratorRecord
 from edge_calib.models.store import Classifier, save_calibrator
 from edge_calib.runtime.testvideo import write_domain_video
 
@@ -117,9 +118,9 @@ def seg_bundle(segmenter, frames, tmp_path_factory):
                         3, spec.lo, spec.hi)
     for p in g.parameters():
         torch.nn.init.normal_(p, std=0.2)
-    save_calibrator(work / "dusk.calib.pt", g, {
-        "domain": "dusk", "classifier_fingerprint": segmenter.fingerprint,
-        "input_spec": spec.to_dict(), "source": "camvid:day", "target": "camvid:dusk"})
+    save_calibrator(work / "dusk.calib.pt", g, CalibratorRecord(
+        domain="dusk", classifier_fingerprint=segmenter.fingerprint, input_spec=spec,
+        source="camvid:day", target="camvid:dusk"))
     r = CliRunner().invoke(main, ["export", "--classifier", str(work / "seg.pt"), "--calibrator",
                                   f"dusk={work / 'dusk.calib.pt'}", "--calibrator", "day=identity",
                                   "--out", str(work / "bundle"), "--no-auto-domain"])

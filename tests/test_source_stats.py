@@ -5,13 +5,13 @@ objective that restores them on a real shift without a discriminator."""
 import json
 
 import numpy as np
-import pytest
 import torch
 from click.testing import CliRunner
 
 from edge_calib.cli import main
 from edge_calib.models.store import load_classifier
-from edge_calib.train.calibrate import CalibratorConfig, CalibratorTrainer, state_paths
+from edge_calib.train.calibrate import CalibratorConfig, CalibratorTrainer
+from edge_calib.train.loop import state_paths
 from edge_calib.train.source_stats import (
     SourceStats,
     activation_taps,

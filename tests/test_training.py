@@ -7,7 +7,8 @@ from helpers import random_classifier, random_domain
 
 from edge_calib.errors import EdgeCalibError
 from edge_calib.models.checkpoint import load_checkpoint
-from edge_calib.train.calibrate import CalibratorConfig, CalibratorTrainer, state_paths
+from edge_calib.train.calibrate import CalibratorConfig, CalibratorTrainer
+from edge_calib.train.loop import state_paths
 from edge_calib.train.frozen import FrozenForward
 
 

@@ -85,20 +85,19 @@ def compress_calibrator(checkpoint, calib_dataset, calib_batches, activation_ran
                         out, max_samples, seed) -> dict:
     from ..compress.calibrator import quantise_calibrator
     from ..models.store import load_calibrator, save_calibrator
-    from ..spec import InputSpec
     from ..train.tensors import load_domain
 
     cal = load_calibrator(checkpoint)
-    dataset = calib_dataset or cal.meta.get("target")
+    dataset = calib_dataset or cal.meta.target
     if not dataset:
         raise EdgeCalibError(f"{checkpoint} records no target domain: give --calib-dataset")
-    spec = InputSpec.from_dict(cal.meta["input_spec"])
+    spec = cal.meta.input_spec
     calib = load_domain(dataset, "train", data_root, spec, max_samples, seed, unlabelled=True)
     quantised = quantise_calibrator(cal, calib, activation_range, calib_batches, seed=seed)
     saved = save_calibrator(out, quantised.module, quantised.meta)
-    q = quantised.meta["quantization"]
-    return {"out": out, "fingerprint": saved["fingerprint"], "float_fingerprint": cal.fingerprint,
-            "domain": cal.meta.get("domain"), "compression": quantised.meta["compression"],
+    q = quantised.meta.quantization
+    return {"out": out, "fingerprint": saved.fingerprint, "float_fingerprint": cal.fingerprint,
+            "domain": cal.meta.domain, "compression": quantised.meta.compression,
             "calibration_dataset": dataset, "samples": q["samples"],
             "quantised_layers": q["quantised_layers"],
             "max_abs_change_on_calibration_images":

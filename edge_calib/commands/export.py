@@ -42,7 +42,7 @@ def export_bundle(classifier, calibrators, precision, auto_domain, data_root, ou
     pairs = parse_calibrator_args(calibrators)
     if precision is None:
         c = load_classifier(classifier)
-        precision = "int8" if (c.compression or {}).get("int8") else "fp32"
+        precision = "int8" if c.int8 else "fp32"
     domain_classifier = None
     if auto_domain and len(pairs) > 1:
         from ..export.domain_model import bundle_domain_classifier

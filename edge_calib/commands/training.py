@@ -66,6 +66,7 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, input_s
     from ..data.catalog import has_test_split, has_val_split
     from ..models.classifiers import default_input_spec
     from ..train.classifier import train_classifier as fit
+    from ..train.loop import check_states, state_paths
     from ..train.tensors import load_domain, resolve_device
 
     spec = default_input_spec(arch)
@@ -81,13 +82,8 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, input_s
     if crop and not (crop[0] <= spec.height and crop[1] <= spec.width):
         raise EdgeCalibError(f"--crop {crop[0]}x{crop[1]} is larger than the input "
                              f"{spec.height}x{spec.width}")
-    name = Path(out).name
-    state = Path(out).with_name((name[:-3] if name.endswith(".pt") else name) + ".state.pt")
-    if state.exists() and not (resume or force):
-        raise EdgeCalibError(f"a training state exists at {state}: pass --resume to continue or "
-                             "--force to start over")
-    if resume and not state.exists():
-        raise EdgeCalibError(f"--resume: no training state at {state}")
+    state = state_paths(out)[0]
+    check_states([state], resume, force)
     dev = resolve_device(device)
     train = load_domain(dataset, "train", data_root, spec, max_samples, seed)
     if train.labels is None:
@@ -206,8 +202,10 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
           seed, device, max_samples, quiet):
     """Train a data calibrator for DOMAIN against a frozen classifier."""
     from ..data.catalog import has_test_split, has_val_split
+    from ..models.records import CalibratorRecord
     from ..models.store import load_classifier, save_calibrator
-    from ..train.calibrate import CalibratorConfig, CalibratorTrainer, state_paths
+    from ..train.calibrate import CalibratorConfig, CalibratorTrainer
+    from ..train.loop import check_states, state_paths
     from ..train.evaluate import check_task
     from ..train.restarts import chosen_trainer, training_files
     from ..names import check_name
@@ -231,13 +229,8 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
                            train_size=parse_hw(train_size))
     cfg.validate()
     state_path, metrics_path = state_paths(out)
-    states = [f for f in training_files(out, restarts) if f.name.endswith(".state.pt")]
-    existing = [f for f in states if f.exists()]
-    if existing and not (resume or force):
-        raise EdgeCalibError(f"a training state exists at {existing[0]}: pass --resume to "
-                             "continue or --force to start over")
-    if resume and not existing:
-        raise EdgeCalibError(f"--resume: no training state at {state_path}")
+    check_states([f for f in training_files(out, restarts) if f.name.endswith(".state.pt")],
+                 resume, force)
     clf = load_classifier(classifier)
     dev = resolve_device(device)
     spec = clf.spec if cfg.train_size is None else dataclasses.replace(
@@ -264,13 +257,13 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
 
     trainer = chosen_trainer(make_trainer, cfg, out, resume, progress=not quiet)
     module, summary = trainer.run(progress=not quiet)
-    meta = {"domain": domain, "classifier_fingerprint": trainer.fingerprint,
-            "classifier_path": str(classifier), "input_spec": clf.spec.to_dict(),
-            "source": source, "target": target, "max_samples": max_samples,
-            "config": dataclasses.asdict(trainer.cfg), "training": summary}
-    saved = save_calibrator(out, module, meta)
-    click.echo(json.dumps({"out": str(out), "domain": domain, "fingerprint": saved["fingerprint"],
-                           "params": saved["params"], "epochs": summary["epochs"],
+    record = CalibratorRecord(domain=domain, classifier_fingerprint=trainer.fingerprint,
+                              classifier_path=str(classifier), input_spec=clf.spec, source=source,
+                              target=target, max_samples=max_samples,
+                              config=dataclasses.asdict(trainer.cfg), training=summary)
+    saved = save_calibrator(out, module, record)
+    click.echo(json.dumps({"out": str(out), "domain": domain, "fingerprint": saved.fingerprint,
+                           "params": saved.params, "epochs": summary["epochs"],
                            "selection": summary["selection"], "restarts": summary["restarts"],
                            "classifier_fingerprint": trainer.fingerprint}))
 
@@ -390,7 +383,7 @@ def _evaluate_checkpoints(classifier, calibrator, dataset, split, data_root, bat
             "photometric": None if correction is None else correction.params,
             "backend": "torch", "classifier": classifier,
             "classifier_fingerprint": clf.fingerprint, "classifier_params": clf.params,
-            "calibrator": calibrator, "domain": None if cal is None else cal.meta.get("domain"),
+            "calibrator": calibrator, "domain": None if cal is None else cal.meta.domain,
             "calibrator_params": None if cal is None else cal.params,
             "overhead_params_pct": None if cal is None else round(100.0 * cal.params / clf.params, 3)}
 

@@ -10,6 +10,7 @@ against.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 
 import numpy as np
@@ -41,13 +42,13 @@ def quantise_calibrator(cal: Calibrator, calib: DomainData, act_method: str = "p
     scales = estimate_scales(module, batches, act_method)
     with torch.no_grad():
         change = max(float((module(x) - cal.module(x)).abs().max()) for x in batches)
-    meta = dict(cal.meta) | {
-        "compression": {"int8": True, "activation_range": act_method},
-        "float_fingerprint": cal.fingerprint,
-        "quantization": {"dataset": calib.name, "samples": int(len(idx)),
-                         "quantised_layers": len(layers), "int8_scales": scales,
-                         "max_abs_change_on_calibration_images": change,
-                         "time_s": round(time.time() - started, 2)}}
+    meta = dataclasses.replace(
+        cal.meta, compression={"int8": True, "activation_range": act_method},
+        float_fingerprint=cal.fingerprint,
+        quantization={"dataset": calib.name, "samples": int(len(idx)),
+                      "quantised_layers": len(layers), "int8_scales": scales,
+                      "max_abs_change_on_calibration_images": change,
+                      "time_s": round(time.time() - started, 2)})
     for p in module.parameters():
         p.requires_grad_(False)
     return Calibrator(module, meta)

@@ -49,6 +49,7 @@ def histogram_calibrator(clf, domain: str, spec: str) -> Calibrator:
     pixels (its recorded source statistics) as a curve calibrator with no training; TARGET
     names the domain's images (for `run --domain auto`)."""
     from ..models.calibrators.curve import histogram_matching
+    from ..models.records import CalibratorRecord
     from ..models.store import calibrator_fingerprint
     from ..train.source_stats import SourceStats
 
@@ -60,12 +61,13 @@ def histogram_calibrator(clf, domain: str, spec: str) -> Calibrator:
     module = histogram_matching(clf.spec.channels, clf.spec.lo, clf.spec.hi,
                                 stats.pixel_quantiles)
     target = spec.partition(":")[2] or None
-    meta = {"domain": domain, "classifier_fingerprint": clf.fingerprint,
-            "input_spec": clf.spec.to_dict(), "source": stats.dataset, "target": target,
-            "calibrator": module.config, "fingerprint": calibrator_fingerprint(module),
-            "training": {"selection": {"rule": "none: per-frame histogram matching to the "
-                                               f"source pixels of {stats.dataset}"}}}
-    return Calibrator(module, meta, None)
+    record = CalibratorRecord(
+        domain=domain, classifier_fingerprint=clf.fingerprint, input_spec=clf.spec,
+        source=stats.dataset, target=target, architecture=module.config,
+        fingerprint=calibrator_fingerprint(module),
+        training={"selection": {"rule": "none: per-frame histogram matching to the source "
+                                        f"pixels of {stats.dataset}"}})
+    return Calibrator(module, record, None)
 
 
 def parse_calibrator_args(values: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -140,7 +142,7 @@ def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: 
     if out.exists() and not force:
         raise EdgeCalibError(f"{out} already exists; pass --force to replace it")
     clf = load_classifier(classifier_path)
-    int8 = bool(clf.compression and clf.compression.get("int8"))
+    int8 = clf.int8
     if precision == "int8" and not int8:
         raise EdgeCalibError(f"--precision int8 needs an INT8 classifier; {classifier_path} is "
                              "float (run `edge-calib compress --int8` first)")
@@ -233,13 +235,13 @@ def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: 
                     onnx.save(fuse(graph_trt, fusable_trt, domain),
                               tmp / "fused" / f"{domain}.trt.onnx")
                     fused["tensorrt"] = f"fused/{domain}.trt.onnx"
-            training = cal.meta.get("training", {})
+            training = cal.meta.training
             domains[domain] = DomainEntry(CalibratorEntry(
                 files=files, precision="int8" if cal.int8 else "fp32",
-                fingerprint=cal.meta["fingerprint"], architecture=cal.module.config,
+                fingerprint=cal.meta.fingerprint, architecture=cal.module.config,
                 eps=cal.module.eps, params=cal.params,
-                trained_against=cal.meta["classifier_fingerprint"],
-                source=cal.meta.get("source"), target=cal.meta.get("target"),
+                trained_against=cal.meta.classifier_fingerprint,
+                source=cal.meta.source, target=cal.meta.target,
                 metrics={"epochs": training.get("epochs"), "selection": training.get("selection"),
                          "last_epoch": training.get("last_epoch")}), fused, error)
         commit, _ = git_commit()

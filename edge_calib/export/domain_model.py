@@ -23,11 +23,11 @@ FILE = "domain_classifier.json"
 
 
 def domain_datasets(calibrators, loaded) -> dict[str, str]:
-    sources = {cal.meta.get("source") for cal in loaded.values()} - {None}
+    sources = {cal.meta.source for cal in loaded.values()} - {None}
     out = {}
     for domain, _ in calibrators:
         if domain in loaded:
-            out[domain] = loaded[domain].meta.get("target")
+            out[domain] = loaded[domain].meta.target
             if not out[domain]:
                 raise EdgeCalibError(f"domain {domain!r}: no target images recorded to learn it "
                                      "for --domain auto; give DOMAIN=histogram:TARGET, or "

@@ -98,12 +98,11 @@ def export_classifier(clf: Classifier, target: str = "onnxruntime") -> onnx.Mode
         raise EdgeCalibError(f"unknown export target {target!r}")
     if clf.onnx_bytes is not None:  # an imported model is deployed as the user gave it
         return imported_graph(clf)
-    int8 = bool(clf.compression and clf.compression.get("int8"))
-    model = _export_quantisable(clf.module, clf.spec.shape, LOGITS, int8, target)
+    model = _export_quantisable(clf.module, clf.spec.shape, LOGITS, clf.int8, target)
     onnx.checker.check_model(model)
     return set_metadata(model, {"kind": "classifier", "fingerprint": clf.fingerprint,
                                 "arch": clf.arch, "input_spec": clf.spec.to_dict(),
-                                "labels": clf.labels, "precision": "int8" if int8 else "fp32",
+                                "labels": clf.labels, "precision": "int8" if clf.int8 else "fp32",
                                 "target": target})
 
 
@@ -208,8 +207,8 @@ def export_calibrator(cal: Calibrator, half: bool = False, opset: int = OPSET,
     """The calibrator as a simplified float graph (``half``: FP16 inside, FP32 at the I/O, for
     strongly typed TensorRT >= 11; ``opset``: that of an imported classifier it is fused to);
     an INT8 calibrator gets Q/DQ pairs for ``target`` exactly as an INT8 classifier does."""
-    spec_shape = (cal.module.config["channels"],) + tuple(
-        cal.meta["input_spec"][k] for k in ("height", "width"))
+    spec_shape = (cal.module.config["channels"], cal.meta.input_spec.height,
+                  cal.meta.input_spec.width)
     if half and cal.int8:
         raise EdgeCalibError("an INT8 calibrator has no FP16 graph")
     if half:
@@ -220,9 +219,9 @@ def export_calibrator(cal: Calibrator, half: bool = False, opset: int = OPSET,
     narrow_gather_indices(model)
     onnx.checker.check_model(model)
     precision = "int8" if cal.int8 else "fp16" if half else "fp32"
-    return set_metadata(model, {"kind": "calibrator", "fingerprint": cal.meta["fingerprint"],
-                                "domain": cal.meta.get("domain", ""), "eps": cal.module.eps,
-                                "trained_against": cal.meta["classifier_fingerprint"],
+    return set_metadata(model, {"kind": "calibrator", "fingerprint": cal.meta.fingerprint,
+                                "domain": cal.meta.domain or "", "eps": cal.module.eps,
+                                "trained_against": cal.meta.classifier_fingerprint,
                                 "precision": precision, "target": target})
 
 

@@ -12,6 +12,7 @@ another classifier is an error naming both.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from ..spec import InputSpec
 from .calibrators import BoundedCalibrator, fingerprint_identity, make_calibrator
 from .checkpoint import load_checkpoint, save_checkpoint, state_fingerprint
 from .classifiers import build_classifier, count_parameters
+from .records import CalibratorRecord, is_int8
 
 CLASSIFIER, CALIBRATOR = "classifier", "calibrator"
 
@@ -53,6 +55,11 @@ class Classifier:
         if self.onnx_bytes is not None:
             identity["task"] = self.task
         return identity
+
+    @property
+    def int8(self) -> bool:
+        """Compressed with ``--int8`` (fake-quantised Conv/Linear layers, Q/DQ on export)."""
+        return is_int8(self.compression)
 
     @property
     def task(self) -> str:
@@ -101,7 +108,7 @@ def build_structure(arch: str, num_classes: int, compression: dict | None) -> nn
     module = build_classifier(arch, num_classes)
     if compression and compression.get("folded"):
         module = fold_batchnorm(module)
-        if compression.get("int8"):
+        if is_int8(compression):
             module = quantize_layers(module)
     return module
 
@@ -137,7 +144,7 @@ def load_classifier(path: str | Path) -> Classifier:
 @dataclass
 class Calibrator:
     module: BoundedCalibrator
-    meta: dict
+    meta: CalibratorRecord
     path: str | None = None
 
     @property
@@ -147,17 +154,17 @@ class Calibrator:
     @property
     def int8(self) -> bool:
         """Quantised with ``edge-calib compress --int8`` (fake-quantised Conv/Linear layers)."""
-        return bool((self.meta.get("compression") or {}).get("int8"))
+        return self.meta.int8
 
     @property
     def params(self) -> int:
         return count_parameters(self.module)
 
     def check_pairs_with(self, classifier: Classifier) -> None:
-        expected = self.meta["classifier_fingerprint"]
+        expected = self.meta.classifier_fingerprint
         if expected != classifier.fingerprint:
             raise EdgeCalibError(
-                f"calibrator {self.path or self.meta.get('domain')} was trained against classifier "
+                f"calibrator {self.path or self.meta.domain} was trained against classifier "
                 f"{expected}, not {classifier.fingerprint} ({classifier.path}); train it again for "
                 "this classifier")
 
@@ -171,27 +178,29 @@ def build_calibrator(config: dict, spec: InputSpec, compression: dict | None = N
     """A calibrator of ``config`` (arch, size settings, eps, perturbation) for inputs of ``spec``;
     an INT8 ``compression`` swaps its Conv/Linear layers for their fake-quantised twins."""
     module = make_calibrator(config, spec.channels, spec.lo, spec.hi)
-    if (compression or {}).get("int8"):
+    if is_int8(compression):
         from ..int8 import quantize_layers
 
         module = quantize_layers(module)
     return module
 
 
-def save_calibrator(path: str | Path, module: BoundedCalibrator, meta: dict) -> dict:
-    """``meta`` must name the classifier fingerprint, the domain, the data and the training."""
-    full = dict(meta) | {"calibrator": module.config,
-                         "fingerprint": calibrator_fingerprint(module),
-                         "params": count_parameters(module)}
-    save_checkpoint(path, CALIBRATOR, full, {"state": module.state_dict()})
-    return full
+def save_calibrator(path: str | Path, module: BoundedCalibrator, record: CalibratorRecord
+                    ) -> CalibratorRecord:
+    """The weights with ``record`` (the classifier fingerprint, the domain, the data and the
+    training), completed with the architecture, fingerprint and size; returns the record."""
+    record = dataclasses.replace(record, architecture=module.config,
+                                 fingerprint=calibrator_fingerprint(module),
+                                 params=count_parameters(module))
+    save_checkpoint(path, CALIBRATOR, record.to_dict(), {"state": module.state_dict()})
+    return record
 
 
 def load_calibrator(path: str | Path) -> Calibrator:
     meta, tensors = load_checkpoint(path, CALIBRATOR)
+    record = CalibratorRecord.read(meta, str(path))
     try:
-        spec = InputSpec.from_dict(meta["input_spec"])
-        module = build_calibrator(meta["calibrator"], spec, meta.get("compression"))
+        module = build_calibrator(record.architecture, record.input_spec, record.compression)
         module.load_state_dict(tensors["state"])
     except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as exc:
         raise EdgeCalibError(f"{path}: calibrator checkpoint is malformed "
@@ -200,7 +209,7 @@ def load_calibrator(path: str | Path) -> Calibrator:
     if not all(torch.isfinite(t).all() for t in module.state_dict().values()):
         raise EdgeCalibError(f"{path}: calibrator weights are not finite (NaN or inf); it cannot "
                              "be deployed, train it again")
-    calib = Calibrator(module, meta, str(path))
-    if meta.get("fingerprint") != calib.fingerprint:
+    calib = Calibrator(module, record, str(path))
+    if record.fingerprint != calib.fingerprint:
         raise EdgeCalibError(f"{path}: weights do not match the recorded fingerprint")
     return calib

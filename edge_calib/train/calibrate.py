@@ -31,7 +31,6 @@ import numpy as np
 import torch
 
 from ..errors import EdgeCalibError
-from ..fileio import write_bytes_atomic
 from ..models.calibrators import DEFAULT_ARCH, calibrator_class
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.discriminators import FeatureDiscriminator, PixelDiscriminator
@@ -39,6 +38,7 @@ from ..models.store import Classifier, build_calibrator
 from ..progress import echo_err, progress_bar
 from .evaluate import scores
 from .frozen import MODES, FrozenForward
+from .loop import SCHEDULES, log_epoch, non_finite, scheduler
 from .losses import (
     CalibratorAdversarialLoss,
     GroupDiscriminatorLoss,
@@ -56,7 +56,6 @@ OBJECTIVES = ("adversarial", "stats")
 SELECTIONS = ("last", "entropy", "stats")
 INITS = ("identity", "histogram")
 SCORE = {"classification": "accuracy", "segmentation": "miou"}  # per-epoch monitor scores
-SCHEDULES = ("constant", "cosine")
 STATE = "calibrator-training-state"
 
 
@@ -166,12 +165,6 @@ class CalibratorConfig:
         return diffs
 
 
-def state_paths(out: Path) -> tuple[Path, Path]:
-    """Training state and metrics log beside the output: X.calib.pt -> X.calib.state.pt/.jsonl."""
-    stem = out.name[:-3] if out.name.endswith(".pt") else out.name
-    return out.with_name(stem + ".state.pt"), out.with_name(stem + ".metrics.jsonl")
-
-
 class CalibratorTrainer:
     def __init__(self, classifier: Classifier, source: DomainData, target: DomainData,
                  config: CalibratorConfig, device: torch.device, state_path: Path,
@@ -209,10 +202,8 @@ class CalibratorTrainer:
         self.batch = min(config.batch_size, len(self.target), len(self.source))
         self.steps = max(1, min(len(self.target), len(self.source)) // self.batch)
         total = self.steps * config.epochs
-        decay = (lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total))) \
-            if config.schedule == "cosine" else (lambda t: 1.0)
-        self.sched_G = torch.optim.lr_scheduler.LambdaLR(self.opt_G, decay)
-        self.sched_D = torch.optim.lr_scheduler.LambdaLR(self.opt_D, decay)
+        self.sched_G = scheduler(self.opt_G, config.schedule, total)
+        self.sched_D = scheduler(self.opt_D, config.schedule, total)
         self.loss_D, self.loss_G = GroupDiscriminatorLoss(), CalibratorAdversarialLoss(
             config.w_target, config.w_source, config.w_pixel, config.w_feature)
         self.loss_consistency, self.loss_histogram = SourceConsistencyLoss(), PixelHistogramLoss()
@@ -452,12 +443,10 @@ class CalibratorTrainer:
 
     def _diverged(self, step: int, values: dict) -> None:
         """Stop: a non-finite loss would poison the weights, the EMA and every later epoch."""
-        kept = (f"the last good state (epoch {self.epoch}) is kept in {self.state_path} and "
-                "no calibrator was written" if self.epoch else "nothing was written")
         bad = ", ".join(f"{k} {v:.3g}" for k, v in values.items() if not np.isfinite(v))
-        raise EdgeCalibError(f"training stopped at epoch {self.epoch + 1}, step {step + 1}: the "
-                             f"losses became non-finite ({bad}); {kept}. Try a lower "
-                             "--lr/--d-lr or a smaller --eps")
+        raise non_finite(self.epoch, step, "losses", bad, self.state_path,
+                         "Try a lower --lr/--d-lr or a smaller --eps",
+                         written=" and no calibrator was written")
 
     @torch.no_grad()
     def _evaluate(self, row: dict):
@@ -507,10 +496,7 @@ class CalibratorTrainer:
             if self.cfg.select != "last" and (self.best is None or row[key] < self.best[0]):
                 self.best = (row[key], self.epoch, copy.deepcopy(self.deployed_G.state_dict()))
             self.history.append(row)
-            write_bytes_atomic(self.metrics_path,
-                               "".join(json.dumps(h) + "\n" for h in self.history).encode())
-            echo_err(json.dumps({k: round(v, 4) if isinstance(v, float) else v
-                                 for k, v in row.items()}))
+            log_epoch(row, self.history, self.metrics_path)
             self.save_state()
         chosen = copy.deepcopy(self.deployed_G).cpu().eval()
         selection = {"rule": "last epoch", "epoch": self.epoch}

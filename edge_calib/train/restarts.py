@@ -22,7 +22,8 @@ from typing import Callable
 
 from ..models.checkpoint import load_checkpoint
 from ..progress import echo_err
-from .calibrate import STATE, CalibratorConfig, CalibratorTrainer, state_paths
+from .calibrate import STATE, CalibratorConfig, CalibratorTrainer
+from .loop import state_paths
 
 MakeTrainer = Callable[[CalibratorConfig, Path, Path], CalibratorTrainer]
 

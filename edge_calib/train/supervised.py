@@ -5,7 +5,6 @@ epoch (model, optimiser, schedule, RNG, history), so a killed run continues with
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -17,7 +16,9 @@ import torch
 
 from ..errors import EdgeCalibError
 from ..models.checkpoint import load_checkpoint, save_checkpoint
-from ..progress import echo_err, progress_bar
+from ..progress import progress_bar
+from .loop import log_epoch, non_finite
+from .loop import scheduler as lr_schedule
 from .tensors import DomainData, epoch_order
 
 STATE = "supervised-training-state"
@@ -56,9 +57,7 @@ def fit(model: torch.nn.Module, data: DomainData, cfg: Fit, loss_fn: Callable, d
                              f"{cfg.batch_size}")
     total = steps * cfg.epochs
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    decay = (lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total))) \
-        if cfg.schedule == "cosine" else (lambda t: 1.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, decay)
+    scheduler = lr_schedule(optimiser, cfg.schedule, total)
     history: list[dict] = []
     if resume:
         history = _load_state(state_path, model, optimiser, scheduler)
@@ -74,12 +73,8 @@ def fit(model: torch.nn.Module, data: DomainData, cfg: Fit, loss_fn: Callable, d
                     x, y = transform(x, y)
                 loss = loss_fn(model(x), y)
                 if not torch.isfinite(loss):
-                    raise EdgeCalibError(
-                        f"training stopped at epoch {epoch + 1}, step {step + 1}: the loss became "
-                        f"non-finite ({loss.item():.3g}); "
-                        + (f"the last good state (epoch {epoch}) is kept in {state_path}"
-                           if state_path and epoch else "nothing was written")
-                        + ". Try a lower --lr")
+                    raise non_finite(epoch, step, "loss", f"{loss.item():.3g}", state_path,
+                                     "Try a lower --lr")
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
@@ -95,8 +90,7 @@ def fit(model: torch.nn.Module, data: DomainData, cfg: Fit, loss_fn: Callable, d
         if evaluate is not None:
             row |= evaluate(epoch + 1)
         history.append(row)
-        echo_err(json.dumps({k: round(v, 4) if isinstance(v, float) else v
-                             for k, v in row.items()}))
+        log_epoch(row)
         if state_path is not None:
             _save_state(state_path, model, optimiser, scheduler, history, cfg)
     return history
