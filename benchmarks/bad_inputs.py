@@ -271,7 +271,7 @@ def hostile_cases(c: Catalogue, g: dict, tmp: Path, dr: list) -> None:
                keep=[tmp / "victim"], after=lambda: not (tmp / "deploy").exists())
     # what a bundle runs
     b = fresh_bundle(good, tmp, "b_size")
-    path = next((b / "calibrators").glob("*.onnx"))
+    path = next(p for p in sorted((b / "calibrators").glob("*.onnx")) if p.name.count(".") == 1)
     old = onnx.load(str(path))
     inp, out = old.graph.input[0].name, old.graph.output[0].name
     dims = [d.dim_value for d in old.graph.input[0].type.tensor_type.shape.dim]

@@ -314,6 +314,8 @@ def test_an_oversized_image_is_refused_undecoded(bundle_dir, trained_dtn, frame_
     assert r.exit_code == 0, r.output
     summary = json.loads(r.output.strip().splitlines()[-1])
     assert summary["frames"] == 12 and summary["corrupt"] == 1
+    assert f"skipped {big}: 9000x9000 pixels is over the cap" in r.output  # named, once
+    assert r.output.count("over the cap") == 1
     r = invoke("eval", "--classifier", trained_dtn, "--dataset", folder, "--unlabelled")
     assert r.exit_code == 2 and "Traceback" not in r.output
     assert r.output.strip().splitlines()[-1] == (
@@ -362,7 +364,7 @@ def test_capture_that_runs_out_of_memory_fails_the_run_and_keeps_the_old_output(
 
 
 @pytest.mark.parametrize("flag,value", [("--fps", "nan"), ("--fps", "inf"), ("--fps", "0"),
-                                        ("--fps", "1e308"), ("--reconnect-timeout", "inf"),
+                                        ("--fps", "1e-300"), ("--fps", "1e308"), ("--reconnect-timeout", "inf"),
                                         ("--reconnect-timeout", "-1"), ("--input-width", "0"),
                                         ("--camera", "-1"), ("--max-frames", str(2**63)),
                                         ("--queue", "99999999999")])

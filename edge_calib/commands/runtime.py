@@ -31,8 +31,8 @@ from .options import Real
 @click.option("--watch", is_flag=True, help="Reload when the bundle changes on disk.")
 @click.option("--input-width", type=click.IntRange(1, 16384), default=None)
 @click.option("--input-height", type=click.IntRange(1, 16384), default=None)
-@click.option("--fps", type=Real(0, 1000, low_open=True), default=None,
-              help="Camera rate, or the pace of --realtime.")
+@click.option("--fps", type=Real(0.01, 1000), default=None,
+              help="Camera rate, or the pace of --realtime (0.01 to 1000 frames a second).")
 @click.option("--loop", is_flag=True, help="Loop files and folders.")
 @click.option("--realtime", is_flag=True,
               help="Treat a file like a live camera: paced at --fps, oldest frames dropped "

@@ -9,6 +9,7 @@ Every source returns RGB uint8 frames.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +87,7 @@ class FolderReader:
                                  f"{', '.join(IMAGE_SUFFIXES)} in it and its subfolders)")
         self.loop, self.position = loop, 0
         self.expected = len(self.files)
+        self.refused: set = set()  # files over the pixel cap, named once each on stderr
 
     def read(self) -> tuple[bool, np.ndarray | None, bool, int]:
         """(ended, BGR frame, failed, corrupt frames skipped): unreadable files are skipped."""
@@ -100,7 +102,10 @@ class FolderReader:
             try:
                 check_pixels(path)  # an oversized image is a skipped frame, never decoded
                 frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            except EdgeCalibError:
+            except EdgeCalibError as exc:
+                if path not in self.refused:
+                    self.refused.add(path)
+                    print(f"[edge-calib] skipped {exc}", file=sys.stderr, flush=True)
                 frame = None
             if frame is not None:
                 return False, frame, False, skipped
