@@ -30,7 +30,9 @@ FLAGS = (("--objective", "{} objective"), ("--init", "starts at {}"),
          ("--calibrator-size", "{}"), ("--eps", "ε {}"),
          ("--lr", "lr {}"), ("--epochs", "{} epochs"), ("--ema", "EMA {}"),
          ("--w-stats", "stats {}"), ("--w-consistency", "consistency {}"),
-         ("--w-histogram", "histogram {}"))
+         ("--w-histogram", "histogram {}"), ("--restarts", "best of {} starts by the "
+                                                             "statistics distance"),
+         ("--restart-epochs", "{} epochs each"))
 DISTANCE_KEYS = {"source_only": "raw", "histogram": "histogram"}  # rows -> distances.json
 
 

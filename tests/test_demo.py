@@ -73,3 +73,13 @@ def test_demo_camvid_without_camvid(tmp_path):
                                   "--data-root", str(tmp_path)])
     assert r.exit_code == 2 and "demo camvid needs CamVid" in r.output
     assert not (tmp_path / "w").exists()
+
+
+def test_camvid_demo_restarts_scale_with_the_epochs():
+    """The demo's calibrator uses the recipe's restarts (15 of 80 epochs per start), scaled down
+    for --fast and left out for a 1-epoch run (a start must be shorter than the run)."""
+    from edge_calib.demo_camvid import restarts
+
+    assert restarts(80) == ("--restarts", "3", "--restart-epochs", "15")
+    assert restarts(10) == ("--restarts", "3", "--restart-epochs", "1")
+    assert restarts(1) == ()

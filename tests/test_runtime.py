@@ -172,11 +172,13 @@ def test_reload_swaps_good_bundles_and_keeps_old_on_bad(bundle_dir, domain_video
     thread = threading.Thread(target=lambda: result.update(runner.run()))
     thread.start()
     wait_until(lambda: os.path.exists(sock) and runner.times.frames >= 5, thread)
+    first = runner.engines
     assert send_command(sock, "reload")["ok"]
     deadline = time.time() + 20
     while not runner.reloads and time.time() < deadline:
         time.sleep(0.05)
     assert runner.reloads and runner.reloads[-1]["ok"]
+    assert first.closed and not runner.engines.closed  # the replaced engines were closed
     frames_before = runner.times.frames
     (work / "calibrators" / "usps.onnx").write_bytes(b"not a model")  # --watch notices
     deadline = time.time() + 20
@@ -187,6 +189,7 @@ def test_reload_swaps_good_bundles_and_keeps_old_on_bad(bundle_dir, domain_video
     send_command(sock, "quit")
     thread.join(timeout=30)
     assert result["reloads"][1]["ok"] is False and "sha256" in result["reloads"][1]["error"]
+    assert runner.engines.closed  # and the last ones at the end of the run
 
 
 def test_sigterm_stops_cleanly_and_flushes(bundle_dir, domain_video, tmp_path):

@@ -20,6 +20,7 @@ class Engines:
 
     backend = ""
     fused = True
+    closed = False  # set by close(): the sessions or device memory are freed
 
     def infer(self, domain: str, x: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         raise NotImplementedError
@@ -29,7 +30,7 @@ class Engines:
         return None
 
     def close(self) -> None:
-        pass
+        self.closed = True
 
     def __enter__(self):
         return self

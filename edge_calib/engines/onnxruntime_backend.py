@@ -72,3 +72,4 @@ class OrtEngines(Engines):
     def close(self) -> None:
         self.classifier = None
         self.calibrators, self.fused_sessions = {}, {}
+        self.closed = True

@@ -236,6 +236,7 @@ class TrtEngines(Engines):
             if getattr(runner, "is_active", False):
                 runner.deactivate()
         self.runners = {}
+        self.closed = True
 
 
 def open_tensorrt_engines(bundle, fused: bool = True) -> TrtEngines:

@@ -139,7 +139,8 @@ class StreamRunner:
             return
         bundle, engines, reason, seconds = self._reloaded
         self._reloaded = None
-        self.bundle, self.engines = bundle, engines
+        replaced, self.bundle, self.engines = self.engines, bundle, engines
+        replaced.close()  # the old sessions are never used again
         if self.domain not in bundle.domains:
             self.domain = bundle.domains[0]
         self.reloads.append({"ok": True, "reason": reason, "frame": index,
@@ -315,6 +316,9 @@ class StreamRunner:
                     written = out.close(complete)
                     if written is not None and not complete:
                         self.partial_outputs.append(str(written))
+            self.engines.close()
+            if self._reloaded is not None:  # loaded by a reload the loop never applied
+                self._reloaded[1].close()
             if not self.opts.headless:
                 import cv2
 
