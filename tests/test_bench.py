@@ -74,6 +74,7 @@ def test_roofline_bounds():
     assert p["bound_by"] == "compute"
 
 
+@pytest.mark.slow
 def test_bench_report_files(bundle_dir, shared_data, tmp_path):
     from click.testing import CliRunner
 

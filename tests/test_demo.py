@@ -2,12 +2,14 @@
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from edge_calib.cli import main
 from edge_calib.models.families import DEFAULT_ARCH
 
 
+@pytest.mark.slow
 def test_demo_fast_end_to_end_and_reuse(shared_data, tmp_path):
     work = tmp_path / "demo"
     args = ["demo", "--work", str(work), "--data-root", str(shared_data), "--fast", "--json",
@@ -33,6 +35,7 @@ def test_demo_fast_end_to_end_and_reuse(shared_data, tmp_path):
     assert (work / calibrator).stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_demo_camvid_end_to_end(camvid_root, tmp_path):
     """The CamVid demo's loop on the real frames, at the smallest settings (1 segmenter epoch at
     quarter scale, 1 calibrator epoch, 8 test frames scored per domain): every step's command

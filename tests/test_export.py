@@ -53,6 +53,7 @@ def test_float_graphs_match_torch_on_real_images(trained_dtn, trained_calibrator
         assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
 
 
+@pytest.mark.slow
 def test_int8_onnxruntime_agrees_with_fake_quant(int8_dtn, trained_dtn, digits):
     q, f = load_classifier(int8_dtn), load_classifier(trained_dtn)
     test = digits["mnist_test"]
@@ -89,6 +90,7 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_bundle_build_eval_and_refusals(int8_dtn, trained_dtn, trained_calibrator, tmp_path,
                                         shared_data, digits):
     out = tmp_path / "deploy"

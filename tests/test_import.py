@@ -111,6 +111,7 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_import_calibrate_deploy_unchanged(their_model, shared_data, tmp_path):
     path, spec = their_model
     (tmp_path / "labels.txt").write_text("\n".join(f"digit {i}" for i in range(10)))

@@ -57,6 +57,7 @@ def in_process(args, cwd):
     return json.loads(r.stdout.strip().splitlines()[-1]), None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_every_corpus_model_goes_end_to_end(name, corpus, shared_data, lowlight_video, tmp_path):
     if name not in corpus:

@@ -70,6 +70,7 @@ def coarse_folder(camvid_dusk_test, tmp_path_factory):
                         lambda m: lut[m])
 
 
+@pytest.mark.slow
 def test_own_frames_score_as_the_built_in_camvid_evaluation(seg_model, own_folder, camvid_root,
                                                             tmp_path):
     seg, bundle = seg_model

@@ -90,6 +90,7 @@ def test_an_interrupted_choice_resumes_to_the_same_calibrator(make, tmp_path):
     assert again.epoch == 3 and again.restarts == resumed.restarts
 
 
+@pytest.mark.slow
 def test_restart_options_on_the_command_line(trained_dtn, shared_data, tmp_path):
     out = tmp_path / "u.calib.pt"
     args = ["train", "--classifier", trained_dtn, "--source", "mnist", "--target", "usps",

@@ -38,6 +38,7 @@ def frame_folder(shared_data, tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_long_stream_keeps_timing_memory_bounded(bundle_dir, frame_folder):
     """A looping source for more frames than the timing window: the stored samples stop
     growing at the window, the counts still cover every frame, and switches are capped."""
@@ -183,6 +184,7 @@ class StallingServer:
         self.httpd.server_close()
 
 
+@pytest.mark.slow
 def test_sigterm_while_the_stream_stalls_stops_within_a_second(bundle_dir, tmp_path):
     server = StallingServer()
     preds = tmp_path / "p.jsonl"

@@ -5,6 +5,7 @@ objective that restores them on a real shift without a discriminator."""
 import json
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -68,6 +69,7 @@ def test_statistics_ride_outside_the_fingerprint(trained_dtn, tmp_path):
     assert bare.fingerprint == fingerprint and bare.source_stats is None
 
 
+@pytest.mark.slow
 def test_the_stats_objective_restores_the_source_statistics(trained_dtn, digits, shared_data,
                                                             tmp_path):
     """Curve and thumbnail calibrators trained with the stats objective on the real low-light
