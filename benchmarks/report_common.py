@@ -1,5 +1,5 @@
 """What the benchmark reports share: reading a folder of step records, a mean ± standard
-deviation cell, and replacing a generated section of the README between its markers."""
+deviation cell, and replacing a generated section of RESULTS.md between its markers."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def mean_sd(values: list[float], digits: int = 1, count: bool = True) -> str:
 
 
 def markers(name: str) -> tuple[str, str]:
-    """The README comments that enclose the generated section ``name``."""
+    """The comments in RESULTS.md that enclose the generated section ``name``."""
     return f"<!-- {name}-results:begin -->", f"<!-- {name}-results:end -->"
 
 
