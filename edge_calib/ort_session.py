@@ -1,15 +1,30 @@
-"""ONNX Runtime sessions on the CPU, for every layer that runs a graph: the engines, the import
-parity check and the bundle's own checks (the layer below models/, export/ and engines/)."""
+"""ONNX graphs' image input and output, and ONNX Runtime sessions on the CPU, for every layer
+that reads or runs a graph: the engines, the import parity check, the exporter and the bundle's
+own checks (the layer below models/, export/ and engines/; no torch)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import onnxruntime as ort
 
 from .errors import EdgeCalibError
 
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+
+def graph_io(model) -> tuple[str, str]:
+    """(image input name, first output name) of an ``onnx.ModelProto``: ours are input/logits,
+    an imported model's are its own (an IR-3 graph also lists its weights as inputs)."""
+    inits = {i.name for i in model.graph.initializer}
+    return (next(v.name for v in model.graph.input if v.name not in inits),
+            model.graph.output[0].name)
+
 
 def make_session(path, threads: int = 0) -> ort.InferenceSession:
+    import onnxruntime as ort  # imported when a session is made, not with graph_io
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3

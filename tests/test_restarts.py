@@ -19,8 +19,9 @@ from edge_calib.train.source_stats import stats_distance
 
 
 def config(**kw):
-    return CalibratorConfig(**{"epochs": 3, "batch_size": 64, "arch": "curve", "size": {"knots": 8},
-                               "objective": "stats", "lr": 3e-3, "eps": 1.0, "ema": 0.5} | kw)
+    return CalibratorConfig(**{"epochs": 3, "batch_size": 64, "arch": "curve",
+                               "size": {"knots": 8}, "objective": "stats", "lr": 3e-3, "eps": 1.0,
+                               "ema": 0.5} | kw)
 
 
 @pytest.fixture

@@ -205,7 +205,7 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
     from ..models.records import CalibratorRecord
     from ..models.store import load_classifier, save_calibrator
     from ..train.calibrate import CalibratorConfig, CalibratorTrainer
-    from ..train.loop import check_states, state_paths
+    from ..train.loop import check_states
     from ..train.evaluate import check_task
     from ..train.restarts import chosen_trainer, training_files
     from ..names import check_name
@@ -228,7 +228,6 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
                                            else restart_epochs) if restarts > 1 else 0,
                            train_size=parse_hw(train_size))
     cfg.validate()
-    state_path, metrics_path = state_paths(out)
     check_states([f for f in training_files(out, restarts) if f.name.endswith(".state.pt")],
                  resume, force)
     clf = load_classifier(classifier)

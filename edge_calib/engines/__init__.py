@@ -64,12 +64,13 @@ def open_engines(bundle, backend: str = "onnxruntime", threads: int = 0, fused: 
 
 def _image_shape(path, which: str) -> tuple:
     """Declared dims of a graph's image input or first output (None where symbolic)."""
-    import onnx  # not export.onnx_graphs: the runtime never imports torch
+    import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
-    weights = {i.name for i in graph.initializer}  # an IR-3 graph lists them as inputs
-    value = (next(v for v in graph.input if v.name not in weights) if which == "input"
-             else graph.output[0])
+    from ..ort_session import graph_io
+
+    model = onnx.load(str(path), load_external_data=False)
+    name = graph_io(model)[0 if which == "input" else 1]
+    value = next(v for v in (*model.graph.input, *model.graph.output) if v.name == name)
     return tuple(d.dim_value if d.HasField("dim_value") else None
                  for d in value.type.tensor_type.shape.dim)
 

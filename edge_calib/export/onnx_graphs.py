@@ -18,6 +18,7 @@ import torch
 from onnx import compose
 
 from ..errors import EdgeCalibError
+from ..ort_session import graph_io
 from ..int8 import QuantLayer, count_qdq, insert_qdq, quant_params
 from ..models.store import Calibrator, Classifier
 
@@ -273,14 +274,6 @@ class _HalfPrecision(torch.nn.Module):
 
     def forward(self, x):
         return self.module(x.half()).float()
-
-
-def graph_io(model: onnx.ModelProto) -> tuple[str, str]:
-    """(image input name, first output name): ours are input/logits, an imported model's are
-    its own."""
-    inits = {i.name for i in model.graph.initializer}
-    return (next(v.name for v in model.graph.input if v.name not in inits),
-            model.graph.output[0].name)
 
 
 def opset_of(model: onnx.ModelProto) -> int:

@@ -35,12 +35,11 @@ def load_domain_model(path, bundle_domains: list[str]) -> dict:
     except (KeyError, TypeError, ValueError) as exc:
         raise EdgeCalibError(f"{path}: the domain classifier's weights are unreadable "
                              f"({type(exc).__name__}: {exc})") from None
-    features = FEATURES
-    if weights.shape != (features, len(domains)) or bias.shape != (len(domains),) \
-            or mean.shape != (features,) or std.shape != (features,):
+    if weights.shape != (FEATURES, len(domains)) or bias.shape != (len(domains),) \
+            or mean.shape != (FEATURES,) or std.shape != (FEATURES,):
         raise EdgeCalibError(f"{path}: the domain classifier names {len(domains)} domains but "
                              f"its weights are shaped {weights.shape}, bias {bias.shape} (expected "
-                             f"({features}, {len(domains)}) and ({len(domains)},)); rebuild the "
+                             f"({FEATURES}, {len(domains)}) and ({len(domains)},)); rebuild the "
                              "bundle")
     if not all(np.all(np.isfinite(a)) for a in (weights, bias, mean, std)) or np.any(std <= 0):
         raise EdgeCalibError(f"{path}: the domain classifier has non-finite weights or a "

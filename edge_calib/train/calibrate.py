@@ -462,8 +462,7 @@ class CalibratorTrainer:
                                        self.device)
                 ent.append(prediction_entropy(self.classifier.module(G(x))).item() * len(x))
             row["holdout_entropy"] = sum(ent) / len(self.holdout)
-            row["holdout_stats"] = stats_distance(self.classifier.module, self.holdout,
-                                                  self.stats, G, chunk, self.device)
+            row["holdout_stats"] = self.unlabelled_stats_distance()
         if self.monitor is not None:  # logged for curves only, never read by selection
             score = scores(self.task, self.classifier.module, self.monitor, G, self.device)
             row["monitor_target_test_" + SCORE[self.task]] = score[SCORE[self.task]]

@@ -25,8 +25,8 @@ through a table of the L = 256 input levels of an 8-bit camera,
 pipeline feeds is one; the 1/4 makes truncating and rounding casts pick the same level there),
 and within a level of it between levels. Per pixel that is one per-channel affine map (a
 BatchNormalization node), a Clip, a Cast and one GatherElements, whatever K is; the histogram
-and the thumbnail come from a strided subsample of about 2048 pixels. Training evaluates the very same table (gradients reach the
-curve through it), so torch and ONNX compute one function.
+and the thumbnail come from a strided subsample of about 2048 pixels. Training evaluates the
+very same table (gradients reach the curve through it), so torch and ONNX compute one function.
 """
 
 from __future__ import annotations
