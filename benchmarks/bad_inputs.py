@@ -492,7 +492,7 @@ def main():
         "EDGE_CALIB_DATA", str(ROOT.parent / "shared" / "data")))
     args = parser.parse_args()
     rows = run_catalogue(Path(args.demo).resolve(), str(Path(args.data_root).resolve()))
-    from edge_calib.provenance import capture, git_commit
+    from edge_calib.core.provenance import capture, git_commit
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     sha, dirty = git_commit(ROOT)

@@ -190,7 +190,7 @@ def backbones(args) -> dict:
 
     from edge_calib.models.classifiers import build_classifier
     from edge_calib.models.store import Classifier, load_classifier
-    from edge_calib.spec import InputSpec
+    from edge_calib.core.spec import InputSpec
 
     out = {}
     for path, label in ((args.classifier, "DTN float, 32x32"),
@@ -224,8 +224,8 @@ def run_costs(args):
     from edge_calib.bench.latency import Config, measure
     from edge_calib.bench.roofline import project
     from edge_calib.export.onnx_graphs import export_calibrator, export_classifier, fuse
-    from edge_calib.fileio import write_json_atomic
-    from edge_calib.provenance import capture as provenance
+    from edge_calib.core.fileio import write_json_atomic
+    from edge_calib.core.provenance import capture as provenance
     from edge_calib.train.tensors import load_domain
 
     report = {"method": {"backend": "onnxruntime CPUExecutionProvider", "threads": 1,

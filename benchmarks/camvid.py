@@ -170,7 +170,7 @@ def run_distances(args, step):
     """Unlabelled criteria for comparing calibrators, on the 62 dusk *training* frames as the
     frozen network receives them, raw, histogram-matched and through every calibrator in the
     work folder: ``pixel_w1``, their distance to the day training frames' pixel distribution
-    (``edge_calib.metrics.pixel_distance``), and ``stats_distance``, the source-statistics
+    (``edge_calib.core.metrics.pixel_distance``), and ``stats_distance``, the source-statistics
     distance of the compressed segmenter's activations on them (``train.source_stats``), for
     each segmenter (the main one, and the photometric-jitter one where trained). No label is
     read."""
@@ -183,9 +183,9 @@ def run_distances(args, step):
     from steps import git_commit, write_record
 
     from edge_calib.data import load_dataset
-    from edge_calib.metrics import pixel_distance
+    from edge_calib.core.metrics import pixel_distance
     from edge_calib.models.store import load_calibrator, load_classifier
-    from edge_calib.photometric import HistogramMatch
+    from edge_calib.imaging.photometric import HistogramMatch
     from edge_calib.train.source_stats import SourceStats, stats_distance
     from edge_calib.train.tensors import DomainData
 

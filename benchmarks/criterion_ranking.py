@@ -34,9 +34,9 @@ def main():
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from edge_calib.fileio import write_bytes_atomic, write_json_atomic
+    from edge_calib.core.fileio import write_bytes_atomic, write_json_atomic
     from edge_calib.models.store import load_calibrator, load_classifier
-    from edge_calib.provenance import capture
+    from edge_calib.core.provenance import capture
     from edge_calib.train.evaluate import unlabelled_scores
     from edge_calib.train.source_stats import SourceStats
     from edge_calib.train.tensors import load_domain

@@ -301,8 +301,8 @@ def whole_path(model: CorpusModel, work: Path, data_root: Path, video: Path, cli
 def write_report(rows: list[dict], command: str) -> None:
     """corpus.json (the rows, the command, the machine and commit) and corpus.md (the table),
     each written atomically."""
-    from edge_calib.fileio import write_bytes_atomic, write_json_atomic
-    from edge_calib.provenance import capture
+    from edge_calib.core.fileio import write_bytes_atomic, write_json_atomic
+    from edge_calib.core.provenance import capture
 
     write_json_atomic(RESULTS / "corpus.json", {"command": command, "provenance": capture(),
                                                 "models": rows})

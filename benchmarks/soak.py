@@ -79,7 +79,7 @@ def main():
     args = parser.parse_args()
     result = soak(args.deploy, args.input, 60 * args.minutes, args.every, args.fps, args.warmup)
     sys.path.insert(0, str(ROOT))
-    from edge_calib.provenance import capture, git_commit
+    from edge_calib.core.provenance import capture, git_commit
 
     sha, dirty = git_commit(ROOT)
     result |= {"commit": sha, "uncommitted_changes": dirty, "machine": capture()}

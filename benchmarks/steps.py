@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from edge_calib.provenance import capture, git_commit  # noqa: E402
+from edge_calib.core.provenance import capture, git_commit  # noqa: E402
 
 
 def common_arguments(work: str) -> argparse.ArgumentParser:

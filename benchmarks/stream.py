@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edge_calib.data import load_dataset  # noqa: E402
-from edge_calib.provenance import capture  # noqa: E402
+from edge_calib.core.provenance import capture  # noqa: E402
 from edge_calib.runtime.testvideo import (  # noqa: E402
     alternating_segments,
     score_predictions,

@@ -15,7 +15,7 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 from . import __version__
-from .errors import EdgeCalibError
+from .core.errors import EdgeCalibError
 
 # what a missing import means, and how to get it (device installs leave out the workstation side)
 MISSING = {

@@ -23,7 +23,7 @@ def shared_data() -> Path:
 def digits(shared_data):
     """MNIST/USPS splits at the DTN's input spec (real images)."""
     from edge_calib.data import load_dataset
-    from edge_calib.spec import DIGITS_RGB32
+    from edge_calib.core.spec import DIGITS_RGB32
     from edge_calib.train.tensors import DomainData
 
     load = lambda name, split, n=None: DomainData(  # noqa: E731
@@ -37,7 +37,7 @@ def trained_dtn(digits, tmp_path_factory):
     """A DTN trained for 2 epochs on 4000 real MNIST images, saved as a checkpoint."""
     import torch
 
-    from edge_calib.spec import DIGITS_RGB32
+    from edge_calib.core.spec import DIGITS_RGB32
     from edge_calib.train.classifier import train_classifier
 
     clf = train_classifier("dtn", DIGITS_RGB32, digits["mnist_train"], None, epochs=2,

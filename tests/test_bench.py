@@ -11,7 +11,7 @@ from edge_calib.bench.graphs import graph_costs
 from edge_calib.bench.latency import Config, latency_table, measure
 from edge_calib.bench.roofline import project
 from edge_calib.export.onnx_graphs import _torch_to_onnx
-from edge_calib.stats import summarize
+from edge_calib.core.stats import summarize
 
 
 def test_summary_statistics_match_numpy():

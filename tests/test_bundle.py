@@ -9,7 +9,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from edge_calib.bundle import (
+from edge_calib.deploy.bundle import (
     MANIFEST,
     MANIFEST_HASH,
     Manifest,
@@ -17,8 +17,8 @@ from edge_calib.bundle import (
     open_bundle,
 )
 from edge_calib.cli import main
-from edge_calib.errors import EdgeCalibError
-from edge_calib.fileio import file_digest
+from edge_calib.core.errors import EdgeCalibError
+from edge_calib.core.fileio import file_digest
 
 
 @pytest.fixture
@@ -157,7 +157,7 @@ def test_two_exports_to_one_new_folder_never_replace_each_other(trained_dtn, tra
     assert sorted(code for code, _ in results) == [0, 2], results
     error = next(err for code, err in results if code == 2).strip().splitlines()
     assert len(error) == 1 and ("already exists" in error[0] or "appeared while" in error[0])
-    from edge_calib.bundle import open_bundle
+    from edge_calib.deploy.bundle import open_bundle
 
     assert open_bundle(out).domains == ["usps"]  # whole, verified
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".deploy")]  # no leftovers

@@ -7,12 +7,12 @@ import torch
 from click.testing import CliRunner
 
 from edge_calib.cli import main
-from edge_calib.errors import EdgeCalibError
+from edge_calib.core.errors import EdgeCalibError
 from edge_calib.export.onnx_graphs import export_calibrator, export_classifier, fuse
 from edge_calib.models.calibrators import FAMILIES, make_calibrator, parse_size
 from edge_calib.models.records import CalibratorRecord
 from edge_calib.models.store import Calibrator, build_calibrator, load_classifier
-from edge_calib.spec import DIGITS_RGB32, InputSpec
+from edge_calib.core.spec import DIGITS_RGB32, InputSpec
 
 IMAGENET = InputSpec(40, 56, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CASES = [(arch, size) for arch, cls in FAMILIES.items() for size in cls.PRESETS]
@@ -140,7 +140,7 @@ def test_bad_calibrator_options_are_one_line(args, message, trained_dtn, tmp_pat
 def test_one_bundle_carries_different_families_per_domain(trained_dtn, digits, tmp_path):
     """A spatial family for a shape shift and the light default for a colour shift, side by
     side in one bundle: each domain's fused graph runs its own calibrator."""
-    from edge_calib.bundle import open_bundle
+    from edge_calib.deploy.bundle import open_bundle
     from edge_calib.engines import open_engines
     from edge_calib.models.store import save_calibrator
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from helpers import random_classifier
 
-from edge_calib.errors import EdgeCalibError
+from edge_calib.core.errors import EdgeCalibError
 from edge_calib.models.calibrators.resnet import ResnetCalibrator
 from edge_calib.models.records import CalibratorRecord
 from edge_calib.models.store import load_calibrator, load_classifier, save_calibrator

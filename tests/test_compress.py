@@ -13,8 +13,8 @@ from edge_calib.compress.prune import (
     parse_prune,
     two_four_mask,
 )
-from edge_calib.errors import EdgeCalibError
-from edge_calib.int8 import QuantConv2d, estimate_scales, quantize_layers
+from edge_calib.core.errors import EdgeCalibError
+from edge_calib.models.int8 import QuantConv2d, estimate_scales, quantize_layers
 from edge_calib.models.classifiers import build_classifier
 
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from edge_calib.cli import main
 from edge_calib.models.calibrators import make_calibrator, parse_size
 from edge_calib.models.calibrators.curve import LEVELS, histogram_matching
-from edge_calib.spec import CAMVID_RGB180, DIGITS_RGB32, InputSpec
+from edge_calib.core.spec import CAMVID_RGB180, DIGITS_RGB32, InputSpec
 
 IMAGENET = InputSpec(40, 56, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -57,7 +57,7 @@ def test_histogram_matching_curve_matches_the_numpy_baseline_on_real_frames(camv
     numpy, on the real frames. The numpy version sends each level to the top of its share of
     the CDF, the curve interpolates: they differ by a few levels where the correction is tens."""
     from edge_calib.data import load_dataset
-    from edge_calib.photometric import HistogramMatch
+    from edge_calib.imaging.photometric import HistogramMatch
     from edge_calib.train.source_stats import pixel_quantiles
     from edge_calib.train.tensors import DomainData
 
@@ -123,7 +123,7 @@ def test_init_histogram_starts_the_curve_at_histogram_matching(trained_dtn, digi
     """--init histogram: before any step the trainer's curve (and its EMA copy) computes what
     the deployable histogram-matching curve computes on the same frames; the default starts at
     the identity; a family without histogram matching refuses the option in one line."""
-    from edge_calib.errors import EdgeCalibError
+    from edge_calib.core.errors import EdgeCalibError
     from edge_calib.models.store import load_classifier
     from edge_calib.train.calibrate import CalibratorConfig, CalibratorTrainer
     from edge_calib.train.loop import state_paths

@@ -41,7 +41,7 @@ def test_demo_camvid_end_to_end(camvid_root, tmp_path):
     quarter scale, 1 calibrator epoch, 8 test frames scored per domain): every step's command
     and result kept, the mIoU table for source only, histogram matching and the calibrator,
     all the test frames streamed with --domain auto; a second run reuses every step."""
-    from edge_calib.demo_camvid import CamvidDemoConfig, run_camvid_demo
+    from edge_calib.demos.camvid import CamvidDemoConfig, run_camvid_demo
 
     cfg = CamvidDemoConfig(tmp_path / "camvid", camvid_root, segmenter_epochs=1, train_scale=0.25,
                            calibrator_epochs=1, eval_frames=8, quiet=True)
@@ -81,7 +81,7 @@ def test_demo_camvid_without_camvid(tmp_path):
 def test_camvid_demo_restarts_scale_with_the_epochs():
     """The demo's calibrator uses the recipe's restarts (15 of 80 epochs per start), scaled down
     for --fast and left out for a 1-epoch run (a start must be shorter than the run)."""
-    from edge_calib.demo_camvid import restarts
+    from edge_calib.demos.camvid import restarts
 
     assert restarts(80) == ("--restarts", "3", "--restart-epochs", "15")
     assert restarts(10) == ("--restarts", "3", "--restart-epochs", "1")

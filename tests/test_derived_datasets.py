@@ -9,8 +9,8 @@ import pytest
 from edge_calib.data import load_dataset
 from edge_calib.data.camvid import VOID, domain_of
 from edge_calib.data.shifts import SHIFTS
-from edge_calib.errors import EdgeCalibError
-from edge_calib.spec import InputSpec
+from edge_calib.core.errors import EdgeCalibError
+from edge_calib.core.spec import InputSpec
 from edge_calib.train.tensors import DomainData
 
 

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from edge_calib.data.download import RemoteFile, fetch_file
-from edge_calib.errors import EdgeCalibError
+from edge_calib.core.errors import EdgeCalibError
 
 
 class RangeHandler(http.server.SimpleHTTPRequestHandler):

@@ -9,10 +9,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from edge_calib.bundle import open_bundle
+from edge_calib.deploy.bundle import open_bundle
 from edge_calib.cli import main
 from edge_calib.compress.pipeline import compress_classifier
-from edge_calib.errors import EdgeCalibError
+from edge_calib.core.errors import EdgeCalibError
 from edge_calib.export.onnx_graphs import (
     export_calibrator,
     export_classifier,
@@ -20,7 +20,7 @@ from edge_calib.export.onnx_graphs import (
     read_metadata,
     simplify_float,
 )
-from edge_calib.int8 import count_qdq
+from edge_calib.models.int8 import count_qdq
 from edge_calib.models.store import load_calibrator, load_classifier
 
 
@@ -189,7 +189,7 @@ def test_corrupt_checkpoint_and_onnx(trained_dtn, tmp_path):
     bad.write_bytes(trained_dtn.read_bytes()[:1000])
     r = invoke("export", "--classifier", bad, "--calibrator", "a=identity", "--out", tmp_path / "o")
     assert r.exit_code == 2 and "corrupt or truncated" in r.output
-    from edge_calib.ort_session import make_session
+    from edge_calib.deploy.ort_session import make_session
     (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage")
     with pytest.raises(EdgeCalibError, match="ONNX Runtime cannot load it"):
         make_session(tmp_path / "bad.onnx")

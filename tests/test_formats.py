@@ -16,7 +16,7 @@ from edge_calib.data.formats import (
     read_usps_esl,
     read_usps_libsvm,
 )
-from edge_calib.errors import EdgeCalibError
+from edge_calib.core.errors import EdgeCalibError
 
 
 def write_idx(path, array):

@@ -66,7 +66,7 @@ def their_model(shared_data, tmp_path_factory):
     """TheirNet trained briefly (3 epochs of 4000 images, ~92%) on real MNIST upscaled to
     64x64, exported by its owner (opset 17, dynamic batch)."""
     from edge_calib.data import load_dataset
-    from edge_calib.spec import InputSpec
+    from edge_calib.core.spec import InputSpec
 
     spec = InputSpec(64, 64, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     train = load_dataset("mnist", "train", shared_data).subset(4000)

@@ -183,8 +183,8 @@ def test_external_data_is_embedded_at_import_and_refused_in_a_bundle(corpus, tmp
     """A model whose weights sit in a data file beside it imports (embedded: the checkpoint
     and the bundle carry the whole model); a bundle graph that reads an unhashed external file
     is refused."""
-    from edge_calib.bundle import open_bundle
-    from edge_calib.errors import EdgeCalibError
+    from edge_calib.deploy.bundle import open_bundle
+    from edge_calib.core.errors import EdgeCalibError
 
     model = onnx.load(str(corpus["torch-opset13-view"].path))
     onnx.save(model, str(tmp_path / "ext.onnx"), save_as_external_data=True,

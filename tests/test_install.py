@@ -18,11 +18,9 @@ PACKAGE = ROOT / "edge_calib"
 # What `run`, `eval --deploy`, `bench`, `build-engine` and `doctor` import on a device (the CLI
 # imports every command module to register it, so those must parse on 3.8 too).
 DEVICE_MODULES = [
-    *(PACKAGE / n for n in ("__init__.py", "bundle.py", "cli.py", "deploy_eval.py", "doctor.py",
-                            "domain_features.py", "errors.py", "fileio.py", "metrics.py",
-                            "photometric.py", "progress.py", "provenance.py", "spec.py",
-                            "stats.py", "models/__init__.py", "models/families.py")),
-    *(p for d in ("bench", "commands", "data", "engines", "runtime", "profiles")
+    *(PACKAGE / n for n in ("__init__.py", "cli.py", "models/__init__.py", "models/families.py")),
+    *(p for d in ("core", "imaging", "deploy", "bench", "commands", "data", "engines", "runtime",
+                  "profiles")
       for p in sorted((PACKAGE / d).glob("*.py"))),
 ]
 NEWER_THAN_38 = {"removeprefix", "removesuffix", "is_relative_to", "with_stem", "cache",

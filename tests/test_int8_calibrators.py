@@ -9,10 +9,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from edge_calib.bundle import open_bundle
+from edge_calib.deploy.bundle import open_bundle
 from edge_calib.cli import main
 from edge_calib.export.onnx_graphs import export_calibrator
-from edge_calib.int8 import QuantLayer, count_qdq
+from edge_calib.models.int8 import QuantLayer, count_qdq
 from edge_calib.models.store import load_calibrator, load_classifier
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from edge_calib.errors import EdgeCalibError
+from edge_calib.core.errors import EdgeCalibError
 from edge_calib.train.loop import check_states, log_epoch, non_finite, scheduler, state_paths
 
 

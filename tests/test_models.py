@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from edge_calib.errors import EdgeCalibError
+from edge_calib.core.errors import EdgeCalibError
 from edge_calib.models.calibrators.resnet import ResnetCalibrator
 from edge_calib.models.classifiers import build_classifier, count_parameters
 from edge_calib.models.discriminators import (

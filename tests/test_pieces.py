@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from helpers import random_classifier, random_domain
 
 from edge_calib.cli import main
-from edge_calib.errors import EdgeCalibError
-from edge_calib.fileio import atomic_directory
+from edge_calib.core.errors import EdgeCalibError
+from edge_calib.core.fileio import atomic_directory
 from edge_calib.runtime.sources import parse_source
 
 

@@ -11,7 +11,7 @@ import time
 import numpy as np
 from click.testing import CliRunner
 
-from edge_calib.bundle import open_bundle
+from edge_calib.deploy.bundle import open_bundle
 from edge_calib.cli import main
 from edge_calib.engines import open_engines
 from edge_calib.runtime.control import send_command

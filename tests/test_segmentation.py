@@ -15,7 +15,7 @@ from edge_calib.cli import main
 from edge_calib.models.fold import fold_batchnorm
 from edge_calib.data import load_dataset
 from edge_calib.export.onnx_graphs import export_classifier
-from edge_calib.metrics import confusion, pixel_distance, segmentation_scores
+from edge_calib.core.metrics import confusion, pixel_distance, segmentation_scores
 from edge_calib.models.calibrators import make_calibrator, parse_size
 from edge_calib.models.classifiers import build_classifier, default_input_spec
 from edge_calib.models.records import CalibratorRecord

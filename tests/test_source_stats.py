@@ -76,7 +76,7 @@ def test_the_stats_objective_restores_the_source_statistics(trained_dtn, digits,
     camera: the statistics distance on held-out target frames falls, accuracy on them rises,
     no discriminator is trained, and --select stats picks an epoch on held-out frames."""
     from edge_calib.data import load_dataset
-    from edge_calib.spec import DIGITS_RGB32
+    from edge_calib.core.spec import DIGITS_RGB32
     from edge_calib.train.evaluate import accuracy
     from edge_calib.train.tensors import DomainData
 

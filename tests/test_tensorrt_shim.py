@@ -23,7 +23,7 @@ from edge_calib.engines.tensorrt_backend import (
     parse_version,
     precision_plan,
 )
-from edge_calib.errors import EdgeCalibError
+from edge_calib.core.errors import EdgeCalibError
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -170,7 +170,7 @@ def test_build_and_run_engines_on_gpu(bundle_dir, tmp_path, fused):
     reuse the cached engines for the same settings and rebuild for other ones."""
     import shutil
 
-    from edge_calib.bundle import open_bundle
+    from edge_calib.deploy.bundle import open_bundle
     from edge_calib.engines import open_engines
     from edge_calib.engines.tensorrt_build import add_tensorrt_engines
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from helpers import random_classifier, random_domain
 
-from edge_calib.errors import EdgeCalibError
+from edge_calib.core.errors import EdgeCalibError
 from edge_calib.models.checkpoint import load_checkpoint
 from edge_calib.train.calibrate import CalibratorConfig, CalibratorTrainer
 from edge_calib.train.loop import state_paths

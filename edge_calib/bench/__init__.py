@@ -1,1 +1,2 @@
-"""Latency, compute and overhead reports for a deploy bundle (device side, no torch needed)."""
+"""Measuring a deploy bundle on this device (no torch needed): latency, compute and overhead
+reports, accuracy through the engines (`eval --deploy`) and the board self-check (`doctor`)."""

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..stats import summarize
+from ..core.stats import summarize
 
 
 @dataclass

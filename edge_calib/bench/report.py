@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .. import provenance
-from ..bundle import open_bundle
+from ..core.fileio import write_bytes_atomic, write_json_atomic
+from ..core.provenance import capture as capture_provenance
+from ..deploy.bundle import open_bundle
 from ..engines import open_engines
-from ..fileio import write_bytes_atomic, write_json_atomic
 from .graphs import graph_costs
 from .latency import latency_table, measure, ort_configs
 from .roofline import project
@@ -123,7 +123,7 @@ def run_bench(deploy: str, report_dir: str, batches=(1, 16), iterations: int = 2
     domains = bundle.domains
     report = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join(sys.argv), "deploy": str(deploy),
-              "environment": provenance.capture(threads or None),
+              "environment": capture_provenance(threads or None),
               "bundle": {"classifier_fingerprint": bundle.manifest.classifier.fingerprint,
                          "precision": bundle.manifest.classifier.precision,
                          "sparsity": bundle.manifest.classifier.sparsity,

@@ -11,7 +11,7 @@ import json
 import click
 from click.core import ParameterSource
 
-from ..errors import EdgeCalibError
+from ..core.errors import EdgeCalibError
 from .export import export_bundle
 from .options import data_root_option
 
@@ -84,7 +84,7 @@ def build_engine(ctx, deploy, backend, precision, profile, fused, workspace_mb, 
     if not deploy:
         raise EdgeCalibError("give --deploy DIR: the bundle to build engines for")
     if settings["backend"] == "onnxruntime":
-        from ..bundle import open_bundle
+        from ..deploy.bundle import open_bundle
 
         open_bundle(deploy)  # checked; ONNX Runtime runs its graphs as they are
         click.echo(json.dumps({"deploy": deploy, "backend": "onnxruntime", "engines": None,

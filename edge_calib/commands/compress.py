@@ -7,7 +7,7 @@ import json
 
 import click
 
-from ..errors import EdgeCalibError
+from ..core.errors import EdgeCalibError
 from .options import Real, data_root_option
 
 

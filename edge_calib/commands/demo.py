@@ -43,9 +43,9 @@ def demo(scenario, work, data_root, target, arch, fast, as_json, quiet):
 
 
 def camvid_demo(work: Path, root: Path, arch, fast: bool, quiet: bool) -> dict:
+    from ..core.errors import EdgeCalibError
     from ..data import load_dataset
-    from ..demo_camvid import CamvidDemoConfig, run_camvid_demo
-    from ..errors import EdgeCalibError
+    from ..demos.camvid import CamvidDemoConfig, run_camvid_demo
 
     try:
         load_dataset("camvid:dusk", "test", root)
@@ -60,7 +60,7 @@ def camvid_demo(work: Path, root: Path, arch, fast: bool, quiet: bool) -> dict:
 
 
 def digits_demo(work: Path, root: Path, target: str, arch, fast: bool, quiet: bool) -> dict:
-    from ..demo import DemoConfig, check_data, run_demo
+    from ..demos.digits import DemoConfig, check_data, run_demo
 
     check_data(root, target)
     cfg = DemoConfig(work, root, target=target, quiet=quiet)

@@ -17,7 +17,7 @@ import click
 @click.option("--iterations", type=click.IntRange(min=1), default=50, show_default=True)
 def doctor(deploy, report_dir, profile, iterations):
     """Check this machine and a bundle: versions, ONNX Runtime, TensorRT against ONNX Runtime."""
-    from ..doctor import run_doctor
+    from ..bench.doctor import run_doctor
 
     settings = {"fused": True}
     if profile:

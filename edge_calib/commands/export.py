@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ..errors import EdgeCalibError
+from ..core.errors import EdgeCalibError
 from .options import data_root_option
 
 

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from ..errors import EdgeCalibError
+from ..core.errors import EdgeCalibError
 from .options import Real
 
 

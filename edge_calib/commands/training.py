@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import EdgeCalibError
+from ..core.errors import EdgeCalibError
 from ..models.families import DEFAULT_ARCH, FAMILY_SUMMARIES
 from .options import data_root_option, training_options
 
@@ -201,14 +201,14 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
           train_size, monitor_test, init, restarts, restart_epochs, resume, force, batch_size,
           seed, device, max_samples, quiet):
     """Train a data calibrator for DOMAIN against a frozen classifier."""
+    from ..core.names import check_name
     from ..data.catalog import has_test_split, has_val_split
     from ..models.records import CalibratorRecord
     from ..models.store import load_classifier, save_calibrator
     from ..train.calibrate import CalibratorConfig, CalibratorTrainer
-    from ..train.loop import check_states
     from ..train.evaluate import check_task
+    from ..train.loop import check_states
     from ..train.restarts import chosen_trainer, training_files
-    from ..names import check_name
     from ..train.tensors import load_domain, resolve_device
 
     check_name(domain, "--domain")
@@ -312,7 +312,7 @@ def evaluate(classifier, calibrator, deploy, domain, fused, dataset, split, data
     if deploy:
         if classifier or calibrator:
             raise EdgeCalibError("--deploy replaces --classifier/--calibrator; give one or the other")
-        from ..deploy_eval import evaluate_bundle
+        from ..bench.accuracy import evaluate_bundle
 
         result = evaluate_bundle(deploy, domain, dataset, split, data_root, batch_size,
                                  max_samples, fused, label_map)
@@ -326,7 +326,7 @@ def evaluate(classifier, calibrator, deploy, domain, fused, dataset, split, data
             if not reference:
                 raise EdgeCalibError("--photometric needs --reference DATASET (source images)")
             from ..data import load_dataset
-            from ..photometric import fit_photometric
+            from ..imaging.photometric import fit_photometric
 
             correction = fit_photometric(
                 photometric, load_dataset(reference, "train", data_root).images,
@@ -343,9 +343,9 @@ def evaluate(classifier, calibrator, deploy, domain, fused, dataset, split, data
 
 def _evaluate_checkpoints(classifier, calibrator, dataset, split, data_root, batch_size, device,
                           max_samples, correction=None, unlabelled=False, label_map=None):
+    from ..core.scoring import LabelMap
     from ..data import load_dataset
     from ..models.store import load_calibrator, load_classifier
-    from ..scoring import LabelMap
     from ..train.evaluate import check_task, classification, segmentation, unlabelled_scores
     from ..train.source_stats import SourceStats
     from ..train.tensors import DomainData, resolve_device

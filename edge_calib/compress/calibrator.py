@@ -1,5 +1,5 @@
 """``edge-calib compress CALIBRATOR --int8``: a calibrator quantised the way the INT8
-classifier is (TensorRT's conventions, ``edge_calib.int8``): per-channel weight scales and
+classifier is (TensorRT's conventions, ``edge_calib.models.int8``): per-channel weight scales and
 per-tensor activation scales on the input of every Conv/Linear, post-training, estimated on
 the calibrator's own target-domain images (unlabelled, as in training). Layers without weights
 (InstanceNorm, ConvTranspose, the bounded residual, the per-pixel colour matrix) stay float.
@@ -16,8 +16,8 @@ import time
 import numpy as np
 import torch
 
-from ..errors import EdgeCalibError
-from ..int8 import QuantLayer, estimate_scales, quantize_layers
+from ..core.errors import EdgeCalibError
+from ..models.int8 import QuantLayer, estimate_scales, quantize_layers
 from ..models.store import Calibrator
 from ..train.tensors import DomainData
 

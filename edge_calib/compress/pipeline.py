@@ -11,13 +11,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..int8 import estimate_scales, quantize_layers
+from ..models.fold import fold_batchnorm
+from ..models.int8 import estimate_scales, quantize_layers
 from ..models.store import Classifier
 from ..train.evaluate import scores
 from ..train.source_stats import record_source_stats
 from ..train.supervised import Fit, fit
 from ..train.tensors import DomainData
-from ..models.fold import fold_batchnorm
 from .prune import apply_masks, compute_masks, parse_prune, sparsity_report
 
 

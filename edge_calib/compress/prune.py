@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import EdgeCalibError
+from ..core.errors import EdgeCalibError
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
 

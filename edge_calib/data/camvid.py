@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..errors import EdgeCalibError
+from ..core.errors import EdgeCalibError
 
 CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
            "Pedestrian", "Bicyclist")
@@ -132,8 +132,8 @@ def fetch_camvid(root: str | Path, mirror: str | None = None, progress: bool = T
     Label PNGs are checked against their published sha256 (the package's list); the frames
     have no published checksum here, so each must decode as a 480x360 image, and the sha256
     of what was fetched is written to ``SHA256SUMS.fetched`` for later checks."""
-    from ..fileio import file_digest, write_bytes_atomic
-    from ..progress import progress_bar
+    from ..core.fileio import file_digest, write_bytes_atomic
+    from ..core.progress import progress_bar
     from .download import RemoteFile, fetch_file
 
     folder = Path(root) / "camvid"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EdgeCalibError
+from ..core.errors import EdgeCalibError
 from . import formats
 from .download import RemoteFile, downloads_allowed, fetch_file
 

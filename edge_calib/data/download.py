@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 
-from ..errors import EdgeCalibError
-from ..fileio import file_digest
+from ..core.errors import EdgeCalibError
+from ..core.fileio import file_digest
 
 CHUNK = 1 << 16
 

@@ -23,7 +23,7 @@ import zlib
 import cv2
 import numpy as np
 
-from ..errors import EdgeCalibError
+from ..core.errors import EdgeCalibError
 
 SHIFTS = ("colour", "lowlight", "haze", "blur", "texture")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import EdgeCalibError
+from ..core.errors import EdgeCalibError
 
 BACKENDS = ("onnxruntime", "tensorrt")
 
@@ -66,7 +66,7 @@ def _image_shape(path, which: str) -> tuple:
     """Declared dims of a graph's image input or first output (None where symbolic)."""
     import onnx
 
-    from ..ort_session import graph_io
+    from ..deploy.ort_session import graph_io
 
     model = onnx.load(str(path), load_external_data=False)
     name = graph_io(model)[0 if which == "input" else 1]

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import EdgeCalibError
-from ..ort_session import make_session, run_session
+from ..core.errors import EdgeCalibError
+from ..deploy.ort_session import make_session, run_session
 from . import Engines
 
 BACKEND = "onnxruntime"

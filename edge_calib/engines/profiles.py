@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import EdgeCalibError
+from ..core.errors import EdgeCalibError
 
 PROFILES = Path(__file__).resolve().parents[1] / "profiles"
 BACKENDS = ("onnxruntime", "tensorrt")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EdgeCalibError
+from ..core.errors import EdgeCalibError
 from . import Engines
 
 PRECISIONS = ("fp32", "fp16", "int8")

@@ -14,9 +14,9 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from ..bundle import EngineEntry, open_bundle, write_manifest
-from ..errors import EdgeCalibError
-from ..fileio import atomic_directory, file_digest
+from ..core.errors import EdgeCalibError
+from ..core.fileio import atomic_directory, file_digest
+from ..deploy.bundle import EngineEntry, open_bundle, write_manifest
 from .tensorrt_backend import (
     TrtFeatures,
     build_plan,

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 
 from .. import __version__
-from ..bundle import (
+from ..deploy.bundle import (
     CalibratorEntry,
     ClassifierEntry,
     DomainClassifierEntry,
@@ -25,11 +25,11 @@ from ..bundle import (
     Manifest,
     write_manifest,
 )
-from ..errors import EdgeCalibError
-from ..fileio import atomic_directory
+from ..core.errors import EdgeCalibError
+from ..core.fileio import atomic_directory
+from ..core.names import check_name
+from ..core.provenance import git_commit
 from ..models.store import Calibrator, load_calibrator, load_classifier
-from ..names import check_name
-from ..provenance import git_commit
 from .onnx_graphs import (
     calibrator_opset,
     export_calibrator,
@@ -95,7 +95,7 @@ def _check_fused(fused: onnx.ModelProto, calibrator: onnx.ModelProto,
     random inputs (ONNX Runtime); non-finite outputs are an error."""
     import onnxruntime as ort
 
-    from ..ort_session import run_session
+    from ..deploy.ort_session import run_session
 
     def run(model, x):
         return run_session(ort.InferenceSession(model.SerializeToString(),

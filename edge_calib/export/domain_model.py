@@ -13,10 +13,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ..core.errors import EdgeCalibError
+from ..core.fileio import write_json_atomic
 from ..data import load_dataset
-from ..domain_features import NAME, fit_logistic, image_features, predict_logistic
-from ..errors import EdgeCalibError
-from ..fileio import write_json_atomic
+from ..imaging.domain_features import NAME, fit_logistic, image_features, predict_logistic
 
 PER_DOMAIN = 2000
 FILE = "domain_classifier.json"

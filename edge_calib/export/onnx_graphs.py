@@ -17,9 +17,9 @@ import onnx
 import torch
 from onnx import compose
 
-from ..errors import EdgeCalibError
-from ..ort_session import graph_io
-from ..int8 import QuantLayer, count_qdq, insert_qdq, quant_params
+from ..core.errors import EdgeCalibError
+from ..deploy.ort_session import graph_io
+from ..models.int8 import QuantLayer, count_qdq, insert_qdq, quant_params
 from ..models.store import Calibrator, Classifier
 
 OPSET = 13

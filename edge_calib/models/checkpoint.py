@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import EdgeCalibError
-from ..fileio import atomic_path
+from ..core.errors import EdgeCalibError
+from ..core.fileio import atomic_path
 
 FORMAT = "edge-calib"
 VERSION = 1

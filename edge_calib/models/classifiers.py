@@ -12,8 +12,8 @@ from collections import OrderedDict
 
 from torch import nn
 
-from ..errors import EdgeCalibError
-from ..spec import CAMVID_RGB180, DIGITS_GREY28, DIGITS_RGB32, InputSpec
+from ..core.errors import EdgeCalibError
+from ..core.spec import CAMVID_RGB180, DIGITS_GREY28, DIGITS_RGB32, InputSpec
 from .segmenters import lraspp_small
 
 

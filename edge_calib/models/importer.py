@@ -21,8 +21,8 @@ import numpy as np
 import onnx
 import torch
 
-from ..errors import EdgeCalibError
-from ..spec import InputSpec
+from ..core.errors import EdgeCalibError
+from ..core.spec import InputSpec
 from .store import Classifier
 
 MIN_OPSET = 7  # the oldest opset ONNX Runtime runs
@@ -109,7 +109,7 @@ def per_channel(values: tuple[float, ...], channels: int, name: str) -> tuple[fl
 def import_onnx(path: str | Path, request: ImportRequest,
                 check_images: np.ndarray | None = None, check_name: str | None = None
                 ) -> Classifier:
-    from ..int8 import count_qdq
+    from .int8 import count_qdq
     from .onnx_import import OnnxModule
 
     path = Path(path)
@@ -188,7 +188,7 @@ def conversion_check(data: bytes, module, spec: InputSpec, fixed_batch, layout, 
     Runtime's outputs, and the share of samples (or pixels) with the same top-1."""
     import onnxruntime as ort
 
-    from ..ort_session import run_session
+    from ..deploy.ort_session import run_session
 
     try:
         session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])

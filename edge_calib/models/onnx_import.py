@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
 
-from ..errors import EdgeCalibError
+from ..core.errors import EdgeCalibError
 
 INTEGER = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64, torch.bool)
 ONNX_DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: torch.int32,

@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from ..errors import EdgeCalibError
-from ..spec import InputSpec
+from ..core.errors import EdgeCalibError
+from ..core.spec import InputSpec
 
 
 def is_int8(compression: dict | None) -> bool:

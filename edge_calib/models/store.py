@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import EdgeCalibError
-from ..spec import InputSpec
+from ..core.errors import EdgeCalibError
+from ..core.spec import InputSpec
 from .calibrators import BoundedCalibrator, fingerprint_identity, make_calibrator
 from .checkpoint import load_checkpoint, save_checkpoint, state_fingerprint
 from .classifiers import build_classifier, count_parameters
@@ -103,7 +103,7 @@ def imported_module(onnx_bytes: bytes, layout: str = "NCHW") -> nn.Module:
 def build_structure(arch: str, num_classes: int, compression: dict | None) -> nn.Module:
     """The module a checkpoint's weights fit: the float net, or its folded / INT8 form."""
     from .fold import fold_batchnorm
-    from ..int8 import quantize_layers
+    from .int8 import quantize_layers
 
     module = build_classifier(arch, num_classes)
     if compression and compression.get("folded"):
@@ -179,7 +179,7 @@ def build_calibrator(config: dict, spec: InputSpec, compression: dict | None = N
     an INT8 ``compression`` swaps its Conv/Linear layers for their fake-quantised twins."""
     module = make_calibrator(config, spec.channels, spec.lo, spec.hi)
     if is_int8(compression):
-        from ..int8 import quantize_layers
+        from .int8 import quantize_layers
 
         module = quantize_layers(module)
     return module

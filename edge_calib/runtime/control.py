@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 
-from ..errors import EdgeCalibError
+from ..core.errors import EdgeCalibError
 
 MAX_LINE = 4096  # bytes of one command line
 MAX_CLIENTS = 8

@@ -8,8 +8,8 @@ import json
 
 import numpy as np
 
-from ..domain_features import FEATURES, NAME, image_features, predict_logistic
-from ..errors import EdgeCalibError
+from ..core.errors import EdgeCalibError
+from ..imaging.domain_features import FEATURES, NAME, image_features, predict_logistic
 
 
 def load_domain_model(path, bundle_domains: list[str]) -> dict:

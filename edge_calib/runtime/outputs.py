@@ -12,8 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..errors import EdgeCalibError
-from ..fileio import temporary_beside
+from ..core.errors import EdgeCalibError
+from ..core.fileio import temporary_beside
 
 FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "MJPG", ".mov": "mp4v"}
 MIN_WIDTH = 320

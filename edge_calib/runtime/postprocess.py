@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..domain_features import softmax
+from ..imaging.domain_features import softmax
 
 # CamVid's conventional colours (SegNet tutorial) for 11 classes; other label sets cycle them
 PALETTE = np.array([[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128],

@@ -16,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..core.errors import EdgeCalibError
 from ..data.formats import IMAGE_SUFFIXES, check_pixels, list_frames
-from ..errors import EdgeCalibError
 
 
 @dataclass(frozen=True)

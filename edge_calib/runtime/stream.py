@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..bundle import MANIFEST, MANIFEST_HASH, open_bundle
+from ..core.errors import EdgeCalibError
+from ..core.stats import summarize
+from ..deploy.bundle import MANIFEST, MANIFEST_HASH, open_bundle
 from ..engines import check_engines, open_engines
-from ..errors import EdgeCalibError
-from ..stats import summarize
 from .capture import CaptureThread
 from .control import ControlChannel
 from .domain_auto import AutoDomain, load_domain_model

@@ -15,8 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..errors import EdgeCalibError
-from ..fileio import temporary_beside, write_json_atomic
+from ..core.errors import EdgeCalibError
+from ..core.fileio import temporary_beside, write_json_atomic
 
 
 def write_domain_video(path: str | Path, segments: list[tuple[str, np.ndarray, np.ndarray]],

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from ..stats import PERCENTILES, table
+from ..core.stats import PERCENTILES, table
 
 STAGES = ("capture", "pre", "calibrator", "classifier", "network", "post", "total")
 WINDOW = 4096

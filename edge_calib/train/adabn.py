@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import EdgeCalibError
+from ..core.errors import EdgeCalibError
 from ..models.store import Classifier
 from .tensors import DomainData
 

@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import EdgeCalibError
+from ..core.errors import EdgeCalibError
+from ..core.progress import echo_err, progress_bar
 from ..models.calibrators import DEFAULT_ARCH, calibrator_class
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.discriminators import FeatureDiscriminator, PixelDiscriminator
 from ..models.store import Classifier, build_calibrator
-from ..progress import echo_err, progress_bar
 from .evaluate import scores
 from .frozen import MODES, FrozenForward
 from .loop import SCHEDULES, log_epoch, non_finite, scheduler

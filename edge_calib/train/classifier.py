@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import EdgeCalibError
+from ..core.errors import EdgeCalibError
+from ..core.spec import InputSpec
 from ..models.classifiers import build_classifier, task_of
 from ..models.store import Classifier
-from ..spec import InputSpec
 from .evaluate import accuracy, segmentation
 from .source_stats import record_source_stats
 from .supervised import Fit, class_weights, fit

@@ -7,8 +7,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import EdgeCalibError
-from ..scoring import LabelMap, Scorer
+from ..core.errors import EdgeCalibError
+from ..core.scoring import LabelMap, Scorer
 from .tensors import DomainData
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ..errors import EdgeCalibError
+from ..core.errors import EdgeCalibError
 
 MODES = ("eval", "dropout", "batch-stats", "train")
 _DROPOUT = (nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout)

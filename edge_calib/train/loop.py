@@ -11,9 +11,9 @@ from typing import Callable, Iterable
 
 import torch
 
-from ..errors import EdgeCalibError
-from ..fileio import write_bytes_atomic
-from ..progress import echo_err
+from ..core.errors import EdgeCalibError
+from ..core.fileio import write_bytes_atomic
+from ..core.progress import echo_err
 
 SCHEDULES = ("constant", "cosine")
 

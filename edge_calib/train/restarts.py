@@ -20,8 +20,8 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from ..core.progress import echo_err
 from ..models.checkpoint import load_checkpoint
-from ..progress import echo_err
 from .calibrate import STATE, CalibratorConfig, CalibratorTrainer
 from .loop import state_paths
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import EdgeCalibError
+from ..core.errors import EdgeCalibError
 from ..models.calibrators.curve import QUANTILES
 from .tensors import DomainData
 
@@ -37,7 +37,7 @@ VARIANCE_FLOOR = 1e-5
 
 def tapped_layers(module: nn.Module) -> list[nn.Module]:
     """The layers whose inputs are recorded: every Conv2d / Linear and fake-quantised twin."""
-    from ..int8 import QuantLayer
+    from ..models.int8 import QuantLayer
 
     return [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear, QuantLayer))]
 

@@ -14,9 +14,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import EdgeCalibError
+from ..core.errors import EdgeCalibError
+from ..core.progress import progress_bar
 from ..models.checkpoint import load_checkpoint, save_checkpoint
-from ..progress import progress_bar
 from .loop import log_epoch, non_finite
 from .loop import scheduler as lr_schedule
 from .tensors import DomainData, epoch_order

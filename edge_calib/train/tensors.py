@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..core.errors import EdgeCalibError
+from ..core.spec import InputSpec
 from ..data import ImageSet, load_dataset
-from ..errors import EdgeCalibError
-from ..spec import InputSpec
 
 
 def resolve_device(name: str) -> torch.device:

@@ -18,7 +18,7 @@ settings, ``eps`` and ``perturbation``; checkpoints store it and ``build_calibra
 
 from __future__ import annotations
 
-from ...errors import EdgeCalibError
+from ...core.errors import EdgeCalibError
 from ..families import DEFAULT_ARCH, FAMILY_SUMMARIES
 from .base import PERTURBATIONS, BoundedCalibrator
 from .curve import CurveCalibrator

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ...errors import EdgeCalibError
+from ...core.errors import EdgeCalibError
 
 PERTURBATIONS = ("symmetric", "one-sided")
 

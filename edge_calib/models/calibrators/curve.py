@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import EdgeCalibError
+from ...core.errors import EdgeCalibError
 from .base import BoundedCalibrator, SizeKey, zero_init
 
 LEVELS = 256  # table entries: one per 8-bit input level

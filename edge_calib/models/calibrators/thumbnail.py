@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import EdgeCalibError
+from ...core.errors import EdgeCalibError
 from .base import BoundedCalibrator, SizeKey, zero_init
 
 

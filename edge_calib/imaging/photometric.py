@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import EdgeCalibError
+from ..core.errors import EdgeCalibError
 
 METHODS = ("histogram", "gain-gamma")
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import EdgeCalibError
-from .fileio import write_bytes_atomic, write_json_atomic
-from .stats import summarize
+from ..core.errors import EdgeCalibError
+from ..core.fileio import write_bytes_atomic, write_json_atomic
+from ..core.stats import summarize
 
 AGREEMENT = 0.99  # top-1 (or per-pixel) agreement TensorRT must reach against ONNX Runtime
 
@@ -64,7 +64,7 @@ def software() -> dict:
     except ImportError:
         out["onnxruntime"] = "not available: onnxruntime is not installed"
     try:
-        from .engines.tensorrt_backend import gpu_identity, import_tensorrt
+        from ..engines.tensorrt_backend import gpu_identity, import_tensorrt
 
         trt = import_tensorrt()
         out["tensorrt"] = trt.__version__
@@ -99,8 +99,8 @@ def run_doctor(deploy: str | None, report_dir: str, settings: dict, iterations: 
               "software": software(), "bundle": None, "onnxruntime": None, "tensorrt": None,
               "problems": [], "warnings": []}
     if deploy is not None:
-        from .bundle import open_bundle
-        from .engines import open_engines
+        from ..deploy.bundle import open_bundle
+        from ..engines import open_engines
 
         try:
             bundle = open_bundle(deploy)
@@ -142,16 +142,16 @@ def run_doctor(deploy: str | None, report_dir: str, settings: dict, iterations: 
 
 def _tensorrt(bundle, settings, x, reference, iterations, problems) -> dict:
     try:
-        from .engines import open_engines
-        from .engines.tensorrt_backend import import_tensorrt
-        from .engines.tensorrt_build import add_tensorrt_engines
+        from ..engines import open_engines
+        from ..engines.tensorrt_backend import import_tensorrt
+        from ..engines.tensorrt_build import add_tensorrt_engines
 
         import_tensorrt()
     except EdgeCalibError as exc:
         return {"ok": None, "not_available": str(exc)}
     try:
         built = add_tensorrt_engines(bundle.root, settings)
-        from .bundle import open_bundle
+        from ..deploy.bundle import open_bundle
 
         rebuilt = open_bundle(bundle.root)
         result = {"ok": True, "engines": built["key"], "cached": built["cached"], "domains": {}}

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import click
 
-from .errors import EdgeCalibError
-from .models.families import DEFAULT_ARCH
+from ..core.errors import EdgeCalibError
+from ..models.families import DEFAULT_ARCH
 
 
 @dataclass
@@ -51,24 +51,24 @@ def _step(title: str, path: Path, make) -> Path:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    from .compress.pipeline import compress_classifier
-    from .data import load_dataset
-    from .export.bundle_builder import build_bundle
-    from .export.domain_model import bundle_domain_classifier
-    from .models.classifiers import default_input_spec
-    from .models.store import load_classifier, save_calibrator
-    from .runtime.sources import parse_source
-    from .runtime.stream import RunOptions, StreamRunner
-    from .runtime.testvideo import (
+    from ..compress.pipeline import compress_classifier
+    from ..data import load_dataset
+    from ..export.bundle_builder import build_bundle
+    from ..export.domain_model import bundle_domain_classifier
+    from ..models.classifiers import default_input_spec
+    from ..models.store import load_classifier, save_calibrator
+    from ..runtime.sources import parse_source
+    from ..runtime.stream import RunOptions, StreamRunner
+    from ..runtime.testvideo import (
         alternating_segments,
         score_predictions,
         write_domain_video,
     )
-    from .models.records import CalibratorRecord
-    from .train.calibrate import CalibratorConfig, CalibratorTrainer
-    from .train.loop import state_paths
-    from .train.classifier import train_classifier
-    from .train.tensors import DomainData, resolve_device
+    from ..models.records import CalibratorRecord
+    from ..train.calibrate import CalibratorConfig, CalibratorTrainer
+    from ..train.classifier import train_classifier
+    from ..train.loop import state_paths
+    from ..train.tensors import DomainData, resolve_device
 
     work, root = cfg.work, cfg.data_root
     work.mkdir(parents=True, exist_ok=True)
@@ -152,7 +152,7 @@ def accuracy_table(results: dict) -> str:
 
 
 def check_data(root: Path, target: str = "mnist:colour") -> None:
-    from .data import load_dataset
+    from ..data import load_dataset
 
     try:
         for name in ("mnist", target):

@@ -7,11 +7,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .bundle import open_bundle
-from .data import load_dataset
-from .engines import open_engines
-from .errors import EdgeCalibError
-from .scoring import LabelMap, Scorer
+from ..core.errors import EdgeCalibError
+from ..core.scoring import LabelMap, Scorer
+from ..data import load_dataset
+from ..deploy.bundle import open_bundle
+from ..engines import open_engines
 
 
 def upsample_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:

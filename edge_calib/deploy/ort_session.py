@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import EdgeCalibError
+from ..core.errors import EdgeCalibError
 
 if TYPE_CHECKING:
     import onnxruntime as ort

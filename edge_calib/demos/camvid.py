@@ -24,8 +24,8 @@ from pathlib import Path
 
 import click
 
-from .errors import EdgeCalibError
-from .fileio import write_json_atomic
+from ..core.errors import EdgeCalibError
+from ..core.fileio import write_json_atomic
 
 SOURCE, TARGET = "camvid:day", "camvid:dusk"
 # The recipe of the CamVid results (README): the curve calibrator trained to restore the frozen
@@ -77,8 +77,8 @@ def _cli(args: list, out: Path, quiet: bool) -> dict:
 
 
 def run_camvid_demo(cfg: CamvidDemoConfig) -> dict:
-    from .data import load_dataset
-    from .runtime.testvideo import write_domain_video
+    from ..data import load_dataset
+    from ..runtime.testvideo import write_domain_video
 
     work, root = cfg.work, str(cfg.data_root)
     (work / "results").mkdir(parents=True, exist_ok=True)

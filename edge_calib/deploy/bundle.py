@@ -37,10 +37,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import EdgeCalibError
-from .fileio import file_digest, write_bytes_atomic
-from .names import check_name, check_relative_path
-from .spec import InputSpec
+from ..core.errors import EdgeCalibError
+from ..core.fileio import file_digest, write_bytes_atomic
+from ..core.names import check_name, check_relative_path
+from ..core.spec import InputSpec
 
 FORMAT, FORMAT_VERSION = "edge-calib-bundle", 2
 MANIFEST, MANIFEST_HASH = "manifest.json", "manifest.sha256"

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from onnx import helper, numpy_helper
 from torch import nn
 
-from .errors import EdgeCalibError
+from ..core.errors import EdgeCalibError
 
 QMIN, QMAX = -128, 127
 

@@ -1,0 +1,2 @@
+"""`edge-calib demo`: the whole loop on real digits (`digits`) and on CamVid day -> dusk
+(`camvid`)."""
