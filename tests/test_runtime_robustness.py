@@ -18,7 +18,8 @@ from click.testing import CliRunner
 
 from edge_calib.cli import main
 from edge_calib.runtime.sources import parse_source
-from edge_calib.runtime.stream import SWITCH_LOG, RunOptions, StreamRunner
+from edge_calib.runtime.controller import SWITCH_LOG
+from edge_calib.runtime.stream import RunOptions, StreamRunner
 from edge_calib.runtime.timing import WINDOW
 
 
@@ -48,7 +49,7 @@ def test_long_stream_keeps_timing_memory_bounded(bundle_dir, frame_folder):
     original = runner.capture.get
 
     def switching_get():  # flip the domain before every frame: the most switches possible
-        runner.switch("usps" if runner.domain == "mnist" else "mnist", "test", runner.times.frames)
+        runner.controller.switch("usps" if runner.controller.domain == "mnist" else "mnist", "test", runner.times.frames)
         return original()
 
     runner.capture.get = switching_get

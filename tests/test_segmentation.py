@@ -141,6 +141,24 @@ def test_fused_segmentation_graph(seg_bundle, segmenter, frames):
     assert np.abs(run(fused, x) - expected).max() <= 1e-4
 
 
+def test_frame_graphs_give_the_float_graphs_class_maps_on_real_frames(seg_bundle, frames):
+    """The runtime's uint8 frame graphs (cast, normalisation and ArgMax inside) against the float
+    graphs and a numpy ArgMax, on real CamVid dusk frames, for the fused dusk graph and the
+    identity day domain."""
+    from edge_calib.deploy.bundle import open_bundle
+    from edge_calib.engines import open_engines
+
+    bundle = open_bundle(seg_bundle[0])
+    u8 = bundle.spec.resize_uint8(frames.images)
+    with open_engines(bundle, frames=True) as engines:
+        for domain in ("dusk", "day"):
+            for i in range(len(u8)):
+                logits, _ = engines.infer(domain, bundle.spec.normalize(u8[i:i + 1]))
+                got, _ = engines.infer_frame(domain, u8[i:i + 1])
+                assert got["classes"].dtype == np.uint8 and got["classes"].shape == (1, bundle.spec.height, bundle.spec.width)
+                assert np.array_equal(got["classes"], logits.argmax(axis=1))
+
+
 def test_runtime_draws_masks_and_writes_class_fractions(seg_bundle, frames, tmp_path):
     bundle, _ = seg_bundle
     video = tmp_path / "dusk.avi"

@@ -1,10 +1,12 @@
-"""Interleaved latency measurement of the pieces of a bundle, trtexec-style.
+"""Interleaved latency measurement of the pieces of a bundle, trtexec-style, through the
+engine interface only (any backend: the runner interface of ``engines``).
 
-Configurations: the classifier alone, each calibrator alone, calibrator then classifier (two
-sessions; with ONNX Runtime the calibrator's output OrtValue is bound as the classifier's
-input, no host copy in between), and the fused graph. Each iteration runs every
-configuration once, in an order that rotates, so machine noise hits all of them alike; the
-calibrator's overhead is the chain minus the classifier alone, per iteration, then the median.
+Configurations: the classifier alone (``infer(None, x)``), each calibrator alone
+(``calibrate``), calibrator then classifier (the separate engines' ``infer``, as
+``run --separate`` runs them) and the fused graph (the fused engines' ``infer``). Each iteration
+runs every configuration once, in an order that rotates, so machine noise hits all of them
+alike; the calibrator's overhead is the chain minus the classifier alone, per iteration, then
+the median.
 """
 
 from __future__ import annotations
@@ -26,34 +28,21 @@ class Config:
     run: Callable[[], object]
 
 
-def ort_configs(engines, domains: list[str], x: np.ndarray) -> list[Config]:
-    """Configurations over ONNX Runtime sessions (from ``OrtEngines``) for input ``x``."""
-    name = lambda s: s.get_inputs()[0].name  # noqa: E731  (an imported model names its own)
-    configs = [Config("classifier", "classifier", None,
-                      lambda: engines.classifier.run(None, {name(engines.classifier): x}))]
-    for domain in domains:
-        cal = engines.calibrators.get(domain)
-        if cal is None:
+def engine_configs(fused, separate, bundle, x: np.ndarray) -> list[Config]:
+    """Configurations for input ``x`` over two ``Engines`` of one backend: ``fused`` (opened
+    with fused graphs) and ``separate`` (calibrator and classifier in turn)."""
+    configs = [Config("classifier", "classifier", None, lambda: fused.infer(None, x))]
+    for domain in bundle.domains:
+        if bundle.calibrator(domain) is None:
             continue
-        configs.append(Config(f"calibrator[{domain}]", "calibrator", domain,
-                              lambda cal=cal: cal.run(None, {"input": x})))
-
-        def chain(cal=cal):
-            binding = cal.io_binding()
-            binding.bind_cpu_input("input", x)
-            binding.bind_output("output")
-            cal.run_with_iobinding(binding)
-            second = engines.classifier.io_binding()
-            second.bind_ortvalue_input(name(engines.classifier), binding.get_outputs()[0])
-            second.bind_output(engines.classifier.get_outputs()[0].name)
-            engines.classifier.run_with_iobinding(second)
-            return second.get_outputs()[0]
-
-        configs.append(Config(f"calibrator+classifier[{domain}]", "chain", domain, chain))
-        fused = engines.fused_sessions.get(domain)
-        if fused is not None:
+        if separate.calibrate(domain, x) is not None:
+            configs.append(Config(f"calibrator[{domain}]", "calibrator", domain,
+                                  lambda d=domain: separate.calibrate(d, x)))
+        configs.append(Config(f"calibrator+classifier[{domain}]", "chain", domain,
+                              lambda d=domain: separate.infer(d, x)))
+        if fused.runs_fused(domain):
             configs.append(Config(f"fused[{domain}]", "fused", domain,
-                                  lambda fused=fused: fused.run(None, {"input": x})))
+                                  lambda d=domain: fused.infer(d, x)))
     return configs
 
 

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from ..core.errors import EdgeCalibError
 from ..core.fileio import write_bytes_atomic, write_json_atomic
 from ..core.provenance import capture as capture_provenance
 from ..deploy.bundle import open_bundle
-from ..engines import open_engines
+from ..engines import BACKENDS, open_engines
 from .graphs import graph_costs
-from .latency import latency_table, measure, ort_configs
+from .latency import engine_configs, latency_table, measure
 from .roofline import project
 
 PAPER = {"ratio_to_dtn_pct": 5.8, "segmentation_ratio_pct": 0.24}
@@ -55,10 +56,57 @@ def overhead_ratios(parts: dict) -> dict:
     return out
 
 
+def upscaled_video(video: str, factor: int, folder: Path) -> str:
+    """A copy of ``video`` with every frame enlarged ``factor`` times (linear), as a camera of
+    that resolution would deliver the same scene."""
+    import cv2
+
+    cap = cv2.VideoCapture(video)
+    fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
+    path = folder / f"x{factor}.avi"
+    writer = None
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        big = cv2.resize(frame, (frame.shape[1] * factor, frame.shape[0] * factor),
+                         interpolation=cv2.INTER_LINEAR)
+        if writer is None:
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps,
+                                     (big.shape[1], big.shape[0]))
+        writer.write(big)
+    cap.release()
+    if writer is not None:
+        writer.release()
+    return str(path)
+
+
+def stage_share(bundle_dir: str, video: str, domain: str, threads: int) -> dict:
+    """The whole video through ``run --domain DOMAIN --headless`` as fast as it goes: median
+    stage times and the share of the median frame spent outside the network."""
+    import cv2
+
+    from ..runtime.sources import parse_source
+    from ..runtime.stream import RunOptions, StreamRunner
+
+    cap = cv2.VideoCapture(video)
+    size = f"{int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))}x{int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))}"
+    cap.release()
+    s = StreamRunner(RunOptions(deploy=bundle_dir, domain=domain, headless=True, threads=threads),
+                     parse_source(None, video)).run()
+    st = s["stages_ms"]
+    total, network = st["total"]["median"], st["network"]["median"]
+    return {"domain": domain, "frames": s["frames"], "fps": s["fps"],
+            "frame_size": size,
+            "median_ms": {k: v["median"] for k, v in st.items() if v.get("count")},
+            "outside_network_pct": round(100 * (total - network) / total, 1)}
+
+
 def stream_benchmark(bundle_dir: str, video: str, fps: float = 30.0,
-                     switch_every_s: float = 0.25) -> dict:
+                     switch_every_s: float = 0.25, threads: int = 0) -> dict:
     """Through ``edge-calib run``, headless: (1) the whole video as fast as it goes with
-    ``--domain auto`` (end-to-end FPS, automatic switches); (2) the video paced as a live
+    ``--domain auto`` (end-to-end FPS, automatic switches); (2) where the frame time goes with
+    a fixed domain, at the video's resolution and upscaled 2x; (3) the video paced as a live
     camera at ``fps`` (oldest frames dropped when behind) while a client sends ``domain NAME``
     on the control socket every ``switch_every_s``: per switch, the time from the command's
     arrival to the first frame computed with the new calibrator, and the frames dropped."""
@@ -66,14 +114,20 @@ def stream_benchmark(bundle_dir: str, video: str, fps: float = 30.0,
     from ..runtime.sources import parse_source
     from ..runtime.stream import RunOptions, StreamRunner
 
-    runner = StreamRunner(RunOptions(deploy=bundle_dir, domain="auto", headless=True),
-                          parse_source(None, video))
+    runner = StreamRunner(RunOptions(deploy=bundle_dir, domain="auto", headless=True,
+                                     threads=threads), parse_source(None, video))
     auto = runner.run()
-    names = runner.bundle.domains
+    bundle = runner.controller.bundle
+    names = bundle.domains
+    calibrated = next((d for d in names if bundle.calibrator(d) is not None), names[0])
+    with tempfile.TemporaryDirectory() as scratch:
+        shares = {"1x": stage_share(bundle_dir, video, calibrated, threads),
+                  "2x": stage_share(bundle_dir, upscaled_video(video, 2, Path(scratch)),
+                                    calibrated, threads)}
     with tempfile.TemporaryDirectory() as scratch:
         sock = str(Path(scratch) / "ec.sock")
         live = StreamRunner(RunOptions(deploy=bundle_dir, domain=names[0], headless=True,
-                                       control=sock, realtime=True),
+                                       control=sock, realtime=True, threads=threads),
                             parse_source(None, video, fps=fps))
         result: dict = {}
         thread = threading.Thread(target=lambda: result.update(live.run()))
@@ -89,6 +143,7 @@ def stream_benchmark(bundle_dir: str, video: str, fps: float = 30.0,
         thread.join()
     return {"video": video, "frames": auto["frames"], "fps": auto["fps"],
             "stages_ms": auto["stages_ms"], "auto_switches": auto["switch_log"],
+            "where_time_goes": shares, "threads": threads,
             "dropped": auto["dropped"],
             "switching": {"paced_fps": fps, "command_every_s": switch_every_s,
                           "frames": result["frames"], "switches": result["switches"],
@@ -136,16 +191,24 @@ def run_bench(deploy: str, report_dir: str, batches=(1, 16), iterations: int = 2
     report["overhead_ratios"] = overhead_ratios(parts)
     report["jetson_projection_estimate"] = project(
         {k: v for k, v in parts.items()})
-    engines = open_engines(bundle, "onnxruntime", threads=threads, fused=True)
-    for batch in batches:
-        x = np.random.default_rng(0).uniform(-1, 1, (batch, *bundle.spec.shape)).astype(np.float32)
-        configs = ort_configs(engines, domains, x)
-        log(f"onnxruntime batch {batch}: {len(configs)} configurations x {iterations} rounds")
-        report["latency"].setdefault("onnxruntime", {})[f"batch{batch}"] = latency_table(
-            configs, measure(configs, iterations, warmup), batch)
-    report["latency"]["tensorrt"] = {"skipped": "TensorRT engines are benchmarked on the device "
-                                                "with `trtexec --loadEngine` or `edge-calib run "
-                                                "--backend tensorrt`; not available here"}
+    for backend in BACKENDS:
+        try:
+            fused = open_engines(bundle, backend, threads=threads, fused=True)
+        except EdgeCalibError as exc:  # no TensorRT here, or no engines built for this device
+            if backend == "onnxruntime":  # the embedded default: a failure is the bundle's
+                raise
+            report["latency"][backend] = {"skipped": str(exc)}
+            log(f"{backend}: skipped ({exc})")
+            continue
+        with fused, open_engines(bundle, backend, threads=threads, fused=False) as separate:
+            for batch in batches:
+                x = np.random.default_rng(0).uniform(-1, 1, (batch, *bundle.spec.shape)) \
+                    .astype(np.float32)
+                configs = engine_configs(fused, separate, bundle, x)
+                log(f"{backend} batch {batch}: {len(configs)} configurations x {iterations} "
+                    "rounds")
+                report["latency"].setdefault(backend, {})[f"batch{batch}"] = latency_table(
+                    configs, measure(configs, iterations, warmup), batch)
     with tempfile.TemporaryDirectory() as scratch:  # a generated video is not a result
         label = video
         if stream and video is None and data_root is not None:
@@ -153,7 +216,7 @@ def run_bench(deploy: str, report_dir: str, batches=(1, 16), iterations: int = 2
             label = "a generated video of the domains' test images, alternating"
         if stream and video is not None and bundle.manifest.domain_classifier is not None:
             log(f"stream through edge-calib run on {video}")
-            report["stream"] = {**stream_benchmark(deploy, video), "video": label}
+            report["stream"] = {**stream_benchmark(deploy, video, threads=threads), "video": label}
     write_json_atomic(out_dir / "report.json", report)
     write_bytes_atomic(out_dir / "report.md", markdown(report).encode())
     try:
@@ -251,4 +314,17 @@ def markdown(report: dict) -> str:
             if st.get("count"):
                 lines.append(f"| {stage} | {st['mean']:.3f} | {st['median']:.3f} | {st['p95']:.3f} | "
                              f"{st['p99']:.3f} |")
+        if "where_time_goes" in s:
+            shares = s["where_time_goes"]
+            stages = ["capture", "pre", "network", "post", "total"]
+            first = next(iter(shares.values()))
+            lines += ["", f"Where the frame time goes (`run --domain {first['domain']} --headless`, "
+                      f"ONNX Runtime {s.get('threads') or 'all'} thread(s); cast, normalisation "
+                      "and ArgMax run inside the network graph; medians in ms):", "",
+                      "| frames | " + " | ".join(stages) + " | outside the network | FPS |",
+                      "|---|" + "---|" * (len(stages) + 2)]
+            for scale, r in shares.items():
+                cells = [f"{r['median_ms'].get(k, float('nan')):.2f}" for k in stages]
+                lines.append(f"| {r['frame_size']} ({scale}) | " + " | ".join(cells) +
+                             f" | {r['outside_network_pct']:.1f}% | {r['fps']:.1f} |")
     return "\n".join(lines) + "\n"

@@ -20,10 +20,15 @@ from .options import Real
               help="/dev/videoN, v4l2:///dev/videoN, csi://N, a video file, an image folder, "
                    "rtsp:// or http:// stream, or a GStreamer pipeline.")
 @click.option("--domain", required=True, help="Domain to start with, or auto.")
+@click.option("--auto-radius-scale", type=Real(0.1, 1e6), default=1.0, show_default=True,
+              help="With --domain auto: multiply every domain's open-set radius (above 1 fewer "
+                   "frames are unknown; a very large value is closed-set).")
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime",
               show_default=True)
 @click.option("--headless", is_flag=True, help="No window.")
-@click.option("--output", default=None, help="Write the annotated video here (.mp4, .avi).")
+@click.option("--output", "outputs", multiple=True,
+              help="Write the annotated video here (.mp4, .avi), or serve it live at "
+                   "http://HOST:PORT (a page at /, MJPEG at /stream.mjpg); repeatable.")
 @click.option("--predictions", default=None, help="One JSON line per frame.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at exit.")
 @click.option("--control", default=None, help="UNIX socket path (or - for stdin) for line "
@@ -47,16 +52,17 @@ from .options import Real
               help="Run each domain's calibrator and the classifier as two graphs (timed "
                    "apart) instead of the fused graph.")
 @click.option("--verbose", is_flag=True, help="Print the timing report every few seconds.")
-def run(deploy, camera, uri, domain, backend, headless, output, predictions, as_json, control,
-        watch, input_width, input_height, fps, loop, realtime, queue_size, reconnect_timeout,
+def run(deploy, camera, uri, domain, auto_radius_scale, backend, headless, outputs, predictions,
+        as_json, control, watch, input_width, input_height, fps, loop, realtime, queue_size, reconnect_timeout,
         max_frames, threads, separate, verbose):
     """Run the camera stream through the current domain's calibrator and the classifier."""
     from ..runtime.sources import parse_source
     from ..runtime.stream import RunOptions, StreamRunner
 
     source = parse_source(camera, uri, input_width, input_height, fps, loop)
-    options = RunOptions(deploy=deploy, domain=domain, backend=backend, headless=headless,
-                         output=output, predictions=predictions, control=control, watch=watch,
+    options = RunOptions(deploy=deploy, domain=domain, auto_radius_scale=auto_radius_scale,
+                         backend=backend, headless=headless,
+                         outputs=outputs, predictions=predictions, control=control, watch=watch,
                          verbose=verbose, queue_size=queue_size,
                          reconnect_timeout=reconnect_timeout, realtime=realtime,
                          max_frames=max_frames, threads=threads, separate=separate)

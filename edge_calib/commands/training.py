@@ -201,7 +201,7 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
           train_size, monitor_test, init, restarts, restart_epochs, resume, force, batch_size,
           seed, device, max_samples, quiet):
     """Train a data calibrator for DOMAIN against a frozen classifier."""
-    from ..core.names import check_name
+    from ..core.names import check_domain_name
     from ..data.catalog import has_test_split, has_val_split
     from ..models.records import CalibratorRecord
     from ..models.store import load_classifier, save_calibrator
@@ -211,7 +211,7 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
     from ..train.restarts import chosen_trainer, training_files
     from ..train.tensors import load_domain, resolve_device
 
-    check_name(domain, "--domain")
+    check_domain_name(domain, "--domain")
     out = Path(out)
     cfg = CalibratorConfig(epochs=epochs, batch_size=batch_size, lr=lr, d_lr=d_lr, eps=eps,
                            arch=arch, size=calibrator_size(arch, size, width, blocks),

@@ -20,6 +20,18 @@ def check_name(name: str, what: str) -> str:
     return name
 
 
+RESERVED_DOMAINS = ("auto", "unknown")  # --domain auto, and frames that fit no domain
+
+
+def check_domain_name(name: str, what: str) -> str:
+    """A safe name that is not one of the words ``run --domain`` gives a meaning of its own."""
+    check_name(name, what)
+    if name in RESERVED_DOMAINS:
+        raise EdgeCalibError(f"{what} {name!r} is reserved (auto: --domain auto; unknown: frames "
+                             "that fit no domain); choose another name")
+    return name
+
+
 def check_relative_path(path: str, what: str) -> str:
     """A path inside a folder: relative, '/'-separated, each part a safe name."""
     parts = PurePosixPath(path).parts if isinstance(path, str) else ()

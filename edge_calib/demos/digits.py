@@ -125,7 +125,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         preds = work / f"predictions_{dom}.jsonl"
         runner = StreamRunner(RunOptions(deploy=str(bundle), domain=dom, headless=True,
                                          predictions=str(preds),
-                                         output=str(work / f"annotated_{dom}.avi")),
+                                         outputs=(str(work / f"annotated_{dom}.avi"),)),
                               parse_source(None, str(video)))
         summary = runner.run()
         results[label] = {"summary": summary, "scores": score_predictions(preds, truth),

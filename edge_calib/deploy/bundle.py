@@ -18,7 +18,7 @@ manifest.json (format_version 2)::
                         "fused": null | {VARIANT: PATH}, "fused_check_max_abs": null | x}},
      "default_domain": NAME,
      "domain_classifier": null | {"file", "features", "domains", "trained_on",
-                                  "holdout_frames", "holdout_accuracy"},
+                                  "holdout_frames", "holdout_accuracy", "holdout_known"?},
      "engines": {BACKEND: {CACHE_KEY: {"device", "settings", "fused", "classifier",
                                        "domains": {NAME: PATH | null}}}},
      "checks": null | {"inputs": PATH, "from": TEXT},   (float32 NCHW check images, .npy)
@@ -39,7 +39,7 @@ from pathlib import Path
 
 from ..core.errors import EdgeCalibError
 from ..core.fileio import file_digest, write_bytes_atomic
-from ..core.names import check_name, check_relative_path
+from ..core.names import check_domain_name, check_relative_path
 from ..core.spec import InputSpec
 
 FORMAT, FORMAT_VERSION = "edge-calib-bundle", 2
@@ -192,13 +192,15 @@ class DomainClassifierEntry:
     trained_on: dict
     holdout_frames: int
     holdout_accuracy: float
+    holdout_known: float | None = None  # % of held-out frames inside a radius (open set)
 
     @classmethod
     def read(cls, r: _Reader) -> "DomainClassifierEntry":
+        known = r.number("holdout_known", optional=True)
         return cls(r.path_in_bundle(r.get("file", str), "file"), r.get("features", str),
                    r.get("domains", list),
                    r.get("trained_on", dict), int(r.number("holdout_frames")),
-                   float(r.number("holdout_accuracy")))
+                   float(r.number("holdout_accuracy")), None if known is None else float(known))
 
 
 @dataclass
@@ -253,7 +255,7 @@ class Manifest:
             raise domains_r.error("no domains")
         for name in domains_r.data:
             try:
-                check_name(name, "domain")
+                check_domain_name(name, "domain")
             except EdgeCalibError as exc:
                 raise domains_r.error(str(exc)) from None
         domains = {name: DomainEntry.read(domains_r.obj(name)) for name in domains_r.data}

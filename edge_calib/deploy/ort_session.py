@@ -22,14 +22,17 @@ def graph_io(model) -> tuple[str, str]:
             model.graph.output[0].name)
 
 
-def make_session(path, threads: int = 0) -> ort.InferenceSession:
+def make_session(path, threads: int = 0, model: bytes | None = None) -> ort.InferenceSession:
+    """A CPU session of the graph at ``path``, or of the serialised ``model`` (``path`` then
+    only names it in errors)."""
     import onnxruntime as ort  # imported when a session is made, not with graph_io
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path) if model is None else model, options,
+                                    providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
         raise EdgeCalibError(f"{path}: ONNX Runtime cannot load it "
                              f"({str(exc).splitlines()[0][:160]})") from None

@@ -16,18 +16,32 @@ BACKENDS = ("onnxruntime", "tensorrt")
 
 
 class Engines:
-    """``infer(domain, x) -> (logits, stage ms)``; ``calibrate(domain, x)`` for checks."""
+    """``infer(domain, x) -> (logits, stage ms)`` (domain None: the frozen classifier alone);
+    ``calibrate(domain, x)`` for checks."""
 
     backend = ""
     fused = True
     closed = False  # set by close(): the sessions or device memory are freed
 
-    def infer(self, domain: str, x: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+    def infer(self, domain: str | None, x: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         raise NotImplementedError
 
     def calibrate(self, domain: str, x: np.ndarray) -> np.ndarray | None:
         """The calibrated input alone, or None where the backend cannot give it."""
         return None
+
+    def runs_fused(self, domain: str) -> bool:
+        """Whether ``infer(domain, ...)`` runs one fused calibrator -> classifier graph."""
+        return False
+
+    def takes_frames(self, domain: str | None) -> bool:
+        """Whether ``infer_frame`` runs this domain's graph on uint8 frames."""
+        return False
+
+    def infer_frame(self, domain: str | None, frame: np.ndarray) -> tuple[dict, dict[str, float]]:
+        """uint8 frames (N, H, W, C) at the spec's size -> ({"classes", "confidence"},
+        stage ms), pre- and post-processing inside the graph (see ``frame_graph.py``)."""
+        raise NotImplementedError
 
     def close(self) -> None:
         self.closed = True
@@ -40,13 +54,14 @@ class Engines:
 
 
 def open_engines(bundle, backend: str = "onnxruntime", threads: int = 0, fused: bool = True,
-                 check: bool = True) -> Engines:
-    """Every domain's engines, checked on one frame each (and warmed up by it)."""
+                 check: bool = True, frames: bool = False) -> Engines:
+    """Every domain's engines, checked on one frame each (and warmed up by it); ``frames``:
+    also the sessions that take uint8 frames (the runtime's; ONNX Runtime only for now)."""
     check_graph_shapes(bundle, backend)
     if backend == "onnxruntime":
         from .onnxruntime_backend import OrtEngines
 
-        engines = OrtEngines(bundle, threads=threads, fused=fused)
+        engines = OrtEngines(bundle, threads=threads, fused=fused, frames=frames)
     elif backend == "tensorrt":
         from .tensorrt_backend import open_tensorrt_engines
 
@@ -118,6 +133,13 @@ def check_engines(engines: Engines, bundle, x: np.ndarray | None = None) -> None
                 f"outputs shaped {logits.shape}"
             raise EdgeCalibError(f"bundle {bundle.root}: domain {name}: the graph gives "
                                  f"{problem} on a check frame; rebuild the bundle")
+        if engines.takes_frames(name):  # the frame graph agrees with the float graph
+            u8 = bundle.spec.to_uint8(x)
+            want = engines.infer(name, bundle.spec.normalize(u8))[0].argmax(axis=1)
+            got = engines.infer_frame(name, u8)[0]["classes"]
+            if got.shape != want.shape or not np.array_equal(got, want):
+                raise EdgeCalibError(f"bundle {bundle.root}: domain {name}: the frame graph's "
+                                     "classes differ from the float graph's on a check frame")
         cal = bundle.calibrator(name)
         y = engines.calibrate(name, x) if cal is not None else None
         if y is not None and (not np.all(np.isfinite(y)) or np.abs(y - x).max() > cal.eps + 1e-4):

@@ -1,17 +1,21 @@
 """ONNX Runtime engines for a bundle: per domain the fused calibrator -> classifier graph (one
 session, the default) or the calibrator and classifier sessions in turn. INT8 classifiers run
-as real QDQ kernels (QLinearConv / QGemm) on the CPU."""
+as real QDQ kernels (QLinearConv / QGemm) on the CPU. With ``frames``, the runtime's sessions
+take uint8 frames and return class maps (``frame_graph.py``) for every domain that runs one
+graph (fused or identity)."""
 
 from __future__ import annotations
 
 import time
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from ..core.errors import EdgeCalibError
 from ..deploy.ort_session import make_session, run_session
 from . import Engines
+from .frame_graph import CLASSES, CONFIDENCE, FRAME, frame_graph
 
 BACKEND = "onnxruntime"
 
@@ -26,17 +30,36 @@ class OrtEngines(Engines):
 
     backend = BACKEND
 
-    def __init__(self, bundle, threads: int = 0, fused: bool = True):
+    def __init__(self, bundle, threads: int = 0, fused: bool = True, frames: bool = False):
         self.bundle, self.fused = bundle, fused
         self.classifier = make_session(bundle.classifier_file(BACKEND), threads)
         self.calibrators: dict[str, ort.InferenceSession | None] = {}
         self.fused_sessions: dict[str, ort.InferenceSession] = {}
+        self.frame_sessions: dict[str | None, ort.InferenceSession] = {}  # None: the classifier
+        graphs: dict[str | None, str] = {None: bundle.classifier_file(BACKEND)}
         for name in bundle.domains:
             path = bundle.calibrator_file(name, BACKEND)
             self.calibrators[name] = None if path is None else make_session(path, threads)
             fused_path = bundle.fused_file(name, BACKEND)
             if fused and fused_path is not None:
                 self.fused_sessions[name] = make_session(fused_path, threads)
+                graphs[name] = fused_path
+            elif path is None:
+                graphs[name] = graphs[None]
+        if frames:
+            built: dict[str, ort.InferenceSession] = {}
+            for name, path in graphs.items():
+                if str(path) not in built:
+                    try:
+                        model = frame_graph(onnx.load(str(path)), bundle.spec, bundle.task)
+                    except EdgeCalibError:  # a graph it cannot wrap keeps the float path
+                        built[str(path)] = None
+                    else:
+                        built[str(path)] = make_session(path, threads, model.SerializeToString())
+                if built[str(path)] is not None:
+                    self.frame_sessions[name] = built[str(path)]
+            self._frame_outputs = [CLASSES] if bundle.task == "segmentation" else \
+                [CLASSES, CONFIDENCE]
 
     def _session(self, domain: str):
         if domain not in self.calibrators:
@@ -54,9 +77,9 @@ class OrtEngines(Engines):
     def logits(self, domain: str, x: np.ndarray) -> np.ndarray:
         return self.infer(domain, x)[0]
 
-    def infer(self, domain: str, x: np.ndarray) -> tuple[np.ndarray, dict]:
-        """Logits and wall times (ms) of the stages that ran."""
-        calibrator = self._session(domain)
+    def infer(self, domain: str | None, x: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Logits and wall times (ms) of the stages that ran (``None``: the classifier alone)."""
+        calibrator = None if domain is None else self._session(domain)
         t0 = time.perf_counter()
         if calibrator is None or domain in self.fused_sessions:
             session = self.fused_sessions.get(domain, self.classifier)
@@ -69,7 +92,23 @@ class OrtEngines(Engines):
         return logits, {"calibrator": (t1 - t0) * 1e3, "classifier": (t2 - t1) * 1e3,
                         "network": (t2 - t0) * 1e3}
 
+    def runs_fused(self, domain: str) -> bool:
+        return domain in self.fused_sessions
+
+    def takes_frames(self, domain: str | None) -> bool:
+        return domain in self.frame_sessions
+
+    def infer_frame(self, domain: str | None, frame: np.ndarray) -> tuple[dict, dict]:
+        """uint8 frames (N, H, W, C) -> ({"classes", "confidence"}, stage ms): cast,
+        normalisation and ArgMax run inside the graph."""
+        session = self.frame_sessions[domain]
+        t0 = time.perf_counter()
+        outputs = session.run(self._frame_outputs, {FRAME: frame})
+        network = (time.perf_counter() - t0) * 1e3
+        return {"classes": outputs[0], "confidence": outputs[1] if len(outputs) > 1 else None}, \
+            {"network": network}
+
     def close(self) -> None:
         self.classifier = None
-        self.calibrators, self.fused_sessions = {}, {}
+        self.calibrators, self.fused_sessions, self.frame_sessions = {}, {}, {}
         self.closed = True

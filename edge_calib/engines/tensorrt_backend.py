@@ -220,7 +220,20 @@ class TrtEngines(Engines):
                            copy_outputs_to_host=to_host)
         return next(iter(out.values())), runner.last_inference_time() * 1e3
 
-    def infer(self, domain: str, x: np.ndarray) -> tuple[np.ndarray, dict]:
+    def runs_fused(self, domain: str) -> bool:
+        return self.fused and domain in self.runners
+
+    def calibrate(self, domain: str, x: np.ndarray) -> np.ndarray | None:
+        """The calibrator engine's output (separate engines); None for fused engines, whose
+        calibrated image never leaves the graph (the bound check then needs ``--separate``)."""
+        if domain not in self.runners:  # an identity domain
+            return np.asarray(x)
+        if self.fused:
+            return None
+        out, _ = self._run(domain, np.ascontiguousarray(x, np.float32))
+        return np.asarray(out)
+
+    def infer(self, domain: str | None, x: np.ndarray) -> tuple[np.ndarray, dict]:
         x = np.ascontiguousarray(x, np.float32)
         if self.fused or domain not in self.runners:  # fused, or an identity domain
             started = time.perf_counter()

@@ -27,7 +27,7 @@ from ..deploy.bundle import (
 )
 from ..core.errors import EdgeCalibError
 from ..core.fileio import atomic_directory
-from ..core.names import check_name
+from ..core.names import check_domain_name
 from ..core.provenance import git_commit
 from ..models.store import Calibrator, load_calibrator, load_classifier
 from .onnx_graphs import (
@@ -79,7 +79,7 @@ def parse_calibrator_args(values: tuple[str, ...]) -> list[tuple[str, str]]:
         if not sep or not domain or not path:
             raise EdgeCalibError(f"--calibrator {value!r}: use DOMAIN=PATH, DOMAIN=identity or "
                                  "DOMAIN=histogram[:TARGET]")
-        check_name(domain, "--calibrator: domain")
+        check_domain_name(domain, "--calibrator: domain")
         if domain in seen:
             raise EdgeCalibError(f"--calibrator: domain {domain!r} given twice")
         seen.add(domain)

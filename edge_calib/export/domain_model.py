@@ -5,7 +5,8 @@ an ``identity`` domain the calibrators' source dataset. Every image is used twic
 and rendered the way a camera stream delivers it (scaled up to a random frame size, JPEG-
 compressed at a random quality, scaled back), so that the statistics name the domain of a
 frame whatever the resolution and codec of the stream. 20% of each domain is held out to
-report how well they name the domain of a single frame.
+report how well they name the domain of a single frame, and to set each domain's open-set
+radius (a frame outside every radius is ``unknown`` at run time).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import numpy as np
 from ..core.errors import EdgeCalibError
 from ..core.fileio import write_json_atomic
 from ..data import load_dataset
-from ..imaging.domain_features import NAME, fit_logistic, image_features, predict_logistic
+from ..imaging.domain_features import (NAME, fit_logistic, fit_open_set, image_features,
+                                       open_set_ratios, predict_logistic)
 
 PER_DOMAIN = 2000
 FILE = "domain_classifier.json"
@@ -84,10 +86,12 @@ def bundle_domain_classifier(data_root, seed: int = 0):
         hx = np.concatenate([h[0] for h in holdout])
         hy = np.concatenate([h[1] for h in holdout])
         acc = float((predict_logistic(model, hx).argmax(1) == hy).mean() * 100)
+        model["open_set"] = fit_open_set(model, [f for f, _ in fit], [f for f, _ in holdout])
+        known = float((open_set_ratios(model, hx).min(axis=1) <= 1).mean() * 100)
         write_json_atomic(folder / FILE, {"features": NAME, "domains": names, **model})
         return {"file": FILE, "features": NAME, "domains": names,
                 "trained_on": datasets, "holdout_frames": int(len(hy)),
-                "holdout_accuracy": round(acc, 2)}
+                "holdout_accuracy": round(acc, 2), "holdout_known": round(known, 2)}
 
     return build
 

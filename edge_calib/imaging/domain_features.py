@@ -3,6 +3,10 @@
 For the ``--domain auto`` classifier: on the normalised classifier input, converted to grey,
 a 16-bin intensity histogram, 8-bin row and column mean profiles, mean, standard deviation,
 mean gradient magnitude and the fraction of pixels near the darkest and brightest values.
+
+Open set: each domain also keeps the centre and spread of its frames' standardised features and
+a radius (a high percentile of its held-out frames' distances), so that a frame far from every
+domain is named ``unknown`` rather than forced into the nearest one.
 """
 
 from __future__ import annotations
@@ -56,3 +60,38 @@ def predict_logistic(model: dict, features: np.ndarray) -> np.ndarray:
     """Class probabilities (N, K)."""
     f = (features - np.asarray(model["mean"])) / np.asarray(model["std"])
     return softmax(f @ np.asarray(model["weights"]) + np.asarray(model["bias"]))
+
+
+SPREAD_FLOOR = 0.1  # in global standard deviations: a feature a domain never varies still counts
+OPEN_SET_PERCENTILE = 99.0
+OPEN_SET_MARGIN = 1.1
+
+
+def _standardise(model: dict, features: np.ndarray) -> np.ndarray:
+    return (features - np.asarray(model["mean"])) / np.asarray(model["std"])
+
+
+def fit_open_set(model: dict, fit: list[np.ndarray], holdout: list[np.ndarray]) -> dict:
+    """Per domain k, on the standardised features z: centre c_k and spread s_k of its fitting
+    frames (s_k floored at SPREAD_FLOOR), and radius r_k = OPEN_SET_MARGIN x the
+    OPEN_SET_PERCENTILE-th percentile of d_k over its held-out frames, where
+    d_k(z) = sqrt(mean_j ((z_j - c_kj) / s_kj)^2)."""
+    centres, spreads, radii = [], [], []
+    for f, h in zip(fit, holdout):
+        z = _standardise(model, f)
+        c, s = z.mean(axis=0), np.maximum(z.std(axis=0), SPREAD_FLOOR)
+        d = np.sqrt((((_standardise(model, h) - c) / s) ** 2).mean(axis=1))
+        centres.append(c.tolist())
+        spreads.append(s.tolist())
+        radii.append(float(np.percentile(d, OPEN_SET_PERCENTILE) * OPEN_SET_MARGIN))
+    return {"centres": centres, "spreads": spreads, "radii": radii,
+            "percentile": OPEN_SET_PERCENTILE, "margin": OPEN_SET_MARGIN}
+
+
+def open_set_ratios(model: dict, features: np.ndarray) -> np.ndarray:
+    """d_k / r_k for every frame and domain (N, K): above 1 for every k means no domain fits."""
+    z = _standardise(model, features)
+    open_set = model["open_set"]
+    c, s = np.asarray(open_set["centres"]), np.asarray(open_set["spreads"])
+    d = np.sqrt((((z[:, None, :] - c[None]) / s[None]) ** 2).mean(axis=2))
+    return d / np.asarray(open_set["radii"])[None]

@@ -1,5 +1,6 @@
-"""Per-stage timing of the stream: capture / pre / calibrator / classifier / post / total, in
-constant memory however long the stream runs."""
+"""Per-stage timing of the stream: capture / pre / auto (the ``--domain auto`` vote) /
+calibrator / classifier / network / post / total, in constant memory however long the stream
+runs."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from ..core.stats import PERCENTILES, table
 
-STAGES = ("capture", "pre", "calibrator", "classifier", "network", "post", "total")
+STAGES = ("capture", "pre", "auto", "calibrator", "classifier", "network", "post", "total")
 WINDOW = 4096
 
 

@@ -1,0 +1,217 @@
+"""What decides how the next frame runs: the current domain (``--domain``, keys, the control
+channel, ``--domain auto``) and the bundle's engines, which a ``reload`` (or ``--watch``)
+replaces in the background only after the new bundle passes its manifest check and a check on
+the last frame. The frame loop (``stream.py``) asks it once per frame."""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+
+import numpy as np
+
+from ..core.errors import EdgeCalibError
+from ..deploy.bundle import MANIFEST, MANIFEST_HASH, open_bundle
+from ..engines import check_engines, open_engines
+from .domain_auto import UNKNOWN, AutoDomain, load_domain_model
+
+SWITCH_LOG = 1000  # the last switches and reloads kept for the summary (all are counted)
+
+
+class Controller:
+    def __init__(self, opts, log, dropped, request_stop):
+        """``dropped()`` counts the frames capture dropped so far (for the switch log);
+        ``request_stop()`` ends the run (the ``quit`` command, the q key)."""
+        self.opts, self.log, self._dropped, self._request_stop = opts, log, dropped, request_stop
+        self.bundle = open_bundle(opts.deploy)  # refuses a bundle that fails its check
+        self.engines = self._load_checked(self.bundle, None)
+        self.auto = None
+        self.domain = None  # with --domain auto: set by the first frames' vote
+        if opts.domain == "auto":
+            entry = self.bundle.manifest.domain_classifier
+            if entry is None:
+                self.engines.close()
+                raise EdgeCalibError("--domain auto: this bundle has no domain classifier "
+                                     "(build it with several domains and --auto-domain)")
+            self.auto = AutoDomain(load_domain_model(self.bundle.path(entry.file),
+                                                      self.bundle.domains),
+                                   self.bundle.spec.lo[0], self.bundle.spec.hi[0],
+                                   opts.auto_window, opts.auto_threshold, opts.auto_radius_scale)
+        else:
+            self.bundle.domain(opts.domain)  # unknown: lists the bundle's domains
+            self.domain = opts.domain
+        self.switches: collections.deque[dict] = collections.deque(maxlen=SWITCH_LOG)
+        self.switch_count = 0
+        self._pending_switch = None
+        self.reloads: collections.deque[dict] = collections.deque(maxlen=SWITCH_LOG)
+        self._reloaded = None
+        self._reload_thread = None
+        self._stopping = False
+        self.last_frame: np.ndarray | None = None  # uint8, for a reload's check
+
+    # -- engines and reload ----------------------------------------------------------------
+    def _load_checked(self, bundle, x):
+        """Load every domain's engines and check each on one frame (finite outputs, bounded
+        calibrator); this also warms every session up."""
+        engines = open_engines(bundle, self.opts.backend, self.opts.threads,
+                               fused=not self.opts.separate, check=False, frames=True)
+        try:
+            check_engines(engines, bundle, x)
+        except BaseException:
+            engines.close()
+            raise
+        return engines
+
+    def request_reload(self, reason: str) -> dict:
+        if self._reload_thread is not None and self._reload_thread.is_alive():
+            return {"ok": False, "error": "a reload is already running"}
+
+        def work():
+            started = time.perf_counter()
+            try:
+                bundle = open_bundle(self.opts.deploy)
+                if bundle.spec != self.bundle.spec:
+                    raise EdgeCalibError("the new bundle has another input spec")
+                frame = self.last_frame
+                engines = self._load_checked(bundle, None if frame is None
+                                             else bundle.spec.normalize(frame))
+                self._reloaded = (bundle, engines, reason, time.perf_counter() - started)
+            except Exception as exc:  # keep the old engines, log why
+                self.reloads.append({"ok": False, "reason": reason, "error": str(exc)})
+                self.log(f"reload ({reason}) refused, the previous bundle keeps running: {exc}")
+
+        self._reload_thread = threading.Thread(target=work, name="reload", daemon=True)
+        self._reload_thread.start()
+        return {"ok": True, "reloading": True}
+
+    def apply_reload(self, index: int) -> None:
+        """Swap in a bundle a reload has loaded and checked (between two frames)."""
+        if self._reloaded is None:
+            return
+        bundle, engines, reason, seconds = self._reloaded
+        self._reloaded = None
+        replaced, self.bundle, self.engines = self.engines, bundle, engines
+        replaced.close()  # the old sessions are never used again
+        if self.domain not in bundle.domains and self.domain != UNKNOWN:
+            self.domain = bundle.domains[0]
+        self.reloads.append({"ok": True, "reason": reason, "frame": index,
+                             "load_s": round(seconds, 3)})
+        self.log(f"reloaded the bundle ({reason}) at frame {index}")
+
+    def watch(self) -> None:
+        """Start a thread that asks for a reload when the bundle's files change on disk."""
+        def snapshot():
+            paths = [os.path.join(self.opts.deploy, name) for name in (MANIFEST, MANIFEST_HASH)] + [
+                os.path.join(self.opts.deploy, p) for p in self.bundle.manifest.files]
+            out = []
+            for p in paths:
+                try:
+                    st = os.stat(p)
+                    out.append((p, st.st_mtime_ns, st.st_ino, st.st_size))
+                except OSError:
+                    out.append((p, None, None, None))
+            return out
+
+        def loop():
+            last = snapshot()
+            while not self._stopping:
+                time.sleep(0.5)
+                now = snapshot()
+                if now != last:
+                    last = now
+                    time.sleep(0.2)  # let a writer finish
+                    self.request_reload("bundle changed on disk")
+
+        threading.Thread(target=loop, name="watch", daemon=True).start()
+
+    def close(self) -> None:
+        """Close the engines in use and any that a reload loaded but the loop never applied."""
+        self._stopping = True
+        self.engines.close()
+        if self._reloaded is not None:
+            self._reloaded[1].close()
+
+    # -- the domain ---------------------------------------------------------------------------
+    def calibrator_for(self, domain: str) -> str | None:
+        """The bundle domain whose calibrator runs for ``domain``: itself, or for ``unknown``
+        none (the frozen model alone, the identity calibrator)."""
+        return None if domain == UNKNOWN else domain
+
+    def switch(self, name: str, by: str, index: int, requested: float | None = None) -> dict:
+        """Run ``name``'s calibrator from the next frame. ``requested`` (perf_counter) is when
+        the request arrived; the switch log says how long until the first frame computed with
+        the new calibrator was done, and how many frames capture dropped meanwhile."""
+        if name not in self.bundle.domains and not (by == "auto" and name == UNKNOWN):
+            return {"ok": False, "error": f"unknown domain {name!r}; this bundle has: "
+                                          f"{', '.join(self.bundle.domains)}"}
+        previous, self.domain = self.domain, name
+        if previous is not None and previous != name:
+            self.switch_count += 1
+            self._pending_switch = {"frame": index, "from": previous, "to": name, "by": by,
+                                    "requested": requested or time.perf_counter(),
+                                    "dropped_before": self._dropped()}
+            if self.opts.verbose:
+                self.log(f"domain {previous} -> {name} ({by}) at frame {index}")
+        return {"ok": True, "domain": name}
+
+    def frame_done(self, domain: str) -> None:
+        """A frame computed with ``domain`` is done: complete a pending switch's log entry."""
+        entry = self._pending_switch
+        if entry is None or entry["to"] != domain:
+            return
+        self._pending_switch = None
+        entry["to_first_frame_ms"] = (time.perf_counter() - entry.pop("requested")) * 1e3
+        entry["dropped_meanwhile"] = self._dropped() - entry.pop("dropped_before")
+        self.switches.append(entry)
+
+    def last_switch(self) -> dict | None:
+        return self.switches[-1] if self.switches else None
+
+    def vote(self, x: np.ndarray, index: int) -> dict | None:
+        """With ``--domain auto``: this frame's vote (``AutoDomain.predict``), switching when
+        the window of votes says so; None otherwise."""
+        if self.auto is None:
+            return None
+        vote = self.auto.predict(x)
+        target = self.auto.update(self.domain, vote["predicted"])
+        if target is not None:
+            self.switch(target, "auto", index)
+        return vote
+
+    # -- commands and keys -----------------------------------------------------------------
+    def handle(self, command, index: int, status: dict) -> None:
+        """Answer one control-channel command (``status`` holds the loop's own figures)."""
+        words = command.text.split()
+        if not words:
+            reply = {"ok": False, "error": "empty command"}
+        elif words[0] == "domain" and len(words) == 2:
+            self.auto = None  # a manual choice turns automatic switching off
+            reply = self.switch(words[1], "control", index, command.received)
+        elif words[0] == "status":
+            reply = {"ok": True, "domain": self.domain, "domains": self.bundle.domains,
+                     **status, "auto": self.auto is not None}
+        elif words[0] == "reload":
+            reply = self.request_reload("reload command")
+        elif words[0] == "quit":
+            self._request_stop()
+            reply = {"ok": True, "stopping": True}
+        else:
+            reply = {"ok": False, "error": f"unknown command {command.text!r}; use domain NAME, "
+                                           "status, reload or quit"}
+        command.reply.put(reply)
+
+    def key(self, key: int, index: int) -> None:
+        """The display window's keys: q/Esc quit, 1-9 a domain, n/p the next/previous one."""
+        domains = self.bundle.domains
+        if key in (ord("q"), 27):
+            self._request_stop()
+        elif ord("1") <= key <= ord("9") and key - ord("1") < len(domains):
+            self.auto = None
+            self.switch(domains[key - ord("1")], "key", index)
+        elif key in (ord("n"), ord("p")):
+            self.auto = None
+            step = 1 if key == ord("n") else -1
+            at = domains.index(self.domain) if self.domain in domains else -step
+            self.switch(domains[(at + step) % len(domains)], "key", index)

@@ -1,0 +1,136 @@
+"""Open-set ``--domain auto`` on real frames: digits of a camera shift the bundle was not built
+for are reported as ``unknown`` and run through the frozen model alone; the run starts on the
+first frames' vote."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edge_calib.cli import main
+from edge_calib.core.errors import EdgeCalibError
+from edge_calib.data import load_dataset
+from edge_calib.deploy.bundle import open_bundle
+from edge_calib.imaging.domain_features import image_features, open_set_ratios
+from edge_calib.runtime.domain_auto import UNKNOWN, AutoDomain, load_domain_model
+from edge_calib.runtime.testvideo import write_domain_video
+
+
+def domain_model(bundle_dir):
+    bundle = open_bundle(bundle_dir)
+    return bundle, load_domain_model(bundle.path(bundle.manifest.domain_classifier.file),
+                                     bundle.domains)
+
+
+def test_open_set_ratio_is_the_documented_distance(bundle_dir):
+    """d_k / r_k recomputed by hand from the stored centres, spreads and radii."""
+    bundle, model = domain_model(bundle_dir)
+    x = np.random.default_rng(0).uniform(bundle.spec.lo[0], bundle.spec.hi[0],
+                                         (3, *bundle.spec.shape)).astype(np.float32)
+    f = image_features(x, bundle.spec.lo[0], bundle.spec.hi[0])
+    z = (f - np.asarray(model["mean"])) / np.asarray(model["std"])
+    o = model["open_set"]
+    for k in range(len(model["domains"])):
+        d = np.sqrt(np.mean(((z - np.asarray(o["centres"][k])) / np.asarray(o["spreads"][k])) ** 2,
+                            axis=1))
+        np.testing.assert_allclose(open_set_ratios(model, f)[:, k], d / o["radii"][k], rtol=1e-6)
+    assert bundle.manifest.domain_classifier.holdout_known >= 97  # radii at the 99th percentile
+
+
+def test_frames_of_an_unseen_shift_are_unknown_and_run_the_frozen_model(bundle_dir, shared_data,
+                                                                       tmp_path):
+    """MNIST frames, then the same digits recoloured (mnist:colour, not in the bundle), then
+    USPS frames: mnist from the first frame, unknown within the window, then usps."""
+    m = load_dataset("mnist", "test", shared_data)
+    c = load_dataset("mnist:colour", "test", shared_data)
+    u = load_dataset("usps", "test", shared_data)
+    video = tmp_path / "open.avi"
+    truth = write_domain_video(video, [("mnist", m.images[:40], m.labels[:40]),
+                                       ("colour", c.images[40:100], c.labels[40:100]),
+                                       ("usps", u.images[:40], u.labels[:40])])
+    preds = tmp_path / "p.jsonl"
+    r = CliRunner().invoke(main, ["run", "--deploy", str(bundle_dir), "--input", str(video),
+                                  "--domain", "auto", "--headless", "--predictions", str(preds),
+                                  "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.output.strip().splitlines()[-1])
+    rows = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert rows[0]["domain"] == "mnist"  # the first frames' vote, not the bundle's first domain
+    assert all(row["domain"] == "mnist" for row in rows[:40])
+    switches = [(s["from"], s["to"], s["frame"]) for s in summary["switch_log"]]
+    assert [s[:2] for s in switches] == [("mnist", UNKNOWN), (UNKNOWN, "usps")], switches
+    assert 40 <= switches[0][2] <= 40 + 15 and 100 <= switches[1][2] <= 100 + 15
+    colour = [row for row in rows if truth["frames"][row["index"]]["domain"] == "colour"]
+    votes = [row["auto"]["predicted"] for row in colour]
+    assert votes.count(UNKNOWN) >= 0.9 * len(votes), votes
+    assert all(row["auto"]["fit"] > 1 for row in colour if row["auto"]["predicted"] == UNKNOWN)
+    assert summary["domain_frames"][UNKNOWN] >= 45
+    # unknown frames ran the frozen model alone: the same labels as the identity domain mnist
+    from edge_calib.engines import open_engines
+
+    bundle = open_bundle(bundle_dir)
+    with open_engines(bundle) as engines:
+        x = bundle.spec.preprocess(c.images[80:100])
+        alone = [int(engines.infer(None, x[i:i + 1])[0].argmax()) for i in range(20)]
+    reported = {row["index"]: row["label"] for row in rows if row["domain"] == UNKNOWN}
+    assert [reported[80 + i] for i in range(20) if 80 + i in reported] == \
+        [alone[i] for i in range(20) if 80 + i in reported]
+
+
+def test_known_domains_stay_known_on_real_frames(bundle_dir, shared_data):
+    """Held-out real MNIST and USPS test frames (the bundle learnt from train frames) are
+    almost never unknown."""
+    bundle, model = domain_model(bundle_dir)
+    auto = AutoDomain(model, bundle.spec.lo[0], bundle.spec.hi[0])
+    for name in ("mnist", "usps"):
+        images = load_dataset(name, "test", shared_data).images[:300]
+        x = bundle.spec.preprocess(images)
+        votes = [auto.predict(x[i:i + 1])["predicted"] for i in range(len(x))]
+        assert votes.count(UNKNOWN) <= 0.05 * len(votes), (name, votes.count(UNKNOWN))
+        assert votes.count(name) >= 0.9 * len(votes)
+
+
+def test_radius_scale_widens_the_domains(bundle_dir, shared_data):
+    """The same recoloured frames: unknown at the bundle's radii, known with them scaled far
+    out (``run --auto-radius-scale``), and the fit reported is the same."""
+    bundle, model = domain_model(bundle_dir)
+    x = bundle.spec.preprocess(load_dataset("mnist:colour", "test", shared_data).images[:20])
+    strict = AutoDomain(model, bundle.spec.lo[0], bundle.spec.hi[0])
+    loose = AutoDomain(model, bundle.spec.lo[0], bundle.spec.hi[0], radius_scale=1e6)
+    for i in range(len(x)):
+        a, b = strict.predict(x[i:i + 1]), loose.predict(x[i:i + 1])
+        assert a["fit"] == b["fit"] and b["predicted"] in bundle.domains
+    assert [strict.predict(x[i:i + 1])["predicted"] for i in range(20)].count(UNKNOWN) >= 18
+
+
+def test_window_hysteresis_with_unknown():
+    auto = AutoDomain({"domains": ["a", "b"]}, 0.0, 1.0, window=5, threshold=0.6)
+    assert auto.update(None, "b") == "b"  # the first frame's vote starts the run
+    assert auto.update("b", "a") is None  # a tie while filling keeps the current domain
+    assert auto.update("b", "a") == "a"  # majority so far while the window fills
+    for vote in ("a", "a"):
+        assert auto.update("a", vote) is None
+    assert [auto.update("a", UNKNOWN) for _ in range(3)] == [None, None, UNKNOWN]  # 3 of 5
+
+
+def test_a_broken_open_set_is_refused_in_one_line(bundle_dir, tmp_path):
+    bundle, model = domain_model(bundle_dir)
+    model["open_set"]["radii"] = [1.0]
+    path = tmp_path / "dc.json"
+    path.write_text(json.dumps(model))
+    with pytest.raises(EdgeCalibError, match="open-set centres, spreads and radii are shaped"):
+        load_domain_model(path, bundle.domains)
+    model["open_set"]["radii"] = [1.0, -1.0]
+    path.write_text(json.dumps(model))
+    with pytest.raises(EdgeCalibError, match="must be finite and positive"):
+        load_domain_model(path, bundle.domains)
+
+
+@pytest.mark.parametrize("name", ["unknown", "auto"])
+def test_reserved_domain_names_are_refused(trained_dtn, tmp_path, name):
+    r = CliRunner().invoke(main, ["export", "--classifier", str(trained_dtn), "--calibrator",
+                                  f"{name}=identity", "--out", str(tmp_path / "b"),
+                                  "--no-auto-domain"])
+    assert r.exit_code == 2 and f"domain {name!r} is reserved" in r.output
+    assert not (tmp_path / "b").exists()
