@@ -26,13 +26,11 @@ class Controller:
         ``request_stop()`` ends the run (the ``quit`` command, the q key)."""
         self.opts, self.log, self._dropped, self._request_stop = opts, log, dropped, request_stop
         self.bundle = open_bundle(opts.deploy)  # refuses a bundle that fails its check
-        self.engines = self._load_checked(self.bundle, None)
         self.auto = None
         self.domain = None  # with --domain auto: set by the first frames' vote
         if opts.domain == "auto":
             entry = self.bundle.manifest.domain_classifier
             if entry is None:
-                self.engines.close()
                 raise EdgeCalibError("--domain auto: this bundle has no domain classifier "
                                      "(build it with several domains and --auto-domain)")
             self.auto = AutoDomain(load_domain_model(self.bundle.path(entry.file),
@@ -42,6 +40,7 @@ class Controller:
         else:
             self.bundle.domain(opts.domain)  # unknown: lists the bundle's domains
             self.domain = opts.domain
+        self.engines = self._load_checked(self.bundle, None)  # last: nothing after it can fail
         self.switches: collections.deque[dict] = collections.deque(maxlen=SWITCH_LOG)
         self.switch_count = 0
         self._pending_switch = None

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from ..core.stats import summarize
 from .capture import CaptureThread
 from .controller import Controller
+from .live_view import LiveView
 from .outputs import annotate
 from .postprocess import output_for, predictions_from_logits
-from .live_view import LiveView
 from .sinks import Delivered, is_live_url, open_sinks
 from .sources import SourceSpec
 from .timing import StageTimes
@@ -57,6 +57,7 @@ class StreamRunner:
         self.opts = options
         self.stop_requested = False
         self.capture = self.control = None
+        self.sinks: list = []
         self.controller = Controller(options, log, dropped=lambda: self.capture.counts["dropped"],
                                      request_stop=self.request_stop)
         try:
@@ -70,7 +71,7 @@ class StreamRunner:
 
                 self.control = ControlChannel(options.control)
         except BaseException:
-            for sink in getattr(self, "sinks", []):
+            for sink in self.sinks:
                 sink.close(False)
             self.controller.close()
             raise
@@ -123,9 +124,10 @@ class StreamRunner:
                 ctl.last_frame = u8
                 t1 = time.perf_counter()
                 pre_ms = (t1 - t0) * 1e3
-                vote = None
+                vote = x = None
                 if ctl.auto is not None:  # its features read the normalised frame
-                    vote = ctl.vote(self.spec.normalize(u8), index)
+                    x = self.spec.normalize(u8)
+                    vote = ctl.vote(x, index)
                 domain = ctl.domain
                 calibrator = ctl.calibrator_for(domain)
                 t_auto = time.perf_counter()
@@ -133,7 +135,8 @@ class StreamRunner:
                     predictions, stage = ctl.engines.infer_frame(calibrator, u8)
                     t2 = time.perf_counter()
                 else:  # a calibrator and a classifier in turn: normalise and ArgMax here
-                    x = self.spec.normalize(u8)
+                    if x is None:
+                        x = self.spec.normalize(u8)
                     pre_ms += (time.perf_counter() - t_auto) * 1e3
                     logits, stage = ctl.engines.infer(calibrator, x)
                     t2 = time.perf_counter()
