@@ -14,7 +14,9 @@ def data_root_option(f):
 def training_options(f):
     """--epochs/--batch-size/--seed/--device/--max-samples/--quiet, as every trainer takes."""
     for decorator in reversed([
-        click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+                     help="The global batch: under torchrun each of the N processes trains on "
+                          "1/N of every batch (so N must divide it)."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--device", default="auto", show_default=True,
                      help="auto (CUDA when present), cpu, cuda or cuda:N."),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import click
 
@@ -63,11 +62,10 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, input_s
                      train_scale, resume, force, batch_size, seed, device, max_samples, quiet):
     """Train the frozen source model (classifier or segmenter); the checkpoint holds weights,
     architecture, input spec and labels. Resumable: the state is saved after every epoch."""
-    from ..data.catalog import has_test_split, has_val_split
     from ..models.classifiers import default_input_spec
-    from ..train.classifier import train_classifier as fit
+    from ..train.distributed import Distributed
     from ..train.loop import check_states, state_paths
-    from ..train.tensors import load_domain, resolve_device
+    from ..train.tensors import resolve_device
 
     spec = default_input_spec(arch)
     if input_size:
@@ -84,34 +82,61 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, input_s
                              f"{spec.height}x{spec.width}")
     state = state_paths(out)[0]
     check_states([state], resume, force)
-    dev = resolve_device(device)
+    dist, dev = Distributed.from_environment(resolve_device(device))
+    try:
+        dist.per_rank(batch_size)
+        clf = _train_source_model(dataset, arch, spec, data_root, epochs, lr, augment, crop,
+                                  train_scale, resume, state, batch_size, seed, dev,
+                                  max_samples, quiet, dist)
+    finally:
+        dist.close()
+    if not dist.is_main:
+        return
+    fingerprint = clf.save(out)
+    state.unlink(missing_ok=True)
+    m = clf.metrics
+    click.echo(json.dumps({"out": out, "arch": arch, "task": m["task"],
+                           "fingerprint": fingerprint, "params": clf.params,
+                           "world_size": dist.world_size,
+                           **{k: m.get(k) for k in ("val_acc", "source_test_acc", "val_miou",
+                                                    "source_test_miou") if k in m}}))
+
+
+def _train_source_model(dataset, arch, spec, data_root, epochs, lr, augment, crop, train_scale,
+                        resume, state, batch_size, seed, dev, max_samples, quiet, dist):
+    """Load the labelled splits and train (``train_classifier``); None on ranks other than 0."""
+    from ..data.catalog import has_test_split, has_val_split
+    from ..train.classifier import train_classifier as fit
+    from ..train.distributed import stop_on_signals
+    from ..train.tensors import load_domain
+
     train = load_domain(dataset, "train", data_root, spec, max_samples, seed)
     if train.labels is None:
         raise EdgeCalibError(f"{dataset}: training a classifier needs labelled images "
                              "(class-index subfolders)")
     val = load_domain(dataset, "val", data_root, spec) if has_val_split(dataset) else None
     test = load_domain(dataset, "test", data_root, spec) if has_test_split(dataset) else None
-    clf = fit(arch, spec, train, test, epochs, batch_size, lr, seed, dev, augment,
-              progress=not quiet, val=val, state_path=state, resume=resume,
-              train_scale=train_scale, crop=crop)
-    fingerprint = clf.save(out)
-    state.unlink(missing_ok=True)
-    m = clf.metrics
-    click.echo(json.dumps({"out": out, "arch": arch, "task": m["task"],
-                           "fingerprint": fingerprint, "params": clf.params,
-                           **{k: m.get(k) for k in ("val_acc", "source_test_acc", "val_miou",
-                                                    "source_test_miou") if k in m}}))
+    kept = lambda: (f"the last good state is kept in {state}; continue with --resume"  # noqa: E731
+                    if state.exists() else "no epoch had finished, nothing was written")
+    with stop_on_signals(kept):
+        return fit(arch, spec, train, test, epochs, batch_size, lr, seed, dev, augment,
+                   progress=not quiet and dist.is_main, val=val, state_path=state,
+                   resume=resume, train_scale=train_scale, crop=crop, dist=dist)
 
 
 @click.command()
 @click.option("--classifier", required=True, type=click.Path(dir_okay=False),
               help="Frozen classifier checkpoint (float or compressed).")
 @click.option("--source", required=True, help="Source domain images (labels unused).")
-@click.option("--target", required=True, help="Target domain: a dataset or a folder of "
-                                               "unlabelled images.")
+@click.option("--target", required=True, multiple=True,
+              help="Target domain: a dataset or a folder of unlabelled images. Repeat it (with "
+                   "one --domain each) to train one calibrator per domain in one job.")
 @data_root_option
-@click.option("--domain", required=True, help="Name of the target domain (e.g. city, night).")
-@click.option("--out", required=True, type=click.Path(dir_okay=False))
+@click.option("--domain", required=True, multiple=True,
+              help="Name of the target domain (e.g. city, night); one per --target, in order.")
+@click.option("--out", required=True, type=click.Path(),
+              help="The calibrator checkpoint; with several domains a folder that receives "
+                   "DOMAIN.calib.pt for each.")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--eps", type=float, default=0.5, show_default=True,
               help="Bound on |delta| in normalised input units.")
@@ -200,19 +225,19 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
           d_steps, ema, schedule, select, holdout,
           train_size, monitor_test, init, restarts, restart_epochs, resume, force, batch_size,
           seed, device, max_samples, quiet):
-    """Train a data calibrator for DOMAIN against a frozen classifier."""
-    from ..core.names import check_domain_name
+    """Train a data calibrator for DOMAIN against a frozen classifier; with several
+    --target/--domain pairs, one per domain (written to OUT/DOMAIN.calib.pt). Under torchrun
+    (--nproc-per-node N --no-python edge-calib train ...) one domain's batches are split over
+    the processes, several domains are dealt to them."""
     from ..data.catalog import has_test_split, has_val_split
-    from ..models.records import CalibratorRecord
-    from ..models.store import load_classifier, save_calibrator
-    from ..train.calibrate import CalibratorConfig, CalibratorTrainer
+    from ..models.store import load_classifier
+    from ..train.calibrate import CalibratorConfig
+    from ..train.distributed import Distributed
     from ..train.evaluate import check_task
-    from ..train.loop import check_states
-    from ..train.restarts import chosen_trainer, training_files
+    from ..train.jobs import SharedInputs, check_states, plan, train_domains
     from ..train.tensors import load_domain, resolve_device
 
-    check_domain_name(domain, "--domain")
-    out = Path(out)
+    tasks = plan(target, domain, out)
     cfg = CalibratorConfig(epochs=epochs, batch_size=batch_size, lr=lr, d_lr=d_lr, eps=eps,
                            arch=arch, size=calibrator_size(arch, size, width, blocks),
                            perturbation=perturbation, patch=patch,
@@ -228,43 +253,36 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
                                            else restart_epochs) if restarts > 1 else 0,
                            train_size=parse_hw(train_size))
     cfg.validate()
-    check_states([f for f in training_files(out, restarts) if f.name.endswith(".state.pt")],
-                 resume, force)
+    check_states(tasks, restarts, resume, force)
     clf = load_classifier(classifier)
-    dev = resolve_device(device)
-    spec = clf.spec if cfg.train_size is None else dataclasses.replace(
-        clf.spec, height=cfg.train_size[0], width=cfg.train_size[1])
-    src = load_domain(source, "train", data_root, spec, max_samples, seed, unlabelled=True)
-    tgt = load_domain(target, "train", data_root, spec, max_samples, seed, unlabelled=True)
-    # per-epoch source monitor (labelled source frames): the validation split where there is one
-    # (CamVid), so that the test frames that report retention are never looked at in training
-    monitor_size = 2000 if clf.task == "classification" else 20
-    src_split = "val" if has_val_split(source) else "test"
-    src_test = (load_domain(source, src_split, data_root, spec, monitor_size, seed)
-                if src_split == "val" or has_test_split(source) else None)
-    monitor = load_domain(target, "test", data_root, spec) if monitor_test else None
-    for labelled in (src_test, monitor):
-        if labelled is not None:
-            check_task(clf.task, labelled)
-    if force and not resume:
-        for f in training_files(out, restarts):
-            f.unlink(missing_ok=True)
-
-    def make_trainer(config, state, metrics):
-        return CalibratorTrainer(clf, src, tgt, config, dev, state, metrics, source_test=src_test,
-                                 source_split=src_split, monitor=monitor)
-
-    trainer = chosen_trainer(make_trainer, cfg, out, resume, progress=not quiet)
-    module, summary = trainer.run(progress=not quiet)
-    record = CalibratorRecord(domain=domain, classifier_fingerprint=trainer.fingerprint,
-                              classifier_path=str(classifier), input_spec=clf.spec, source=source,
-                              target=target, max_samples=max_samples,
-                              config=dataclasses.asdict(trainer.cfg), training=summary)
-    saved = save_calibrator(out, module, record)
-    click.echo(json.dumps({"out": str(out), "domain": domain, "fingerprint": saved.fingerprint,
-                           "params": saved.params, "epochs": summary["epochs"],
-                           "selection": summary["selection"], "restarts": summary["restarts"],
-                           "classifier_fingerprint": trainer.fingerprint}))
+    dist, dev = Distributed.from_environment(resolve_device(device))
+    try:
+        if len(tasks) == 1:
+            dist.per_rank(batch_size)
+        spec = clf.spec if cfg.train_size is None else dataclasses.replace(
+            clf.spec, height=cfg.train_size[0], width=cfg.train_size[1])
+        src = load_domain(source, "train", data_root, spec, max_samples, seed, unlabelled=True)
+        # per-epoch source monitor (labelled source frames): the validation split where there
+        # is one (CamVid), so that the test frames that report retention are never looked at
+        monitor_size = 2000 if clf.task == "classification" else 20
+        src_split = "val" if has_val_split(source) else "test"
+        src_test = (load_domain(source, src_split, data_root, spec, monitor_size, seed)
+                    if src_split == "val" or has_test_split(source) else None)
+        if src_test is not None:
+            check_task(clf.task, src_test)
+        shared = SharedInputs(str(classifier), clf, source, src, src_test, src_split, spec,
+                              data_root, max_samples, seed, monitor_test)
+        results = train_domains(tasks, cfg, shared, dev, dist, resume, force,
+                                progress=not quiet and dist.is_main)
+    finally:
+        dist.close()
+    if dist.is_main:
+        for result in results:
+            click.echo(json.dumps(result))
+    failed = [r["domain"] for r in results if "error" in r]
+    if failed:
+        raise EdgeCalibError(f"{len(failed)} of {len(results)} domains failed "
+                             f"({', '.join(failed)}); the others were written")
 
 
 @click.command("eval")

@@ -10,6 +10,11 @@ Either adds the optional terms (source consistency, pixel histogram, prediction 
 marginal) with their weights. Only the calibrator (and the discriminators) learn; the
 classifier's fingerprint is checked after every epoch and any change is an error.
 
+Data-parallel (torchrun): ``--batch-size`` is the global batch, each rank trains on its shard of
+every batch pair, the calibrator and the discriminators are in DistributedDataParallel, the
+batch statistics are averaged over ranks, and only rank 0 evaluates and writes
+(``distributed.py``).
+
 Checkpointing: the whole training state (networks, optimisers, schedule, EMA, RNG states,
 history) is written atomically after every epoch; ``resume`` continues bit-for-bit.
 Model selection never looks at target labels: the default is the last epoch; ``entropy`` and
@@ -37,6 +42,7 @@ from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.discriminators import FeatureDiscriminator, PixelDiscriminator
 from ..models.store import Classifier, build_calibrator
 from .evaluate import scores
+from .distributed import Distributed
 from .frozen import MODES, FrozenForward
 from .loop import SCHEDULES, log_epoch, non_finite, scheduler
 from .losses import (
@@ -170,9 +176,9 @@ class CalibratorTrainer:
                  config: CalibratorConfig, device: torch.device, state_path: Path,
                  metrics_path: Path, source_test: DomainData | None = None,
                  source_split: str = "test",
-                 monitor: DomainData | None = None):
+                 monitor: DomainData | None = None, dist: Distributed = Distributed()):
         config.validate()
-        self.cfg, self.device = config, device
+        self.cfg, self.device, self.dist = config, device, dist
         self.classifier = classifier
         self.task = classifier.task
         self.fingerprint = classifier.fingerprint
@@ -197,9 +203,20 @@ class CalibratorTrainer:
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=config.lr, betas=betas)
         self.opt_D = torch.optim.Adam(list(self.D_pix.parameters()) + list(self.D_feat.parameters()),
                                       lr=config.d_lr, betas=betas)
+        # batch statistics over every rank's shard (None: one process, the plain formulas)
+        self.rank_mean = dist.mean_over_ranks if dist.active else None
+        self.G_train = dist.wrap(self.G)  # what the training steps call (DDP when distributed)
+        self.D_train = (dist.wrap(Discriminators(self.D_pix, self.D_feat))
+                        if config.objective == "adversarial" else None)
         # One epoch = one pass over the smaller domain (as zip(source_loader, target_loader)
         # in the reference code); each domain is drawn without replacement in its own order.
+        # The batch is global: with N processes each trains on its 1/N of it.
+        dist.per_rank(config.batch_size)
         self.batch = min(config.batch_size, len(self.target), len(self.source))
+        self.batch -= self.batch % dist.world_size
+        if self.batch == 0:
+            raise EdgeCalibError(f"{min(len(self.target), len(self.source))} images cannot be "
+                                 f"split over {dist.world_size} processes")
         self.steps = max(1, min(len(self.target), len(self.source)) // self.batch)
         total = self.steps * config.epochs
         self.sched_G = scheduler(self.opt_G, config.schedule, total)
@@ -239,6 +256,8 @@ class CalibratorTrainer:
 
     # -- state ------------------------------------------------------------------------------
     def save_state(self):
+        if not self.dist.is_main:
+            return
         tensors = {"G": self.G.state_dict(), "D_pix": self.D_pix.state_dict(),
                    "D_feat": self.D_feat.state_dict(), "opt_G": self.opt_G.state_dict(),
                    "opt_D": self.opt_D.state_dict(), "sched_G": self.sched_G.state_dict(),
@@ -313,7 +332,7 @@ class CalibratorTrainer:
         cfg = self.cfg
         if cfg.objective == "stats":
             return self._calibrator_step(xs, xt, *self._calibrated(xs, xt, cfg.w_consistency > 0))
-        cs, ct = self.G(torch.cat([xs, xt])).split([len(xs), len(xt)])
+        cs, ct = self.G_train(torch.cat([xs, xt])).split([len(xs), len(xt)])
         shared = cfg.classifier_mode == "eval"
         f_cs, f_ct, taps = None, None, None
         if shared:
@@ -331,11 +350,11 @@ class CalibratorTrainer:
         """Stats objective: (G(x_s), G(x_t), F(G(x_s)), F(G(x_t)), taps of F(G(x_t)), F(x_s));
         the source passes only when a source term needs them."""
         if not with_source:
-            ct = self.G(xt)
+            ct = self.G_train(xt)
             with activation_taps(self.frozen.module) as taps:
                 f_ct = self.frozen(ct)
             return None, ct, None, f_ct, taps, None
-        cs, ct = self.G(torch.cat([xs, xt])).split([len(xs), len(xt)])
+        cs, ct = self.G_train(torch.cat([xs, xt])).split([len(xs), len(xt)])
         f_cs = self.frozen(cs)
         with activation_taps(self.frozen.module) as taps:
             f_ct = self.frozen(ct)
@@ -348,8 +367,7 @@ class CalibratorTrainer:
             feats = list(raw_logits)
             feats += list(calibrated_logits) if calibrated_logits is not None else \
                 [self.frozen(cs), self.frozen(ct)]
-        pix = [self.D_pix(x) for x in (xs, xt, cs, ct)]
-        feat = [self.D_feat(f) for f in feats]
+        pix, feat = self.D_train((xs, xt, cs, ct), feats)
         loss_pix, loss_feat = self.loss_D(pix), self.loss_D(feat)
         self.opt_D.zero_grad(set_to_none=True)
         (loss_pix + loss_feat).backward()
@@ -379,7 +397,7 @@ class CalibratorTrainer:
                                self.D_feat(f_cs))
             row["loss_adversarial"] = loss.item()
         with torch.set_grad_enabled(cfg.objective == "stats"):
-            stats = self.loss_stats(tap_moments(taps))
+            stats = self.loss_stats(tap_moments(taps, self.rank_mean))
         if cfg.objective == "stats":
             loss = cfg.w_stats * stats
         if f_cs is not None:
@@ -396,7 +414,7 @@ class CalibratorTrainer:
             entropy = prediction_entropy(f_ct)
         loss = loss + cfg.w_histogram * histogram + cfg.w_entropy * entropy
         if cfg.w_marginal:
-            marginal = self.loss_marginal(f_ct)
+            marginal = self.loss_marginal(f_ct, self.rank_mean)
             loss = loss + cfg.w_marginal * marginal
             row["loss_marginal"] = marginal.item()
         self.opt_G.zero_grad(set_to_none=True)
@@ -414,19 +432,19 @@ class CalibratorTrainer:
                       "entropy": entropy.item()}
 
     def _train_epoch(self, progress: bool) -> dict:
-        cfg, b = self.cfg, self.batch
+        cfg, b, shard = self.cfg, self.batch, self.dist.shard
         order_t = epoch_order(len(self.target), cfg.run_seed, self.epoch)
         order_s = epoch_order(len(self.source), cfg.run_seed + 1, self.epoch)
         sums: dict[str, float] = {}
         started = time.time()
         self.G.train()
         label = f"calibrator epoch {self.epoch + 1}/{cfg.epochs}"
-        with progress_bar(self.steps, label, progress) as bar:
+        with progress_bar(self.steps, label, progress and self.dist.is_main) as bar:
             for step in range(self.steps):
-                it = order_t[step * b:(step + 1) * b].numpy()
-                src = order_s[step * b:(step + 1) * b].numpy()
+                it = shard(order_t[step * b:(step + 1) * b].numpy())
+                src = shard(order_s[step * b:(step + 1) * b].numpy())
                 xs, xt = self.source.batch(src, self.device), self.target.batch(it, self.device)
-                values = self._step(xs, xt, src, it)
+                values = self.dist.average(self._step(xs, xt, src, it))
                 if not np.all(np.isfinite(list(values.values()))):
                     self._diverged(step, values)
                 self.sched_G.step()
@@ -439,7 +457,7 @@ class CalibratorTrainer:
                                                      "loss_stats") if k in values))
         return {"epoch": self.epoch + 1, "steps": self.steps, "time_s": time.time() - started,
                 **{k: v / self.steps for k, v in sums.items()},
-                "lr": self.sched_G.get_last_lr()[0]}
+                "lr": self.sched_G.get_last_lr()[0], "world_size": self.dist.world_size}
 
     def _diverged(self, step: int, values: dict) -> None:
         """Stop: a non-finite loss would poison the weights, the EMA and every later epoch."""
@@ -448,8 +466,13 @@ class CalibratorTrainer:
                          "Try a lower --lr/--d-lr or a smaller --eps",
                          written=" and no calibrator was written")
 
-    @torch.no_grad()
     def _evaluate(self, row: dict):
+        """The epoch's scores, computed on rank 0 and given to every rank."""
+        row |= self.dist.from_main(self._scores)
+
+    @torch.no_grad()
+    def _scores(self) -> dict:
+        row: dict = {}
         G = self.deployed_G.eval()
         if self.source_test is not None:
             score = scores(self.task, self.classifier.module, self.source_test, G, self.device)
@@ -462,15 +485,20 @@ class CalibratorTrainer:
                                        self.device)
                 ent.append(prediction_entropy(self.classifier.module(G(x))).item() * len(x))
             row["holdout_entropy"] = sum(ent) / len(self.holdout)
-            row["holdout_stats"] = self.unlabelled_stats_distance()
+            row["holdout_stats"] = self._stats_distance()
         if self.monitor is not None:  # logged for curves only, never read by selection
             score = scores(self.task, self.classifier.module, self.monitor, G, self.device)
             row["monitor_target_test_" + SCORE[self.task]] = score[SCORE[self.task]]
+        return row
 
-    @torch.no_grad()
     def unlabelled_stats_distance(self) -> float:
         """The statistics distance of the calibrated frozen model on the held-out target
-        images, or on all the target training images when none are held out (no labels)."""
+        images, or on all the target training images when none are held out (no labels);
+        computed on rank 0, the same on every rank."""
+        return self.dist.from_main(self._stats_distance)
+
+    @torch.no_grad()
+    def _stats_distance(self) -> float:
         data = self.holdout if self.holdout is not None else self.target
         chunk = 512 if self.task == "classification" else 4
         return stats_distance(self.classifier.module, data, self.stats, self.deployed_G.eval(),
@@ -495,7 +523,8 @@ class CalibratorTrainer:
             if self.cfg.select != "last" and (self.best is None or row[key] < self.best[0]):
                 self.best = (row[key], self.epoch, copy.deepcopy(self.deployed_G.state_dict()))
             self.history.append(row)
-            log_epoch(row, self.history, self.metrics_path)
+            if self.dist.is_main:
+                log_epoch(row, self.history, self.metrics_path)
             self.save_state()
         chosen = copy.deepcopy(self.deployed_G).cpu().eval()
         selection = {"rule": "last epoch", "epoch": self.epoch}
@@ -511,5 +540,24 @@ class CalibratorTrainer:
                    "ema": self.cfg.ema, "last_epoch": last,
                    "time_per_epoch_s": float(np.mean([h["time_s"] for h in self.history]))
                    if self.history else None,
-                   "device": str(self.device)}
+                   "device": str(self.device), "world_size": self.dist.world_size}
         return chosen, summary
+
+    def kept(self) -> str:
+        """What an interruption leaves, for its one-line message."""
+        if self.state_path.exists():  # rank 0's, which may be an epoch behind this rank's
+            return (f"the last finished epoch's state is kept in {self.state_path}; continue "
+                    "with --resume")
+        return "no epoch had finished, nothing was written"
+
+
+class Discriminators(torch.nn.Module):
+    """The pixel and feature discriminators scored on the four groups in one forward call, so
+    that one DistributedDataParallel wrapper sees one forward per backward."""
+
+    def __init__(self, pixel: torch.nn.Module, feature: torch.nn.Module):
+        super().__init__()
+        self.pixel, self.feature = pixel, feature
+
+    def forward(self, images, features):
+        return [self.pixel(x) for x in images], [self.feature(f) for f in features]

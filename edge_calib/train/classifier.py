@@ -16,6 +16,7 @@ from ..core.spec import InputSpec
 from ..models.classifiers import build_classifier, task_of
 from ..models.store import Classifier
 from .evaluate import accuracy, segmentation
+from .distributed import Distributed
 from .source_stats import record_source_stats
 from .supervised import Fit, class_weights, fit
 from .tensors import DomainData
@@ -89,11 +90,13 @@ def train_classifier(arch: str, spec: InputSpec, train: DomainData, test: Domain
                      augment: bool = False, val_fraction: float = 0.1, progress: bool = True,
                      val: DomainData | None = None, state_path: Path | None = None,
                      resume: bool = False, train_scale: float = 1.0,
-                     crop: tuple[int, int] | None = None) -> Classifier:
+                     crop: tuple[int, int] | None = None, dist: Distributed = Distributed()
+                     ) -> Classifier | None:
     """Train ``arch`` on labelled ``train``; report source validation (``val``, else a held-out
     ``val_fraction`` of ``train``) each epoch (every 10th for segmentation) and source test
     scores at the end (stored in the checkpoint's metrics). The model is the last epoch's, with
-    its statistics on ``train`` recorded (``source_stats``)."""
+    its statistics on ``train`` recorded (``source_stats``). Under torchrun: None on the ranks
+    other than 0 (which alone scores and writes)."""
     task = task_of(arch)
     if train.labels is None:
         raise EdgeCalibError(f"{train.name}: training needs labelled images")
@@ -134,8 +137,11 @@ def train_classifier(arch: str, spec: InputSpec, train: DomainData, test: Domain
         return {"val_acc": accuracy(model, val, device=device)}
 
     history = fit(model, train, cfg, loss_fn, device, transform=transform, evaluate=evaluate,
-                  state_path=state_path, resume=resume, progress=progress)
+                  state_path=state_path, resume=resume, progress=progress, dist=dist)
+    if not dist.is_main:
+        return None
     metrics = {"source": train.name, "task": task, "epochs": epochs, "batch_size": batch_size,
+               "world_size": dist.world_size,
                "lr": lr, "seed": seed, "augment": augment, "train_samples": len(train),
                "history": history}
     key = "val_miou" if task == "segmentation" else "val_acc"

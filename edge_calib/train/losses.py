@@ -139,7 +139,8 @@ class MarginalKLLoss(nn.Module):
 
         L_marg = sum_k pbar_k (log pbar_k - log pi_k),   pbar = (1/N) sum_n softmax(z_n)
 
-    n over images (and pixels). With a uniform pi it is the diversity term of information
+    n over images (and pixels), of every rank's shard when ``mean_over_ranks`` is given
+    (data-parallel training). With a uniform pi it is the diversity term of information
     maximisation (-H(pbar) + log K); with the entropy term it is its whole objective.
     """
 
@@ -147,8 +148,10 @@ class MarginalKLLoss(nn.Module):
         super().__init__()
         self.log_marginal = torch.log(marginal.float().clamp(min=floor))
 
-    def forward(self, logits):
+    def forward(self, logits, mean_over_ranks=None):
         p = F.softmax(logits, dim=1)
         pbar = p.transpose(0, 1).reshape(p.shape[1], -1).mean(1)
+        if mean_over_ranks is not None:
+            pbar = mean_over_ranks(pbar)
         log_pbar = torch.log(pbar.clamp(min=1e-12))
         return (pbar * (log_pbar - self.log_marginal.to(pbar.device))).sum()

@@ -57,24 +57,27 @@ def chosen_trainer(make: MakeTrainer, cfg: CalibratorConfig, out: Path, resume: 
     for i in range(cfg.restarts):
         start_state, start_metrics = start_paths(out, i)
         trainer = make(dataclasses.replace(cfg, restart=i), start_state, start_metrics)
-        if start_state.exists():  # an interrupted choice: only with --resume (checked before)
+        # an interrupted choice: only with --resume (checked before); rank 0's file decides
+        if trainer.dist.from_main(start_state.exists):
             trainer.load_state()
         trainer.run(progress, until_epoch=cfg.restart_epochs)
         score = {"restart": i, "seed": trainer.cfg.run_seed, "epochs": trainer.epoch,
                  "stats_distance": trainer.unlabelled_stats_distance()}
         scores.append(score)
-        echo_err(f"start {i + 1}/{cfg.restarts} (seed {score['seed']}): statistics distance "
-                 f"{score['stats_distance']:.4f} after {trainer.epoch} epochs")
+        say = echo_err if trainer.dist.is_main else (lambda _: None)
+        say(f"start {i + 1}/{cfg.restarts} (seed {score['seed']}): statistics distance "
+            f"{score['stats_distance']:.4f} after {trainer.epoch} epochs")
         if best is None or score["stats_distance"] < best[0]["stats_distance"]:
             best = (score, trainer)
     score, trainer = best
-    echo_err(f"continuing start {score['restart'] + 1} (seed {score['seed']}): the lowest "
-             "statistics distance")
+    say(f"continuing start {score['restart'] + 1} (seed {score['seed']}): the lowest "
+        "statistics distance")
     trainer.restarts = scores
     trainer.save_state()
-    os.replace(trainer.state_path, state)
-    os.replace(trainer.metrics_path, metrics)
+    if trainer.dist.is_main:  # the one writer; the other ranks only follow the path
+        os.replace(trainer.state_path, state)
+        os.replace(trainer.metrics_path, metrics)
+        for i in range(cfg.restarts):
+            start_paths(out, i)[0].unlink(missing_ok=True)
     trainer.state_path, trainer.metrics_path = state, metrics
-    for i in range(cfg.restarts):
-        start_paths(out, i)[0].unlink(missing_ok=True)
     return trainer

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -72,12 +73,19 @@ def activation_taps(module: nn.Module):
             h.remove()
 
 
-def tap_moments(values: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per tap (mean, variance) per channel, over the batch (and positions), skipping the image."""
+def tap_moments(values: list[torch.Tensor], mean_over_ranks: Callable | None = None
+                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per tap (mean, variance) per channel, over the batch (and positions), skipping the image.
+    With ``mean_over_ranks`` (data-parallel training, equal shards) over the whole global batch:
+    mu = mean_r(E_r[v]), s2 = mean_r(E_r[v^2]) - mu^2."""
     out = []
     for v in values[1:]:
         dims = (0,) if v.dim() == 2 else (0, *range(2, v.dim()))
-        out.append((v.mean(dim=dims), v.var(dim=dims, unbiased=False)))
+        if mean_over_ranks is None:
+            out.append((v.mean(dim=dims), v.var(dim=dims, unbiased=False)))
+        else:
+            mu = mean_over_ranks(v.mean(dim=dims))
+            out.append((mu, (mean_over_ranks((v * v).mean(dim=dims)) - mu * mu).clamp(min=0)))
     return out
 
 

@@ -1,7 +1,9 @@
 """The one supervised training loop (source models, and fine-tuning after pruning): Adam(W)
 over shuffled batches with an optional batch transform (augmentation) and hook after each step
 (pruning masks), a cosine or constant schedule, and a resumable state written after every
-epoch (model, optimiser, schedule, RNG, history), so a killed run continues with --resume."""
+epoch (model, optimiser, schedule, RNG, history), so a killed run continues with --resume.
+Under torchrun the model is in DistributedDataParallel, ``batch_size`` is the global batch (each
+rank trains on its shard) and only rank 0 evaluates, logs and writes (``distributed.py``)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import torch
 from ..core.errors import EdgeCalibError
 from ..core.progress import progress_bar
 from ..models.checkpoint import load_checkpoint, save_checkpoint
+from .distributed import Distributed
 from .loop import log_epoch, non_finite
 from .loop import scheduler as lr_schedule
 from .tensors import DomainData, epoch_order
@@ -46,11 +49,14 @@ class Fit:
 def fit(model: torch.nn.Module, data: DomainData, cfg: Fit, loss_fn: Callable, device,
         transform: Callable | None = None, after_step: Callable | None = None,
         evaluate: Callable[[int], dict] | None = None, state_path: Path | None = None,
-        resume: bool = False, progress: bool = True) -> list[dict]:
+        resume: bool = False, progress: bool = True, dist: Distributed = Distributed()
+        ) -> list[dict]:
     """Train ``model`` in place; returns the per-epoch history. ``evaluate(epoch)`` may add
-    entries to an epoch's row; ``state_path`` makes the run resumable."""
+    entries to an epoch's row (computed on rank 0); ``state_path`` makes the run resumable."""
     cfg.validate()
+    dist.per_rank(cfg.batch_size)
     model.to(device)
+    net = dist.wrap(model)
     steps = len(data) // cfg.batch_size
     if steps == 0:
         raise EdgeCalibError(f"{data.name}: {len(data)} images is less than one batch of "
@@ -65,15 +71,17 @@ def fit(model: torch.nn.Module, data: DomainData, cfg: Fit, loss_fn: Callable, d
         model.train()
         order = epoch_order(len(data), cfg.seed, epoch)
         started, loss_sum, seen = time.time(), 0.0, 0
-        with progress_bar(steps, f"{cfg.label} {epoch + 1}/{cfg.epochs}", progress) as bar:
+        label = f"{cfg.label} {epoch + 1}/{cfg.epochs}"
+        with progress_bar(steps, label, progress and dist.is_main) as bar:
             for step in range(steps):
-                idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size].numpy()
+                idx = dist.shard(order[step * cfg.batch_size:(step + 1) * cfg.batch_size].numpy())
                 x, y = data.batch(idx, device), data.labels_of(idx, device)
                 if transform is not None:
                     x, y = transform(x, y)
-                loss = loss_fn(model(x), y)
-                if not torch.isfinite(loss):
-                    raise non_finite(epoch, step, "loss", f"{loss.item():.3g}", state_path,
+                loss = loss_fn(net(x), y)
+                mean_loss = dist.average({"loss": loss.item()})["loss"]
+                if not math.isfinite(mean_loss):
+                    raise non_finite(epoch, step, "loss", f"{mean_loss:.3g}", state_path,
                                      "Try a lower --lr")
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
@@ -81,17 +89,19 @@ def fit(model: torch.nn.Module, data: DomainData, cfg: Fit, loss_fn: Callable, d
                 scheduler.step()
                 if after_step is not None:
                     after_step(model)
-                loss_sum += loss.item() * len(idx)
+                loss_sum += mean_loss * len(idx)
                 seen += len(idx)
                 bar.update(1, current_item=f"loss {loss_sum / seen:.4f}")
         model.eval()
         row = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1),
-               "lr": scheduler.get_last_lr()[0], "time_s": time.time() - started}
+               "lr": scheduler.get_last_lr()[0], "time_s": time.time() - started,
+               "world_size": dist.world_size}
         if evaluate is not None:
-            row |= evaluate(epoch + 1)
+            row |= dist.from_main(lambda: evaluate(epoch + 1))
         history.append(row)
-        log_epoch(row)
-        if state_path is not None:
+        if dist.is_main:
+            log_epoch(row)
+        if state_path is not None and dist.is_main:
             _save_state(state_path, model, optimiser, scheduler, history, cfg)
     return history
 
