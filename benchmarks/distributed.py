@@ -1,15 +1,21 @@
 #!/usr/bin/env python3
-"""Data-parallel training against one process: the same calibrator recipe (the demo's: thumbnail,
-adversarial, 6 epochs, 3000 images per domain, global batch 128) on MNIST -> mnist:colour,
-trained by `edge-calib train` in one process and by `torchrun --nproc-per-node N` with the same
-global batch and seed, for several seeds; each calibrator scored on the colour test set and on
-MNIST test (retention), beside the frozen model alone. Also the wall time of each training.
+"""Data-parallel training against one process, on the real digits.
 
-    python benchmarks/distributed.py --classifier .edge-calib-demo/mnist_dtn_int8.pt \
-        --seeds 0 1 2 --nproc 2
+1. The source model: `edge-calib train-classifier` (DTN, 12000 MNIST images, 2 epochs, global
+   batch 128) in one process and under `torchrun --nproc-per-node N`; MNIST test accuracy of
+   each. The one-process model is compressed (2:4 + INT8, as the demo) and frozen.
+2. The calibrator: the demo's recipe (thumbnail, adversarial, 6 epochs, 3000 images per domain,
+   global batch 128) on MNIST -> mnist:colour, in one process and under torchrun with the same
+   global batch and seed, for several seeds; each scored on the colour test set and on MNIST
+   test (retention), beside the frozen model alone.
 
-(the classifier is the INT8 DTN that `edge-calib demo` trains). Writes
-benchmarks/results/distributed/{results.json,report.md} (commands, commit, machine).
+The wall time of every training: every process runs one thread (torchrun's default per
+worker); one more one-process run at torch's default threads shows what the machine gives a
+single process.
+
+    python benchmarks/distributed.py --seeds 0 1 2 --nproc 2
+
+Writes benchmarks/results/distributed/{results.json,report.md} (commands, commit, machine).
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from edge_calib.core.fileio import write_bytes_atomic, write_json_atomic  # noqa: E402
 from edge_calib.core.provenance import capture  # noqa: E402
+from report_common import replace_readme_section  # noqa: E402
 
 CLI = str(Path(sys.executable).parent / "edge-calib")
 
@@ -49,21 +57,53 @@ def score(classifier: str, calibrator: str | None, dataset: str, data_root: str,
     return json.loads(run(command, env)[0])["accuracy"]
 
 
+def launch(nproc: int) -> list[str]:
+    return ([CLI] if nproc == 1 else
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+             str(nproc), "--no-python", CLI])
+
+
+def shown(command: list[str]) -> str:
+    return " ".join("edge-calib" if c == CLI else "python" if c == sys.executable else c
+                    for c in command)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--classifier", required=True)
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--target", default="mnist:colour")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--work", default=str(ROOT / "runs" / "distributed"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "distributed"))
+    parser.add_argument("--report-only", action="store_true",
+                        help="Rewrite report.md and RESULTS.md's section from results.json.")
     args = parser.parse_args()
     work, out = Path(args.work), Path(args.out)
+    if args.report_only:
+        return publish(json.loads((out / "results.json").read_text()), out)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's default per worker; the same here
-    recipe = ["train", "--classifier", args.classifier, "--source", "mnist", "--target",
+    sources = []
+    for nproc in (1, args.nproc):
+        model = work / f"mnist_dtn.n{nproc}.pt"
+        command = launch(nproc) + [
+            "train-classifier", "--dataset", "mnist", "--arch", "dtn", "--data-root",
+            args.data_root, "--max-samples", "12000", "--epochs", "2", "--batch-size", "128",
+            "--device", "cpu", "--quiet", "--out", str(model)]
+        stdout, wall = run(command, env)
+        printed = json.loads(stdout.strip().splitlines()[-1])
+        sources.append({"processes": nproc, "world_size": printed["world_size"],
+                        "train_wall_s": wall, "source_test_acc": printed["source_test_acc"],
+                        "command": shown(command)})
+        print(json.dumps(sources[-1]), flush=True)
+    classifier = str(work / "mnist_dtn_int8.pt")
+    compress = [CLI, "compress", str(work / "mnist_dtn.n1.pt"), "--prune", "2:4", "--int8",
+                "--calib-dataset", "mnist", "--data-root", args.data_root, "--out", classifier,
+                "--quiet"]
+    run(compress, env)
+    recipe = ["train", "--classifier", classifier, "--source", "mnist", "--target",
               args.target, "--domain", "colour", "--data-root", args.data_root,
               "--max-samples", "3000", "--epochs", "6", "--lr", "3e-4", "--d-lr", "3e-4",
               "--batch-size", "128", "--device", "cpu", "--quiet"]
@@ -71,23 +111,24 @@ def main():
     for seed in args.seeds:
         for nproc in (1, args.nproc):
             cal = work / f"colour.s{seed}.n{nproc}.calib.pt"
-            command = ([CLI] if nproc == 1 else
-                       [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        "--nproc-per-node", str(nproc), "--no-python", CLI])
-            command += recipe + ["--seed", str(seed), "--out", str(cal)]
+            command = launch(nproc) + recipe + ["--seed", str(seed), "--out", str(cal)]
             stdout, wall = run(command, env)
             printed = json.loads(stdout.strip().splitlines()[-1])
             row = {"seed": seed, "processes": nproc, "world_size": printed["world_size"],
                    "train_wall_s": wall,
-                   "target_test_acc": score(args.classifier, str(cal), args.target,
-                                            args.data_root, env),
-                   "source_test_acc": score(args.classifier, str(cal), "mnist",
-                                            args.data_root, env),
-                   "command": " ".join(["edge-calib" if c == CLI else c for c in command])}
+                   "target_test_acc": score(classifier, str(cal), args.target, args.data_root,
+                                            env),
+                   "source_test_acc": score(classifier, str(cal), "mnist", args.data_root, env),
+                   "command": shown(command)}
             print(json.dumps(row), flush=True)
             rows.append(row)
-    frozen = {"target_test_acc": score(args.classifier, None, args.target, args.data_root, env),
-              "source_test_acc": score(args.classifier, None, "mnist", args.data_root, env)}
+    threads = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    command = launch(1) + recipe + ["--seed", str(args.seeds[0]), "--out",
+                                    str(work / "colour.default_threads.calib.pt")]
+    default_threads = {"seed": args.seeds[0], "processes": 1, "threads": "torch default",
+                       "train_wall_s": run(command, threads)[1], "command": shown(command)}
+    frozen = {"target_test_acc": score(classifier, None, args.target, args.data_root, env),
+              "source_test_acc": score(classifier, None, "mnist", args.data_root, env)}
     summary = {}
     for nproc in (1, args.nproc):
         mine = [r for r in rows if r["processes"] == nproc]
@@ -96,11 +137,21 @@ def main():
                 "std": statistics.stdev(r[k] for r in mine) if len(mine) > 1 else 0.0}
             for k in ("target_test_acc", "source_test_acc", "train_wall_s")}
     result = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-              "environment": capture(1), "classifier": args.classifier, "target": args.target,
-              "frozen_model_alone": frozen, "runs": rows, "summary": summary}
+              "environment": capture(1), "source_models": sources,
+              "compress_command": shown(compress), "target": args.target,
+              "frozen_model_alone": frozen, "runs": rows, "summary": summary,
+              "one_process_default_threads": default_threads}
     write_json_atomic(out / "results.json", result)
-    write_bytes_atomic(out / "report.md", report(result).encode())
-    print(report(result))
+    publish(result, out)
+
+
+def publish(result: dict, out: Path) -> None:
+    """report.md beside the results, and the same tables in RESULTS.md's section."""
+    md = report(result)
+    write_bytes_atomic(out / "report.md", md.encode())
+    body = md.split("\n", 1)[1].replace("\n## ", "\n### ")
+    replace_readme_section(ROOT / "RESULTS.md", "distributed", body.strip())
+    print(md)
 
 
 def report(result: dict) -> str:
@@ -109,10 +160,17 @@ def report(result: dict) -> str:
              f"`python benchmarks/{result['command']}`  ", f"Machine: {env.get('cpu', '?')}, "
              f"{env.get('cores', '?')} cores; torch {env.get('versions', {}).get('torch', '?')}; commit "
              f"{env.get('commit', '?')}.", "",
-             "Same command, global batch and seed; the second column launched with torchrun "
-             "(gloo, one thread per process). Accuracy in % on the test splits.", "",
-             "| processes | seed | colour test | MNIST test (retention) | training wall time (s) |",
-             "|---|---|---|---|---|"]
+             "Same command, global batch and seed, launched alone or with torchrun (gloo, "
+             "one thread per process). Accuracy in % on the test splits.", "",
+             "## The source model (`train-classifier`, DTN, 12000 MNIST images, 2 epochs)", "",
+             "| processes | MNIST test | training wall time (s) |", "|---|---|---|"]
+    for r in result["source_models"]:
+        lines.append(f"| {r['processes']} | {r['source_test_acc']:.2f} | "
+                     f"{r['train_wall_s']:.1f} |")
+    lines += ["", f"The 1-process model compressed and frozen: `{result['compress_command']}`.",
+              "", f"## The calibrator ({result['target']}, the demo's recipe)", "",
+              "| processes | seed | colour test | MNIST test (retention) | training wall time (s) |",
+              "|---|---|---|---|---|"]
     f = result["frozen_model_alone"]
     lines.append(f"| frozen model alone | - | {f['target_test_acc']:.2f} | "
                  f"{f['source_test_acc']:.2f} | - |")
@@ -124,6 +182,9 @@ def report(result: dict) -> str:
                      f"{s['target_test_acc']['std']:.2f}** | {s['source_test_acc']['mean']:.2f} ± "
                      f"{s['source_test_acc']['std']:.2f} | {s['train_wall_s']['mean']:.1f} ± "
                      f"{s['train_wall_s']['std']:.1f} |")
+    d = result["one_process_default_threads"]
+    lines += ["", f"One process at torch's default threads (seed {d['seed']}): "
+              f"{d['train_wall_s']:.1f} s. Commands: `results.json`."]
     return "\n".join(lines) + "\n"
 
 

@@ -41,8 +41,8 @@ from ..models.calibrators import DEFAULT_ARCH, calibrator_class
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.discriminators import FeatureDiscriminator, PixelDiscriminator
 from ..models.store import Classifier, build_calibrator
-from .evaluate import scores
 from .distributed import Distributed
+from .evaluate import scores
 from .frozen import MODES, FrozenForward
 from .loop import SCHEDULES, log_epoch, non_finite, scheduler
 from .losses import (

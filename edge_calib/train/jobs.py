@@ -140,7 +140,9 @@ def train_domains(tasks: list[DomainTask], cfg, shared: SharedInputs, device, di
     tasks[0].out.parent.mkdir(parents=True, exist_ok=True)
     mine = tasks[dist.rank::dist.world_size]
     results = {}
-    for task in mine:
+    for k, task in enumerate(mine, 1):
+        where = f" on rank {dist.rank}" if dist.active else ""
+        echo_err(f"domain {task.domain} ({k}/{len(mine)}{where}): {task.target} -> {task.out}")
         try:
             results[task.domain] = train_domain(task, cfg, shared, device, Distributed(), resume,
                                                 force, progress and dist.is_main)
