@@ -88,8 +88,10 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, input_s
         clf = _train_source_model(dataset, arch, spec, data_root, epochs, lr, augment, crop,
                                   train_scale, resume, state, batch_size, seed, dev,
                                   max_samples, quiet, dist)
-    finally:
-        dist.close()
+    except BaseException:
+        dist.close(finished=False)
+        raise
+    dist.close()
     if not dist.is_main:
         return
     fingerprint = clf.save(out)
@@ -274,8 +276,10 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
                               data_root, max_samples, seed, monitor_test)
         results = train_domains(tasks, cfg, shared, dev, dist, resume, force,
                                 progress=not quiet and dist.is_main)
-    finally:
-        dist.close()
+    except BaseException:
+        dist.close(finished=False)
+        raise
+    dist.close()
     if dist.is_main:
         for result in results:
             click.echo(json.dumps(result))
