@@ -110,6 +110,7 @@ def _train_source_model(dataset, arch, spec, data_root, epochs, lr, augment, cro
     from ..data.catalog import has_test_split, has_val_split
     from ..train.classifier import train_classifier as fit
     from ..train.distributed import stop_on_signals
+    from ..train.loop import kept_message
     from ..train.tensors import load_domain
 
     train = load_domain(dataset, "train", data_root, spec, max_samples, seed)
@@ -118,9 +119,7 @@ def _train_source_model(dataset, arch, spec, data_root, epochs, lr, augment, cro
                              "(class-index subfolders)")
     val = load_domain(dataset, "val", data_root, spec) if has_val_split(dataset) else None
     test = load_domain(dataset, "test", data_root, spec) if has_test_split(dataset) else None
-    kept = lambda: (f"the last good state is kept in {state}; continue with --resume"  # noqa: E731
-                    if state.exists() else "no epoch had finished, nothing was written")
-    with stop_on_signals(kept):
+    with stop_on_signals(lambda: kept_message(state)):
         return fit(arch, spec, train, test, epochs, batch_size, lr, seed, dev, augment,
                    progress=not quiet and dist.is_main, val=val, state_path=state,
                    resume=resume, train_scale=train_scale, crop=crop, dist=dist)

@@ -543,13 +543,6 @@ class CalibratorTrainer:
                    "device": str(self.device), "world_size": self.dist.world_size}
         return chosen, summary
 
-    def kept(self) -> str:
-        """What an interruption leaves, for its one-line message."""
-        if self.state_path.exists():  # rank 0's, which may be an epoch behind this rank's
-            return (f"the last finished epoch's state is kept in {self.state_path}; continue "
-                    "with --resume")
-        return "no epoch had finished, nothing was written"
-
 
 class Discriminators(torch.nn.Module):
     """The pixel and feature discriminators scored on the four groups in one forward call, so

@@ -161,10 +161,6 @@ class Distributed:
         dist.all_gather_object(out, value)
         return out
 
-    def barrier(self) -> None:
-        if self.active:
-            dist.barrier()
-
 
 class _SumOverRanks(torch.autograd.Function):
     """y = sum_r x_r on every rank; dL/dx_r = sum_r' dL_r'/dy (each rank's loss uses y)."""

@@ -89,6 +89,7 @@ def train_domain(task: DomainTask, cfg, shared: SharedInputs, device, dist: Dist
     from ..models.store import save_calibrator
     from .calibrate import CalibratorTrainer
     from .evaluate import check_task
+    from .loop import kept_message, state_paths
     from .restarts import chosen_trainer, training_files
     from .tensors import load_domain
 
@@ -98,10 +99,9 @@ def train_domain(task: DomainTask, cfg, shared: SharedInputs, device, dist: Dist
                if shared.monitor_test else None)
     if monitor is not None:
         check_task(shared.classifier.task, monitor)
-    if force and not resume and dist.is_main:
+    if force and not resume and dist.is_main:  # no other rank reads a state without --resume
         for f in training_files(task.out, cfg.restarts):
             f.unlink(missing_ok=True)
-    dist.barrier()  # no rank reads a state rank 0 is removing
     trainers: list = []
 
     def make_trainer(config, state, metrics):
@@ -112,7 +112,7 @@ def train_domain(task: DomainTask, cfg, shared: SharedInputs, device, dist: Dist
         return trainers[-1]
 
     def kept() -> str:
-        return trainers[-1].kept() if trainers else "nothing was written"
+        return kept_message(trainers[-1].state_path if trainers else state_paths(task.out)[0])
 
     with stop_on_signals(kept):
         trainer = chosen_trainer(make_trainer, cfg, task.out, resume, progress=progress)

@@ -59,6 +59,14 @@ def non_finite(epoch: int, step: int, what: str, values: str, state_path: Path |
                           f"became non-finite ({values}); {kept}. {advice}")
 
 
+def kept_message(state_path: Path) -> str:
+    """What an interrupted run leaves, for its one-line message (the state on disk is rank 0's,
+    which under torchrun may be an epoch behind the rank that reports it)."""
+    if Path(state_path).exists():
+        return f"the last finished epoch's state is kept in {state_path}; continue with --resume"
+    return "no epoch had finished, nothing was written"
+
+
 def log_epoch(row: dict, history: list[dict] | None = None,
               metrics_path: Path | None = None) -> None:
     """One JSON line per epoch on stderr; with ``metrics_path`` the whole history is rewritten

@@ -64,14 +64,15 @@ def chosen_trainer(make: MakeTrainer, cfg: CalibratorConfig, out: Path, resume: 
         score = {"restart": i, "seed": trainer.cfg.run_seed, "epochs": trainer.epoch,
                  "stats_distance": trainer.unlabelled_stats_distance()}
         scores.append(score)
-        say = echo_err if trainer.dist.is_main else (lambda _: None)
-        say(f"start {i + 1}/{cfg.restarts} (seed {score['seed']}): statistics distance "
-            f"{score['stats_distance']:.4f} after {trainer.epoch} epochs")
+        if trainer.dist.is_main:
+            echo_err(f"start {i + 1}/{cfg.restarts} (seed {score['seed']}): statistics distance "
+                     f"{score['stats_distance']:.4f} after {trainer.epoch} epochs")
         if best is None or score["stats_distance"] < best[0]["stats_distance"]:
             best = (score, trainer)
     score, trainer = best
-    say(f"continuing start {score['restart'] + 1} (seed {score['seed']}): the lowest "
-        "statistics distance")
+    if trainer.dist.is_main:
+        echo_err(f"continuing start {score['restart'] + 1} (seed {score['seed']}): the lowest "
+                 "statistics distance")
     trainer.restarts = scores
     trainer.save_state()
     if trainer.dist.is_main:  # the one writer; the other ranks only follow the path
