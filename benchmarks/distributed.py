@@ -49,12 +49,38 @@ def run(command: list[str], env: dict) -> tuple[str, float]:
     return r.stdout, time.perf_counter() - started
 
 
-def score(classifier: str, calibrator: str | None, dataset: str, data_root: str, env) -> float:
+def score(classifier: str, calibrator: str | None, dataset: str, data_root: str, env,
+          *extra: str) -> float:
     command = [CLI, "eval", "--classifier", classifier, "--dataset", dataset, "--split", "test",
-               "--data-root", data_root, "--json", "--device", "cpu"]
+               "--data-root", data_root, "--json", "--device", "cpu", *extra]
     if calibrator:
         command += ["--calibrator", calibrator]
     return json.loads(run(command, env)[0])["accuracy"]
+
+
+def baselines(work: Path, target: str, data_root: str, env) -> dict:
+    """The classical corrections on the same models, no training, no target labels: per-frame
+    histogram matching to MNIST training images in front of the frozen INT8 model, and AdaBN
+    (BatchNorm statistics re-estimated on the 3000 unlabelled target images the calibrators
+    saw) on its float parent (the INT8 model has BatchNorm folded away)."""
+    classifier = str(work / "mnist_dtn_int8.pt")
+    hm = ("--photometric", "histogram", "--reference", "mnist")
+    adabn = work / "mnist_dtn.n1.adabn.pt"
+    command = [CLI, "adabn", "--classifier", str(work / "mnist_dtn.n1.pt"), "--target", target,
+               "--data-root", data_root, "--max-samples", "3000", "--out", str(adabn)]
+    run(command, env)
+    return {"histogram matching (INT8 model)": {
+                "target_test_acc": score(classifier, None, target, data_root, env, *hm),
+                "source_test_acc": score(classifier, None, "mnist", data_root, env, *hm)},
+            "AdaBN (float parent)": {
+                "target_test_acc": score(str(adabn), None, target, data_root, env),
+                "source_test_acc": score(str(adabn), None, "mnist", data_root, env),
+                "command": shown(command)},
+            "float parent alone": {
+                "target_test_acc": score(str(work / "mnist_dtn.n1.pt"), None, target,
+                                         data_root, env),
+                "source_test_acc": score(str(work / "mnist_dtn.n1.pt"), None, "mnist",
+                                         data_root, env)}}
 
 
 def launch(nproc: int) -> list[str]:
@@ -78,13 +104,21 @@ def main():
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "distributed"))
     parser.add_argument("--report-only", action="store_true",
                         help="Rewrite report.md and RESULTS.md's section from results.json.")
+    parser.add_argument("--baselines-only", action="store_true",
+                        help="Add the classical corrections to results.json (the models of a "
+                             "finished run must be in --work).")
     args = parser.parse_args()
     work, out = Path(args.work), Path(args.out)
-    if args.report_only:
-        return publish(json.loads((out / "results.json").read_text()), out)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's default per worker; the same here
+    if args.report_only or args.baselines_only:
+        result = json.loads((out / "results.json").read_text())
+        if args.baselines_only:
+            result["baselines"] = baselines(work, result["target"], args.data_root, env)
+            result["baselines_command"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+            write_json_atomic(out / "results.json", result)
+        return publish(result, out)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # torchrun's default per worker; the same here
     sources = []
     for nproc in (1, args.nproc):
         model = work / f"mnist_dtn.n{nproc}.pt"
@@ -129,6 +163,7 @@ def main():
                        "train_wall_s": run(command, threads)[1], "command": shown(command)}
     frozen = {"target_test_acc": score(classifier, None, args.target, args.data_root, env),
               "source_test_acc": score(classifier, None, "mnist", args.data_root, env)}
+    extra = baselines(work, args.target, args.data_root, env)
     summary = {}
     for nproc in (1, args.nproc):
         mine = [r for r in rows if r["processes"] == nproc]
@@ -139,7 +174,8 @@ def main():
     result = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
               "environment": capture(1), "source_models": sources,
               "compress_command": shown(compress), "target": args.target,
-              "frozen_model_alone": frozen, "runs": rows, "summary": summary,
+              "frozen_model_alone": frozen, "baselines": extra, "runs": rows,
+              "summary": summary,
               "one_process_default_threads": default_threads}
     write_json_atomic(out / "results.json", result)
     publish(result, out)
@@ -174,6 +210,9 @@ def report(result: dict) -> str:
     f = result["frozen_model_alone"]
     lines.append(f"| frozen model alone | - | {f['target_test_acc']:.2f} | "
                  f"{f['source_test_acc']:.2f} | - |")
+    for name, b in result.get("baselines", {}).items():
+        lines.append(f"| {name} | - | {b['target_test_acc']:.2f} | "
+                     f"{b['source_test_acc']:.2f} | - |")
     for r in result["runs"]:
         lines.append(f"| {r['processes']} | {r['seed']} | {r['target_test_acc']:.2f} | "
                      f"{r['source_test_acc']:.2f} | {r['train_wall_s']:.1f} |")
