@@ -15,7 +15,8 @@ from edge_calib.models.store import Calibrator, build_calibrator, load_classifie
 from edge_calib.core.spec import DIGITS_RGB32, InputSpec
 
 IMAGENET = InputSpec(40, 56, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-CASES = [(arch, size) for arch, cls in FAMILIES.items() for size in cls.PRESETS]
+CASES = [(arch, size) for arch, cls in FAMILIES.items() for size in cls.PRESETS] + [
+    ("curve", "knots=16,hidden=16,grid=4,matrix=1")]  # the curve followed by a colour matrix
 
 
 def run(model, x):

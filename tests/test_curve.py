@@ -147,3 +147,42 @@ def test_init_histogram_starts_the_curve_at_histogram_matching(trained_dtn, digi
             assert not torch.allclose(out, x, atol=1e-2)  # the digits do move
     with pytest.raises(EdgeCalibError, match="--init histogram needs a family"):
         CalibratorConfig(arch="thumbnail", init="histogram").validate()
+
+
+def test_colour_matrix_after_the_curve_recomputed_by_hand(digits):
+    """matrix=1: G'(x) = clamp(x + clamp(y - x + eps tanh(A y + b), -eps, eps), lo, hi) with
+    y the same curve without the matrix; it can lower a channel where the input rises (an
+    inverted channel), which no curve without it does; checkpoints of curves without the
+    matrix keep their fingerprints."""
+    from edge_calib.models.calibrators import fingerprint_identity
+
+    spec, eps = DIGITS_RGB32, 0.8
+    config = {"arch": "curve", **parse_size("curve", "small"), "eps": eps}
+    plain = make_calibrator(config, 3, spec.lo, spec.hi).eval()
+    mixed = make_calibrator({**config, "matrix": 1}, 3, spec.lo, spec.hi).eval()
+    torch.manual_seed(0)
+    for p in mixed.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    plain.load_state_dict({k: v for k, v in mixed.state_dict().items()
+                           if not k.startswith("matrix_head")})
+    x = torch.from_numpy(spec.preprocess(digits["mnist_test"].images[:8]))
+    with torch.no_grad():
+        y = plain(x)
+        hidden = mixed.predictor(torch.cat([mixed.frame_cdf(mixed.sample(x)).flatten(1),
+                                            mixed.thumbnail(mixed.sample(x))], 1))
+        ab = mixed.matrix_head(hidden).reshape(-1, 3, 4)
+        h = torch.einsum("bij,bjhw->bihw", ab[..., :3], y) + ab[..., 3].reshape(-1, 3, 1, 1)
+        expected = torch.clamp(x + torch.clamp(y - x + eps * torch.tanh(h), -eps, eps), -1, 1)
+        assert torch.allclose(mixed(x), expected, atol=1e-6)
+        assert (mixed(x) - y).abs().max() > 0.1  # the matrix does act
+        # an inverted blue channel: A = -4 on blue, nothing else
+        for p in mixed.parameters():
+            torch.nn.init.zeros_(p)
+        mixed.matrix_head.bias.data.view(3, 4)[2, 2] = -4.0
+        out = mixed(x)
+    bright, dark = x[:, 2] > 0.5, x[:, 2] < -0.5
+    assert out[:, 2][bright].mean() < x[:, 2][bright].mean() - 0.5 * eps
+    assert out[:, 2][dark].mean() > x[:, 2][dark].mean() + 0.5 * eps
+    assert fingerprint_identity(plain.config) == {k: v for k, v in plain.config.items()
+                                                  if k != "matrix"}
+    assert fingerprint_identity(mixed.config)["matrix"] == 1

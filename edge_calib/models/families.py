@@ -8,6 +8,7 @@ FAMILY_SUMMARIES = {
     "lowres": "a small network at 1/factor resolution, its bounded output upsampled bilinearly",
     "shallow": "a few full-resolution 3x3 convolutions (no norms, no pads)",
     "curve": "a per-frame, per-channel monotone tone curve predicted from the frame's histogram "
-             "(contains histogram matching to the source; one table lookup per pixel)",
+             "(contains histogram matching to the source; one table lookup per pixel; matrix=1 adds "
+             "a per-frame colour matrix after it)",
 }
 DEFAULT_ARCH = "thumbnail"

@@ -34,6 +34,8 @@ FAMILIES: dict[str, type[BoundedCalibrator]] = {
 if list(FAMILIES) != list(FAMILY_SUMMARIES):  # the CLI help lists FAMILY_SUMMARIES
     raise ImportError("calibrator families and their summaries disagree")
 LEGACY_ARCH = "resnet"  # what a checkpoint written before the families existed holds
+# size settings added after checkpoints of the family were written, with the value those had
+LATER_SETTINGS = {"curve": {"matrix": 0}}
 
 __all__ = ["FAMILIES", "PERTURBATIONS", "BoundedCalibrator", "DEFAULT_ARCH", "calibrator_class",
            "parse_size", "make_calibrator", "fingerprint_identity"]
@@ -79,7 +81,10 @@ def make_calibrator(config: dict, channels: int, lo, hi) -> BoundedCalibrator:
 
 def fingerprint_identity(config: dict) -> dict:
     """The config as fingerprinted. Checkpoints written before there were several families had
-    no ``arch`` key; a resnet's identity leaves it out so their fingerprints still match."""
-    if config.get("arch", LEGACY_ARCH) == LEGACY_ARCH:
+    no ``arch`` key; a resnet's identity leaves it out so their fingerprints still match. A
+    size setting added later is left out at the value the older checkpoints had."""
+    arch = config.get("arch", LEGACY_ARCH)
+    if arch == LEGACY_ARCH:
         return {k: v for k, v in config.items() if k != "arch"}
-    return dict(config)
+    later = LATER_SETTINGS.get(arch, {})
+    return {k: v for k, v in config.items() if not (k in later and later[k] == v)}

@@ -27,6 +27,15 @@ and within a level of it between levels. Per pixel that is one per-channel affin
 BatchNormalization node), a Clip, a Cast and one GatherElements, whatever K is; the histogram
 and the thumbnail come from a strided subsample of about 2048 pixels. Training evaluates the
 very same table (gradients reach the curve through it), so torch and ONNX compute one function.
+
+With ``matrix=1`` a per-frame colour matrix follows the curve (what mixes channels, e.g. an
+inverted channel, which no increasing per-channel curve undoes). The same predictor gives,
+per frame, A (C x C) and b (C), zero at the start, and with y = G(x) above
+
+    G'(x) = clamp(x + clamp(y - x + eps tanh(A y + b), -eps, eps), lo, hi)
+
+(the thumbnail family's residual colour map applied to the curve's output; the whole change
+stays within eps). It adds a MatMul and about six elementwise passes per pixel.
 """
 
 from __future__ import annotations
@@ -57,12 +66,15 @@ class CurveCalibrator(BoundedCalibrator):
     arch = "curve"
     SIZE = {"knots": SizeKey(32, 2, "segments of each channel's tone curve"),
             "hidden": SizeKey(32, 1, "hidden units of the predictor"),
-            "grid": SizeKey(4, 1, "thumbnail side fed to the predictor")}
+            "grid": SizeKey(4, 1, "thumbnail side fed to the predictor"),
+            "matrix": SizeKey(0, 0, "1: a per-frame colour matrix after the curve")}
     PRESETS = {"small": {"knots": 16, "hidden": 16, "grid": 4},
                "medium": {"knots": 32, "hidden": 32, "grid": 4},
                "large": {"knots": 64, "hidden": 64, "grid": 8}}
 
-    def build(self, channels: int, knots: int, hidden: int, grid: int) -> None:
+    def build(self, channels: int, knots: int, hidden: int, grid: int, matrix: int) -> None:
+        if matrix not in (0, 1):
+            raise EdgeCalibError(f"calibrator 'curve': matrix must be 0 or 1, got {matrix}")
         self.channels, self.knots, self.grid = channels, knots, grid
         span = self.hi - self.lo  # (1, C, 1, 1)
         self.register_buffer("span", span.reshape(1, channels, 1), persistent=False)
@@ -98,6 +110,9 @@ class CurveCalibrator(BoundedCalibrator):
         features = channels * (knots + 1) + channels * grid * grid
         self.predictor = nn.Sequential(nn.Linear(features, hidden), nn.ReLU())
         self.head = zero_init(nn.Linear(hidden, channels * (knots + 2)))
+        # A and b of the colour matrix after the curve (matrix=1)
+        self.matrix_head = zero_init(nn.Linear(hidden, channels * (channels + 1))) \
+            if matrix else None
 
     def set_source_quantiles(self, quantiles: torch.Tensor) -> None:
         """Q_src at probabilities j / QUANTILES, (C, QUANTILES + 1), normalised input units."""
@@ -150,13 +165,18 @@ class CurveCalibrator(BoundedCalibrator):
                             - torch.arange(QUANTILES, device=cdf.device), 0, 1)  # (B, C, K+1, J)
         return q[:, :1].unsqueeze(0) + (ramps * steps).sum(-1)
 
-    def knot_offsets(self, x: torch.Tensor) -> torch.Tensor:
-        """d_k, the curve minus the identity at the knots in unit coordinates, (B, C, K+1)."""
-        c, k = self.channels, self.knots
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The predictor's hidden features from the frame's CDF at the knots and its
+        thumbnail, and that CDF (B, C, K+1)."""
         sample = self.sample(x)
         cdf = self.frame_cdf(sample)
-        out = self.head(self.predictor(torch.cat([cdf.flatten(1), self.thumbnail(sample)], 1)))
-        out = out.reshape(-1, c, k + 2)
+        return self.predictor(torch.cat([cdf.flatten(1), self.thumbnail(sample)], 1)), cdf
+
+    def knot_offsets(self, x: torch.Tensor, features=None) -> torch.Tensor:
+        """d_k, the curve minus the identity at the knots in unit coordinates, (B, C, K+1)."""
+        c, k = self.channels, self.knots
+        hidden, cdf = features if features is not None else self.features(x)
+        out = self.head(hidden).reshape(-1, c, k + 2)
         a, b, r = out[..., :1], out[..., 1:2], out[..., 2:]
         m = self.matched(cdf)
         matched = torch.log(torch.clamp((m[..., 1:] - m[..., :-1]) * k, min=1e-6))
@@ -164,19 +184,27 @@ class CurveCalibrator(BoundedCalibrator):
         d = a * m[..., :1] + b + torch.matmul(torch.exp(z) - 1, self.cumulative)
         return torch.minimum(torch.maximum(d, self.offset_low), self.offset_high)
 
-    def output_table(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, L): G's output at each input level, normalised input units."""
-        return self.level_values + torch.matmul(self.knot_offsets(x), self.to_levels) * self.span
+    def output_table(self, x: torch.Tensor, features=None) -> torch.Tensor:
+        """(B, C, L): the curve's output at each input level, normalised input units."""
+        offsets = self.knot_offsets(x, features)
+        return self.level_values + torch.matmul(offsets, self.to_levels) * self.span
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.features(x)
         # x * level_scale + level_offset as one per-channel affine pass (a BatchNormalization
         # node in ONNX, fused by TensorRT; a Mul and an Add cost ORT 12% more here)
         affine = F.batch_norm(x, self.zeros, self.ones, self.level_scale, self.level_offset,
                               eps=0.0)
         level = torch.clamp(affine, 0, LEVELS - 1).long()
         c, h, w = self.channels, int(x.shape[-2]), int(x.shape[-1])  # static shapes in ONNX
-        out = torch.gather(self.output_table(x), 2, level.reshape(-1, c, h * w))
-        return out.reshape(-1, c, h, w)
+        y = torch.gather(self.output_table(x, features), 2, level.reshape(-1, c, h * w))
+        if self.matrix_head is None:
+            return y.reshape(-1, c, h, w)
+        ab = self.matrix_head(features[0]).reshape(-1, c, c + 1)
+        h_mix = torch.matmul(ab[..., :c], y) + ab[..., c:]
+        pixels = x.reshape(-1, c, h * w)
+        delta = torch.clamp(y - pixels + self.eps * torch.tanh(h_mix), -self.eps, self.eps)
+        return self.clamp_to_range((pixels + delta).reshape(-1, c, h, w))
 
 
 def histogram_matching(channels: int, lo, hi, quantiles: torch.Tensor) -> CurveCalibrator:
