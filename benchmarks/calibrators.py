@@ -21,6 +21,9 @@ overhead over the classifier alone (ONNX Runtime, CPU, 1 thread, batch 1, the fu
 median of per-round differences in one interleaved run) at 32x32 in front of the DTN (float
 and INT8 2:4; in front of the INT8 one, each calibrator also quantised to INT8, rows
 ``family/size/int8``) and at 480x360 in front of the LR-ASPP MobileNetV3-Small segmenter.
+``--frames`` adds, in the same interleaved run, the runtime's uint8 frame graphs of the same
+graphs (``engines/frame_graph.py``: cast, normalisation and ArgMax inside; a curve reads its
+table index from the frame's levels), rows ``frames:...`` against ``frames:classifier``.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ REFERENCE = ("resnet", "large")
 # compare calibrators on it are gathered under its name
 CLASSIFIERS = {"plain": [], "augment": ["--augment"], "plain-r2": []}
 RECIPE = ["--lr", "3e-4", "--d-lr", "3e-4"]
+FRAMES = "frames:"  # the cost rows of the runtime's uint8 frame graphs
 
 
 def classifier_path(work: Path, recipe: str, source: str) -> Path:
@@ -223,6 +227,7 @@ def run_costs(args):
     from edge_calib.bench.graphs import graph_costs
     from edge_calib.bench.latency import Config, measure
     from edge_calib.bench.roofline import project
+    from edge_calib.engines.frame_graph import CLASSES, FRAME, frame_graph
     from edge_calib.export.onnx_graphs import export_calibrator, export_classifier, fuse
     from edge_calib.core.fileio import write_json_atomic
     from edge_calib.core.provenance import capture as provenance
@@ -241,11 +246,17 @@ def run_costs(args):
         feeds = {"input": x}
         sessions = {"classifier": _session(cls_graph)}
         static = {"classifier": graph_costs(cls_graph) | {"nodes": len(cls_graph.graph.node)}}
+        frame = {FRAME: np.random.default_rng(0).integers(0, 256, (1, spec.height, spec.width,
+                                                                   spec.channels), np.uint8)}
+        frame_sessions = {}  # the runtime's uint8 frame graphs of the same fused graphs
+        if args.frames:
+            frame_sessions[f"{FRAMES}classifier"] = _session(frame_graph(cls_graph, spec,
+                                                                         clf.task))
         int8_images = None
         if (clf.compression or {}).get("int8"):  # INT8 calibrators' scales, loaded once
             int8_images = load_domain(images, "train", args.data_root, spec, 64, 0,
                                       unlabelled=True)
-        for arch, size in itertools.product(families, SIZES):
+        for arch, size in itertools.product(families, args.sizes):
             cal = _random_calibrator(arch, size, spec)
             variants = {f"{arch}/{size}": cal}
             if int8_images is not None:  # and the same calibrator quantised to INT8
@@ -254,27 +265,38 @@ def run_costs(args):
                 graph = export_calibrator(variant)
                 static[key] = graph_costs(graph) | {"nodes": len(graph.graph.node)}
                 sessions[key] = _session(fuse(graph, cls_graph, key))
+                if args.frames:
+                    wrapped = frame_graph(fuse(graph, cls_graph, key), spec, clf.task)
+                    static[f"{FRAMES}{key}"] = {"frame_graph_nodes": len(wrapped.graph.node)}
+                    frame_sessions[f"{FRAMES}{key}"] = _session(wrapped)
+        if args.frames:
+            static[f"{FRAMES}classifier"] = {"frame_graph_nodes": len(frame_graph(
+                cls_graph, spec, clf.task).graph.node)}
         configs = [Config(k, "fused", k, lambda s=s, f=feeds: s.run(None, f))
                    for k, s in sessions.items()]
+        configs += [Config(k, "fused", k, lambda s=s: s.run([CLASSES], frame))
+                    for k, s in frame_sessions.items()]
         rounds = args.rounds if spec.height * spec.width <= 64 * 64 else args.rounds_large
         print(f"{name}: {len(configs)} graphs x {rounds} interleaved rounds", file=sys.stderr)
         samples = measure(configs, rounds, args.warmup)
-        base = np.asarray(samples["classifier"])
         rows = {}
         for key, cost in static.items():
             lat = np.asarray(samples[key])
             row = {**cost, "latency_median_ms": float(np.median(lat))}
-            if key != "classifier":
+            alone = f"{FRAMES}classifier" if key.startswith(FRAMES) else "classifier"
+            if key != alone:
+                base = np.asarray(samples[alone])
                 paired = lat - base
                 row |= {"overhead_ms": float(np.median(paired)),
                         "overhead_pct": float(100 * np.median(paired) / np.median(base)),
                         "overhead_pct_iqr": [float(100 * np.percentile(paired, q) / np.median(base))
                                              for q in (25, 75)],
-                        "macs_pct": 100.0 * cost["macs"] / static["classifier"]["macs"]}
+                        "macs_pct": (100.0 * cost["macs"] / static["classifier"]["macs"]
+                                     if "macs" in cost else None)}
             rows[key] = row
         report["backbones"][name] = {
             "classifier": origin, "input": list(spec.shape), "rounds": rounds, "rows": rows,
-            "jetson_estimate": project({k: v for k, v in static.items()})}
+            "jetson_estimate": project({k: v for k, v in static.items() if "macs" in v})}
     out = Path(args.out)
     write_json_atomic(out / "costs.json", report)
     print(f"wrote {out / 'costs.json'}", file=sys.stderr)
@@ -312,6 +334,11 @@ def main():
     p.add_argument("--int8-segmenter", help="INT8 2:4 segmenter checkpoint.")
     p.add_argument("--segmenter-size", default="360x480", help="HxW the segmenters run at.")
     p.add_argument("--families", type=lambda s: s.split(","), default=["all"])
+    p.add_argument("--sizes", type=lambda s: s.split("/"), default=list(SIZES),
+                   help="Presets or key=value,... settings, separated by '/'.")
+    p.add_argument("--frames", action="store_true",
+                   help=f"Also the runtime's uint8 frame graphs (rows '{FRAMES}...', overhead "
+                        f"over '{FRAMES}classifier'), in the same interleaved run.")
     p.add_argument("--rounds", type=int, default=400, help="Interleaved rounds at 32x32.")
     p.add_argument("--rounds-large", type=int, default=40, help="Interleaved rounds at 480x360.")
     p.add_argument("--warmup", type=int, default=10)

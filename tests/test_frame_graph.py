@@ -100,3 +100,71 @@ def test_frame_graph_refuses_a_graph_it_cannot_wrap():
         frame_graph(model, spec, "segmentation")
     with pytest.raises(EdgeCalibError, match="opset 6 is older than 7"):
         frame_graph(conv_graph(6), spec, "segmentation")
+
+
+def curve_fused_graph(spec: InputSpec, matrix: int = 0, seed: int = 0) -> onnx.ModelProto:
+    """A curve calibrator with random (not identity) weights fused in front of a 1x1
+    convolution at the spec's size."""
+    import torch
+
+    from edge_calib.export.onnx_graphs import export_calibrator, fuse
+    from edge_calib.models.calibrators import make_calibrator, parse_size
+    from edge_calib.models.records import CalibratorRecord
+    from edge_calib.models.store import Calibrator
+
+    torch.manual_seed(seed)
+    g = make_calibrator({"arch": "curve", **parse_size("curve", "small"), "matrix": matrix,
+                         "eps": 0.5}, 3, spec.lo, spec.hi).eval()
+    for p in g.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    cal = Calibrator(g, CalibratorRecord(domain="dusk", classifier_fingerprint="c" * 16,
+                                         input_spec=spec, fingerprint="f" * 16))
+    classifier = conv_graph()
+    for value in (*classifier.graph.input, *classifier.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        dims[2].dim_value, dims[3].dim_value = spec.height, spec.width
+    return fuse(export_calibrator(cal), classifier, "dusk")
+
+
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+def test_curve_reads_its_table_index_from_the_uint8_frame(order, camvid_root):
+    """The frame graph of a fused curve calibrator takes the table index from the frame's
+    levels and normalises only the histogram sample: no full-frame normalisation is left, and
+    the logits equal the float path's bit for bit on real CamVid frames and on random ones.
+    With the colour matrix after the curve (which reads the normalised image) it is left as
+    it was, and is still exact."""
+    spec = InputSpec(90, 120, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), order)
+    frames = spec.resize_uint8(load_dataset("camvid:dusk", "test", camvid_root).images[:4])
+    noise = np.random.default_rng(0).integers(0, 256, (2, 90, 120, 3), dtype=np.uint8)
+    for matrix in (0, 1):
+        fused = curve_fused_graph(spec, matrix)
+        wrapped = frame_graph(fused, spec, "segmentation")
+        ops = [n.op_type for n in wrapped.graph.node]
+        normalised_everywhere = any("input" in n.output for n in wrapped.graph.node)
+        assert normalised_everywhere == bool(matrix)
+        assert ("BatchNormalization" in ops) == bool(matrix)
+        float_session = make_session("fused", 0, fused.SerializeToString())
+        frame_session = make_session("fused.frame", 0, wrapped.SerializeToString())
+        for u8 in (frames, noise):
+            expected = float_session.run(None, {"input": spec.normalize(u8)})[0]
+            logits, classes = frame_session.run(["logits", CLASSES], {FRAME: u8})
+            assert np.array_equal(logits, expected), (order, matrix)
+            assert np.array_equal(classes, expected.argmax(axis=1))
+
+
+def test_an_index_that_does_not_give_back_the_levels_is_not_rewritten():
+    """A BatchNormalization -> Clip -> Cast chain whose affine map is not the level's (here
+    shifted by one level) keeps the normalised input: the rewrite is checked, not assumed."""
+    spec = InputSpec(90, 120, 3, (0.5,) * 3, (0.5,) * 3)
+    fused = curve_fused_graph(spec)
+    bn = next(n for n in fused.graph.node if n.op_type == "BatchNormalization")
+    bias = next(t for t in fused.graph.initializer if t.name == bn.input[2])
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + np.float32(1.0),
+                                          bias.name))
+    wrapped = frame_graph(fused, spec, "segmentation")
+    assert "BatchNormalization" in [n.op_type for n in wrapped.graph.node]
+    u8 = np.random.default_rng(1).integers(0, 256, (1, 90, 120, 3), dtype=np.uint8)
+    expected = make_session("f", 0, fused.SerializeToString()).run(
+        None, {"input": spec.normalize(u8)})[0]
+    got = make_session("w", 0, wrapped.SerializeToString()).run(["logits"], {FRAME: u8})[0]
+    assert np.array_equal(got, expected)
