@@ -201,7 +201,13 @@ def test_sigterm_stops_cleanly_and_flushes(bundle_dir, domain_video, tmp_path):
                              "--input", str(video), "--loop", "--realtime", "--fps", "30",
                              "--domain", "usps", "--headless", "--json", "--predictions", str(preds)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4)
+    # SIGTERM once frames are flowing (the first buffered block of the temporary predictions
+    # log, some 80 frames: the handler is installed by then); a fixed 4 s sleep raced the
+    # start-up on a loaded machine (the signal's default action, exit -15)
+    deadline = time.monotonic() + 120
+    while not any(f.stat().st_size for f in tmp_path.glob(".p.jsonl.*")) \
+            and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
