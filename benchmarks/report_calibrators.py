@@ -80,7 +80,7 @@ def int8_markdown(int8: dict) -> list[str]:
     if not int8:
         return []
     families = sorted({k for t in int8.values() for k in t if k != "source_only"})
-    lines = ["#### INT8 calibrators in front of the INT8 2:4 DTN (medium sizes, seed 0)", "",
+    lines = ["### INT8 calibrators in front of the INT8 2:4 DTN (medium sizes, seed 0)", "",
              "Each calibrator trained against the INT8 DTN (same budget as above), then quantised "
              "post-training (`edge-calib compress CAL --int8`, scales from 512 of its target "
              "training images). Target test accuracy, source (MNIST) test in brackets: float "
@@ -147,7 +147,7 @@ def markdown(accuracy: dict, costs: dict, default: dict | None, int8: dict | Non
     table = overheads(costs)
     if table:
         fronts, prov = list(costs["backbones"]), costs.get("provenance", {})
-        lines += ["#### What each calibrator costs in front of the frozen model", "",
+        lines += ["### What each calibrator costs in front of the frozen model", "",
                   f"ONNX Runtime {prov.get('versions', {}).get('onnxruntime', '?')} on the CPU "
                   f"({prov.get('cpu', '?')}, {prov.get('cores', '?')} cores), 1 thread, batch 1, "
                   "the fused graph; overhead = "
@@ -176,7 +176,7 @@ def markdown(accuracy: dict, costs: dict, default: dict | None, int8: dict | Non
     for recipe, tasks in sorted(accuracy.items(), key=lambda kv: kv[0] != "plain"):
         order = [t for t in (*DEV, *CONFIRM, *SHAPE) if t in tasks]
         keys = sorted({k for t in order for k in tasks[t]["runs"]})
-        lines += [f"#### Accuracy, {recipe} source classifier (target test, last epoch; source "
+        lines += [f"### Accuracy, {recipe} source classifier (target test, last epoch; source "
                   "test in brackets; mean ± standard deviation over seeds where several ran)", "",
                   "| calibrator | " + " | ".join(order) + " | mean dev (seed 0) | mean confirm (seed 0) "
                   "| mean of the five photometric (seeds) |",
