@@ -249,9 +249,14 @@ def run_costs(args):
         frame = {FRAME: np.random.default_rng(0).integers(0, 256, (1, spec.height, spec.width,
                                                                    spec.channels), np.uint8)}
         frame_sessions = {}  # the runtime's uint8 frame graphs of the same fused graphs
+
+        def add_frame_graph(key, model):
+            wrapped = frame_graph(model, spec, clf.task)
+            static[f"{FRAMES}{key}"] = {"frame_graph_nodes": len(wrapped.graph.node)}
+            frame_sessions[f"{FRAMES}{key}"] = _session(wrapped)
+
         if args.frames:
-            frame_sessions[f"{FRAMES}classifier"] = _session(frame_graph(cls_graph, spec,
-                                                                         clf.task))
+            add_frame_graph("classifier", cls_graph)
         int8_images = None
         if (clf.compression or {}).get("int8"):  # INT8 calibrators' scales, loaded once
             int8_images = load_domain(images, "train", args.data_root, spec, 64, 0,
@@ -264,14 +269,10 @@ def run_costs(args):
             for key, variant in variants.items():
                 graph = export_calibrator(variant)
                 static[key] = graph_costs(graph) | {"nodes": len(graph.graph.node)}
-                sessions[key] = _session(fuse(graph, cls_graph, key))
+                fused = fuse(graph, cls_graph, key)
+                sessions[key] = _session(fused)
                 if args.frames:
-                    wrapped = frame_graph(fuse(graph, cls_graph, key), spec, clf.task)
-                    static[f"{FRAMES}{key}"] = {"frame_graph_nodes": len(wrapped.graph.node)}
-                    frame_sessions[f"{FRAMES}{key}"] = _session(wrapped)
-        if args.frames:
-            static[f"{FRAMES}classifier"] = {"frame_graph_nodes": len(frame_graph(
-                cls_graph, spec, clf.task).graph.node)}
+                    add_frame_graph(key, fused)
         configs = [Config(k, "fused", k, lambda s=s, f=feeds: s.run(None, f))
                    for k, s in sessions.items()]
         configs += [Config(k, "fused", k, lambda s=s: s.run([CLASSES], frame))

@@ -37,7 +37,7 @@ def test_curve_is_monotone_and_bounded_whatever_its_weights(spec, perturbation):
     g.set_source_quantiles(torch.sort(torch.randn(3, 65), dim=1).values)
     x = torch.from_numpy(every_level(spec))
     with torch.no_grad():
-        table = g.output_table(x)  # (B, C, L): the curve at every level
+        table = g.output_table(g.features(x))  # (B, C, L): the curve at every level
         y = g(x)
         off_grid = torch.rand(4, *spec.shape) * (g.hi - g.lo) + g.lo  # between levels too
         y_off = g(off_grid)

@@ -172,10 +172,11 @@ class CurveCalibrator(BoundedCalibrator):
         cdf = self.frame_cdf(sample)
         return self.predictor(torch.cat([cdf.flatten(1), self.thumbnail(sample)], 1)), cdf
 
-    def knot_offsets(self, x: torch.Tensor, features=None) -> torch.Tensor:
-        """d_k, the curve minus the identity at the knots in unit coordinates, (B, C, K+1)."""
+    def knot_offsets(self, features: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """d_k, the curve minus the identity at the knots in unit coordinates, (B, C, K+1), from
+        ``features(x)``."""
         c, k = self.channels, self.knots
-        hidden, cdf = features if features is not None else self.features(x)
+        hidden, cdf = features
         out = self.head(hidden).reshape(-1, c, k + 2)
         a, b, r = out[..., :1], out[..., 1:2], out[..., 2:]
         m = self.matched(cdf)
@@ -184,10 +185,11 @@ class CurveCalibrator(BoundedCalibrator):
         d = a * m[..., :1] + b + torch.matmul(torch.exp(z) - 1, self.cumulative)
         return torch.minimum(torch.maximum(d, self.offset_low), self.offset_high)
 
-    def output_table(self, x: torch.Tensor, features=None) -> torch.Tensor:
-        """(B, C, L): the curve's output at each input level, normalised input units."""
-        offsets = self.knot_offsets(x, features)
-        return self.level_values + torch.matmul(offsets, self.to_levels) * self.span
+    def output_table(self, features: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """(B, C, L): the curve's output at each input level, normalised input units, from
+        ``features(x)``."""
+        return (self.level_values
+                + torch.matmul(self.knot_offsets(features), self.to_levels) * self.span)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.features(x)
@@ -197,7 +199,7 @@ class CurveCalibrator(BoundedCalibrator):
                               eps=0.0)
         level = torch.clamp(affine, 0, LEVELS - 1).long()
         c, h, w = self.channels, int(x.shape[-2]), int(x.shape[-1])  # static shapes in ONNX
-        y = torch.gather(self.output_table(x, features), 2, level.reshape(-1, c, h * w))
+        y = torch.gather(self.output_table(features), 2, level.reshape(-1, c, h * w))
         if self.matrix_head is None:
             return y.reshape(-1, c, h, w)
         ab = self.matrix_head(features[0]).reshape(-1, c, c + 1)
