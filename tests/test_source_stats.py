@@ -10,9 +10,12 @@ import torch
 from click.testing import CliRunner
 
 from edge_calib.cli import main
+from edge_calib.core.spec import DIGITS_RGB32
+from edge_calib.data import load_dataset
 from edge_calib.models.store import load_classifier
 from edge_calib.train.calibrate import CalibratorConfig, CalibratorTrainer
 from edge_calib.train.loop import state_paths
+from edge_calib.train.tensors import DomainData
 from edge_calib.train.source_stats import (
     SourceStats,
     activation_taps,
@@ -38,6 +41,38 @@ def test_recorded_moments_are_the_pooled_ones_by_hand(trained_dtn, digits):
     assert torch.allclose(stats.class_marginal, torch.softmax(logits, 1).mean(0), atol=1e-5)
     assert [int(m.numel()) for m in stats.means] == [64, 128, 4096, 512]
     assert stats.pixel_quantiles.shape == (3, 65)
+
+
+def test_unlabelled_scores_recomputed_by_hand(trained_dtn, shared_data):
+    """The information score is H(mean p) - mean H(p) over the images, the entropy the mean
+    H(p), recomputed with torch.nn.functional; batching does not change them."""
+    import torch.nn.functional as F
+
+    from edge_calib.train.evaluate import unlabelled_scores
+
+    clf = load_classifier(trained_dtn)
+    stats = SourceStats.of(clf)
+    data = DomainData(load_dataset("mnist:haze", "test", shared_data).subset(70), DIGITS_RGB32)
+    with torch.no_grad():
+        p = F.softmax(clf.module(data.batch(np.arange(70), "cpu")).double(), dim=1)
+    entropy = -(p * p.log()).sum(1).mean().item()
+    marginal = p.mean(0)
+    information = -(marginal * marginal.log()).sum().item() - entropy
+    for batch_size in (8, 70):
+        scores = unlabelled_scores(clf.module, data, stats, batch_size=batch_size)
+        assert scores["entropy"] == pytest.approx(entropy, abs=1e-5)
+        assert scores["information"] == pytest.approx(information, abs=1e-5)
+    assert 0 < information <= np.log(10)
+
+
+def test_held_out_is_what_the_subset_leaves(shared_data):
+    images = load_dataset("usps", "test", shared_data)
+    taken, left = images.subset(500, seed=3), images.held_out(500, seed=3)
+    assert len(taken) + len(left) == len(images)
+    both = np.concatenate([taken.images, left.images]).reshape(len(images), -1)
+    assert len(np.unique(both, axis=0)) == len(np.unique(images.images.reshape(len(images), -1),
+                                                        axis=0))
+    assert len(images.held_out(len(images), seed=3)) == 0
 
 
 def test_float_folded_and_int8_models_tap_the_same_layers(trained_dtn, int8_dtn, digits):

@@ -109,7 +109,18 @@ class ImageSet:
             return self
         if n <= 0:
             raise EdgeCalibError(f"--max-samples must be positive, got {n}")
-        idx = np.sort(np.random.default_rng(seed).permutation(len(self))[:n])
+        return self._take(self._subset_indices(n, seed))
+
+    def held_out(self, n: int, seed: int = 0) -> "ImageSet":
+        """The samples that ``subset(n, seed)`` leaves out, in order (none when it takes all)."""
+        if n >= len(self):
+            return self._take(np.zeros(0, dtype=np.int64))
+        return self._take(np.setdiff1d(np.arange(len(self)), self._subset_indices(n, seed)))
+
+    def _subset_indices(self, n: int, seed: int) -> np.ndarray:
+        return np.sort(np.random.default_rng(seed).permutation(len(self))[:n])
+
+    def _take(self, idx: np.ndarray) -> "ImageSet":
         labels = None if self.labels is None else self.labels[idx]
         return ImageSet(self.images[idx], labels, self.name, self.split, self.classes, self.void)
 

@@ -92,24 +92,33 @@ def scores(task: str, classifier, data: DomainData, calibrator=None, device="cpu
 @torch.no_grad()
 def unlabelled_scores(classifier, data: DomainData, stats, calibrator=None, batch_size=8,
                       device="cpu") -> dict:
-    """What can be measured on a domain's frames without labels, to compare calibrators (lower
-    is closer to the source): ``stats_distance`` (``SourceStatsLoss`` over all of ``data``),
-    ``pixel_w1`` (mean per-frame, per-channel |quantile - source quantile| over the recorded
-    quantile levels, normalised units) and ``entropy`` (mean prediction entropy, nats)."""
+    """What can be measured on a domain's frames without labels, to compare calibrators:
+    ``stats_distance`` (``SourceStatsLoss`` over all of ``data``), ``pixel_w1`` (mean per-frame,
+    per-channel |quantile - source quantile| over the recorded quantile levels, normalised
+    units), ``entropy`` (mean prediction entropy, nats), all lower is closer to the source; and
+    ``information`` (the information-maximisation score, higher is better: the entropy of the
+    mean prediction minus the mean entropy, H(mean_n p_n) - mean_n H(p_n), p_n the softmax of
+    an image, or of a pixel for segmentation)."""
     from .losses import prediction_entropy
     from .source_stats import stats_distance
 
     distance = stats_distance(classifier, data, stats, calibrator, batch_size, device)
     levels = np.linspace(0.0, 1.0, stats.pixel_quantiles.shape[1])
     reference = stats.pixel_quantiles.numpy()
-    w1, entropy = [], []
+    w1, entropy, probability_sum, count = [], [], 0.0, 0
     for start in range(0, len(data), batch_size):
         x = data.batch(np.arange(start, min(start + batch_size, len(data))), device)
         if calibrator is not None:
             x = calibrator(x)
-        entropy.append(prediction_entropy(classifier(x)).item() * len(x))
+        logits = classifier(x)
+        entropy.append(prediction_entropy(logits).item() * len(x))
+        p = torch.softmax(logits.double(), dim=1).movedim(1, -1).reshape(-1, logits.shape[1])
+        probability_sum, count = probability_sum + p.sum(dim=0), count + len(p)
         for frame in x.cpu().numpy():
             q = np.quantile(frame.reshape(frame.shape[0], -1), levels, axis=1).T
             w1.append(np.abs(q - reference).mean())
+    mean_entropy = sum(entropy) / len(data)
+    marginal = probability_sum / count
+    marginal_entropy = -(marginal * marginal.clamp_min(1e-300).log()).sum().item()
     return {"stats_distance": distance, "pixel_w1": float(np.mean(w1)),
-            "entropy": sum(entropy) / len(data)}
+            "entropy": mean_entropy, "information": marginal_entropy - mean_entropy}
