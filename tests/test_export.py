@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import onnxruntime as ort
 import pytest
 import torch
@@ -214,3 +215,35 @@ def test_lenet_int8_graph_agrees_with_fake_quant(shared_data):
         got = run(export_classifier(q, target), x.numpy())
         assert (got.argmax(1) == fake.argmax(1)).mean() >= 0.99, target
     assert q.compression["sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_int32_bias_fits_when_a_layer_sees_almost_no_input():
+    """A layer whose calibration inputs are almost zero (a squeeze-excitation input of an
+    untrained network) gets an input scale so small that its bias overflows int32 at
+    input_scale x max|w|/127: the weight scale is raised to |b| / (input_scale * 2^30) there
+    and only there, and ONNX Runtime's int32-bias graph still agrees with fake quantisation."""
+    from edge_calib.export.onnx_graphs import _export_quantisable
+    from edge_calib.models.int8 import estimate_scales, quantize_layers
+
+    torch.manual_seed(0)
+    module = quantize_layers(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU(),
+                                                 torch.nn.Conv2d(4, 2, 1))).eval()
+    with torch.no_grad():
+        module[0].bias.copy_(torch.tensor([0.1, -0.2, 0.3, 5e-13]))
+    batches = [1e-9 * torch.rand(2, 3, 4, 4) for _ in range(3)]
+    estimate_scales(module, batches, method="max")
+    first = module[0]
+    plain = first.weight.detach().abs().reshape(4, -1).amax(1) / 127.0
+    floor = first.bias.detach().abs() / (float(first.input_scale) * 2 ** 30)
+    assert torch.equal(first.weight_scale, torch.maximum(plain, floor))
+    assert (floor > plain).tolist() == [True, True, True, False]
+    model = _export_quantisable(module, (3, 4, 4), "logits", True, "onnxruntime")
+    biases = [numpy_helper.to_array(i) for i in model.graph.initializer
+              if i.name.endswith(".bias_int32")]
+    assert len(biases) == 2 and all(np.abs(b).max() <= 2 ** 30 for b in biases)
+    x = batches[0][:1]
+    with torch.no_grad():
+        fake = module(x).numpy()
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert np.allclose(got, fake, rtol=0, atol=1e-2 * np.abs(fake).max())

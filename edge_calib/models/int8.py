@@ -22,6 +22,7 @@ from torch import nn
 from ..core.errors import EdgeCalibError
 
 QMIN, QMAX = -128, 127
+BIAS_INT32_ROOM = float(2 ** 30)  # |int32 bias| stays below this
 
 
 # -- torch: fake-quantised layers -----------------------------------------------------------
@@ -39,9 +40,15 @@ class QuantLayer(nn.Module):
         self.register_buffer("weight_scale", torch.ones(out))
 
     def set_weight_scale(self):
-        """scale_c = max|w_c| / 127 (symmetric per output channel; an all-zero channel gets 1)."""
+        """scale_c = max(max|w_c| / 127, |b_c| / (input_scale * 2^30)): symmetric per output
+        channel (an all-zero channel gets 1), raised where needed so that the bias stored as
+        int32 at scale input_scale * scale_c fits with room to spare (ONNX Runtime's quantiser
+        does the same); only a layer whose inputs are almost all zero, such as a
+        squeeze-excitation input of an untrained network, needs the floor."""
         amax = self.weight.detach().abs().reshape(self.weight.shape[0], -1).amax(dim=1)
-        self.weight_scale.copy_(torch.where(amax > 0, amax / 127.0, torch.ones_like(amax)))
+        scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+        floor = self.bias.detach().abs() / (float(self.input_scale) * BIAS_INT32_ROOM)
+        self.weight_scale.copy_(torch.maximum(scale, floor))
 
     def quant_input(self, x):
         if not self.enabled:
@@ -227,7 +234,13 @@ def insert_qdq(model: onnx.ModelProto, params: dict, int32_bias: bool, output_qd
         if int32_bias and len(node.input) > 2:
             bias = numpy_helper.to_array(inits[node.input[2]])
             s_b = (np.float32(s_in) * s_w).astype(np.float32)
-            new_inits += [numpy_helper.from_array(np.rint(bias / s_b).astype(np.int32), f"{layer}.bias_int32"),
+            with np.errstate(divide="ignore", invalid="ignore"):
+                bias_q = np.rint(bias / s_b)
+            if not np.all(np.abs(bias_q) < 2 ** 31 - 1):  # scales set before the floor above
+                raise EdgeCalibError(f"layer {layer}: its bias does not fit in int32 at input "
+                                     f"scale {s_in:.3g} x its weight scales; compress the "
+                                     "float model again to reset the scales")
+            new_inits += [numpy_helper.from_array(bias_q.astype(np.int32), f"{layer}.bias_int32"),
                           numpy_helper.from_array(s_b, f"{layer}.bias_scale"),
                           numpy_helper.from_array(np.zeros(len(s_b), np.int32), f"{layer}.bias_zero")]
             new_nodes.append(helper.make_node(
