@@ -3,6 +3,7 @@
 
     python benchmarks/calibrators.py classifiers                     # the frozen source models
     python benchmarks/calibrators.py accuracy --families all --sizes medium --seeds 0
+    python benchmarks/calibrators.py baselines                       # histogram matching, AdaBN
     python benchmarks/calibrators.py int8 --families thumbnail,shallow  # INT8 calibrators
     python benchmarks/calibrators.py costs                           # nodes, MACs, latency
     python benchmarks/calibrators.py report                          # JSON, Markdown, plot
@@ -109,6 +110,30 @@ def train_and_evaluate(step, work: Path, clf: Path, task: str, family: str, size
     evaluate(step, f"{name}_target", with_cal, target)
     evaluate(step, f"{name}_source", with_cal, source)
     return out
+
+
+def run_baselines(args):
+    """The corrections a user gets without a calibrator, on the same frozen classifier and
+    tasks: per-frame histogram matching to the source's training images (``eval --photometric
+    histogram``) and AdaBN (BatchNorm statistics re-estimated on ``--max-samples`` unlabelled
+    target training images; it changes the deployed model), each on the target and source test
+    sets."""
+    for recipe, task in itertools.product(args.classifiers, args.tasks):
+        source, target = TASKS[task]
+        clf = classifier_path(Path(args.work), recipe, source)
+        if not clf.exists():
+            sys.exit(f"{clf} missing: run `calibrators.py classifiers` first")
+        step = Step(RESULTS / "accuracy" / recipe / task, args.data_root)
+        evaluate(step, "source_only_target", ["--classifier", str(clf)], target)
+        evaluate(step, "source_only_source", ["--classifier", str(clf)], source)
+        matched = ["--classifier", str(clf), "--photometric", "histogram", "--reference", source]
+        evaluate(step, "histogram_target", matched, target)
+        evaluate(step, "histogram_source", matched, source)
+        adapted = Path(args.work) / "accuracy" / recipe / task / "adabn.pt"
+        step("adabn", ["adabn", "--classifier", str(clf), "--target", target, "--out",
+                       str(adapted), "--max-samples", str(args.max_samples)])
+        evaluate(step, "adabn_target", ["--classifier", str(adapted)], target)
+        evaluate(step, "adabn_source", ["--classifier", str(adapted)], source)
 
 
 def run_int8(args):
@@ -322,6 +347,11 @@ def main():
     p.add_argument("--recipe", default="", help="Further `edge-calib train` flags, e.g. "
                    "\"--objective stats\" (the runs' names get --tag).")
     p.add_argument("--tag", default="", help="Suffix of the runs' names (a recipe's).")
+    p = sub.add_parser("baselines", parents=[common])
+    p.add_argument("--tasks", type=lambda s: list(TASKS) if s == "all" else s.split(","),
+                   default=list(PHOTOMETRIC))
+    p.add_argument("--max-samples", type=int, default=10000,
+                   help="Target training images AdaBN re-estimates BatchNorm on.")
     p = sub.add_parser("int8", parents=[common])
     p.add_argument("--tasks", type=lambda s: s.split(","), default=list(PHOTOMETRIC))
     p.add_argument("--families", type=lambda s: s.split(","), default=["thumbnail"])
@@ -352,6 +382,8 @@ def main():
         train_classifiers(args)
     elif args.cmd == "accuracy":
         run_accuracy(args)
+    elif args.cmd == "baselines":
+        run_baselines(args)
     elif args.cmd == "int8":
         run_int8(args)
     elif args.cmd == "costs":

@@ -22,6 +22,9 @@ DEV = ("mnist-colour", "mnist-lowlight", "mnist-haze")
 CONFIRM = ("mnist-blur", "mnist-texture")
 SHAPE = ("mnist-usps", "usps-mnist")
 PHOTOMETRIC = (*DEV, *CONFIRM)
+# rows without a calibrator, on the same frozen classifier (calibrators.py accuracy / baselines)
+BASELINES = {"source_only": "source only", "histogram": "histogram matching (per frame)",
+             "adabn": "AdaBN (changes the model)"}
 REFERENCE = "resnet/large"
 
 
@@ -30,15 +33,17 @@ def _mean(values):
 
 
 def collect_accuracy(results: Path) -> dict:
-    """{recipe: {task: {"source_only": (target, source), "runs": {family/size: {seed: ...}}}}}"""
+    """{recipe: {task: {baseline: {"target", "source"}, "runs": {family/size: {seed: ...}}}}},
+    baseline one of ``BASELINES`` where its records exist."""
     out: dict = {}
     for task_dir in sorted((results / "accuracy").glob("*/*")):
         recipe, task = task_dir.parent.name, task_dir.name
         records = load_records(task_dir)
         entry = out.setdefault(recipe, {}).setdefault(task, {"runs": {}})
-        if "source_only_target" in records:
-            entry["source_only"] = {"target": records["source_only_target"]["result"]["accuracy"],
-                                    "source": records["source_only_source"]["result"]["accuracy"]}
+        for key in BASELINES:
+            if f"{key}_target" in records and f"{key}_source" in records:
+                entry[key] = {"target": records[f"{key}_target"]["result"]["accuracy"],
+                              "source": records[f"{key}_source"]["result"]["accuracy"]}
         for name, rec in records.items():
             match = re.fullmatch(r"([a-z0-9]+)_(small|medium|large)(\w*)_s(\d+)_target", name)
             if not match or f"{name[:-7]}_source" not in records:
@@ -181,14 +186,17 @@ def markdown(accuracy: dict, costs: dict, default: dict | None, int8: dict | Non
                   "| calibrator | " + " | ".join(order) + " | mean dev (seed 0) | mean confirm (seed 0) "
                   "| mean of the five photometric (seeds) |",
                   "|---|" + "---|" * (len(order) + 3)]
-        so = [tasks[t].get("source_only", {}) for t in order]
-        lines.append("| source only | " + " | ".join(
-            f"{s.get('target', 0):.1f} ({s.get('source', 0):.1f})" if s else "-" for s in so)
-            + " | " + mean_sd([tasks[t]["source_only"]["target"] for t in DEV if "source_only" in tasks.get(t, {})])
-            + " | " + mean_sd([tasks[t]["source_only"]["target"] for t in CONFIRM if "source_only" in tasks.get(t, {})])
-            + " | " + (f"{_mean([tasks[t]['source_only']['target'] for t in PHOTOMETRIC]):.1f}"
-                       if all("source_only" in tasks.get(t, {}) for t in PHOTOMETRIC) else "-")
-            + " |")
+        for baseline, label in BASELINES.items():
+            if not any(baseline in tasks[t] for t in order):
+                continue
+            so = [tasks[t].get(baseline, {}) for t in order]
+            lines.append(f"| {label} | " + " | ".join(
+                f"{s['target']:.1f} ({s['source']:.1f})" if s else "-" for s in so)
+                + " | " + mean_sd([tasks[t][baseline]["target"] for t in DEV if baseline in tasks.get(t, {})])
+                + " | " + mean_sd([tasks[t][baseline]["target"] for t in CONFIRM if baseline in tasks.get(t, {})])
+                + " | " + (f"{_mean([tasks[t][baseline]['target'] for t in PHOTOMETRIC]):.1f}"
+                           if all(baseline in tasks.get(t, {}) for t in PHOTOMETRIC) else "-")
+                + " |")
         for key in keys:
             cells, dev, conf = [], [], []
             for t in order:
