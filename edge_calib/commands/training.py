@@ -320,8 +320,8 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
                    "maps to are left out and listed).")
 @click.option("--unlabelled", is_flag=True,
               help="Scores that need no labels (to rank calibrators on a domain's unlabelled "
-                   "frames): the source-statistics distance, the pixel W1 to the source and the "
-                   "mean prediction entropy.")
+                   "frames): the source-statistics distance, the pixel W1 to the source, the "
+                   "mean prediction entropy and the information score (higher is better).")
 def evaluate(classifier, calibrator, deploy, domain, fused, dataset, split, data_root, as_json,
              batch_size, device, max_samples, photometric, reference, fit_on, unlabelled,
              label_map):
