@@ -189,9 +189,9 @@ def markdown(accuracy: dict, costs: dict, default: dict | None, int8: dict | Non
         for baseline, label in BASELINES.items():
             if not any(baseline in tasks[t] for t in order):
                 continue
-            so = [tasks[t].get(baseline, {}) for t in order]
+            scored = [tasks[t].get(baseline, {}) for t in order]
             lines.append(f"| {label} | " + " | ".join(
-                f"{s['target']:.1f} ({s['source']:.1f})" if s else "-" for s in so)
+                f"{s['target']:.1f} ({s['source']:.1f})" if s else "-" for s in scored)
                 + " | " + mean_sd([tasks[t][baseline]["target"] for t in DEV if baseline in tasks.get(t, {})])
                 + " | " + mean_sd([tasks[t][baseline]["target"] for t in CONFIRM if baseline in tasks.get(t, {})])
                 + " | " + (f"{_mean([tasks[t][baseline]['target'] for t in PHOTOMETRIC]):.1f}"

@@ -58,9 +58,10 @@ def main():
     from report_camvid import spearman
 
     torch.set_num_threads(1)
-    rows, missing = [], []
+    rows, missing, classifiers = [], [], {}
     for task in args.tasks:
         records = RESULTS / "accuracy" / args.classifier_recipe / task
+        target_train = load_dataset(TASKS[task][1], "train", args.data_root, unlabelled=True)
         for seed in args.seeds:
             for candidate in args.candidates:
                 name = f"{candidate}_s{seed}"
@@ -71,10 +72,12 @@ def main():
                 record = {k: json.loads(p.read_text()) for k, p in paths.items()}
                 train = shlex.split(record["train"]["command"])
                 value = lambda flag: train[train.index(flag) + 1]  # noqa: E731
-                clf = load_classifier(ROOT / value("--classifier"))
+                source_model = value("--classifier")
+                if source_model not in classifiers:
+                    classifiers[source_model] = load_classifier(ROOT / source_model)
+                clf = classifiers[source_model]
                 cal = load_calibrator(ROOT / value("--out"))
-                images = load_dataset(TASKS[task][1], "train", args.data_root, unlabelled=True)
-                images = images.held_out(int(value("--max-samples")), int(value("--seed")))
+                images = target_train.held_out(int(value("--max-samples")), int(value("--seed")))
                 held_out = DomainData(images.subset(args.holdout, seed=0), clf.spec)
                 with torch.no_grad():
                     scores = unlabelled_scores(clf.module, held_out, SourceStats.of(clf),
@@ -88,11 +91,11 @@ def main():
     if missing:
         print(f"not yet trained (skipped): {', '.join(missing)}", file=sys.stderr)
     summary = {c: choose(rows, args, c) for c in HIGHER_IS_BETTER}
-    ranking = {c: {task: spearman([r[c] if up else -r[c] for r in group],
+    ranking = {c: {task: spearman([preference(r, c) for r in group],
                                   [r["target_accuracy"] for r in group])
                    for task in args.tasks
                    if len(group := [r for r in rows if r["task"] == task]) > 2}
-               for c, up in HIGHER_IS_BETTER.items()}
+               for c in HIGHER_IS_BETTER}
     out = Path(args.out)
     write_json_atomic(out / "selection.json", {
         "command": shlex.join(["python", "benchmarks/unlabelled_selection.py", *sys.argv[1:]]),
@@ -105,17 +108,21 @@ def main():
     print(markdown(rows, summary, args))
 
 
+def preference(row: dict, criterion: str) -> float:
+    """The row's criterion, signed so that higher is preferred."""
+    return row[criterion] if HIGHER_IS_BETTER[criterion] else -row[criterion]
+
+
 def choose(rows: list[dict], args, criterion: str) -> dict:
     """Per (task, seed), the candidate the criterion prefers; the chosen target and source
     accuracies averaged over seeds per task, and the mean of the per-task means."""
-    up = HIGHER_IS_BETTER[criterion]
     per_task = {}
     for task in args.tasks:
         picks = []
         for seed in args.seeds:
             group = [r for r in rows if r["task"] == task and r["seed"] == seed]
             if len(group) == len(args.candidates):
-                picks.append(max(group, key=lambda r: r[criterion] if up else -r[criterion]))
+                picks.append(max(group, key=lambda r: preference(r, criterion)))
         if picks:
             per_task[task] = {
                 "picked": [f"{r['candidate']}_s{r['seed']}" for r in picks],
