@@ -107,6 +107,32 @@ def test_every_operator_of_real_exports_matches_onnx_runtime(tmp_path):
                 assert module(torch.zeros(5, 3, 64, 64)).shape == (5, 10)
 
 
+def test_a_fixed_batch_reshape_to_one_row_runs_at_any_batch():
+    """A Chainer/PyTorch 1.x fixed-batch export flattens with the constant target [1, -1]: at
+    a batch of 5 the 1 stands for the batch (before, it became -1 beside the -1, and training
+    stopped); each frame's output equals ONNX Runtime's on that frame alone."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
+    fc = numpy_helper.from_array(rng.normal(size=(4 * 8 * 8, 10)).astype(np.float32), "fc")
+    target = numpy_helper.from_array(np.array([1, -1], np.int64), "target")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("Reshape", ["c", "target"], ["flat"]),
+         helper.make_node("MatMul", ["flat", "fc"], ["y"])], "fixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], [w, fc, target])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    module = OnnxModule(model)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = rng.normal(size=(5, 3, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        got = module(torch.from_numpy(x)).numpy()
+    expected = np.concatenate([session.run(None, {"x": x[i:i + 1]})[0] for i in range(5)])
+    assert got.shape == (5, 10) and np.abs(got - expected).max() <= 1e-4
+
+
 def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 

@@ -123,7 +123,7 @@ def op_pool(kind):
 def op_reshape(i, a, fixed_batch):
     shape = _ints(i[1])
     if fixed_batch and shape and shape[0] == fixed_batch and i[0].shape[0] != fixed_batch:
-        shape[0] = -1  # a fixed-batch export's constant, applied per batch
+        shape[0] = i[0].shape[0]  # a fixed-batch export's constant stands for the batch
     shape = [i[0].shape[k] if v == 0 and not a.get("allowzero") else v for k, v in enumerate(shape)]
     return i[0].reshape(shape)
 
