@@ -205,5 +205,5 @@ def test_a_domain_classifier_that_disagrees_with_its_names_is_one_line(bundle_co
     r = CliRunner().invoke(main, ["run", "--deploy", str(bundle_copy), "--input",
                                   str(domain_video[0]), "--domain", "auto", "--headless"])
     assert r.exit_code != 0
-    assert "the domain classifier names 1 domains but its weights are shaped (37, 2)" in r.output
+    assert "the domain classifier names 1 domains but its weights are shaped (50, 2)" in r.output
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1

@@ -36,6 +36,23 @@ def test_classifier_bundle_frame_graphs_match_the_float_graphs(bundle_dir, share
             assert np.array_equal(both[0], engines.infer(domain, bundle.spec.normalize(u8[:1]))[0])
 
 
+def test_released_float_sessions_leave_the_frame_graphs(bundle_dir, shared_data):
+    """After the checks the runtime frees the float twins of its frame graphs: the frame
+    graphs give the same classes as before, the float path is a one-line error, nothing of
+    it stays open."""
+    bundle = open_bundle(bundle_dir)
+    u8 = bundle.spec.resize_uint8(load_dataset("usps", "test", shared_data).images[:8])
+    with open_engines(bundle, frames=True) as engines:
+        before = {d: engines.infer_frame(d, u8)[0]["classes"] for d in (*bundle.domains, None)}
+        engines.release_float_sessions()
+        assert engines.fused_sessions == {} and engines.classifier is None
+        assert all(engines.calibrators[d] is None for d in bundle.domains)
+        for domain in (*bundle.domains, None):
+            assert np.array_equal(engines.infer_frame(domain, u8)[0]["classes"], before[domain])
+            with pytest.raises(EdgeCalibError, match="float graph was released"):
+                engines.infer(domain, bundle.spec.normalize(u8[:1]))
+
+
 def test_runtime_engines_without_frames_keep_the_float_path(bundle_dir):
     with open_engines(open_bundle(bundle_dir)) as engines:
         assert not engines.takes_frames("usps") and not engines.frame_sessions

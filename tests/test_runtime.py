@@ -110,8 +110,10 @@ def test_auto_domain_follows_change_with_hysteresis(bundle_dir, shared_data, tmp
                 ("mnist", m.images[30:59], m.labels[30:59]), ("usps", u.images[:60], u.labels[:60])]
     truth = write_domain_video(video, segments)
     preds = tmp_path / "p.jsonl"
+    # closed-set (radii far out): the window's hysteresis, apart from the open set, which
+    # calls 10 of these 60 USPS test frames (16x16 digits filmed at 96x96) unknown one by one
     r = invoke("run", "--deploy", bundle_dir, "--input", video, "--domain", "auto", "--headless",
-               "--predictions", preds, "--json")
+               "--predictions", preds, "--json", "--auto-radius-scale", "1e6")
     assert r.exit_code == 0, r.output
     summary = json.loads(r.output.strip().splitlines()[-1])
     to_usps = [s for s in summary["switch_log"] if s["to"] == "usps"]
@@ -122,6 +124,12 @@ def test_auto_domain_follows_change_with_hysteresis(bundle_dir, shared_data, tmp
     assert len(to_usps) == 1 and 60 <= to_usps[0]["frame"] <= 60 + 15  # within the window
     scores = score_predictions(preds, truth)
     assert scores["mnist"]["auto_frame_accuracy"] > 90 and scores["usps"]["auto_frame_accuracy"] > 90
+    # with the open set those unknown votes never win the window: the same single switch
+    r = invoke("run", "--deploy", bundle_dir, "--input", video, "--domain", "auto", "--headless",
+               "--json")
+    switches = [(s["from"], s["to"]) for s in json.loads(r.output.strip().splitlines()[-1])
+                ["switch_log"]]
+    assert r.exit_code == 0 and switches == [("mnist", "usps")], switches
 
 
 def test_truncated_and_corrupt_videos(bundle_dir, domain_video, tmp_path):
@@ -264,7 +272,8 @@ def test_auto_domain_on_a_stream_rendered_differently(bundle_dir, shared_data, t
     """A camera that sees the digits dimmer and out of focus, at another size and codec than
     the domain classifier's training images: the domain is still named frame by frame (before
     the classifier was trained on stream-like renderings, MNIST frames like these were named
-    MNIST 0-12% of the time)."""
+    MNIST 0-12% of the time). Closed-set (radii scaled far out): dimmer and blurred is a shift
+    the bundle was not built with, which the open set calls unknown (test_open_set)."""
     import cv2
 
     from edge_calib.data import load_dataset
@@ -284,7 +293,7 @@ def test_auto_domain_on_a_stream_rendered_differently(bundle_dir, shared_data, t
                                size=224)
     preds = tmp_path / "p.jsonl"
     r = invoke("run", "--deploy", bundle_dir, "--input", video, "--domain", "auto", "--headless",
-               "--predictions", preds)
+               "--predictions", preds, "--auto-radius-scale", "1e6")
     assert r.exit_code == 0, r.output
     scores = score_predictions(preds, truth)
     assert scores["mnist"]["auto_frame_accuracy"] > 80, scores

@@ -23,6 +23,21 @@ from .options import Real
 @click.option("--auto-radius-scale", type=Real(0.1, 1e6), default=1.0, show_default=True,
               help="With --domain auto: multiply every domain's open-set radius (above 1 fewer "
                    "frames are unknown; a very large value is closed-set).")
+@click.option("--unknown", "unknown_rule", type=click.Choice(["model", "histogram"]),
+              default="model", show_default=True,
+              help="With --domain auto, what runs for frames of an unknown domain: the frozen "
+                   "model alone, or the frozen model after per-frame histogram matching to the "
+                   "source pixels the bundle records (no training).")
+@click.option("--collect", "collect_dir", type=click.Path(file_okay=False), default=None,
+              help="Keep sampled frames of every stretch --domain auto calls unknown in "
+                   "DIR/unknown-TIME/ (and on the control commands collect NAME, collect stop), "
+                   "for edge-calib adapt.")
+@click.option("--collect-max", type=click.IntRange(1, 10**7), default=2000, show_default=True,
+              help="Frames per collection.")
+@click.option("--collect-budget", type=Real(0.001, 10**7), default=1024.0, show_default=True,
+              help="Megabytes all of the run's collections may write.")
+@click.option("--collect-rate", type=Real(0, 1000), default=2.0, show_default=True,
+              help="Frames a second kept at most (0: every frame that is not a near-duplicate).")
 @click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime",
               show_default=True)
 @click.option("--headless", is_flag=True, help="No window.")
@@ -32,7 +47,8 @@ from .options import Real
 @click.option("--predictions", default=None, help="One JSON line per frame.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at exit.")
 @click.option("--control", default=None, help="UNIX socket path (or - for stdin) for line "
-                                              "commands: domain NAME, status, reload, quit.")
+                                              "commands: domain NAME, status, reload, collect "
+                                              "NAME, collect stop, quit.")
 @click.option("--watch", is_flag=True, help="Reload when the bundle changes on disk.")
 @click.option("--input-width", type=click.IntRange(1, 16384), default=None)
 @click.option("--input-height", type=click.IntRange(1, 16384), default=None)
@@ -52,15 +68,21 @@ from .options import Real
               help="Run each domain's calibrator and the classifier as two graphs (timed "
                    "apart) instead of the fused graph.")
 @click.option("--verbose", is_flag=True, help="Print the timing report every few seconds.")
-def run(deploy, camera, uri, domain, auto_radius_scale, backend, headless, outputs, predictions,
+def run(deploy, camera, uri, domain, auto_radius_scale, unknown_rule, collect_dir, collect_max,
+        collect_budget, collect_rate, backend, headless, outputs, predictions,
         as_json, control, watch, input_width, input_height, fps, loop, realtime, queue_size, reconnect_timeout,
         max_frames, threads, separate, verbose):
     """Run the camera stream through the current domain's calibrator and the classifier."""
     from ..runtime.sources import parse_source
     from ..runtime.stream import RunOptions, StreamRunner
 
+    if unknown_rule != "model" and domain != "auto":
+        raise click.UsageError("--unknown applies to frames --domain auto calls unknown; "
+                               "add --domain auto")
     source = parse_source(camera, uri, input_width, input_height, fps, loop)
     options = RunOptions(deploy=deploy, domain=domain, auto_radius_scale=auto_radius_scale,
+                         unknown=unknown_rule, collect=collect_dir, collect_max=collect_max,
+                         collect_budget_mb=collect_budget, collect_rate=collect_rate,
                          backend=backend, headless=headless,
                          outputs=outputs, predictions=predictions, control=control, watch=watch,
                          verbose=verbose, queue_size=queue_size,

@@ -22,6 +22,9 @@ manifest.json (format_version 2)::
      "engines": {BACKEND: {CACHE_KEY: {"device", "settings", "fused", "classifier",
                                        "domains": {NAME: PATH | null}}}},
      "checks": null | {"inputs": PATH, "from": TEXT},   (float32 NCHW check images, .npy)
+     "source_pixels": null | {"file": PATH, "from": TEXT},  (the source's uint8 level histogram
+                                                             per frame channel, for --unknown
+                                                             histogram; optional)
      "provenance": {"created", "edge_calib", "built_on", "commit", "from": {...}},
      "files": {PATH: SHA256}}
 
@@ -234,6 +237,7 @@ class Manifest:
     checks: dict | None = None
     provenance: dict = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
+    source_pixels: dict | None = None
 
     @classmethod
     def from_dict(cls, data, where: str = MANIFEST) -> "Manifest":
@@ -274,9 +278,14 @@ class Manifest:
         if checks is not None:
             checks.path_in_bundle(checks.get("inputs", str), "inputs")
             checks.get("from", str)
+        pixels = r.obj("source_pixels", optional=True)
+        if pixels is not None:
+            pixels.path_in_bundle(pixels.get("file", str), "file")
+            pixels.get("from", str)
         return cls(task, ClassifierEntry.read(r.obj("classifier")), domains, default,
                    None if dc is None else DomainClassifierEntry.read(dc), engines,
-                   None if checks is None else checks.data, r.get("provenance", dict), files)
+                   None if checks is None else checks.data, r.get("provenance", dict), files,
+                   None if pixels is None else pixels.data)
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "format_version": FORMAT_VERSION,
@@ -293,6 +302,8 @@ class Manifest:
             named.add(self.domain_classifier.file)
         if self.checks is not None:
             named.add(self.checks["inputs"])
+        if self.source_pixels is not None:
+            named.add(self.source_pixels["file"])
         for per in self.engines.values():
             for engine in per.values():
                 named.update(p for p in [engine.classifier, *engine.domains.values()] if p)

@@ -43,6 +43,10 @@ class Engines:
         stage ms), pre- and post-processing inside the graph (see ``frame_graph.py``)."""
         raise NotImplementedError
 
+    def release_float_sessions(self) -> None:
+        """After the checks, free what only the checks needed (the runtime's frame graphs
+        stay); a backend without frame graphs keeps everything."""
+
     def close(self) -> None:
         self.closed = True
 

@@ -32,6 +32,7 @@ class OrtEngines(Engines):
 
     def __init__(self, bundle, threads: int = 0, fused: bool = True, frames: bool = False):
         self.bundle, self.fused = bundle, fused
+        self.released: set[str | None] = set()  # paths whose float sessions were freed
         self.classifier = make_session(bundle.classifier_file(BACKEND), threads)
         self.calibrators: dict[str, ort.InferenceSession | None] = {}
         self.fused_sessions: dict[str, ort.InferenceSession] = {}
@@ -61,7 +62,24 @@ class OrtEngines(Engines):
             self._frame_outputs = [CLASSES] if bundle.task == "segmentation" else \
                 [CLASSES, CONFIDENCE]
 
+    def release_float_sessions(self) -> None:
+        """After the checks: free the float sessions of every path a frame graph runs (the
+        runtime never uses them again), keeping what a domain without a frame graph needs.
+        ``infer`` on a released path is then an error; ``infer_frame`` is unchanged."""
+        kept = [d for d in self.calibrators if d not in self.frame_sessions]
+        if None in self.frame_sessions and all(
+                self.calibrators[d] is not None and d in self.fused_sessions for d in kept):
+            self.classifier = None
+        for name in list(self.fused_sessions):
+            if name in self.frame_sessions:
+                del self.fused_sessions[name]
+                self.calibrators[name] = None
+        self.released = set(self.frame_sessions)
+
     def _session(self, domain: str):
+        if domain in self.released:
+            raise EdgeCalibError(f"domain {domain!r}: its float graph was released after the "
+                                 "checks; it runs on frames (infer_frame)")
         if domain not in self.calibrators:
             raise EdgeCalibError(f"unknown domain {domain!r}; this bundle has: "
                                  f"{', '.join(self.calibrators)}")
@@ -80,6 +98,9 @@ class OrtEngines(Engines):
     def infer(self, domain: str | None, x: np.ndarray) -> tuple[np.ndarray, dict]:
         """Logits and wall times (ms) of the stages that ran (``None``: the classifier alone)."""
         calibrator = None if domain is None else self._session(domain)
+        if domain is None and self.classifier is None:
+            raise EdgeCalibError("the classifier's float graph was released after the checks; "
+                                 "it runs on frames (infer_frame)")
         t0 = time.perf_counter()
         if calibrator is None or domain in self.fused_sessions:
             session = self.fused_sessions.get(domain, self.classifier)

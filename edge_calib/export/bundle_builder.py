@@ -26,7 +26,7 @@ from ..deploy.bundle import (
     write_manifest,
 )
 from ..core.errors import EdgeCalibError
-from ..core.fileio import atomic_directory
+from ..core.fileio import atomic_directory, write_json_atomic
 from ..core.names import check_domain_name
 from ..core.provenance import git_commit
 from ..models.store import Calibrator, load_calibrator, load_classifier
@@ -68,6 +68,33 @@ def histogram_calibrator(clf, domain: str, spec: str) -> Calibrator:
         training={"selection": {"rule": "none: per-frame histogram matching to the source "
                                         f"pixels of {stats.dataset}"}})
     return Calibrator(module, record, None)
+
+
+SOURCE_PIXELS = "source_pixels.json"
+
+
+def source_pixel_histograms(clf) -> np.ndarray | None:
+    """The source pixels' histogram over uint8 levels per frame channel (RGB order), from the
+    quantile function the model's source statistics record in normalised units (None without
+    them): P(level <= v) = F(x_v + half a level), x_v = (v / 255 - mean) / std, F interpolated
+    between the recorded quantiles."""
+    from ..train.source_stats import SourceStats
+
+    stats = SourceStats.of(clf)
+    if stats is None:
+        return None
+    spec = clf.spec
+    quantiles = stats.pixel_quantiles.double().numpy()
+    levels = np.linspace(0.0, 1.0, quantiles.shape[1])
+    out = []
+    for m in range(spec.channels):
+        x = (np.arange(256) / 255.0 - spec.mean[m]) / spec.std[m] + 0.5 / 255.0 / spec.std[m]
+        cdf = np.interp(x, np.maximum.accumulate(quantiles[m]), levels)
+        cdf[-1] = 1.0
+        out.append(np.diff(cdf, prepend=0.0))
+    if spec.colour_order == "BGR" and spec.channels == 3:
+        out = out[::-1]
+    return np.asarray(out)
 
 
 def parse_calibrator_args(values: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -260,5 +287,12 @@ def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: 
         (tmp / "checks").mkdir()
         np.save(tmp / "checks" / "inputs.npy", inputs, allow_pickle=False)
         manifest.checks = {"inputs": "checks/inputs.npy", "from": origin}
+        histograms = source_pixel_histograms(clf)
+        if histograms is not None:
+            write_json_atomic(tmp / SOURCE_PIXELS, {"levels": 256, "histograms": np.round(
+                histograms, 8).tolist()})
+            origin = Path(clf.path).name if clf.path else "the classifier"
+            manifest.source_pixels = {"file": SOURCE_PIXELS,
+                                      "from": f"the source statistics of {origin}"}
         write_manifest(tmp, manifest)
     return manifest

@@ -5,8 +5,9 @@ an ``identity`` domain the calibrators' source dataset. Every image is used twic
 and rendered the way a camera stream delivers it (scaled up to a random frame size, JPEG-
 compressed at a random quality, scaled back), so that the statistics name the domain of a
 frame whatever the resolution and codec of the stream. 20% of each domain is held out to
-report how well they name the domain of a single frame, and to set each domain's open-set
-radius (a frame outside every radius is ``unknown`` at run time).
+report how well they name the domain of a single frame; each domain's open-set radius comes
+from all of its frames (``imaging.domain_features``: a frame outside every radius is
+``unknown`` at run time).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import numpy as np
 from ..core.errors import EdgeCalibError
 from ..core.fileio import write_json_atomic
 from ..data import load_dataset
-from ..imaging.domain_features import (NAME, fit_logistic, fit_open_set, image_features,
-                                       open_set_ratios, predict_logistic)
+from ..imaging.domain_features import (NAME, fit_logistic, fit_novelty, frame_features,
+                                       predict_logistic)
 
 PER_DOMAIN = 2000
 FILE = "domain_classifier.json"
@@ -42,27 +43,63 @@ def domain_datasets(calibrators, loaded) -> dict[str, str]:
     return out
 
 
-def render_like_a_stream(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def render_like_a_stream(images: np.ndarray, rng: np.random.Generator,
+                         camera: bool = True) -> np.ndarray:
     """uint8 (N,H,W,C) images as a camera stream would carry them: each enlarged to a random
-    frame size (1.5x to 8x), with a random exposure (gain 0.7-1.1, offset -10..25 levels),
-    defocus (Gaussian sigma 0-1.5 px of the original) and sensor noise (sigma 0-8 levels),
-    JPEG-encoded at quality 40-95 and decoded, then scaled back."""
+    frame size (1.5x to 8x), with sensor noise (sigma 0-4 levels), JPEG-encoded at quality
+    40-95 and decoded, then scaled back. ``camera`` also varies what another camera of the same
+    domain would: exposure (gain 0.7-1.1, offset -10..25 levels), defocus (Gaussian sigma 0-1.5
+    px of the original) and noise up to 8 levels."""
     out = np.empty_like(images)
     for i, img in enumerate(images):
         h, w = img.shape[:2]
         scale = rng.uniform(1.5, 8.0) * min(1.0, 640 / (8 * max(h, w)))  # at most ~640 px
         frame = cv2.resize(img, (int(w * scale), int(h * scale)), interpolation=cv2.INTER_LINEAR)
-        sigma = rng.uniform(0.0, 1.5) * scale
-        if sigma > 0.3:
-            frame = cv2.GaussianBlur(frame, (0, 0), sigma)
-        frame = frame.astype(np.float32) * rng.uniform(0.7, 1.1) + rng.uniform(-10, 25)
-        frame += rng.normal(0.0, rng.uniform(0, 8), frame.shape)
+        frame = frame.astype(np.float32)
+        if camera:
+            sigma = rng.uniform(0.0, 1.5) * scale
+            if sigma > 0.3:
+                frame = cv2.GaussianBlur(frame, (0, 0), sigma)
+            frame = frame * rng.uniform(0.7, 1.1) + rng.uniform(-10, 25)
+        frame += rng.normal(0.0, rng.uniform(0, 8 if camera else 4), frame.shape)
         frame = np.clip(frame, 0, 255).astype(np.uint8)
         ok, jpg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(40, 96))])
         frame = cv2.imdecode(jpg, cv2.IMREAD_UNCHANGED)
         back = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
         out[i] = back.reshape(img.shape)
     return out
+
+
+def fit_domain_model(domains: list[np.ndarray], rng: np.random.Generator) -> tuple[dict, dict]:
+    """uint8 frames per domain (at the model's input size, in file order) -> the domain
+    classifier's fitted arrays and a report. The classifier (logistic, for naming the domain)
+    learns from 80% of each domain's frames, as stored and rendered with another camera's
+    exposure, and is scored on the other 20%; the novelty references and radii use every frame,
+    as stored and rendered through a stream's codec only (``fit_novelty``)."""
+    features, labels, held_out, novelty_frames = [], [], [], []
+    for k, frames in enumerate(domains):
+        split = rng.permutation(len(frames))
+        cut = max(1, int(0.8 * len(frames)))
+        fit, test = frames[np.sort(split[:cut])], frames[np.sort(split[cut:])]
+        f = frame_features(np.concatenate([fit, render_like_a_stream(fit, rng)]))
+        features.append(f)
+        labels.append(np.full(len(f), k))
+        if len(test):
+            rendered = render_like_a_stream(test, rng)
+            held_out.append((frame_features(np.concatenate([test, rendered])), k))
+        novelty_frames.append((frame_features(np.concatenate(
+            [frames, render_like_a_stream(frames, rng, camera=False)])),
+            np.tile(np.arange(len(frames)), 2)))
+    model = fit_logistic(np.concatenate(features), np.concatenate(labels), len(domains))
+    mean, std = np.asarray(model["mean"]), np.asarray(model["std"])
+    hx = np.concatenate([f for f, _ in held_out])
+    hy = np.concatenate([np.full(len(f), k) for f, k in held_out])
+    accuracy = float((predict_logistic(model, (hx - mean) / std).argmax(1) == hy).mean() * 100)
+    novelty, ratios = fit_novelty([((f - mean) / std, order) for f, order in novelty_frames])
+    known = float((np.concatenate(ratios) <= 1).mean() * 100)
+    return {**model, "open_set": novelty}, {"holdout_frames": int(len(hy)),
+                                            "holdout_accuracy": round(accuracy, 2),
+                                            "holdout_known": round(known, 2)}
 
 
 def bundle_domain_classifier(data_root, seed: int = 0):
@@ -72,26 +109,15 @@ def bundle_domain_classifier(data_root, seed: int = 0):
         names = [d for d, _ in calibrators]
         datasets = domain_datasets(calibrators, loaded)
         rng = np.random.default_rng(seed)
-        fit, holdout = [], []
-        for k, domain in enumerate(names):
-            ds = load_dataset(datasets[domain], "train", data_root, image_size=(spec.height, spec.width))
-            images = ds.images[rng.permutation(len(ds))[:PER_DOMAIN]]
-            cut = int(0.8 * len(images))
-            for part, target in ((images[:cut], fit), (images[cut:], holdout)):
-                both = np.concatenate([part, render_like_a_stream(part, rng)])
-                f = image_features(spec.preprocess(both), spec.lo[0], spec.hi[0])
-                target.append((f, np.full(len(f), k)))
-        model = fit_logistic(np.concatenate([f for f, _ in fit]),
-                             np.concatenate([y for _, y in fit]), len(names))
-        hx = np.concatenate([h[0] for h in holdout])
-        hy = np.concatenate([h[1] for h in holdout])
-        acc = float((predict_logistic(model, hx).argmax(1) == hy).mean() * 100)
-        model["open_set"] = fit_open_set(model, [f for f, _ in fit], [f for f, _ in holdout])
-        known = float((open_set_ratios(model, hx).min(axis=1) <= 1).mean() * 100)
+        frames = []
+        for domain in names:
+            ds = load_dataset(datasets[domain], "train", data_root,
+                              image_size=(spec.height, spec.width))
+            pick = np.sort(rng.permutation(len(ds))[:PER_DOMAIN])  # file order: CV blocks
+            frames.append(spec.resize_uint8(ds.images[pick]))
+        model, report = fit_domain_model(frames, rng)
         write_json_atomic(folder / FILE, {"features": NAME, "domains": names, **model})
-        return {"file": FILE, "features": NAME, "domains": names,
-                "trained_on": datasets, "holdout_frames": int(len(hy)),
-                "holdout_accuracy": round(acc, 2), "holdout_known": round(known, 2)}
+        return {"file": FILE, "features": NAME, "domains": names, "trained_on": datasets,
+                **report}
 
     return build
-

@@ -43,6 +43,15 @@ class HistogramMatch:
         self.reference_cdf = _cdf(channel_histograms(reference))
         self.params = {"method": "histogram", "reference_frames": len(reference)}
 
+    @classmethod
+    def from_histograms(cls, histograms: np.ndarray, origin: str) -> "HistogramMatch":
+        """Match to recorded reference histograms (C, 256) of uint8 levels (a bundle's source
+        pixels) instead of reference frames."""
+        self = cls.__new__(cls)
+        self.reference_cdf = _cdf(np.asarray(histograms, np.float64))
+        self.params = {"method": "histogram", "reference": origin}
+        return self
+
     def __call__(self, images: np.ndarray) -> np.ndarray:
         shape, images = images.shape, channels_last(images)
         out = np.empty_like(images)

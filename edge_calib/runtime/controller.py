@@ -6,6 +6,7 @@ the last frame. The frame loop (``stream.py``) asks it once per frame."""
 from __future__ import annotations
 
 import collections
+import json
 import os
 import threading
 import time
@@ -15,9 +16,36 @@ import numpy as np
 from ..core.errors import EdgeCalibError
 from ..deploy.bundle import MANIFEST, MANIFEST_HASH, open_bundle
 from ..engines import check_engines, open_engines
+from ..imaging.photometric import HistogramMatch
 from .domain_auto import UNKNOWN, AutoDomain, load_domain_model
 
 SWITCH_LOG = 1000  # the last switches and reloads kept for the summary (all are counted)
+UNKNOWN_RULES = ("model", "histogram")  # what runs for unknown frames: run --unknown
+
+
+def unknown_fallback(bundle, rule: str) -> HistogramMatch | None:
+    """``--unknown histogram``: per-frame histogram matching of unknown frames to the source
+    pixels the bundle records (``source_pixels``), in front of the frozen model; ``model``:
+    the frozen model alone (None)."""
+    if rule == "model":
+        return None
+    entry = bundle.manifest.source_pixels
+    if entry is None:
+        raise EdgeCalibError(f"--unknown histogram: {bundle.root} records no source pixels "
+                             "(exported before this release, or from a model without source "
+                             "statistics); export it again, or use --unknown model")
+    path = bundle.path(entry["file"])
+    try:
+        histograms = np.asarray(json.loads(path.read_text())["histograms"], float)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EdgeCalibError(f"{path}: unreadable source pixels ({type(exc).__name__}: {exc})") \
+            from None
+    channels = 3 if bundle.spec.channels == 3 else 1
+    if histograms.shape != (channels, 256) or not np.all(np.isfinite(histograms)) \
+            or np.any(histograms < 0) or np.any(histograms.sum(axis=1) <= 0):
+        raise EdgeCalibError(f"{path}: source pixels must be {channels} non-negative histograms "
+                             f"of 256 levels, got shape {histograms.shape}; export it again")
+    return HistogramMatch.from_histograms(histograms, f"{bundle.root.name}/{entry['file']}")
 
 
 class Controller:
@@ -35,11 +63,12 @@ class Controller:
                                      "(build it with several domains and --auto-domain)")
             self.auto = AutoDomain(load_domain_model(self.bundle.path(entry.file),
                                                       self.bundle.domains),
-                                   self.bundle.spec.lo[0], self.bundle.spec.hi[0],
                                    opts.auto_window, opts.auto_threshold, opts.auto_radius_scale)
         else:
             self.bundle.domain(opts.domain)  # unknown: lists the bundle's domains
             self.domain = opts.domain
+        self.fallback = unknown_fallback(self.bundle, opts.unknown)
+        self.collector = None  # run --collect: set by the runner (collect.FrameCollector)
         self.engines = self._load_checked(self.bundle, None)  # last: nothing after it can fail
         self.switches: collections.deque[dict] = collections.deque(maxlen=SWITCH_LOG)
         self.switch_count = 0
@@ -53,7 +82,8 @@ class Controller:
     # -- engines and reload ----------------------------------------------------------------
     def _load_checked(self, bundle, x):
         """Load every domain's engines and check each on one frame (finite outputs, bounded
-        calibrator); this also warms every session up."""
+        calibrator, frame graph equal to its float graph); this also warms every session up.
+        Then the float sessions the frame graphs replace are freed."""
         engines = open_engines(bundle, self.opts.backend, self.opts.threads,
                                fused=not self.opts.separate, check=False, frames=True)
         try:
@@ -61,6 +91,7 @@ class Controller:
         except BaseException:
             engines.close()
             raise
+        engines.release_float_sessions()  # the frame graphs passed: the float twins go
         return engines
 
     def request_reload(self, reason: str) -> dict:
@@ -74,9 +105,11 @@ class Controller:
                 if bundle.spec != self.bundle.spec:
                     raise EdgeCalibError("the new bundle has another input spec")
                 frame = self.last_frame
+                fallback = unknown_fallback(bundle, self.opts.unknown)
                 engines = self._load_checked(bundle, None if frame is None
                                              else bundle.spec.normalize(frame))
-                self._reloaded = (bundle, engines, reason, time.perf_counter() - started)
+                self._reloaded = (bundle, engines, fallback, reason,
+                                  time.perf_counter() - started)
             except Exception as exc:  # keep the old engines, log why
                 self.reloads.append({"ok": False, "reason": reason, "error": str(exc)})
                 self.log(f"reload ({reason}) refused, the previous bundle keeps running: {exc}")
@@ -89,9 +122,9 @@ class Controller:
         """Swap in a bundle a reload has loaded and checked (between two frames)."""
         if self._reloaded is None:
             return
-        bundle, engines, reason, seconds = self._reloaded
+        bundle, engines, fallback, reason, seconds = self._reloaded
         self._reloaded = None
-        replaced, self.bundle, self.engines = self.engines, bundle, engines
+        replaced, self.bundle, self.engines, self.fallback = self.engines, bundle, engines, fallback
         replaced.close()  # the old sessions are never used again
         if self.domain not in bundle.domains and self.domain != UNKNOWN:
             self.domain = bundle.domains[0]
@@ -132,6 +165,16 @@ class Controller:
         if self._reloaded is not None:
             self._reloaded[1].close()
 
+    def describe_bundle(self) -> dict:
+        """The bundle running now, as a collection's record names it."""
+        try:
+            digest = self.bundle.path(MANIFEST_HASH).read_text().split()[0]
+        except (OSError, IndexError):
+            digest = None
+        return {"path": str(self.opts.deploy), "manifest_sha256": digest,
+                "domains": self.bundle.domains,
+                "created": self.bundle.manifest.provenance.get("created")}
+
     # -- the domain ---------------------------------------------------------------------------
     def calibrator_for(self, domain: str) -> str | None:
         """The bundle domain whose calibrator runs for ``domain``: itself, or for ``unknown``
@@ -146,6 +189,12 @@ class Controller:
             return {"ok": False, "error": f"unknown domain {name!r}; this bundle has: "
                                           f"{', '.join(self.bundle.domains)}"}
         previous, self.domain = self.domain, name
+        if self.collector is not None and by == "auto" and previous != name:
+            if name == UNKNOWN and self.collector.current is None:
+                self.collector.start(time.strftime("unknown-%Y%m%d-%H%M%S"), "unknown")
+            elif previous == UNKNOWN and self.collector.current is not None \
+                    and self.collector.current["reason"] == "unknown":
+                self.collector.stop(f"the vote named {name!r}")
         if previous is not None and previous != name:
             self.switch_count += 1
             self._pending_switch = {"frame": index, "from": previous, "to": name, "by": by,
@@ -168,12 +217,12 @@ class Controller:
     def last_switch(self) -> dict | None:
         return self.switches[-1] if self.switches else None
 
-    def vote(self, x: np.ndarray, index: int) -> dict | None:
-        """With ``--domain auto``: this frame's vote (``AutoDomain.predict``), switching when
-        the window of votes says so; None otherwise."""
+    def vote(self, frame: np.ndarray, index: int) -> dict | None:
+        """With ``--domain auto``: this uint8 frame's vote (``AutoDomain.predict``), switching
+        when the window of votes says so; None otherwise."""
         if self.auto is None:
             return None
-        vote = self.auto.predict(x)
+        vote = self.auto.predict(frame)
         target = self.auto.update(self.domain, vote["predicted"])
         if target is not None:
             self.switch(target, "auto", index)
@@ -190,15 +239,24 @@ class Controller:
             reply = self.switch(words[1], "control", index, command.received)
         elif words[0] == "status":
             reply = {"ok": True, "domain": self.domain, "domains": self.bundle.domains,
-                     **status, "auto": self.auto is not None}
+                     **status, "auto": self.auto is not None,
+                     "collect": None if self.collector is None else self.collector.status()}
         elif words[0] == "reload":
             reply = self.request_reload("reload command")
+        elif words[0] == "collect" and len(words) == 2:
+            if self.collector is None:
+                reply = {"ok": False, "error": "this run collects nothing; start it with "
+                                               "--collect DIR"}
+            elif words[1] == "stop":
+                reply = self.collector.stop("collect stop")
+            else:
+                reply = self.collector.start(words[1], "command")
         elif words[0] == "quit":
             self._request_stop()
             reply = {"ok": True, "stopping": True}
         else:
             reply = {"ok": False, "error": f"unknown command {command.text!r}; use domain NAME, "
-                                           "status, reload or quit"}
+                                           "status, reload, collect NAME, collect stop or quit"}
         command.reply.put(reply)
 
     def key(self, key: int, index: int) -> None:

@@ -36,7 +36,8 @@ PAGE = """<!doctype html>
 img{{max-width:100%;border:1px solid #444}} b{{color:#8f8}}</style></head>
 <body><h3>edge-calib &middot; {title}</h3>
 <p>domain <b id="domain">{domain}</b> &middot; <span id="fps">{fps}</span> FPS &middot;
-frames <span id="frames">{frames}</span> &middot; last switch <span id="switch">{switch}</span></p>
+frames <span id="frames">{frames}</span> &middot; last switch <span id="switch">{switch}</span>
+&middot; collecting <span id="collecting">{collecting}</span></p>
 <img src="/stream.mjpg" alt="annotated stream">
 <script>
 setInterval(async () => {{
@@ -46,6 +47,7 @@ setInterval(async () => {{
     document.getElementById('fps').textContent = s.fps.toFixed(1);
     document.getElementById('frames').textContent = s.frames;
     document.getElementById('switch').textContent = s.last_switch || 'none';
+    document.getElementById('collecting').textContent = s.collecting || 'nothing';
   }} catch (e) {{}}
 }}, 1000);
 </script></body></html>
@@ -85,7 +87,8 @@ class _Handler(BaseHTTPRequestHandler):
             s = view.status()
             body = PAGE.format(title=html.escape(view.title), domain=html.escape(str(s["domain"])),
                                fps=f"{s['fps']:.1f}", frames=s["frames"],
-                               switch=html.escape(s["last_switch"] or "none")).encode()
+                               switch=html.escape(s["last_switch"] or "none"),
+                               collecting=html.escape(s["collecting"] or "nothing")).encode()
             self._send(200, "text/html; charset=utf-8", body)
         elif path == "/status.json":
             self._send(200, "application/json", json.dumps(view.status()).encode())
@@ -152,7 +155,7 @@ class LiveView:
         self._viewers = 0
         self._closed = False
         self._status = {"domain": None, "auto": False, "fps": 0.0, "frames": 0,
-                        "last_switch": None}
+                        "last_switch": None, "collecting": None}
         self.frames_sent = 0
         self._thread = threading.Thread(target=self.server.serve_forever, name="live-view",
                                         daemon=True)
@@ -164,7 +167,8 @@ class LiveView:
         self._status = {"domain": delivered.domain, "auto": delivered.status.get("auto", False),
                         "fps": round(float(delivered.status.get("fps", 0.0)), 2),
                         "frames": int(delivered.status.get("frames", 0)),
-                        "last_switch": describe_switch(delivered.status.get("last_switch"))}
+                        "last_switch": describe_switch(delivered.status.get("last_switch")),
+                        "collecting": delivered.status.get("collecting")}
         if self._viewers == 0:
             return
         ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(delivered.annotated),

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from ..core.stats import summarize
 from .capture import CaptureThread
 from .controller import Controller
+from ..imaging.domain_features import frame_features
+from .domain_auto import UNKNOWN
 from .live_view import LiveView
 from .outputs import annotate
 from .postprocess import output_for, predictions_from_logits
@@ -46,6 +48,11 @@ class RunOptions:
     auto_window: int = 15
     auto_threshold: float = 0.7
     auto_radius_scale: float = 1.0
+    unknown: str = "model"  # what runs for unknown frames: the frozen model alone, or histogram
+    collect: str | None = None  # a folder for frames of unknown domains (collect.py)
+    collect_max: int = 2000  # frames per collection
+    collect_budget_mb: float = 1024.0  # all of a run's collections
+    collect_rate: float = 2.0  # frames a second at most (0: no limit)
 
 
 def log(message: str) -> None:
@@ -70,9 +77,18 @@ class StreamRunner:
                 from .control import ControlChannel
 
                 self.control = ControlChannel(options.control)
+            if options.collect:
+                from .collect import FrameCollector
+
+                self.controller.collector = FrameCollector(
+                    options.collect, options.collect_max,
+                    int(options.collect_budget_mb * 2**20), options.collect_rate,
+                    self.controller.describe_bundle, log)
         except BaseException:
             for sink in self.sinks:
                 sink.close(False)
+            if self.control is not None:
+                self.control.close()
             self.controller.close()
             raise
         self.task = self.controller.bundle.task
@@ -81,6 +97,7 @@ class StreamRunner:
         self.times = StageTimes()
         self.domain_frames: dict[str, int] = {}
         self.partial_outputs: list[str] = []  # outputs of a failed run, kept beside the old ones
+        self.collected: dict | None = None  # run --collect: the collector's summary
 
     @property
     def spec(self):
@@ -124,19 +141,27 @@ class StreamRunner:
                 ctl.last_frame = u8
                 t1 = time.perf_counter()
                 pre_ms = (t1 - t0) * 1e3
-                vote = x = None
-                if ctl.auto is not None:  # its features read the normalised frame
-                    x = self.spec.normalize(u8)
-                    vote = ctl.vote(x, index)
+                vote = ctl.vote(u8, index)  # --domain auto: features of a thumbnail of u8
+                t_vote = time.perf_counter()
+                collecting = None if ctl.collector is None else ctl.collector.current
+                if collecting is not None and (collecting["reason"] == "command"
+                                               or vote is None or vote["predicted"] == UNKNOWN):
+                    # an unknown stretch keeps only the frames voted unknown themselves
+                    ctl.collector.offer(frame.rgb, ctl.auto.last_features if vote is not None
+                                        else frame_features(u8)[0], frame.captured)
+                    t_vote = time.perf_counter()
                 domain = ctl.domain
                 calibrator = ctl.calibrator_for(domain)
+                fallback = domain == UNKNOWN and ctl.fallback is not None
+                if fallback:  # --unknown histogram
+                    u8 = ctl.fallback(u8)
+                    pre_ms += (time.perf_counter() - t_vote) * 1e3
                 t_auto = time.perf_counter()
                 if ctl.engines.takes_frames(calibrator):
                     predictions, stage = ctl.engines.infer_frame(calibrator, u8)
                     t2 = time.perf_counter()
                 else:  # a calibrator and a classifier in turn: normalise and ArgMax here
-                    if x is None:
-                        x = self.spec.normalize(u8)
+                    x = self.spec.normalize(u8)
                     pre_ms += (time.perf_counter() - t_auto) * 1e3
                     logits, stage = ctl.engines.infer(calibrator, x)
                     t2 = time.perf_counter()
@@ -144,9 +169,11 @@ class StreamRunner:
                 result = self.output.summarise(predictions)
                 times = {"capture": frame.read_ms, "pre": pre_ms, **stage}
                 if vote is not None:
-                    times["auto"] = (t_auto - t1) * 1e3
+                    times["auto"] = (t_vote - t1) * 1e3
                 record = {"index": frame.index, "time": round(frame.captured - started, 6),
                           "domain": domain, **result}
+                if fallback:
+                    record["fallback"] = "histogram"
                 if vote is not None:
                     record["auto"] = {k: round(v, 4) if isinstance(v, float) else v
                                       for k, v in vote.items()}
@@ -159,7 +186,9 @@ class StreamRunner:
                         f"{self.times.fps():.1f} FPS  pre {times['pre']:.2f}  {network} ms"])
                 delivered = Delivered(index, domain, record, annotated, {
                     "fps": self.times.fps(), "frames": self.times.frames,
-                    "auto": ctl.auto is not None, "last_switch": ctl.last_switch()})
+                    "auto": ctl.auto is not None, "last_switch": ctl.last_switch(),
+                    "collecting": None if ctl.collector is None or ctl.collector.current is None
+                    else ctl.collector.current["domain"]})
                 for sink in self.sinks:
                     if sink.needs_annotated:
                         sink.write(delivered)
@@ -183,6 +212,8 @@ class StreamRunner:
             self.capture.stop()
             if self.control is not None:
                 self.control.close()
+            if ctl.collector is not None:
+                self.collected = ctl.collector.close()
             complete = completed and self.capture.error is None
             for sink in self.sinks:
                 written = sink.close(complete)
@@ -216,8 +247,9 @@ class StreamRunner:
                 "switch_dropped_frames": sum(s["dropped_meanwhile"] for s in ctl.switches),
                 "domain_frames": self.domain_frames, "final_domain": ctl.domain,
                 "auto": self.opts.domain == "auto", "reloads": list(ctl.reloads),
-                "stages_ms": self.times.summary(), "error": self.capture.error,
-                "partial_outputs": self.partial_outputs,
+                "stages_ms": self.times.summary(),
+                "error": self.capture.error or (self.collected or {}).get("error"),
+                "partial_outputs": self.partial_outputs, "collect": self.collected,
                 "outputs": {"video": [o for o in self.opts.outputs if not is_live_url(o)],
                             "live_view": [s.url for s in self.sinks if isinstance(s, LiveView)],
                             "predictions": self.opts.predictions}}
