@@ -35,7 +35,8 @@ def fetch(name, root, variant, mirror, quiet):
 @click.argument("name")
 @data_root_option
 def info(name, data_root):
-    """Split sizes, image shapes and class counts of a dataset or image folder."""
+    """Split sizes, image shapes and class counts (pixel counts for segmentation masks) of a
+    dataset or image folder."""
     import numpy as np
 
     from ..data import load_dataset
@@ -43,7 +44,15 @@ def info(name, data_root):
     out = {}
     for split in ("train", "test"):
         ds = load_dataset(name, split, data_root)
-        out[split] = {"n": len(ds), "shape": list(ds.images.shape[1:]),
-                      "class_counts": None if ds.labels is None
-                      else np.bincount(ds.labels).tolist()}
+        out[split] = {"n": len(ds), "shape": list(ds.images.shape[1:])}
+        if ds.labels is None:
+            out[split]["class_counts"] = None
+        elif ds.labels.ndim == 1:
+            out[split]["class_counts"] = np.bincount(ds.labels).tolist()
+        else:  # segmentation masks: labelled pixels per class, and the void ones
+            void = len(ds.classes or ()) if ds.void is None else ds.void
+            counts = np.bincount(ds.labels.ravel(), minlength=void + 1)
+            names = ds.classes or [str(k) for k in range(void)]
+            out[split]["pixel_counts"] = {names[k]: int(counts[k]) for k in range(void)}
+            out[split]["void_pixels"] = int(counts[void:].sum())
     click.echo(json.dumps({"dataset": name, **out}, indent=2))
