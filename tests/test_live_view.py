@@ -2,6 +2,7 @@
 HTTP clients (urllib and raw sockets), including viewers that stall."""
 
 import json
+import select
 import socket
 import threading
 import time
@@ -146,3 +147,54 @@ def test_live_view_url_and_port_errors(bundle_dir, domain_video):
         assert "Traceback" not in r.output
     finally:
         busy.close()
+
+
+def test_idle_and_surplus_connections_cannot_starve_the_live_view(bundle_dir, domain_video,
+                                                                  monkeypatch, capfd):
+    """Real sockets on 127.0.0.1 (the cap set to 8 and the request timeout to 3 s for the
+    test): of 12 idle connections the 4 over the cap are closed at once, the others when they
+    have sent no request for the timeout; then the page answers again, frames flowed all along,
+    and clients that leave mid-request or mid-reply print nothing."""
+    from edge_calib.runtime import live_view
+
+    monkeypatch.setattr(live_view, "MAX_CONNECTIONS", 8)
+    monkeypatch.setattr(live_view._Handler, "timeout", 3.0)
+    video, _ = domain_video
+    opts = RunOptions(deploy=str(bundle_dir), domain="usps", headless=True,
+                      outputs=("http://127.0.0.1:0",), realtime=True)
+    runner = StreamRunner(opts, parse_source(None, str(video), fps=60, loop=True))
+    view = live_view_of(runner)
+    host, port = parse_live_url(view.url.rstrip("/"))
+    thread, result = start(runner)
+
+    def closed(sockets) -> int:
+        """How many of ``sockets`` the server has closed (readable, and reading gives EOF)."""
+        ready = select.select(sockets, [], [], 0)[0]
+        return sum(s.recv(1) == b"" for s in ready)
+
+    try:
+        wait_until(lambda: runner.times.frames >= 5, thread)
+        idle = [socket.create_connection((host, port)) for _ in range(12)]
+        time.sleep(0.3)
+        frames = runner.times.frames
+        assert (closed(idle), view.server.refused) == (4, 4)  # over the cap: closed at once
+        time.sleep(4.0)
+        assert closed(idle) == 12  # the others too: no request within the timeout
+        status = json.loads(urllib.request.urlopen(view.url + "status.json", timeout=10).read())
+        assert status["frames"] > frames  # the loop went on meanwhile
+        for s in idle:
+            s.close()
+        for request in (b"GET / HTTP/1.0\r\n\r\n", b"GET /stream.mjpg HTTP/1.0\r\n\r\n",
+                        b"GET / HT"):
+            s = socket.create_connection((host, port))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            s.sendall(request)
+            s.close()  # leaves at once (a reset)
+        time.sleep(0.5)
+        assert urllib.request.urlopen(view.url, timeout=10).status == 200
+    finally:
+        runner.request_stop()
+        thread.join(timeout=60)
+    assert result["error"] is None
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception" not in err, err[-2000:]

@@ -28,6 +28,8 @@ from ..core.errors import EdgeCalibError
 BOUNDARY = "edgecalibframe"
 MAX_VIEWERS = 16
 SEND_TIMEOUT_S = 10.0  # a viewer whose socket takes no bytes for this long is dropped
+REQUEST_TIMEOUT_S = 10.0  # a connection that sends no complete request line in this is closed
+MAX_CONNECTIONS = 64  # every HTTP connection at once (pages, status, viewers, idle sockets)
 JPEG_QUALITY = 80
 
 PAGE = """<!doctype html>
@@ -76,6 +78,7 @@ def describe_switch(entry: dict | None) -> str | None:
 
 class _Handler(BaseHTTPRequestHandler):
     server: "_Server"
+    timeout = REQUEST_TIMEOUT_S  # socketserver applies it to the connection before any read
 
     def log_message(self, *args):  # the run's stderr is for the run
         pass
@@ -130,8 +133,37 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
+    """At most MAX_CONNECTIONS connections are served at once, each in its own thread: one
+    more is closed at once (its thread never starts). A client that leaves mid-reply is not an
+    error of the run's (nothing is printed)."""
+
     daemon_threads = True
     allow_reuse_address = True
+
+    def __init__(self, *args):
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.refused = 0
+        super().__init__(*args)
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread: the slot is not held
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request, client_address):
+        pass  # a client that disconnected or sent garbage: its connection is closed, that's all
 
 
 class LiveView:
