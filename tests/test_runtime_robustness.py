@@ -380,3 +380,41 @@ def test_run_numbers_outside_their_range_are_one_line_before_any_work(tmp_path, 
     assert result.exit_code == 2
     assert f"Invalid value for '{flag}'" in result.output
     assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_idle_control_clients_give_their_slots_back(tmp_path, monkeypatch):
+    """Real UNIX sockets: MAX_CLIENTS idle connections take every slot (one more is refused
+    in one reply line); after the idle timeout (1 s here) they are closed and a command is
+    answered again."""
+    from edge_calib.runtime import control
+
+    monkeypatch.setattr(control, "IDLE_TIMEOUT_S", 1.0)
+    channel = control.ControlChannel(str(tmp_path / "ec.sock"))
+    try:
+        idle = []
+        for _ in range(control.MAX_CLIENTS):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(str(tmp_path / "ec.sock"))
+            idle.append(s)
+        time.sleep(0.5)
+        extra = socket.socket(socket.AF_UNIX)
+        extra.settimeout(5)
+        extra.connect(str(tmp_path / "ec.sock"))
+        assert "too many connections" in json.loads(extra.recv(4096))["error"]
+        time.sleep(1.5)
+        for s in idle:
+            s.settimeout(5)
+            assert s.recv(1) == b""  # closed by the run
+        answer = {}
+        client = threading.Thread(target=lambda: answer.update(
+            control.send_command(str(tmp_path / "ec.sock"), "status")))
+        client.start()
+        deadline = time.time() + 10
+        while not answer and time.time() < deadline:
+            for command in channel.pending():
+                command.reply.put({"ok": True, "seen": command.text})
+            time.sleep(0.05)
+        client.join(timeout=10)
+        assert answer == {"ok": True, "seen": "status"}
+    finally:
+        channel.close()

@@ -7,7 +7,8 @@ frames, so a switch takes effect on the next frame.
 The socket obeys its owner only, whatever the umask: it is created owner-only (mode 0600) and
 a connection from another user is answered with an error and closed (the peer's credentials,
 SO_PEERCRED). A line longer than MAX_LINE bytes is answered with an error and the connection
-closed; at most MAX_CLIENTS connections are served at once.
+closed; at most MAX_CLIENTS connections are served at once, and one that sends no complete
+line for IDLE_TIMEOUT_S is closed, so idle clients cannot hold every slot.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..core.errors import EdgeCalibError
 
 MAX_LINE = 4096  # bytes of one command line
 MAX_CLIENTS = 8
+IDLE_TIMEOUT_S = 30.0  # a connection that sends no complete line for this long is closed
 
 
 class Command:
@@ -82,6 +84,7 @@ class ControlChannel:
 
     def _client(self, conn, clients):
         try:
+            conn.settimeout(IDLE_TIMEOUT_S)  # an idle client gives its slot back
             with conn, conn.makefile("rwb") as stream:
                 while not self.stopped.is_set():
                     line = stream.readline(MAX_LINE + 1)
@@ -97,7 +100,7 @@ class ControlChannel:
                         stream.write(_reply(self._submit(text)))
                         stream.flush()
         except OSError:
-            pass  # the client went away
+            pass  # the client went away, or sent nothing for IDLE_TIMEOUT_S
         finally:
             clients.release()
 
