@@ -207,3 +207,15 @@ def test_a_domain_classifier_that_disagrees_with_its_names_is_one_line(bundle_co
     assert r.exit_code != 0
     assert "the domain classifier names 1 domains but its weights are shaped (50, 2)" in r.output
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_a_forced_import_warns_when_run_starts(bundle_copy, domain_video):
+    """A classifier imported with --force carries its warning in the manifest: run says it
+    on start (before, only doctor did), and runs."""
+    warning = "imported with --force although random inputs: max |difference| 0.5"
+    rewrite(bundle_copy, lambda m: m["classifier"]["metrics"].update(conversion_warning=warning))
+    r = CliRunner().invoke(main, ["run", "--deploy", str(bundle_copy), "--input",
+                                  str(domain_video[0]), "--domain", "mnist", "--headless",
+                                  "--max-frames", "5"])
+    assert r.exit_code == 0, r.output
+    assert f"warning: the bundle's classifier was {warning}" in r.stderr

@@ -54,6 +54,9 @@ class Controller:
         ``request_stop()`` ends the run (the ``quit`` command, the q key)."""
         self.opts, self.log, self._dropped, self._request_stop = opts, log, dropped, request_stop
         self.bundle = open_bundle(opts.deploy)  # refuses a bundle that fails its check
+        warning = self.bundle.manifest.classifier.metrics.get("conversion_warning")
+        if warning:  # import-model --force: say so where the model runs, not only in doctor
+            log(f"warning: the bundle's classifier was {warning}")
         self.auto = None
         self.domain = None  # with --domain auto: set by the first frames' vote
         if opts.domain == "auto":
