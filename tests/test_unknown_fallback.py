@@ -83,3 +83,24 @@ def test_unknown_needs_domain_auto(bundle_dir, tmp_path):
     r = CliRunner().invoke(main, ["run", "--deploy", str(bundle_dir), "--input", str(tmp_path),
                                   "--domain", "mnist", "--unknown", "histogram", "--headless"])
     assert r.exit_code == 2 and "add --domain auto" in r.output
+
+
+def test_histogram_matching_is_the_documented_formula_on_real_frames(shared_data):
+    """v -> min{u : C_ref(u) >= C_frame(v)} per channel, with plain loops over levels, on
+    real dusk frames matched to day frames and on grey USPS digits matched to MNIST."""
+    pairs = [(load_dataset("camvid:day", "train", shared_data).images[:8],
+              load_dataset("camvid:dusk", "test", shared_data).images[:2]),
+             (load_dataset("mnist", "train", shared_data).images[:200],
+              load_dataset("usps", "test", shared_data).images[:2])]
+    for reference, frames in pairs:
+        got = HistogramMatch(reference)(frames)
+        ref = reference.reshape(-1, reference.shape[-1]) if reference.ndim == 4 else \
+            reference.reshape(-1, 1)
+        for frame, out in zip(frames, got):
+            frame = frame.reshape(-1, ref.shape[1]) if frame.ndim == 3 else frame.reshape(-1, 1)
+            out = out.reshape(frame.shape)
+            for c in range(frame.shape[1]):
+                c_ref = np.cumsum(np.bincount(ref[:, c], minlength=256)) / len(ref)
+                c_frame = np.cumsum(np.bincount(frame[:, c], minlength=256)) / len(frame)
+                lut = [min(255, int(np.argmax(c_ref >= c_frame[v] - 1e-12))) for v in range(256)]
+                assert [lut[v] for v in frame[:, c]] == out[:, c].tolist()

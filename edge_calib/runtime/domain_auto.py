@@ -41,6 +41,10 @@ class DomainModel:
     radii: np.ndarray | None = None
     k: int = 1
 
+    def __post_init__(self):
+        object.__setattr__(self, "squared_norms", None if self.references is None else
+                           [(r ** 2).sum(axis=1) for r in self.references])
+
     def standardise(self, features: np.ndarray) -> np.ndarray:
         return (features - self.mean) / self.std
 
@@ -49,7 +53,7 @@ class DomainModel:
 
     def ratios(self, z: np.ndarray) -> np.ndarray:
         """(N, K) novelty ratios: above 1 for every domain means the frame fits none."""
-        return novelty_ratios(z, self.references, self.radii, self.k)
+        return novelty_ratios(z, self.references, self.radii, self.k, self.squared_norms)
 
 
 def load_domain_model(path, bundle_domains: list[str]) -> DomainModel:
