@@ -38,7 +38,9 @@ def test_novelty_ratio_is_the_documented_distance(bundle_dir, shared_data):
         d = np.sort([[np.sqrt(np.mean((zi - r) ** 2)) for r in ref] for zi in z], axis=1)
         np.testing.assert_allclose(model.ratios(z)[:, k], d[:, o["k"] - 1] / o["radii"][k],
                                    rtol=1e-6)
-    assert bundle.manifest.domain_classifier.holdout_known >= 97  # out of fold, 99th percentile
+    assert bundle.manifest.domain_classifier.holdout_known >= 94  # out of fold, 95th percentile
+    assert bundle.manifest.domain_classifier.novelty == o["rule"]  # the manifest states it
+    assert f"blocked {FOLDS}-fold cross-validated" in o["rule"]
 
 
 def test_radii_come_from_blocked_cross_validation():

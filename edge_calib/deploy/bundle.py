@@ -18,7 +18,8 @@ manifest.json (format_version 2)::
                         "fused": null | {VARIANT: PATH}, "fused_check_max_abs": null | x}},
      "default_domain": NAME,
      "domain_classifier": null | {"file", "features", "domains", "trained_on",
-                                  "holdout_frames", "holdout_accuracy", "holdout_known"?},
+                                  "holdout_frames", "holdout_accuracy", "holdout_known"?,
+                                  "novelty"?},
      "engines": {BACKEND: {CACHE_KEY: {"device", "settings", "fused", "classifier",
                                        "domains": {NAME: PATH | null}}}},
      "checks": null | {"inputs": PATH, "from": TEXT},   (float32 NCHW check images, .npy)
@@ -195,7 +196,8 @@ class DomainClassifierEntry:
     trained_on: dict
     holdout_frames: int
     holdout_accuracy: float
-    holdout_known: float | None = None  # % of held-out frames inside a radius (open set)
+    holdout_known: float | None = None  # % of frames inside a radius, out of fold (open set)
+    novelty: str | None = None  # the open-set rule, in words
 
     @classmethod
     def read(cls, r: _Reader) -> "DomainClassifierEntry":
@@ -203,7 +205,8 @@ class DomainClassifierEntry:
         return cls(r.path_in_bundle(r.get("file", str), "file"), r.get("features", str),
                    r.get("domains", list),
                    r.get("trained_on", dict), int(r.number("holdout_frames")),
-                   float(r.number("holdout_accuracy")), None if known is None else float(known))
+                   float(r.number("holdout_accuracy")), None if known is None else float(known),
+                   r.get("novelty", str, optional=True))
 
 
 @dataclass

@@ -99,7 +99,8 @@ def fit_domain_model(domains: list[np.ndarray], rng: np.random.Generator) -> tup
     known = float((np.concatenate(ratios) <= 1).mean() * 100)
     return {**model, "open_set": novelty}, {"holdout_frames": int(len(hy)),
                                             "holdout_accuracy": round(accuracy, 2),
-                                            "holdout_known": round(known, 2)}
+                                            "holdout_known": round(known, 2),
+                                            "novelty": novelty["rule"]}
 
 
 def bundle_domain_classifier(data_root, seed: int = 0):
