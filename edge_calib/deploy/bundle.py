@@ -317,6 +317,7 @@ class Manifest:
 class Bundle:
     root: Path
     manifest: Manifest
+    digest: str | None = None  # sha256 of the manifest as it was read
 
     @property
     def spec(self) -> InputSpec:
@@ -459,10 +460,11 @@ def open_bundle(root: str | Path, verify: bool = True) -> Bundle:
     if not manifest_path.is_file():
         raise EdgeCalibError(f"{root} is not a deploy bundle (no {MANIFEST})")
     try:
-        data = json.loads(manifest_path.read_text())
+        raw = manifest_path.read_bytes()
+        data = json.loads(raw.decode())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EdgeCalibError(f"{manifest_path}: unreadable ({exc})") from None
-    bundle = Bundle(root, Manifest.from_dict(data, str(manifest_path)))
+    bundle = Bundle(root, Manifest.from_dict(data, str(manifest_path)), file_digest_bytes(raw))
     if verify:
         bundle.verify()
     return bundle

@@ -78,18 +78,18 @@ def fit_domain_model(domains: list[np.ndarray], rng: np.random.Generator) -> tup
     as stored and rendered through a stream's codec only (``fit_novelty``)."""
     features, labels, held_out, novelty_frames = [], [], [], []
     for k, frames in enumerate(domains):
+        stored = frame_features(frames)  # once: the fit, held-out and novelty sets share them
         split = rng.permutation(len(frames))
         cut = max(1, int(0.8 * len(frames)))
-        fit, test = frames[np.sort(split[:cut])], frames[np.sort(split[cut:])]
-        f = frame_features(np.concatenate([fit, render_like_a_stream(fit, rng)]))
+        fit, test = np.sort(split[:cut]), np.sort(split[cut:])
+        f = np.concatenate([stored[fit], frame_features(render_like_a_stream(frames[fit], rng))])
         features.append(f)
         labels.append(np.full(len(f), k))
         if len(test):
-            rendered = render_like_a_stream(test, rng)
-            held_out.append((frame_features(np.concatenate([test, rendered])), k))
-        novelty_frames.append((frame_features(np.concatenate(
-            [frames, render_like_a_stream(frames, rng, camera=False)])),
-            np.tile(np.arange(len(frames)), 2)))
+            rendered = frame_features(render_like_a_stream(frames[test], rng))
+            held_out.append((np.concatenate([stored[test], rendered]), k))
+        codec = frame_features(render_like_a_stream(frames, rng, camera=False))
+        novelty_frames.append((np.concatenate([stored, codec]), np.tile(np.arange(len(frames)), 2)))
     model = fit_logistic(np.concatenate(features), np.concatenate(labels), len(domains))
     mean, std = np.asarray(model["mean"]), np.asarray(model["std"])
     hx = np.concatenate([f for f, _ in held_out])

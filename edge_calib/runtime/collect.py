@@ -117,7 +117,8 @@ class FrameCollector:
         if c["kept"] >= self.max_frames:
             self.stop(f"--collect-max {self.max_frames} frames reached")
             return
-        if self.rate > 0 and c["last_time"] is not None and captured - c["last_time"] < 1 / self.rate:
+        if self.rate > 0 and c["last_time"] is not None \
+                and captured - c["last_time"] < 1 / self.rate:
             self.counts["skipped_rate"] += 1
             return
         if c["last_features"] is not None and \
@@ -132,10 +133,14 @@ class FrameCollector:
         self.counts["kept"] += 1
         self._queue.put(("frame", frame, features))
 
+    @property
+    def collecting(self) -> str | None:
+        """The name of the open collection, if any."""
+        return None if self.current is None else self.current["domain"]
+
     def status(self) -> dict:
-        return {"dir": str(self.root), "collecting": None if self.current is None
-                else self.current["domain"], **self.counts, "collections": len(self.finished),
-                "full": self.full, "error": self.error}
+        return {"dir": str(self.root), "collecting": self.collecting, **self.counts,
+                "collections": len(self.finished), "full": self.full, "error": self.error}
 
     def close(self) -> dict:
         """End the open collection, wait for the writer, return the summary."""
@@ -209,8 +214,7 @@ class FrameCollector:
     def _finish(self, c: dict, because: str) -> None:
         if c.get("failed"):
             return
-        features = np.asarray(c["features"], float).reshape(-1, len(c["features"][0])
-                                                            if c["features"] else 0)
+        features = np.asarray(c["features"], float)
         record = {"format": FORMAT, "format_version": FORMAT_VERSION, "domain": c["domain"],
                   "reason": c["reason"], "started": c["started"], "ended": now(),
                   "ended_because": because, "frames": len(c["files"]), "files": c["files"],
@@ -218,11 +222,10 @@ class FrameCollector:
                   "sampling": {"rate": self.rate, "duplicate_rms": DUPLICATE,
                                **{k: self.counts[k] for k in ("skipped_rate", "skipped_duplicate",
                                                               "dropped")}},
-                  "features": {"name": FEATURES_NAME,
-                               "mean": features.mean(axis=0).round(6).tolist() if len(features)
-                               else None,
-                               "std": features.std(axis=0).round(6).tolist() if len(features)
-                               else None}}
+                  "features": {"name": FEATURES_NAME, **(
+                      {"mean": features.mean(axis=0).round(6).tolist(),
+                       "std": features.std(axis=0).round(6).tolist()} if len(features)
+                      else {"mean": None, "std": None})}}
         final = self.root / c["domain"]
         try:
             write_json_atomic(c["tmp"] / FILE, record)

@@ -20,7 +20,6 @@ from ..imaging.photometric import HistogramMatch
 from .domain_auto import UNKNOWN, AutoDomain, load_domain_model
 
 SWITCH_LOG = 1000  # the last switches and reloads kept for the summary (all are counted)
-UNKNOWN_RULES = ("model", "histogram")  # what runs for unknown frames: run --unknown
 
 
 def unknown_fallback(bundle, rule: str) -> HistogramMatch | None:
@@ -40,7 +39,7 @@ def unknown_fallback(bundle, rule: str) -> HistogramMatch | None:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise EdgeCalibError(f"{path}: unreadable source pixels ({type(exc).__name__}: {exc})") \
             from None
-    channels = 3 if bundle.spec.channels == 3 else 1
+    channels = bundle.spec.channels
     if histograms.shape != (channels, 256) or not np.all(np.isfinite(histograms)) \
             or np.any(histograms < 0) or np.any(histograms.sum(axis=1) <= 0):
         raise EdgeCalibError(f"{path}: source pixels must be {channels} non-negative histograms "
@@ -169,12 +168,9 @@ class Controller:
             self._reloaded[1].close()
 
     def describe_bundle(self) -> dict:
-        """The bundle running now, as a collection's record names it."""
-        try:
-            digest = self.bundle.path(MANIFEST_HASH).read_text().split()[0]
-        except (OSError, IndexError):
-            digest = None
-        return {"path": str(self.opts.deploy), "manifest_sha256": digest,
+        """The bundle running now (not whatever is on disk meanwhile), as a collection's
+        record names it."""
+        return {"path": str(self.opts.deploy), "manifest_sha256": self.bundle.digest,
                 "domains": self.bundle.domains,
                 "created": self.bundle.manifest.provenance.get("created")}
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import collections
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -40,8 +40,9 @@ class DomainModel:
     references: list[np.ndarray] | None = None
     radii: np.ndarray | None = None
     k: int = 1
+    squared_norms: list[np.ndarray] | None = field(init=False)  # |r|^2 of each reference
 
-    def __post_init__(self):
+    def __post_init__(self):  # derived once here (frozen), for every frame's distances
         object.__setattr__(self, "squared_norms", None if self.references is None else
                            [(r ** 2).sum(axis=1) for r in self.references])
 

@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass
 
 from ..core.stats import summarize
+from ..imaging.domain_features import frame_features
 from .capture import CaptureThread
 from .controller import Controller
-from ..imaging.domain_features import frame_features
 from .domain_auto import UNKNOWN
 from .live_view import LiveView
 from .outputs import annotate
@@ -187,8 +187,7 @@ class StreamRunner:
                 delivered = Delivered(index, domain, record, annotated, {
                     "fps": self.times.fps(), "frames": self.times.frames,
                     "auto": ctl.auto is not None, "last_switch": ctl.last_switch(),
-                    "collecting": None if ctl.collector is None or ctl.collector.current is None
-                    else ctl.collector.current["domain"]})
+                    "collecting": None if ctl.collector is None else ctl.collector.collecting})
                 for sink in self.sinks:
                     if sink.needs_annotated:
                         sink.write(delivered)
