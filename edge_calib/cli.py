@@ -76,6 +76,7 @@ def main():
 
 def _register():
     from .commands import (
+        adapt,
         bench,
         build_engine,
         compress,
@@ -90,7 +91,7 @@ def _register():
     main.add_command(data.data)
     for cmd in (training.train_classifier, training.import_model, training.train,
                 training.evaluate, training.adabn,
-                compress.compress, export.export, build_engine.build_engine, runtime.run,
+                compress.compress, export.export, adapt.adapt, build_engine.build_engine, runtime.run,
                 bench.bench, doctor.doctor, demo.demo):
         main.add_command(cmd)
 

@@ -111,7 +111,8 @@ def test_bundle_build_eval_and_refusals(int8_dtn, trained_dtn, trained_calibrato
     assert m.domains["usps"].fused_check_max_abs <= 1e-4
     assert set(m.files) == {"classifier.onnx", "classifier.fp16.onnx", "calibrators/usps.onnx",
                             "calibrators/usps.fp16.onnx", "fused/usps.onnx",
-                            "domain_classifier.json", "checks/inputs.npy", "source_pixels.json"}
+                            "domain_classifier.json", "checks/inputs.npy", "source_pixels.json",
+                            "source/stats.npz", "source/frames.npy"}
     assert m.source_pixels["file"] == "source_pixels.json"
     assert m.domain_classifier.holdout_accuracy > 90
     text = (out / "manifest.json").read_text()

@@ -25,11 +25,21 @@ def upsample_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def evaluate_bundle(deploy, domain, dataset, split, data_root, batch_size=512, max_samples=None,
-                    fused=False, label_map=None) -> dict:
+                    fused=False, label_map=None, unknown=None) -> dict:
+    """``unknown`` (``model`` or ``histogram``): score the frames as the runtime runs a frame
+    voted ``unknown`` under ``run --unknown RULE`` (the frozen model alone, or after histogram
+    matching to the bundle's source pixels), instead of a domain's calibrator."""
+    from ..runtime.controller import unknown_fallback
+
     bundle = open_bundle(deploy)
     mapping = LabelMap.load(label_map, bundle.labels) if label_map else None
-    domain = domain or bundle.default_domain
-    bundle.domain(domain)  # unknown names list the bundle's domains
+    if unknown is not None and domain is not None:
+        raise EdgeCalibError("--unknown scores frames as the runtime runs unknown ones: give it "
+                             "or --domain, not both")
+    fallback = None if unknown is None else unknown_fallback(bundle, unknown)
+    domain = None if unknown is not None else domain or bundle.default_domain
+    if domain is not None:
+        bundle.domain(domain)  # unknown names list the bundle's domains
     spec = bundle.spec
     data = load_dataset(dataset, split, data_root, image_size=(spec.height, spec.width))
     data = data.subset(max_samples)
@@ -43,7 +53,10 @@ def evaluate_bundle(deploy, domain, dataset, split, data_root, batch_size=512, m
     step = 8 if segmenting else batch_size
     with open_engines(bundle, "onnxruntime", fused=fused) as engines:
         for start in range(0, len(data), step):
-            x = spec.preprocess(data.images[start:start + step])
+            frames = data.images[start:start + step]
+            if fallback is not None:
+                frames = fallback(spec.resize_uint8(frames))
+            x = spec.preprocess(frames)
             logits = engines.infer(domain, x)[0]
             truth = data.labels[start:start + step]
             if segmenting:
@@ -51,10 +64,11 @@ def evaluate_bundle(deploy, domain, dataset, split, data_root, batch_size=512, m
             scorer.add(logits.argmax(1), truth)
     score = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in scorer.scores().items()}
     clf = bundle.manifest.classifier
-    cal = bundle.calibrator(domain)
+    cal = None if domain is None else bundle.calibrator(domain)
     return {"dataset": dataset, "split": split, "n": len(data), **score,
             "backend": "onnxruntime", "graph": "fused" if fused else "calibrator+classifier",
-            "deploy": str(deploy), "domain": domain, "precision": clf.precision,
+            "deploy": str(deploy), "domain": domain, "unknown": unknown,
+            "precision": clf.precision,
             "classifier_fingerprint": clf.fingerprint, "classifier_params": clf.params,
             "calibrator_params": None if cal is None else cal.params,
             "overhead_params_pct": None if cal is None

@@ -44,7 +44,7 @@ def export_bundle(classifier, calibrators, precision, auto_domain, data_root, ou
         c = load_classifier(classifier)
         precision = "int8" if c.int8 else "fp32"
     domain_classifier = None
-    if auto_domain and len(pairs) > 1:
+    if auto_domain:
         from ..export.domain_model import bundle_domain_classifier
 
         domain_classifier = bundle_domain_classifier(data_root)

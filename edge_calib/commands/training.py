@@ -294,6 +294,10 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
 @click.option("--deploy", type=click.Path(file_okay=False), default=None,
               help="Evaluate through a deploy bundle (ONNX Runtime) instead of checkpoints.")
 @click.option("--domain", default=None, help="With --deploy: the domain whose calibrator runs.")
+@click.option("--unknown", type=click.Choice(["model", "histogram"]), default=None,
+              help="With --deploy: score the frames as `run --unknown RULE` runs frames voted "
+                   "unknown (the frozen model alone, or after histogram matching to the bundle's "
+                   "source pixels), instead of a domain's calibrator.")
 @click.option("--fused/--separate", default=False,
               help="With --deploy: run the fused graph instead of two sessions.")
 @click.option("--dataset", required=True,
@@ -322,7 +326,7 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
               help="Scores that need no labels (to rank calibrators on a domain's unlabelled "
                    "frames): the source-statistics distance, the pixel W1 to the source, the "
                    "mean prediction entropy and the information score (higher is better).")
-def evaluate(classifier, calibrator, deploy, domain, fused, dataset, split, data_root, as_json,
+def evaluate(classifier, calibrator, deploy, domain, unknown, fused, dataset, split, data_root, as_json,
              batch_size, device, max_samples, photometric, reference, fit_on, unlabelled,
              label_map):
     """Accuracy (segmenters: mIoU, per-class IoU, pixel accuracy, fwIoU) of the frozen model,
@@ -330,13 +334,15 @@ def evaluate(classifier, calibrator, deploy, domain, fused, dataset, split, data
     if unlabelled and (deploy or photometric):
         raise EdgeCalibError("--unlabelled scores checkpoints: give --classifier (and "
                              "--calibrator), not --deploy or --photometric")
+    if unknown and not deploy:
+        raise EdgeCalibError("--unknown scores a bundle's fallback: give --deploy")
     if deploy:
         if classifier or calibrator:
             raise EdgeCalibError("--deploy replaces --classifier/--calibrator; give one or the other")
         from ..bench.accuracy import evaluate_bundle
 
         result = evaluate_bundle(deploy, domain, dataset, split, data_root, batch_size,
-                                 max_samples, fused, label_map)
+                                 max_samples, fused, label_map, unknown)
     else:
         if not classifier:
             raise EdgeCalibError("give --classifier (and optionally --calibrator), or --deploy")

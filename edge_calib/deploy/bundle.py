@@ -26,6 +26,10 @@ manifest.json (format_version 2)::
      "source_pixels": null | {"file": PATH, "from": TEXT},  (the source's uint8 level histogram
                                                              per frame channel, for --unknown
                                                              histogram; optional)
+     "source_stats": null | {"file": PATH, "frames": PATH | null, "dataset": TEXT,
+                             "images": N},  (the frozen model's source statistics (.npz) and a
+                                             few source frames (uint8 NHWC .npy), what
+                                             `edge-calib adapt` trains from; optional)
      "provenance": {"created", "edge_calib", "built_on", "commit", "from": {...}},
      "files": {PATH: SHA256}}
 
@@ -241,6 +245,7 @@ class Manifest:
     provenance: dict = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     source_pixels: dict | None = None
+    source_stats: dict | None = None
 
     @classmethod
     def from_dict(cls, data, where: str = MANIFEST) -> "Manifest":
@@ -285,10 +290,19 @@ class Manifest:
         if pixels is not None:
             pixels.path_in_bundle(pixels.get("file", str), "file")
             pixels.get("from", str)
+        stats = r.obj("source_stats", optional=True)
+        if stats is not None:
+            stats.path_in_bundle(stats.get("file", str), "file")
+            frames = stats.get("frames", str, optional=True)
+            if frames is not None:
+                stats.path_in_bundle(frames, "frames")
+            stats.get("dataset", str)
+            stats.number("images")
         return cls(task, ClassifierEntry.read(r.obj("classifier")), domains, default,
                    None if dc is None else DomainClassifierEntry.read(dc), engines,
                    None if checks is None else checks.data, r.get("provenance", dict), files,
-                   None if pixels is None else pixels.data)
+                   None if pixels is None else pixels.data,
+                   None if stats is None else stats.data)
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "format_version": FORMAT_VERSION,
@@ -307,6 +321,10 @@ class Manifest:
             named.add(self.checks["inputs"])
         if self.source_pixels is not None:
             named.add(self.source_pixels["file"])
+        if self.source_stats is not None:
+            named.add(self.source_stats["file"])
+            if self.source_stats.get("frames"):
+                named.add(self.source_stats["frames"])
         for per in self.engines.values():
             for engine in per.values():
                 named.update(p for p in [engine.classifier, *engine.domains.values()] if p)

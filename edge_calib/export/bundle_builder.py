@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,40 @@ def source_pixel_histograms(clf) -> np.ndarray | None:
     return np.asarray(out)
 
 
+SOURCE_STATS, SOURCE_FRAMES = "source/stats.npz", "source/frames.npy"
+FRAMES_KEPT = {"classification": 256, "segmentation": 24}  # source frames a bundle carries
+
+
+def write_source_record(folder: Path, clf, data_root) -> dict | None:
+    """The frozen model's source statistics (``SourceStats.tensors`` as .npz) and a few of its
+    source training frames (uint8 NHWC at the input size, evenly spread over the split), what
+    ``edge-calib adapt`` trains a new domain's calibrator from; None when the model has no
+    recorded statistics. Frames are left out (``"frames": null``) where the source dataset
+    cannot be read here."""
+    from ..train.source_stats import SourceStats
+
+    stats = SourceStats.of(clf)
+    if stats is None:
+        return None
+    (folder / "source").mkdir()
+    np.savez(folder / SOURCE_STATS, **{k: v.detach().float().numpy()
+                                       for k, v in stats.tensors().items()})
+    entry = {"file": SOURCE_STATS, "frames": None, "dataset": stats.dataset,
+             "images": stats.images}
+    try:
+        from ..data import load_dataset
+
+        ds = load_dataset(stats.dataset, "train", data_root, download=False,
+                          image_size=(clf.spec.height, clf.spec.width), unlabelled=True)
+    except EdgeCalibError:
+        return entry
+    keep = np.unique(np.linspace(0, len(ds) - 1, min(len(ds), FRAMES_KEPT[clf.task]))
+                     .round().astype(int))
+    np.save(folder / SOURCE_FRAMES, np.ascontiguousarray(clf.spec.resize_uint8(
+        ds.images[keep])), allow_pickle=False)
+    return entry | {"frames": SOURCE_FRAMES}
+
+
 def parse_calibrator_args(values: tuple[str, ...]) -> list[tuple[str, str]]:
     """``DOMAIN=PATH``, ``DOMAIN=identity`` or ``DOMAIN=histogram[:TARGET]`` pairs, in order,
     names unique."""
@@ -139,6 +174,73 @@ def _check_fused(fused: onnx.ModelProto, calibrator: onnx.ModelProto,
         raise EdgeCalibError("the calibrator's graph gives non-finite outputs (NaN or inf): a "
                              "diverged calibrator cannot be deployed; nothing was written")
     return float(np.abs(a - b).max()), float((a.argmax(1) == b.argmax(1)).mean())
+
+
+@dataclass(frozen=True)
+class ClassifierGraphs:
+    """The bundle's classifier graphs, as each domain's files are built against them: for ONNX
+    Runtime and for TensorRT (the same graph unless INT8), each converted for fusion (None:
+    cannot be fused, each domain runs two graphs), the calibrators' opset, the input spec, and
+    whether the classifier is quantised (a fused INT8 graph is held to the same top-1)."""
+
+    ort: onnx.ModelProto
+    trt: onnx.ModelProto
+    fusable_ort: onnx.ModelProto | None
+    fusable_trt: onnx.ModelProto | None
+    opset: int
+    spec: object
+    quantised: bool
+
+
+def export_domain(folder: Path, domain: str, cal: Calibrator, graphs: ClassifierGraphs,
+                  stem: str, metrics: dict | None = None) -> DomainEntry:
+    """Write one domain's calibrator graphs (``calibrators/STEM*.onnx``) and fused graphs
+    (``fused/STEM*.onnx``) into ``folder``, each checked; returns its manifest entry."""
+    graph = export_calibrator(cal, opset=graphs.opset)
+    files = {"onnxruntime": f"calibrators/{stem}.onnx", "tensorrt": f"calibrators/{stem}.onnx"}
+    onnx.save(graph, folder / "calibrators" / f"{stem}.onnx")
+    if cal.int8:  # TensorRT's Q/DQ variant; an INT8 calibrator has no FP16 graph
+        graph_trt = export_calibrator(cal, opset=graphs.opset, target="tensorrt")
+        onnx.save(graph_trt, folder / "calibrators" / f"{stem}.trt.onnx")
+        files["tensorrt"] = f"calibrators/{stem}.trt.onnx"
+    else:
+        graph_trt = graph
+        onnx.save(export_calibrator(cal, half=True, opset=graphs.opset),
+                  folder / "calibrators" / f"{stem}.fp16.onnx")
+        files["tensorrt_fp16"] = f"calibrators/{stem}.fp16.onnx"
+    fused, error = None, None
+    if graphs.fusable_ort is not None:
+        fused_ort = fuse(graph, graphs.fusable_ort, domain)
+        error, same_top1 = _check_fused(fused_ort, graph, graphs.ort, graphs.spec.shape)
+        # INT8: a 1e-7 difference at a quantiser's rounding boundary moves a value by one
+        # quantisation step, so the fused INT8 graph is held to the same top-1 instead
+        if same_top1 < 0.99 or (not error <= 1e-4 and not graphs.quantised):
+            raise EdgeCalibError(f"fused graph for {domain} differs from calibrator then "
+                                 f"classifier by {error:.2e}")
+        onnx.save(fused_ort, folder / "fused" / f"{stem}.onnx")
+        fused = {"onnxruntime": f"fused/{stem}.onnx", "tensorrt": f"fused/{stem}.onnx"}
+        if graphs.trt is not graphs.ort:
+            onnx.save(fuse(graph_trt, graphs.fusable_trt, domain),
+                      folder / "fused" / f"{stem}.trt.onnx")
+            fused["tensorrt"] = f"fused/{stem}.trt.onnx"
+    training = cal.meta.training
+    return DomainEntry(CalibratorEntry(
+        files=files, precision="int8" if cal.int8 else "fp32",
+        fingerprint=cal.meta.fingerprint, architecture=cal.module.config,
+        eps=cal.module.eps, params=cal.params,
+        trained_against=cal.meta.classifier_fingerprint,
+        source=cal.meta.source, target=cal.meta.target,
+        metrics={"epochs": training.get("epochs"), "selection": training.get("selection"),
+                 "last_epoch": training.get("last_epoch"), **(metrics or {})}), fused, error)
+
+
+def model_source(clf) -> str | None:
+    """The dataset the frozen model was trained or calibrated on, where it records one."""
+    from ..train.source_stats import SourceStats
+
+    stats = SourceStats.of(clf)
+    return stats.dataset if stats is not None else (
+        clf.metrics.get("source") or clf.metrics.get("source_test"))
 
 
 def check_images(clf, data_root, count: int = 8) -> tuple[np.ndarray, str]:
@@ -226,51 +328,12 @@ def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: 
         except EdgeCalibError as exc:
             fusable_ort = fusable_trt = None
             classifier.metrics["fusion"] = f"two graphs per domain (cannot fuse: {exc})"
+        graphs = ClassifierGraphs(cls_ort, cls_trt, fusable_ort, fusable_trt, opset, spec,
+                                  bool(int8 or clf.metrics.get("int8_graph")))
         domains = {}
         for domain, path in calibrators:
-            if path == IDENTITY:
-                domains[domain] = DomainEntry(None, None)
-                continue
-            cal = loaded[domain]
-            graph = export_calibrator(cal, opset=opset)
-            files = {"onnxruntime": f"calibrators/{domain}.onnx",
-                     "tensorrt": f"calibrators/{domain}.onnx"}
-            onnx.save(graph, tmp / "calibrators" / f"{domain}.onnx")
-            if cal.int8:  # TensorRT's Q/DQ variant; an INT8 calibrator has no FP16 graph
-                graph_trt = export_calibrator(cal, opset=opset, target="tensorrt")
-                onnx.save(graph_trt, tmp / "calibrators" / f"{domain}.trt.onnx")
-                files["tensorrt"] = f"calibrators/{domain}.trt.onnx"
-            else:
-                graph_trt = graph
-                onnx.save(export_calibrator(cal, half=True, opset=opset),
-                          tmp / "calibrators" / f"{domain}.fp16.onnx")
-                files["tensorrt_fp16"] = f"calibrators/{domain}.fp16.onnx"
-            fused, error = None, None
-            if fusable_ort is not None:
-                fused_ort = fuse(graph, fusable_ort, domain)
-                error, same_top1 = _check_fused(fused_ort, graph, cls_ort, spec.shape)
-                # INT8: a 1e-7 difference at a quantiser's rounding boundary moves a value by one
-                # quantisation step, so the fused INT8 graph is held to the same top-1 instead
-                if same_top1 < 0.99 or (not error <= 1e-4 and not (int8 or clf.metrics.get(
-                        "int8_graph"))):
-                    raise EdgeCalibError(f"fused graph for {domain} differs from calibrator then "
-                                         f"classifier by {error:.2e}")
-                onnx.save(fused_ort, tmp / "fused" / f"{domain}.onnx")
-                fused = {"onnxruntime": f"fused/{domain}.onnx",
-                         "tensorrt": f"fused/{domain}.onnx"}
-                if int8:
-                    onnx.save(fuse(graph_trt, fusable_trt, domain),
-                              tmp / "fused" / f"{domain}.trt.onnx")
-                    fused["tensorrt"] = f"fused/{domain}.trt.onnx"
-            training = cal.meta.training
-            domains[domain] = DomainEntry(CalibratorEntry(
-                files=files, precision="int8" if cal.int8 else "fp32",
-                fingerprint=cal.meta.fingerprint, architecture=cal.module.config,
-                eps=cal.module.eps, params=cal.params,
-                trained_against=cal.meta.classifier_fingerprint,
-                source=cal.meta.source, target=cal.meta.target,
-                metrics={"epochs": training.get("epochs"), "selection": training.get("selection"),
-                         "last_epoch": training.get("last_epoch")}), fused, error)
+            domains[domain] = (DomainEntry(None, None) if path == IDENTITY else
+                               export_domain(tmp, domain, loaded[domain], graphs, domain))
         commit, _ = git_commit()
         manifest = Manifest(
             task=clf.task, classifier=classifier, domains=domains,
@@ -280,9 +343,10 @@ def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: 
                         "built_on": platform.node(), "commit": commit,
                         "from": {"classifier": Path(classifier_path).name,
                                  "calibrators": {d: Path(p).name for d, p in calibrators}}})
-        if domain_classifier is not None:
-            manifest.domain_classifier = DomainClassifierEntry(
-                **domain_classifier(tmp, clf.spec, calibrators, loaded))
+        entry = None if domain_classifier is None else domain_classifier(
+            tmp, clf.spec, calibrators, loaded, model_source(clf))
+        if entry is not None:
+            manifest.domain_classifier = DomainClassifierEntry(**entry)
         inputs, origin = check_images(clf, data_root)
         (tmp / "checks").mkdir()
         np.save(tmp / "checks" / "inputs.npy", inputs, allow_pickle=False)
@@ -294,5 +358,6 @@ def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: 
             origin = Path(clf.path).name if clf.path else "the classifier"
             manifest.source_pixels = {"file": SOURCE_PIXELS,
                                       "from": f"the source statistics of {origin}"}
+        manifest.source_stats = write_source_record(tmp, clf, data_root)
         write_manifest(tmp, manifest)
     return manifest

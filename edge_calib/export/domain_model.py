@@ -16,17 +16,22 @@ import cv2
 import numpy as np
 
 from ..core.errors import EdgeCalibError
+from ..core.progress import echo_err
 from ..core.fileio import write_json_atomic
 from ..data import load_dataset
-from ..imaging.domain_features import (NAME, fit_logistic, fit_novelty, frame_features,
-                                       predict_logistic)
+from ..imaging.domain_features import (NAME, descend_logistic, fit_logistic, fit_novelty,
+                                       frame_features, predict_logistic)
 
 PER_DOMAIN = 2000
 FILE = "domain_classifier.json"
 
 
-def domain_datasets(calibrators, loaded) -> dict[str, str]:
+def domain_datasets(calibrators, loaded, model_source: str | None = None) -> dict[str, str]:
+    """Each domain's training images: a calibrator's target; for an identity domain the
+    calibrators' source, or with no calibrators the frozen model's own source dataset."""
     sources = {cal.meta.source for cal in loaded.values()} - {None}
+    if not sources and model_source:
+        sources = {model_source}
     out = {}
     for domain, _ in calibrators:
         if domain in loaded:
@@ -103,19 +108,70 @@ def fit_domain_model(domains: list[np.ndarray], rng: np.random.Generator) -> tup
                                             "novelty": novelty["rule"]}
 
 
+def add_domain(model: dict, frames: np.ndarray, rng: np.random.Generator) -> tuple[dict, dict]:
+    """A bundle's fitted domain classifier (the arrays of ``fit_domain_model``) with one more
+    domain learnt from its uint8 frames (model input size, file order), the known domains left
+    as they are: the feature scaling, their weights, references and radii are kept (so their
+    radii still hold), the new domain's references and radius are fitted as ``fit_novelty``
+    does, and only the new class's weights are learnt (``descend_logistic``), from the known
+    domains' stored references and 80% of the new frames (as stored and rendered with another
+    camera's exposure). Report: the new domain's held-out 20% (stored and rendered) and the
+    known domains' references, each named by the refitted model."""
+    mean, std = np.asarray(model["mean"]), np.asarray(model["std"])
+    old = [np.asarray(r) for r in model["open_set"]["references"]]
+    k_new = len(old)
+    stored = frame_features(frames)
+    split = rng.permutation(len(frames))
+    cut = max(1, int(0.8 * len(frames)))
+    fit, test = np.sort(split[:cut]), np.sort(split[cut:])
+    new_fit = np.concatenate([stored[fit], frame_features(render_like_a_stream(frames[fit], rng))])
+    z = np.concatenate([*old, (new_fit - mean) / std])
+    labels = np.concatenate([np.full(len(r), k) for k, r in enumerate(old)]
+                            + [np.full(len(new_fit), k_new)])
+    w = np.concatenate([np.asarray(model["weights"]), np.zeros((len(mean), 1))], axis=1)
+    b = np.concatenate([np.asarray(model["bias"]), [0.0]])
+    w, b = descend_logistic(z, labels, w, b, k_new)
+    codec = frame_features(render_like_a_stream(frames, rng, camera=False))
+    novelty, ratios = fit_novelty([((np.concatenate([stored, codec]) - mean) / std,
+                                    np.tile(np.arange(len(frames)), 2))])
+    held = [(r, k) for k, r in enumerate(old)]
+    if len(test):
+        rendered = frame_features(render_like_a_stream(frames[test], rng))
+        held.append(((np.concatenate([stored[test], rendered]) - mean) / std, k_new))
+    hx = np.concatenate([f for f, _ in held])
+    hy = np.concatenate([np.full(len(f), k) for f, k in held])
+    named = predict_logistic({"weights": w, "bias": b}, hx).argmax(1) == hy
+    open_set = dict(model["open_set"])
+    open_set["references"] = [*model["open_set"]["references"], *novelty["references"]]
+    open_set["radii"] = [*model["open_set"]["radii"], *novelty["radii"]]
+    report = {"holdout_frames": int(len(hy)), "holdout_accuracy": round(float(named.mean()) * 100,
+                                                                      2),
+              "new_domain_named": round(float(named[hy == k_new].mean()) * 100, 2)
+              if (hy == k_new).any() else None,
+              "new_domain_known": round(float((ratios[0] <= 1).mean()) * 100, 2)}
+    return {**model, "weights": w.tolist(), "bias": b.tolist(), "open_set": open_set}, report
+
+
 def bundle_domain_classifier(data_root, seed: int = 0):
     """A callback for ``build_bundle``: writes the model into the bundle, returns its entry."""
 
-    def build(folder, spec, calibrators, loaded) -> dict:
+    def build(folder, spec, calibrators, loaded, model_source=None) -> dict | None:
         names = [d for d, _ in calibrators]
-        datasets = domain_datasets(calibrators, loaded)
-        rng = np.random.default_rng(seed)
-        frames = []
-        for domain in names:
-            ds = load_dataset(datasets[domain], "train", data_root,
-                              image_size=(spec.height, spec.width))
-            pick = np.sort(rng.permutation(len(ds))[:PER_DOMAIN])  # file order: CV blocks
-            frames.append(spec.resize_uint8(ds.images[pick]))
+        alone = len(names) == 1  # open set only: best effort, never a download
+        try:
+            datasets = domain_datasets(calibrators, loaded, model_source)
+            rng = np.random.default_rng(seed)
+            frames = []
+            for domain in names:
+                ds = load_dataset(datasets[domain], "train", data_root, download=not alone,
+                                  image_size=(spec.height, spec.width))
+                pick = np.sort(rng.permutation(len(ds))[:PER_DOMAIN])  # file order: CV blocks
+                frames.append(spec.resize_uint8(ds.images[pick]))
+        except EdgeCalibError as exc:
+            if not alone:
+                raise
+            echo_err(f"no auto-domain model for the one domain {names[0]!r} ({exc})")
+            return None
         model, report = fit_domain_model(frames, rng)
         write_json_atomic(folder / FILE, {"features": NAME, "domains": names, **model})
         return {"file": FILE, "features": NAME, "domains": names, "trained_on": datasets,

@@ -84,15 +84,25 @@ def fit_logistic(features: np.ndarray, labels: np.ndarray, classes: int, steps: 
     minimise -(1/n) sum_i log softmax(W f_i + b)_{y_i} + l2 ||W||^2."""
     mean, std = features.mean(axis=0), features.std(axis=0) + 1e-6
     f = (features - mean) / std
-    w = np.zeros((f.shape[1], classes), np.float64)
-    b = np.zeros(classes, np.float64)
-    onehot = np.eye(classes)[labels]
-    for _ in range(steps):
-        p = softmax(f @ w + b)
-        grad = (p - onehot) / len(f)
-        w -= lr * (f.T @ grad + 2 * l2 * w)
-        b -= lr * grad.sum(axis=0)
+    w, b = descend_logistic(f, labels, np.zeros((f.shape[1], classes)), np.zeros(classes), 0,
+                            steps, lr, l2)
     return {"mean": mean.tolist(), "std": std.tolist(), "weights": w.tolist(), "bias": b.tolist()}
+
+
+def descend_logistic(z: np.ndarray, labels: np.ndarray, w: np.ndarray, b: np.ndarray,
+                     first_free: int, steps: int = 500, lr: float = 0.5, l2: float = 1e-3
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient descent on the loss of ``fit_logistic`` from (w, b), changing only the columns
+    (classes) from ``first_free`` on: with the others fixed, how the model ranks those classes
+    among themselves is unchanged."""
+    w, b = np.array(w, np.float64), np.array(b, np.float64)
+    onehot = np.eye(w.shape[1])[labels]
+    for _ in range(steps):
+        p = softmax(z @ w + b)
+        grad = (p - onehot) / len(z)
+        w[:, first_free:] -= lr * (z.T @ grad + 2 * l2 * w)[:, first_free:]
+        b[first_free:] -= lr * grad.sum(axis=0)[first_free:]
+    return w, b
 
 
 def predict_logistic(model, z: np.ndarray) -> np.ndarray:

@@ -1,0 +1,66 @@
+"""``edge-calib adapt``: add a domain to a deploy bundle from frames collected on the device."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..models.families import FAMILY_SUMMARIES
+
+
+@click.command("adapt")
+@click.option("--deploy", required=True, type=click.Path(file_okay=False),
+              help="The bundle to add the domain to (changed in place, atomically).")
+@click.option("--frames", required=True, type=click.Path(file_okay=False),
+              help="The new domain's unlabelled frames: a collection from `run --collect`, or "
+                   "any folder of images.")
+@click.option("--domain", required=True, help="The new domain's name.")
+@click.option("--replace", is_flag=True, help="Train a domain the bundle already has again.")
+@click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="[default: 8 for a segmenter, 128 for a classifier]")
+@click.option("--calibrator-arch", "arch", default="curve", show_default=True,
+              help="Calibrator family: " + "; ".join(FAMILY_SUMMARIES))
+@click.option("--calibrator-size", "size", default="large", show_default=True,
+              help="The family's size: a preset or KEY=VALUE,... (as `train`).")
+@click.option("--eps", type=float, default=1.0, show_default=True)
+@click.option("--lr", type=float, default=3e-3, show_default=True)
+@click.option("--ema", type=float, default=0.95, show_default=True)
+@click.option("--w-stats", type=float, default=3.0, show_default=True,
+              help="Weight of the source-statistics term.")
+@click.option("--w-consistency", type=float, default=10.0, show_default=True,
+              help="Weight of the source consistency term (on the bundle's source frames).")
+@click.option("--w-histogram", type=float, default=10.0, show_default=True,
+              help="Weight of the pixel histogram term (towards the bundle's source frames).")
+@click.option("--restarts", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Short starts from different seeds; the lowest statistics distance "
+                   "continues (3/16 of --epochs each).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True,
+              help="auto (CUDA when present), cpu, cuda or cuda:N.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def adapt(deploy, frames, domain, replace, epochs, batch_size, arch, size, eps, lr, ema, w_stats,
+          w_consistency, w_histogram, restarts, seed, device, quiet):
+    """Train a calibrator for a new domain from its unlabelled frames against the bundle's own
+    frozen model, keep it or per-frame histogram matching (whichever restores the model's source
+    statistics better on held-out frames), and add it to the bundle: the other domains' files
+    are untouched, the auto-domain model learns the new domain, and the manifest is swapped
+    atomically (a device running with --watch picks it up)."""
+    from ..deploy.bundle import open_bundle
+    from ..export.adapt import AdaptRequest, adapt_bundle
+    from ..train.calibrate import CalibratorConfig
+    from .training import calibrator_size
+
+    if batch_size is None:
+        batch_size = 8 if open_bundle(deploy, verify=False).task == "segmentation" else 128
+    cfg = CalibratorConfig(epochs=epochs, batch_size=batch_size, lr=lr, eps=eps, arch=arch,
+                           size=calibrator_size(arch, size, None, None), objective="stats",
+                           w_stats=w_stats, w_consistency=w_consistency,
+                           w_histogram=w_histogram, ema=ema, seed=seed, restarts=restarts,
+                           restart_epochs=max(1, epochs * 3 // 16) if restarts > 1 else 0)
+    cfg.validate()
+    result = adapt_bundle(AdaptRequest(Path(deploy), Path(frames), domain, cfg, replace, device,
+                                       progress=not quiet))
+    click.echo(json.dumps(result))
