@@ -274,9 +274,72 @@ def test_replace_and_a_watching_device_picks_it_up(adapted, colour_frames, domai
     finally:
         send_command(sock, "quit")
         thread.join(timeout=60)
-    assert result["reloads"] and result["reloads"][0]["ok"], result.get("reloads")
-    assert result["error"] is None
+    assert any(r["ok"] for r in result["reloads"]), result.get("reloads")
+    assert result["error"] is None and "colour" in runner.controller.bundle.domains
+    assert runner.controller.auto.domains == ["mnist", "colour"]  # the vote knows it too
     files = set(json.loads((work / "manifest.json").read_text())["domains"]["colour"]
                 ["calibrator"]["files"].values())
     assert files.isdisjoint(old_files)
     assert not any((work / f).exists() for f in old_files)
+
+
+def test_a_device_reloading_mid_swap_keeps_serving(mnist_bundle, adapted, domain_video,
+                                                   tmp_path):
+    """The swap is two atomic renames (manifest, then its hash): a reload that reads between
+    them is refused and the old bundle keeps serving; the hash's arrival reloads the new one."""
+    from edge_calib.runtime.control import send_command
+    from edge_calib.runtime.sources import parse_source
+    from edge_calib.runtime.stream import RunOptions, StreamRunner
+    from helpers import wait_until
+
+    work = tmp_path / "b"
+    shutil.copytree(mnist_bundle, work)
+    new = adapted[0]
+    for p in new.rglob("*"):  # the staged files first, as adapt writes them
+        if p.is_file() and p.name not in ("manifest.json", "manifest.sha256", ".adapt.lock"):
+            (work / p.relative_to(new)).parent.mkdir(exist_ok=True)
+            shutil.copy(p, work / p.relative_to(new))
+    video, _ = domain_video
+    sock = str(tmp_path / "c.sock")
+    runner = StreamRunner(RunOptions(deploy=str(work), domain="auto", headless=True,
+                                     control=sock, realtime=True, watch=True),
+                          parse_source(None, str(video), fps=40, loop=True))
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(runner.run()))
+    thread.start()
+    try:
+        wait_until(lambda: os.path.exists(sock) and runner.times.frames >= 5, thread)
+        shutil.copy(new / "manifest.json", work / "manifest.json")  # half-way through the swap
+        deadline = time.time() + 30
+        while not runner.controller.reloads and time.time() < deadline:
+            time.sleep(0.1)
+        frames = runner.times.frames
+        time.sleep(0.5)
+        assert runner.times.frames > frames  # still serving
+        shutil.copy(new / "manifest.sha256", work / "manifest.sha256")
+        deadline = time.time() + 30
+        while not any(r["ok"] for r in runner.controller.reloads) and time.time() < deadline:
+            time.sleep(0.1)
+    finally:
+        send_command(sock, "quit")
+        thread.join(timeout=60)
+    first, last = result["reloads"][0], result["reloads"][-1]
+    assert first["ok"] is False and "does not match" in first["error"]
+    assert last["ok"] and result["error"] is None
+    assert runner.controller.bundle.domains == ["mnist", "colour"]
+    assert runner.controller.auto.domains == ["mnist", "colour"]
+
+
+def test_a_reloaded_vote_keeps_its_window_by_domain_name():
+    from edge_calib.runtime.domain_auto import UNKNOWN, AutoDomain, DomainModel
+
+    def model(names):
+        return DomainModel(names, np.zeros(2), np.ones(2), np.zeros((2, len(names))),
+                           np.zeros(len(names)))
+
+    old = AutoDomain(model(["day", "dusk"]), window=4)
+    for vote in ("day", "dusk", UNKNOWN, "dusk"):
+        old.update("day", vote)
+    new = AutoDomain(model(["dusk", "night"]), window=4)
+    new.carry_votes(old)
+    assert [new.choices[k] for k in new.votes] == [UNKNOWN, "dusk", UNKNOWN, "dusk"]

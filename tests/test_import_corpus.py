@@ -161,10 +161,12 @@ def test_a_conversion_that_disagrees_is_refused_unless_forced(tmp_path, shared_d
     ("nhwc", ["--layout", "nchw"], "has 8 channels in NCHW layout; edge-calib needs 1 or 3 (an "
                                    "NHWC model: pass --layout nhwc)"),
     ("dynamic", [], "the model's input size is not fixed"),
+    ("rgba", [], "an input shaped [1, 4, 8, 8] has 4 channels in NCHW layout and 8 in NHWC; "
+                 "edge-calib needs 1 or 3"),
 ])
 def test_refusals_name_what_to_do(make, args, message, tmp_path):
     shapes = {"opset1": [1, 3, 8, 8], "square": [1, 3, 8, 3], "nhwc": [1, 8, 8, 3],
-              "dynamic": ["n", 3, "h", "w"]}
+              "dynamic": ["n", 3, "h", "w"], "rgba": [1, 4, 8, 8]}
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shapes[make])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, shapes[make])
     model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
@@ -212,3 +214,42 @@ def test_external_data_is_embedded_at_import_and_refused_in_a_bundle(corpus, tmp
         f"{hashlib.sha256(text.encode()).hexdigest()}  manifest.json\n")
     with pytest.raises(EdgeCalibError, match="keeps weights in an external data file"):
         open_bundle(bundle)
+
+
+def test_a_model_with_several_outputs_names_the_one_it_uses(tmp_path):
+    """Three outputs (3, 5 and 7 scores): the first by default, said on stderr and in the
+    summary; --output picks another, which the deployed graph then lists first."""
+    import json
+
+    from edge_calib.deploy.bundle import open_bundle
+
+    rng = np.random.default_rng(0)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    outs, nodes, inits = [], [helper.make_node("GlobalAveragePool", ["x"], ["g"]),
+                              helper.make_node("Flatten", ["g"], ["f"])], []
+    for name, k in (("a", 3), ("b", 5), ("c", 7)):
+        inits.append(numpy_helper.from_array(rng.normal(size=(3, k)).astype(np.float32),
+                                             f"w{name}"))
+        nodes.append(helper.make_node("MatMul", ["f", f"w{name}"], [name]))
+        outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, k]))
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], outs, inits),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, str(tmp_path / "three.onnx"))
+    r = CliRunner().invoke(main, ["import-model", str(tmp_path / "three.onnx"),
+                                 "--out", str(tmp_path / "a.pt")])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["output"] == "a" and summary["classes"] == 3
+    assert "has 3 outputs (a, b, c); using 'a' (the first; --output NAME picks another)" \
+        in r.stderr
+    r = invoke("import-model", tmp_path / "three.onnx", "--output", "b", "--out",
+               tmp_path / "b.pt")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output.strip().splitlines()[-1])["classes"] == 5
+    r = invoke("export", "--classifier", tmp_path / "b.pt", "--calibrator", "d=identity",
+               "--out", tmp_path / "bundle", "--quiet")
+    assert r.exit_code == 0, r.output
+    deployed = onnx.load(str(open_bundle(tmp_path / "bundle").classifier_file("onnxruntime")))
+    assert [o.name for o in deployed.graph.output] == ["b", "a", "c"]
+    one_line_error(invoke("import-model", tmp_path / "three.onnx", "--output", "z", "--out",
+                          tmp_path / "z.pt"), "no output named 'z' (it has a, b, c)")

@@ -190,3 +190,51 @@ def test_masks_in_front_of_a_classifier_are_one_line_before_any_training(trained
                "--data-root", camvid_root, "--quiet")
     one_line_error(r, "camvid:day has label masks, but the model is a classifier")
     assert not list(tmp_path.iterdir())
+
+
+def test_ignore_index_reads_labels_whose_void_is_not_255(seg_model, camvid_dusk_test,
+                                                         camvid_root, tmp_path):
+    """CamVid's own label files mark void with 11: refused as out of range, scored exactly as
+    the built-in CamVid evaluation with --ignore-index 11."""
+    seg, _ = seg_model
+    raw = write_frames(tmp_path / "raw", camvid_dusk_test, lambda m: m)
+    one_line_error(invoke("eval", "--classifier", seg, "--dataset", raw, "--json"),
+                   "label value 11 is out of range")
+    own = result(invoke("eval", "--classifier", seg, "--dataset", raw, "--ignore-index", 11,
+                        "--json"))
+    built_in = result(invoke("eval", "--classifier", seg, "--dataset", "camvid:dusk", "--split",
+                             "test", "--json", "--data-root", camvid_root))
+    for key in ("miou", "per_class_iou", "labelled_pixels"):
+        assert own[key] == built_in[key], key
+
+
+def test_eval_scores_the_runtime_fallback_for_unknown_frames(seg_model, camvid_root):
+    """eval --deploy --unknown histogram is the runtime's fallback: its histogram matching to
+    the bundle's source pixels, then the classifier graph (recomputed here by hand)."""
+    import onnxruntime as ort
+
+    from edge_calib.core.scoring import Scorer
+    from edge_calib.data import load_dataset
+    from edge_calib.deploy.bundle import open_bundle
+    from edge_calib.runtime.controller import unknown_fallback
+    from edge_calib.bench.accuracy import upsample_logits
+
+    _, bundle = seg_model
+    args = ("--dataset", "camvid:dusk", "--max-samples", 6, "--json", "--data-root", camvid_root)
+    alone = result(invoke("eval", "--deploy", bundle, "--unknown", "model", *args))
+    day = result(invoke("eval", "--deploy", bundle, "--domain", "day", *args))
+    assert alone["miou"] == day["miou"] and alone["unknown"] == "model"  # day is the identity
+    matched = result(invoke("eval", "--deploy", bundle, "--unknown", "histogram", *args))
+    b = open_bundle(bundle)
+    spec = b.spec
+    data = load_dataset("camvid:dusk", "test", camvid_root,
+                        image_size=(spec.height, spec.width)).subset(6)
+    frames = unknown_fallback(b, "histogram")(spec.resize_uint8(data.images))
+    session = ort.InferenceSession(str(b.classifier_file("onnxruntime")))
+    logits = session.run(None, {session.get_inputs()[0].name: spec.preprocess(frames)})[0]
+    scorer = Scorer("segmentation", b.labels, data.void)
+    scorer.add(upsample_logits(logits, data.labels.shape[1:]).argmax(1), data.labels)
+    by_hand = scorer.scores()
+    for key in ("miou", "pixel_accuracy"):
+        assert matched[key] == round(by_hand[key], 3), key
+    assert not np.array_equal(frames, spec.resize_uint8(data.images))  # it did match them

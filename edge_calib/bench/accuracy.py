@@ -25,7 +25,7 @@ def upsample_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def evaluate_bundle(deploy, domain, dataset, split, data_root, batch_size=512, max_samples=None,
-                    fused=False, label_map=None, unknown=None) -> dict:
+                    fused=False, label_map=None, unknown=None, ignore_index=None) -> dict:
     """``unknown`` (``model`` or ``histogram``): score the frames as the runtime runs a frame
     voted ``unknown`` under ``run --unknown RULE`` (the frozen model alone, or after histogram
     matching to the bundle's source pixels), instead of a domain's calibrator."""
@@ -43,6 +43,8 @@ def evaluate_bundle(deploy, domain, dataset, split, data_root, batch_size=512, m
     spec = bundle.spec
     data = load_dataset(dataset, split, data_root, image_size=(spec.height, spec.width))
     data = data.subset(max_samples)
+    if ignore_index is not None:
+        data.void = ignore_index
     if data.labels is None:
         raise EdgeCalibError(f"{dataset} has no labels: scores need a labelled dataset")
     segmenting = bundle.task == "segmentation"

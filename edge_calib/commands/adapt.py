@@ -20,7 +20,8 @@ from ..models.families import FAMILY_SUMMARIES
 @click.option("--replace", is_flag=True, help="Train a domain the bundle already has again.")
 @click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="[default: 8 for a segmenter, 128 for a classifier]")
+              help="[default: 8 for a segmenter, 32 for a classifier: a collection of a few "
+                   "hundred frames still gives several steps an epoch]")
 @click.option("--calibrator-arch", "arch", default="curve", show_default=True,
               help="Calibrator family: " + "; ".join(FAMILY_SUMMARIES))
 @click.option("--calibrator-size", "size", default="large", show_default=True,
@@ -34,6 +35,10 @@ from ..models.families import FAMILY_SUMMARIES
               help="Weight of the source consistency term (on the bundle's source frames).")
 @click.option("--w-histogram", type=float, default=10.0, show_default=True,
               help="Weight of the pixel histogram term (towards the bundle's source frames).")
+@click.option("--init", type=click.Choice(["identity", "histogram"]), default="identity",
+              show_default=True,
+              help="Where the curve calibrator starts: the identity, or per-frame histogram "
+                   "matching to the source pixels.")
 @click.option("--restarts", type=click.IntRange(min=1), default=3, show_default=True,
               help="Short starts from different seeds; the lowest statistics distance "
                    "continues (3/16 of --epochs each).")
@@ -42,7 +47,7 @@ from ..models.families import FAMILY_SUMMARIES
               help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def adapt(deploy, frames, domain, replace, epochs, batch_size, arch, size, eps, lr, ema, w_stats,
-          w_consistency, w_histogram, restarts, seed, device, quiet):
+          w_consistency, w_histogram, init, restarts, seed, device, quiet):
     """Train a calibrator for a new domain from its unlabelled frames against the bundle's own
     frozen model, keep it or per-frame histogram matching (whichever restores the model's source
     statistics better on held-out frames), and add it to the bundle: the other domains' files
@@ -54,11 +59,12 @@ def adapt(deploy, frames, domain, replace, epochs, batch_size, arch, size, eps, 
     from .training import calibrator_size
 
     if batch_size is None:
-        batch_size = 8 if open_bundle(deploy, verify=False).task == "segmentation" else 128
+        batch_size = 8 if open_bundle(deploy, verify=False).task == "segmentation" else 32
     cfg = CalibratorConfig(epochs=epochs, batch_size=batch_size, lr=lr, eps=eps, arch=arch,
                            size=calibrator_size(arch, size, None, None), objective="stats",
                            w_stats=w_stats, w_consistency=w_consistency,
-                           w_histogram=w_histogram, ema=ema, seed=seed, restarts=restarts,
+                           w_histogram=w_histogram, ema=ema, init=init, seed=seed,
+                           restarts=restarts,
                            restart_epochs=max(1, epochs * 3 // 16) if restarts > 1 else 0)
     cfg.validate()
     result = adapt_bundle(AdaptRequest(Path(deploy), Path(frames), domain, cfg, replace, device,

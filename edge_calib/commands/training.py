@@ -8,6 +8,7 @@ import json
 import click
 
 from ..core.errors import EdgeCalibError
+from ..core.progress import echo_err
 from ..models.families import DEFAULT_ARCH, FAMILY_SUMMARIES
 from .options import data_root_option, training_options
 
@@ -294,6 +295,10 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
 @click.option("--deploy", type=click.Path(file_okay=False), default=None,
               help="Evaluate through a deploy bundle (ONNX Runtime) instead of checkpoints.")
 @click.option("--domain", default=None, help="With --deploy: the domain whose calibrator runs.")
+@click.option("--ignore-index", type=click.IntRange(0, 255), default=None,
+              help="Segmentation labels: the value that marks unlabelled pixels in the "
+                   "dataset's masks [default: 255 for a label folder; CamVid's own files "
+                   "use 11].")
 @click.option("--unknown", type=click.Choice(["model", "histogram"]), default=None,
               help="With --deploy: score the frames as `run --unknown RULE` runs frames voted "
                    "unknown (the frozen model alone, or after histogram matching to the bundle's "
@@ -326,9 +331,9 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
               help="Scores that need no labels (to rank calibrators on a domain's unlabelled "
                    "frames): the source-statistics distance, the pixel W1 to the source, the "
                    "mean prediction entropy and the information score (higher is better).")
-def evaluate(classifier, calibrator, deploy, domain, unknown, fused, dataset, split, data_root, as_json,
-             batch_size, device, max_samples, photometric, reference, fit_on, unlabelled,
-             label_map):
+def evaluate(classifier, calibrator, deploy, domain, ignore_index, unknown, fused, dataset,
+             split, data_root, as_json, batch_size, device, max_samples, photometric, reference,
+             fit_on, unlabelled, label_map):
     """Accuracy (segmenters: mIoU, per-class IoU, pixel accuracy, fwIoU) of the frozen model,
     with a calibrator or a classical photometric correction in front when one is given."""
     if unlabelled and (deploy or photometric):
@@ -342,7 +347,7 @@ def evaluate(classifier, calibrator, deploy, domain, unknown, fused, dataset, sp
         from ..bench.accuracy import evaluate_bundle
 
         result = evaluate_bundle(deploy, domain, dataset, split, data_root, batch_size,
-                                 max_samples, fused, label_map, unknown)
+                                 max_samples, fused, label_map, unknown, ignore_index)
     else:
         if not classifier:
             raise EdgeCalibError("give --classifier (and optionally --calibrator), or --deploy")
@@ -360,7 +365,7 @@ def evaluate(classifier, calibrator, deploy, domain, unknown, fused, dataset, sp
                 load_dataset(fit_on, "train", data_root).images if fit_on else None)
         result = _evaluate_checkpoints(classifier, calibrator, dataset, split, data_root,
                                        batch_size, device, max_samples, correction, unlabelled,
-                                       label_map)
+                                       label_map, ignore_index)
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -369,7 +374,8 @@ def evaluate(classifier, calibrator, deploy, domain, unknown, fused, dataset, sp
 
 
 def _evaluate_checkpoints(classifier, calibrator, dataset, split, data_root, batch_size, device,
-                          max_samples, correction=None, unlabelled=False, label_map=None):
+                          max_samples, correction=None, unlabelled=False, label_map=None,
+                          ignore_index=None):
     from ..core.scoring import LabelMap
     from ..data import load_dataset
     from ..models.store import load_calibrator, load_classifier
@@ -387,6 +393,8 @@ def _evaluate_checkpoints(classifier, calibrator, dataset, split, data_root, bat
     images = load_dataset(dataset, split, data_root, image_size=(clf.spec.height, clf.spec.width),
                           unlabelled=unlabelled)
     images = images.subset(max_samples)
+    if ignore_index is not None:
+        images.void = ignore_index
     if correction is not None:
         images.images = correction(images.images)
     data = DomainData(images, clf.spec)
@@ -462,13 +470,16 @@ def adabn(classifier, target, data_root, out, max_samples):
                    "activation statistics on them are recorded for `train --objective stats` "
                    "and the `curve` calibrator [default: recorded at training time from "
                    "`train --source`].")
+@click.option("--output", "output_name", default=None,
+              help="The graph output to score and calibrate for [default: the first]; the "
+                   "deployed graph lists it first.")
 @click.option("--force", is_flag=True,
               help="Import even when the conversion disagrees with ONNX Runtime (recorded as a "
                    "warning that doctor and the bundle show).")
 @data_root_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 def import_model(model, task, input_size, mean, std, colour_order, layout, labels_file,
-                 check_dataset, source, force, data_root, out):
+                 check_dataset, source, output_name, force, data_root, out):
     """Import a frozen ONNX network (deployed unchanged) so calibrators can be trained for it."""
     from ..models.importer import ImportRequest, import_onnx
 
@@ -485,7 +496,7 @@ def import_model(model, task, input_size, mean, std, colour_order, layout, label
         except OSError as exc:
             raise EdgeCalibError(f"--labels {labels_file}: {exc.strerror}") from None
     request = ImportRequest(task, parse_hw(input_size, "--input-size"), floats(mean, "mean"),
-                            floats(std, "std"), colour_order, layout, labels, force)
+                            floats(std, "std"), colour_order, layout, labels, force, output_name)
     images = name = None
     if check_dataset:
         from ..data import load_dataset
@@ -493,6 +504,12 @@ def import_model(model, task, input_size, mean, std, colour_order, layout, label
         images = load_dataset(check_dataset, "test", data_root).images
         name = check_dataset
     clf = import_onnx(model, request, images, name)
+    outputs = clf.metrics["outputs"]
+    if len(outputs) > 1:
+        echo_err(f"import-model: the model has {len(outputs)} outputs ({', '.join(outputs)}); "
+                 f"using {clf.metrics['output']!r}" + ("" if output_name else
+                                                       " (the first; --output NAME picks "
+                                                       "another)"))
     if source:
         from ..train.source_stats import record_source_stats
         from ..train.tensors import load_domain
@@ -504,6 +521,7 @@ def import_model(model, task, input_size, mean, std, colour_order, layout, label
                            "classes": clf.num_classes, "input_spec": clf.spec.to_dict(),
                            "graph_layout": clf.graph_layout,
                            "int8_graph": clf.metrics["int8_graph"],
+                           "output": clf.metrics["output"], "outputs": outputs,
                            "conversion_check": clf.metrics["conversion_check"],
                            "conversion_warning": clf.metrics["conversion_warning"],
                            "onnx_sha256": clf.metrics["onnx_sha256"]}))

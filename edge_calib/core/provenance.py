@@ -43,7 +43,7 @@ def git_commit(root: str | Path | None = None) -> tuple[str, bool | None]:
     """(HEAD, whether edge_calib/ or benchmarks/ differ from it) of the checkout at ``root``
     (default: this package's). A copy without .git (a borrowed GPU machine) takes the commit
     from $EDGE_CALIB_COMMIT, with the dirty flag unknown."""
-    root = Path(root) if root else Path(__file__).resolve().parents[1]
+    root = Path(root) if root else Path(__file__).resolve().parents[2]  # the checkout
     sha = _run(["git", "-C", str(root), "rev-parse", "HEAD"])
     if not sha:
         return os.environ.get("EDGE_CALIB_COMMIT", "unknown"), None

@@ -155,13 +155,10 @@ def _check_fused(fused: onnx.ModelProto, calibrator: onnx.ModelProto,
                  classifier: onnx.ModelProto, shape) -> tuple[float, float]:
     """(max |fused - classifier(calibrator(x))|, share of outputs with the same argmax) on
     random inputs (ONNX Runtime); non-finite outputs are an error."""
-    import onnxruntime as ort
-
-    from ..deploy.ort_session import run_session
+    from ..deploy.ort_session import make_session, run_session
 
     def run(model, x):
-        return run_session(ort.InferenceSession(model.SerializeToString(),
-                                                providers=["CPUExecutionProvider"]), x)
+        return run_session(make_session("the fused graph", model=model.SerializeToString()), x)
 
     x = np.random.default_rng(0).uniform(-1, 1, (4, *shape)).astype(np.float32)
     try:

@@ -52,6 +52,7 @@ class ImportRequest:
     layout: str = "auto"
     labels: list[str] | None = None
     force: bool = False
+    output: str | None = None  # the graph output scored and calibrated for (None: the first)
 
 
 def _external_data(model: onnx.ModelProto) -> set[str]:
@@ -85,7 +86,10 @@ def detect_layout(dims: list[int | None], asked: str, path) -> str:
         raise EdgeCalibError(f"--layout {asked!r}: choose one of {', '.join(LAYOUTS)}")
     channels_first, channels_last = dims[1] in (1, 3), dims[3] in (1, 3)
     if asked == "auto":
-        if channels_first == channels_last:
+        if not (channels_first or channels_last):
+            raise EdgeCalibError(f"{path}: an input shaped {dims} has {dims[1]} channels in "
+                                 f"NCHW layout and {dims[3]} in NHWC; edge-calib needs 1 or 3")
+        if channels_first and channels_last:
             raise EdgeCalibError(f"{path}: cannot tell the layout of an input shaped {dims}; "
                                  "pass --layout nchw or --layout nhwc")
         asked = "nchw" if channels_first else "nhwc"
@@ -127,6 +131,16 @@ def import_onnx(path: str | Path, request: ImportRequest,
         raise
     except Exception as exc:  # onnx raises several types for a broken file
         raise EdgeCalibError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from None
+    outputs = [o.name for o in model.graph.output]
+    if request.output is not None and request.output != outputs[0]:
+        if request.output not in outputs:
+            raise EdgeCalibError(f"{path}: no output named {request.output!r} (it has "
+                                 f"{', '.join(outputs)})")
+        chosen = next(o for o in model.graph.output if o.name == request.output)
+        others = [o for o in model.graph.output if o.name != request.output]
+        del model.graph.output[:]
+        model.graph.output.extend([chosen, *others])  # the first output is the one used
+        data = model.SerializeToString()
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None or opset < MIN_OPSET:
         raise EdgeCalibError(f"{path}: opset {opset} is older than ONNX Runtime runs (>= "
@@ -175,7 +189,9 @@ def import_onnx(path: str | Path, request: ImportRequest,
                "external_data_embedded": sorted(external) or None,
                "conversion_check": report, "int8_graph": quantised, "opset": module.opset,
                "ir_version": model.ir_version, "producer": model.producer_name or None,
-               "graph_layout": layout.upper(), "conversion_warning": warning}
+               "graph_layout": layout.upper(), "conversion_warning": warning,
+               "output": model.graph.output[0].name,
+               "outputs": [o.name for o in model.graph.output]}
     return Classifier(module, "onnx", spec, classes, labels,
                       {"imported": True, "int8": quantised, "folded": False}, metrics, None, data,
                       request.task, graph_layout=layout.upper())
@@ -186,14 +202,9 @@ def conversion_check(data: bytes, module, spec: InputSpec, fixed_batch, layout, 
     """ONNX Runtime against the converted module on random inputs in the input range and on
     real images: per input set the largest |difference|, that as a share of the range of ONNX
     Runtime's outputs, and the share of samples (or pixels) with the same top-1."""
-    import onnxruntime as ort
+    from ..deploy.ort_session import make_session, run_session
 
-    from ..deploy.ort_session import run_session
-
-    try:
-        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise EdgeCalibError(f"{path}: ONNX Runtime cannot load it ({_first_line(exc)})") from None
+    session = make_session(path, model=data)  # ONNX Runtime's own warnings are not printed
     batch = fixed_batch or 2
     rng = np.random.default_rng(0)
     lo, hi = np.array(spec.lo).reshape(1, -1, 1, 1), np.array(spec.hi).reshape(1, -1, 1, 1)

@@ -59,18 +59,15 @@ class Controller:
         self.auto = None
         self.domain = None  # with --domain auto: set by the first frames' vote
         if opts.domain == "auto":
-            entry = self.bundle.manifest.domain_classifier
-            if entry is None:
-                raise EdgeCalibError("--domain auto: this bundle has no domain classifier "
-                                     "(build it with several domains and --auto-domain)")
-            self.auto = AutoDomain(load_domain_model(self.bundle.path(entry.file),
-                                                      self.bundle.domains),
-                                   opts.auto_window, opts.auto_threshold, opts.auto_radius_scale)
+            self.auto = self._auto_for(self.bundle)
         else:
             self.bundle.domain(opts.domain)  # unknown: lists the bundle's domains
             self.domain = opts.domain
         self.fallback = unknown_fallback(self.bundle, opts.unknown)
         self.collector = None  # run --collect: set by the runner (collect.FrameCollector)
+        # frames voted unknown before the window switched (index, (rgb, features, captured)),
+        # kept for the collection that the switch starts
+        self.voted_unknown: collections.deque = collections.deque(maxlen=opts.auto_window)
         self.engines = self._load_checked(self.bundle, None)  # last: nothing after it can fail
         self.switches: collections.deque[dict] = collections.deque(maxlen=SWITCH_LOG)
         self.switch_count = 0
@@ -82,6 +79,16 @@ class Controller:
         self.last_frame: np.ndarray | None = None  # uint8, for a reload's check
 
     # -- engines and reload ----------------------------------------------------------------
+    def _auto_for(self, bundle) -> AutoDomain:
+        """The vote on ``bundle``'s domain classifier, with the run's window settings."""
+        entry = bundle.manifest.domain_classifier
+        if entry is None:
+            raise EdgeCalibError("--domain auto: this bundle has no domain classifier "
+                                 "(export it with --auto-domain)")
+        return AutoDomain(load_domain_model(bundle.path(entry.file), bundle.domains),
+                          self.opts.auto_window, self.opts.auto_threshold,
+                          self.opts.auto_radius_scale)
+
     def _load_checked(self, bundle, x):
         """Load every domain's engines and check each on one frame (finite outputs, bounded
         calibrator, frame graph equal to its float graph); this also warms every session up.
@@ -108,9 +115,10 @@ class Controller:
                     raise EdgeCalibError("the new bundle has another input spec")
                 frame = self.last_frame
                 fallback = unknown_fallback(bundle, self.opts.unknown)
+                auto = None if self.auto is None else self._auto_for(bundle)
                 engines = self._load_checked(bundle, None if frame is None
                                              else bundle.spec.normalize(frame))
-                self._reloaded = (bundle, engines, fallback, reason,
+                self._reloaded = (bundle, engines, fallback, auto, reason,
                                   time.perf_counter() - started)
             except Exception as exc:  # keep the old engines, log why
                 self.reloads.append({"ok": False, "reason": reason, "error": str(exc)})
@@ -124,9 +132,12 @@ class Controller:
         """Swap in a bundle a reload has loaded and checked (between two frames)."""
         if self._reloaded is None:
             return
-        bundle, engines, fallback, reason, seconds = self._reloaded
+        bundle, engines, fallback, auto, reason, seconds = self._reloaded
         self._reloaded = None
         replaced, self.bundle, self.engines, self.fallback = self.engines, bundle, engines, fallback
+        if self.auto is not None and auto is not None:  # the new domain model votes from now
+            auto.carry_votes(self.auto)  # on, the window's votes kept (by domain name)
+            self.auto = auto
         replaced.close()  # the old sessions are never used again
         if self.domain not in bundle.domains and self.domain != UNKNOWN:
             self.domain = bundle.domains[0]
@@ -191,6 +202,10 @@ class Controller:
         if self.collector is not None and by == "auto" and previous != name:
             if name == UNKNOWN and self.collector.current is None:
                 self.collector.start(time.strftime("unknown-%Y%m%d-%H%M%S"), "unknown")
+                for voted, frame in self.voted_unknown:  # the votes that made the switch
+                    if voted > index - self.opts.auto_window:
+                        self.collector.offer(*frame)
+                self.voted_unknown.clear()
             elif previous == UNKNOWN and self.collector.current is not None \
                     and self.collector.current["reason"] == "unknown":
                 self.collector.stop(f"the vote named {name!r}")

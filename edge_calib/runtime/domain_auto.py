@@ -151,6 +151,13 @@ class AutoDomain:
                 out["predicted"] = UNKNOWN
         return out
 
+    def carry_votes(self, previous: "AutoDomain") -> None:
+        """Start from ``previous``'s window (a reloaded bundle): each vote kept by its domain's
+        name, a domain this model does not have as ``unknown``."""
+        for k in previous.votes:
+            name = previous.choices[k]
+            self.votes.append(self.choices.index(name if name in self.choices else UNKNOWN))
+
     def update(self, current: str | None, predicted: str) -> str | None:
         """Record a vote; return the domain (or ``unknown``) to switch to, or None to stay."""
         self.votes.append(self.choices.index(predicted))

@@ -150,6 +150,10 @@ class StreamRunner:
                     ctl.collector.offer(frame.rgb, ctl.auto.last_features if vote is not None
                                         else frame_features(u8)[0], frame.captured)
                     t_vote = time.perf_counter()
+                elif ctl.collector is not None and vote is not None \
+                        and vote["predicted"] == UNKNOWN:  # kept until the window decides
+                    ctl.voted_unknown.append((index, (frame.rgb, ctl.auto.last_features,
+                                                      frame.captured)))
                 domain = ctl.domain
                 calibrator = ctl.calibrator_for(domain)
                 fallback = domain == UNKNOWN and ctl.fallback is not None
