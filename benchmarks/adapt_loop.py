@@ -158,6 +158,20 @@ def run_loop(name: str, case: dict, start_bundle: Path, work: Path, root: str,
             "reloads": summary.get("reloads"), "switches": summary.get("switches")}
 
 
+def votes(bundle: Path, dataset: str, root: str) -> dict:
+    """Each labelled test frame's own vote (no window) by the bundle's domain model: the share
+    named each domain, or unknown."""
+    from edge_calib.deploy.bundle import open_bundle
+    from edge_calib.imaging.domain_features import frame_features
+    from edge_calib.runtime.domain_auto import AutoDomain, load_domain_model
+
+    b = open_bundle(bundle)
+    auto = AutoDomain(load_domain_model(b.domain_classifier_file(), b.domains))
+    frames = b.spec.resize_uint8(load_dataset(dataset, "test", root).images[:2000])
+    named = [auto.predict(frames[i:i + 1])["predicted"] for i in range(len(frames))]
+    return {name: round(100.0 * named.count(name) / len(named), 1) for name in sorted(set(named))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("case", choices=sorted(CASES))
@@ -166,10 +180,17 @@ def main() -> None:
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--work", required=True, type=Path)
     parser.add_argument("--timeout", type=float, default=3600.0)
+    parser.add_argument("--rescore", action="store_true",
+                        help="Keep the recorded loop (CASE.json) and the adapted bundle in "
+                             "--work; score again.")
     args = parser.parse_args()
     case = CASES[args.case]
     started = time.time()
-    loop = run_loop(args.case, case, args.bundle, args.work, args.data_root, args.timeout)
+    if args.rescore:
+        previous = json.loads((OUT / f"{args.case}.json").read_text())
+        loop = previous["loop"]
+    else:
+        loop = run_loop(args.case, case, args.bundle, args.work, args.data_root, args.timeout)
     adapted, tests = args.work / "bundle", case["test"]
     scores = {
         "new_frozen": evaluate(args.bundle, tests["new"], ["--unknown", "model"], case,
@@ -182,11 +203,17 @@ def main() -> None:
                                  args.data_root),
         "known_after": evaluate(adapted, tests["known"], ["--domain", case["known"]], case,
                                 args.data_root)}
+    vote = {"new_test_frames": votes(adapted, tests["new"], args.data_root),
+            "known_test_frames": votes(adapted, tests["known"], args.data_root)}
     commit, dirty = git_commit()
+    if args.rescore:
+        commit, dirty = previous["commit"], previous["dirty"]  # the loop's own commit
     report = {"case": args.case, "metric": case["metric"], "scores": scores, "loop": loop,
-              "command": " ".join(["python", "benchmarks/adapt_loop.py", *sys.argv[1:]]),
+              "votes_after": vote,
+              "command": previous["command"] if args.rescore else
+              " ".join(["python", "benchmarks/adapt_loop.py", *sys.argv[1:]]),
               "commit": commit, "dirty": dirty, "machine": capture(),
-              "wall_s": round(time.time() - started, 1)}
+              "wall_s": previous["wall_s"] if args.rescore else round(time.time() - started, 1)}
     OUT.mkdir(parents=True, exist_ok=True)
     write_json_atomic(OUT / f"{args.case}.json", report)
     write_bytes_atomic(OUT / f"{args.case}.md", markdown(report).encode())
@@ -213,7 +240,10 @@ def markdown(r: dict) -> str:
         f"- first unknown frame -> first frame with the new calibrator: "
         f"{loop['unknown_to_calibrated_s']} s",
         f"- the run: {loop['frames_run']} frames, exit {loop['run_exit']}, error "
-        f"{loop['run_error']}, reloads {loop['reloads']}", ""])
+        f"{loop['run_error']}, reloads {loop['reloads']}",
+        f"- each test frame's own vote after adapt (%, no window): {case['new']} test frames "
+        f"{r['votes_after']['new_test_frames']}, {case['known']} test frames "
+        f"{r['votes_after']['known_test_frames']}", ""])
 
 
 if __name__ == "__main__":

@@ -253,3 +253,32 @@ def test_a_model_with_several_outputs_names_the_one_it_uses(tmp_path):
     assert [o.name for o in deployed.graph.output] == ["b", "a", "c"]
     one_line_error(invoke("import-model", tmp_path / "three.onnx", "--output", "z", "--out",
                           tmp_path / "z.pt"), "no output named 'z' (it has a, b, c)")
+
+
+def test_a_dynamically_quantised_graph_runs_one_frame_at_a_time(corpus):
+    """DynamicQuantizeLinear takes its range from the whole batch: ONNX Runtime's output for a
+    frame depends on the frames beside it. The module runs such a graph frame by frame, so a
+    batch gives each frame what ONNX Runtime gives it alone (the runtime's batch of 1), with the
+    taps joined over the batch."""
+    import onnxruntime as ort
+    import torch
+
+    from edge_calib.models.onnx_import import OnnxModule
+    from edge_calib.train.source_stats import activation_taps
+
+    path = corpus["ort-dynamic"].path
+    module = OnnxModule(onnx.load(str(path))).eval()
+    assert module.per_frame
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = session.get_inputs()[0]
+    x = np.random.default_rng(0).uniform(-1, 1, (4, *feed.shape[1:])).astype(np.float32)
+    alone = np.concatenate([session.run(None, {feed.name: x[i:i + 1]})[0] for i in range(4)])
+    together = session.run(None, {feed.name: x})[0]
+    assert np.abs(together - alone).max() > 0  # the batch changes ONNX Runtime's outputs
+    with torch.no_grad(), activation_taps(module) as taps:
+        got = module(torch.from_numpy(x)).numpy()
+    with torch.no_grad(), activation_taps(module) as one:
+        module(torch.from_numpy(x[:1]))
+    assert np.abs(got - alone).max() <= 2e-2 * (alone.max() - alone.min())
+    assert [t.shape[1:] for t in taps] == [t.shape[1:] for t in one]
+    assert all(len(t) == 4 for t in taps)

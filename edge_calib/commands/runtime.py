@@ -79,6 +79,10 @@ def run(deploy, camera, uri, domain, auto_radius_scale, unknown_rule, collect_di
     if unknown_rule != "model" and domain != "auto":
         raise click.UsageError("--unknown applies to frames --domain auto calls unknown; "
                                "add --domain auto")
+    from ..core.fileio import refuse_writing_over_inputs
+
+    for option, path in [*(("--output", o) for o in outputs), ("--predictions", predictions)]:
+        refuse_writing_over_inputs({option: path}, {"--input": uri})
     source = parse_source(camera, uri, input_width, input_height, fps, loop)
     options = RunOptions(deploy=deploy, domain=domain, auto_radius_scale=auto_radius_scale,
                          unknown=unknown_rule, collect=collect_dir, collect_max=collect_max,

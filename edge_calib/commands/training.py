@@ -239,7 +239,11 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
     from ..train.jobs import SharedInputs, check_states, plan, train_domains
     from ..train.tensors import load_domain, resolve_device
 
+    from ..core.fileio import refuse_writing_over_inputs
+
     tasks = plan(target, domain, out)
+    for task in tasks:
+        refuse_writing_over_inputs({"--out": task.out}, {"--classifier": classifier})
     cfg = CalibratorConfig(epochs=epochs, batch_size=batch_size, lr=lr, d_lr=d_lr, eps=eps,
                            arch=arch, size=calibrator_size(arch, size, width, blocks),
                            perturbation=perturbation, patch=patch,
@@ -256,6 +260,9 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
                            train_size=parse_hw(train_size))
     cfg.validate()
     check_states(tasks, restarts, resume, force)
+    for task in tasks:  # a finished calibrator is replaced only when asked (or continued)
+        if task.out.exists() and not (force or resume):
+            raise EdgeCalibError(f"--out {task.out} already exists; pass --force to replace it")
     clf = load_classifier(classifier)
     dist, dev = Distributed.from_environment(resolve_device(device))
     try:
@@ -489,6 +496,9 @@ def import_model(model, task, input_size, mean, std, colour_order, layout, label
         except ValueError:
             raise EdgeCalibError(f"--{name} {text!r}: give comma-separated numbers") from None
 
+    from ..core.fileio import refuse_writing_over_inputs
+
+    refuse_writing_over_inputs({"--out": out}, {"MODEL": model, "--labels": labels_file})
     labels = None
     if labels_file:
         try:

@@ -123,3 +123,24 @@ def atomic_directory(path: str | Path, force: bool = False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def refuse_writing_over_inputs(outputs: dict, inputs: dict) -> None:
+    """No output may be one of the command's own inputs: the same path, or another name for the
+    same file (a symbolic or hard link). ``outputs``/``inputs``: {option: path or None}; an
+    output or input that does not exist yet cannot be the same file."""
+    from .errors import EdgeCalibError
+
+    for out_option, out in outputs.items():
+        if out is None or not os.path.exists(out):
+            continue
+        for in_option, source in inputs.items():
+            try:
+                same = source is not None and os.path.samefile(out, source)
+            except OSError:
+                continue
+            if same:
+                how = "" if Path(out).resolve() == Path(source).resolve() else \
+                    " (another name for the same file)"
+                raise EdgeCalibError(f"{out_option} {out} is the {in_option} it reads{how}; "
+                                     "write the output elsewhere")

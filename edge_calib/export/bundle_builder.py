@@ -267,6 +267,11 @@ def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: 
     out = Path(out)
     if out.exists() and not force:
         raise EdgeCalibError(f"{out} already exists; pass --force to replace it")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir())
+                                               and not (out / "manifest.json").is_file())):
+        raise EdgeCalibError(f"--out {out} is not a bundle (a file, or a folder without "
+                             "manifest.json): --force replaces only a bundle; give another "
+                             "--out")
     clf = load_classifier(classifier_path)
     int8 = clf.int8
     if precision == "int8" and not int8:

@@ -447,6 +447,9 @@ class OnnxModule(nn.Module):
         self.layer_nodes = {i for i, (op, inputs, _, _) in enumerate(self.nodes)
                             if op in LAYERS and len(inputs) > 1 and inputs[1] in constant}
         self.tap = None
+        # a graph that quantises each batch by its own range (DynamicQuantizeLinear) gives each
+        # frame what it gives that frame alone only when run one frame at a time
+        self.per_frame = any(op == "DynamicQuantizeLinear" for op, _, _, _ in self.nodes)
 
     def _store(self, name: str, value: torch.Tensor):
         """A float tensor becomes a frozen parameter, anything else a buffer."""
@@ -459,7 +462,25 @@ class OnnxModule(nn.Module):
             self.names[name] = ("b", key)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: NCHW images, whatever the graph's own layout."""
+        """x: NCHW images, whatever the graph's own layout; a ``per_frame`` graph is run one
+        frame at a time (its taps joined over the batch, as one run would give them)."""
+        if not self.per_frame or len(x) == 1:
+            return self._run(x)
+        tap, frames, outputs = self.tap, [], []
+        try:
+            for i in range(len(x)):
+                seen: list[torch.Tensor] = []
+                self.tap = None if tap is None else seen.append
+                outputs.append(self._run(x[i:i + 1]))
+                frames.append(seen)
+        finally:
+            self.tap = tap
+        if tap is not None:
+            for parts in zip(*frames):
+                tap(torch.cat(parts))
+        return torch.cat(outputs)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             x = x.permute(0, 2, 3, 1)
         env = {self.input_name: x, "": None}

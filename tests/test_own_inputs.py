@@ -1,0 +1,94 @@
+"""No command writes over the files it reads (issue 35, item 4): an output that is an input,
+by the same path or through a hard link, is one line and the input is left byte for byte;
+export --force replaces only a bundle; train does not replace a calibrator without --force."""
+
+import os
+import shutil
+
+from click.testing import CliRunner
+
+from edge_calib.cli import main
+from edge_calib.core.fileio import file_digest
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line(r, words):
+    assert r.exit_code == 2, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], lines
+    return lines[0]
+
+
+def test_checkpoints_and_models_are_not_written_over(trained_dtn, shared_data, tmp_path):
+    model = tmp_path / "m.pt"
+    shutil.copy(trained_dtn, model)
+    link = tmp_path / "link.pt"
+    os.link(model, link)
+    before = file_digest(model)
+    one_line(invoke("compress", model, "--int8", "--calib-dataset", "mnist", "--out", model,
+                    "--data-root", shared_data), f"--out {model} is the CHECKPOINT it reads")
+    line = one_line(invoke("compress", model, "--int8", "--calib-dataset", "mnist", "--out", link,
+                           "--data-root", shared_data), "another name for the same file")
+    assert "link.pt" in line
+    one_line(invoke("train", "--classifier", model, "--source", "mnist", "--target", "usps",
+                    "--domain", "usps", "--out", link, "--epochs", 1, "--force",
+                    "--data-root", shared_data), "is the --classifier it reads")
+    assert file_digest(model) == before
+
+
+def test_an_imported_model_is_not_written_over(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])
+    w = numpy_helper.from_array(np.eye(3, dtype=np.float32), "w")
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["y"])]
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", [x], [y], [w]),
+                                opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    before = file_digest(path)
+    one_line(invoke("import-model", path, "--out", path), "is the MODEL it reads")
+    assert file_digest(path) == before
+
+
+def test_run_does_not_write_its_video_or_log_over_its_input(bundle_dir, domain_video, tmp_path):
+    video = tmp_path / "v.avi"
+    shutil.copy(domain_video[0], video)
+    before = file_digest(video)
+    for option in ("--output", "--predictions"):
+        one_line(invoke("run", "--deploy", bundle_dir, "--input", video, "--domain", "usps",
+                        "--headless", option, video), f"{option} {video} is the --input it reads")
+    assert file_digest(video) == before
+
+
+def test_export_force_replaces_only_a_bundle(trained_dtn, tmp_path):
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    one_line(invoke("export", "--classifier", trained_dtn, "--calibrator", "a=identity",
+                    "--out", folder, "--force", "--no-auto-domain", "--quiet"),
+             "--force replaces only a bundle")
+    assert (folder / "notes.txt").read_text() == "mine"
+    r = invoke("export", "--classifier", trained_dtn, "--calibrator", "a=identity", "--out",
+               tmp_path / "b", "--no-auto-domain", "--quiet")
+    assert r.exit_code == 0, r.output
+    r = invoke("export", "--classifier", trained_dtn, "--calibrator", "b=identity", "--out",
+               tmp_path / "b", "--force", "--no-auto-domain", "--quiet")
+    assert r.exit_code == 0, r.output  # a bundle is replaced
+
+
+def test_train_does_not_replace_a_calibrator_without_force(trained_dtn, trained_calibrator,
+                                                          shared_data, tmp_path):
+    out = tmp_path / "usps.calib.pt"
+    shutil.copy(trained_calibrator, out)
+    before = file_digest(out)
+    one_line(invoke("train", "--classifier", trained_dtn, "--source", "mnist", "--target",
+                    "usps", "--domain", "usps", "--out", out, "--epochs", 1, "--data-root",
+                    shared_data), "already exists; pass --force to replace it")
+    assert file_digest(out) == before
