@@ -7,4 +7,11 @@ on the source domain (Ye et al., CVPR 2020). The workstation side (``data``, ``m
 ``runtime``, ``bench``) uses numpy, onnxruntime or TensorRT, and OpenCV only.
 """
 
+import os
+
 __version__ = "0.2.0"  # the package version (pyproject.toml reads it from here)
+
+# OpenCV refuses, before allocating it, any image whose header says it holds more pixels than
+# this, whatever the format (its own default is 1 << 30); 67 MP (8192 x 8192) unless the user
+# sets OPENCV_IO_MAX_IMAGE_PIXELS. edge-calib names each refused file itself.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 26))

@@ -325,6 +325,45 @@ def test_an_oversized_image_is_refused_undecoded(bundle_dir, trained_dtn, frame_
         f"error: {big}: 9000x9000 pixels is over the cap of 67,108,864 pixels; resize it first")
 
 
+def test_every_format_has_the_pixel_cap_and_a_truncated_jpeg_is_corrupt(bundle_dir, trained_dtn,
+                                                                        frame_folder, tmp_path):
+    """A TIFF over the cap (OpenCV's own check, set by edge-calib: its header is not one we
+    read) and a JPEG cut short: `run` skips both as corrupt frames and names each once, with
+    no decoder message; a dataset folder names the file in one line."""
+    import shutil
+
+    folder = tmp_path / "frames"
+    shutil.copytree(frame_folder, folder)
+    tiff = folder / "005b.tiff"
+    assert cv2.imwrite(str(tiff), np.zeros((8000, 9000), np.uint8))  # 72 MP, about 1 MB
+    frame = cv2.imread(str(folder / "006.png"))
+    ok, jpg = cv2.imencode(".jpg", cv2.resize(frame, (256, 256)))
+    cut = folder / "006b.jpg"
+    cut.write_bytes(jpg.tobytes()[:len(jpg) // 2])
+    def cli(*args):  # a real process: OpenCV reads its cap when it is loaded
+        return subprocess.run([sys.executable, "-m", "edge_calib.cli", *map(str, args)],
+                              capture_output=True, text=True, timeout=300)
+
+    r = cli("run", "--deploy", bundle_dir, "--input", folder, "--domain", "usps", "--headless",
+            "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["frames"] == 12 and summary["corrupt"] == 2
+    assert r.stderr.count(f"skipped {tiff}: over the cap of 67,108,864 pixels") == 1
+    assert r.stderr.count(f"skipped {cut}: a truncated JPEG") == 1
+    assert "Premature end" not in r.stderr and "Corrupt JPEG" not in r.stderr
+    for bad, words in ((tiff, "over the cap of 67,108,864 pixels"),
+                       (cut, "a truncated JPEG (no end-of-image marker)")):
+        alone = tmp_path / bad.stem
+        alone.mkdir()
+        shutil.copy(frame_folder / "000.png", alone)
+        shutil.copy(bad, alone)
+        r = cli("eval", "--classifier", trained_dtn, "--dataset", alone, "--unlabelled")
+        assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+            line for line in r.stderr.strip().splitlines() if line.startswith("error: ")]
+        assert r.stderr.strip().startswith(f"error: {alone / bad.name}: {words}")
+
+
 LIMITED_RUN = """
 import re, resource, sys
 import cv2, numpy, onnxruntime

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -196,7 +197,16 @@ def read_segmentation_folder(folder: str | Path, size: tuple[int, int] | None = 
     return frames, np.stack(masks)
 
 
-MAX_PIXELS = 1 << 26  # 67 million pixels (8192 x 8192): above, an image is refused undecoded
+def _pixel_cap() -> int:
+    """OpenCV's cap on the pixels of an image it decodes (``edge_calib/__init__`` sets it to
+    67 MP unless OPENCV_IO_MAX_IMAGE_PIXELS is set)."""
+    try:
+        return int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", 1 << 26))
+    except ValueError:
+        return 1 << 26
+
+
+MAX_PIXELS = _pixel_cap()  # above it an image is refused undecoded, whatever its format
 
 
 def header_size(path: str | Path) -> tuple[int, int] | None:
@@ -229,16 +239,44 @@ def header_size(path: str | Path) -> tuple[int, int] | None:
 
 def check_pixels(path: str | Path) -> None:
     """An image whose header says it holds more than MAX_PIXELS is refused before decoding
-    (a 30000 x 30000 PNG of 876 KB decodes to 2.7 GB)."""
+    (a 30000 x 30000 PNG of 876 KB decodes to 2.7 GB); a JPEG without its end-of-image marker
+    (a truncated file, which libjpeg would decode with grey rows and a warning) is refused."""
     size = header_size(path)
     if size is not None and size[0] * size[1] > MAX_PIXELS:
         raise EdgeCalibError(f"{path}: {size[0]}x{size[1]} pixels is over the cap of "
                              f"{MAX_PIXELS:,} pixels; resize it first")
+    if _is_jpeg(path):
+        data = Path(path).read_bytes()
+        scan = data.rfind(b"\xff\xda")  # the last scan: FF is stuffed (FF00) inside its data,
+        if scan < 0 or data.find(b"\xff\xd9", scan) < 0:  # so only its end marker matches
+            raise EdgeCalibError(f"{path}: a truncated JPEG (no end-of-image marker)")
+
+
+def _is_jpeg(path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(2) == b"\xff\xd8"
+    except OSError:
+        return False
+
+
+def imread(path: str | Path, flags: int) -> np.ndarray | None:
+    """``cv2.imread`` behind the pixel cap (by the header we read, or OpenCV's own check for
+    every other format) and the truncated-JPEG check: one line naming the file, no decoder
+    message; None where OpenCV cannot read it."""
+    check_pixels(path)
+    try:
+        return cv2.imread(str(path), flags)
+    except cv2.error as exc:
+        if "MAX_IMAGE_PIXELS" in str(exc):
+            raise EdgeCalibError(f"{path}: over the cap of {MAX_PIXELS:,} pixels (set "
+                                 "OPENCV_IO_MAX_IMAGE_PIXELS to raise it); resize it first"
+                                 ) from None
+        return None
 
 
 def _read_image(path: Path) -> np.ndarray:
-    check_pixels(path)
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    img = imread(path, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise EdgeCalibError(f"{path}: not a readable image")
     if img.dtype != np.uint8:

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from ..core.errors import EdgeCalibError
-from ..data.formats import IMAGE_SUFFIXES, check_pixels, list_frames
+from ..data.formats import IMAGE_SUFFIXES, imread, list_frames
 
 
 @dataclass(frozen=True)
@@ -100,8 +100,7 @@ class FolderReader:
             path = self.files[self.position]
             self.position += 1
             try:
-                check_pixels(path)  # an oversized image is a skipped frame, never decoded
-                frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+                frame = imread(path, cv2.IMREAD_COLOR)  # oversized or truncated: skipped
             except EdgeCalibError as exc:
                 if path not in self.refused:
                     self.refused.add(path)
