@@ -163,10 +163,12 @@ def test_a_conversion_that_disagrees_is_refused_unless_forced(tmp_path, shared_d
     ("dynamic", [], "the model's input size is not fixed"),
     ("rgba", [], "an input shaped [1, 4, 8, 8] has 4 channels in NCHW layout and 8 in NHWC; "
                  "edge-calib needs 1 or 3"),
+    ("huge", [], "an input of 20000x20000 pixels is over the import limit of 16,777,216 pixels "
+                 "($EDGE_CALIB_MAX_INPUT_PIXELS raises it)"),
 ])
 def test_refusals_name_what_to_do(make, args, message, tmp_path):
     shapes = {"opset1": [1, 3, 8, 8], "square": [1, 3, 8, 3], "nhwc": [1, 8, 8, 3],
-              "dynamic": ["n", 3, "h", "w"], "rgba": [1, 4, 8, 8]}
+              "dynamic": ["n", 3, "h", "w"], "rgba": [1, 4, 8, 8], "huge": [1, 3, 20000, 20000]}
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shapes[make])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, shapes[make])
     model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
@@ -282,3 +284,21 @@ def test_a_dynamically_quantised_graph_runs_one_frame_at_a_time(corpus):
     assert np.abs(got - alone).max() <= 2e-2 * (alone.max() - alone.min())
     assert [t.shape[1:] for t in taps] == [t.shape[1:] for t in one]
     assert all(len(t) == 4 for t in taps)
+
+
+def test_a_model_over_the_size_limit_is_refused_before_it_is_read(corpus, tmp_path):
+    """The file with its external data against $EDGE_CALIB_MAX_MODEL_BYTES (2 GiB unless set),
+    checked before anything is loaded."""
+    model = onnx.load(str(corpus["torch-opset13-view"].path))
+    onnx.save(model, str(tmp_path / "ext.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="ext.data", size_threshold=0)
+    small = (tmp_path / "ext.onnx").stat().st_size
+    r = CliRunner().invoke(main, ["import-model", str(tmp_path / "ext.onnx"), "--out",
+                                  str(tmp_path / "m.pt")],
+                           env={"EDGE_CALIB_MAX_MODEL_BYTES": str(small + 100)})
+    one_line_error(r, "bytes with its external data is over the import limit of")
+    r = CliRunner().invoke(main, ["import-model", str(tmp_path / "ext.onnx"), "--out",
+                                  str(tmp_path / "m.pt")],
+                           env={"EDGE_CALIB_MAX_MODEL_BYTES": "lots"})
+    one_line_error(r, "$EDGE_CALIB_MAX_MODEL_BYTES='lots': give a positive whole number")
+    assert not (tmp_path / "m.pt").exists()

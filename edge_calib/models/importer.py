@@ -14,6 +14,7 @@ fingerprint is that file's sha256.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,19 @@ TOLERANCE = {"float": 1e-4, "quantised": 2e-2}
 MIN_TOP1 = 0.99  # top-1 agreement on real images
 CHECK_IMAGES = 32
 LAYOUTS = ("auto", "nchw", "nhwc")
+# what an import may allocate, checked before it does (environment variables raise them):
+# the model file with its external data, and the input's pixels (the check runs a few inputs)
+LIMITS = {"EDGE_CALIB_MAX_MODEL_BYTES": 2 << 30, "EDGE_CALIB_MAX_INPUT_PIXELS": 1 << 24}
+
+
+def limit(name: str) -> int:
+    """An import limit: its environment variable when set (a positive integer), else LIMITS."""
+    value = os.environ.get(name)
+    if value is None:
+        return LIMITS[name]
+    if not value.isdigit() or int(value) <= 0:
+        raise EdgeCalibError(f"${name}={value!r}: give a positive whole number")
+    return int(value)
 
 
 def _first_line(exc: Exception) -> str:
@@ -119,10 +133,20 @@ def import_onnx(path: str | Path, request: ImportRequest,
     path = Path(path)
     if not path.is_file():
         raise EdgeCalibError(f"{path}: no such ONNX file")
+    most = limit("EDGE_CALIB_MAX_MODEL_BYTES")
+    if path.stat().st_size > most:
+        raise EdgeCalibError(f"{path}: {path.stat().st_size:,} bytes is over the import limit of "
+                             f"{most:,} ($EDGE_CALIB_MAX_MODEL_BYTES raises it)")
     data = path.read_bytes()
     try:
         model = onnx.load_from_string(data)
         external = _external_data(model)
+        total = len(data) + sum(os.path.getsize(path.parent / f) for f in external
+                                if (path.parent / f).is_file())
+        if total > most:
+            raise EdgeCalibError(f"{path}: {total:,} bytes with its external data is over the "
+                                 f"import limit of {most:,} ($EDGE_CALIB_MAX_MODEL_BYTES raises "
+                                 "it)")
         if external:  # weights in files beside it: embedded, so the checkpoint and bundle
             model = onnx.load(str(path))  # carry (and hash) the whole model
             data = model.SerializeToString()
@@ -158,6 +182,10 @@ def import_onnx(path: str | Path, request: ImportRequest,
         if any(d is not None and d != want for d, want in zip(hw, size)):
             raise EdgeCalibError(f"{path}: the model's input is {hw[0]}x{hw[1]}, not "
                                  f"--input-size {size[0]}x{size[1]}")
+    most = limit("EDGE_CALIB_MAX_INPUT_PIXELS")
+    if size[0] * size[1] > most:
+        raise EdgeCalibError(f"{path}: an input of {size[0]}x{size[1]} pixels is over the import "
+                             f"limit of {most:,} pixels ($EDGE_CALIB_MAX_INPUT_PIXELS raises it)")
     spec = InputSpec(size[0], size[1], channels, per_channel(request.mean, channels, "mean"),
                      per_channel(request.std, channels, "std"), request.colour_order)
     module = OnnxModule(model, layout).eval()
