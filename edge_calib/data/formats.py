@@ -263,16 +263,16 @@ def _is_jpeg(path) -> bool:
 def imread(path: str | Path, flags: int) -> np.ndarray | None:
     """``cv2.imread`` behind the pixel cap (by the header we read, or OpenCV's own check for
     every other format) and the truncated-JPEG check: one line naming the file, no decoder
-    message; None where OpenCV cannot read it."""
+    message; None where OpenCV cannot read it; any other OpenCV error (out of memory) raised."""
     check_pixels(path)
     try:
         return cv2.imread(str(path), flags)
     except cv2.error as exc:
-        if "MAX_IMAGE_PIXELS" in str(exc):
-            raise EdgeCalibError(f"{path}: over the cap of {MAX_PIXELS:,} pixels (set "
-                                 "OPENCV_IO_MAX_IMAGE_PIXELS to raise it); resize it first"
-                                 ) from None
-        return None
+        if "MAX_IMAGE_PIXELS" not in str(exc):
+            raise  # e.g. out of memory: the caller's failure, not a bad file
+        raise EdgeCalibError(f"{path}: over the cap of {MAX_PIXELS:,} pixels (set "
+                             "OPENCV_IO_MAX_IMAGE_PIXELS to raise it); resize it first"
+                             ) from None
 
 
 def _read_image(path: Path) -> np.ndarray:
