@@ -34,7 +34,7 @@ MISSING = {
 # what the file system says about a place to write (full, read-only, no permission, a name too
 # long): the user's to fix, so one line; writers are atomic, so the previous files stand
 FILE_SYSTEM_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
-                      errno.ENAMETOOLONG}
+                      errno.ENAMETOOLONG, errno.ENOTDIR, errno.EEXIST}
 
 
 class EdgeCalibGroup(click.Group):
@@ -59,7 +59,11 @@ class EdgeCalibGroup(click.Group):
             command = ctx.invoked_subcommand or "edge-calib"
             name = str(exc.filename or "")
             name = name if len(name) <= 80 else name[:38] + "..." + name[-38:]
-            click.echo(f"error: {command}: {exc.strerror}" + (f": {name}" if name else "")
+            what = exc.strerror
+            if exc.errno in (errno.ENOTDIR, errno.EEXIST) and exc.filename \
+                    and os.path.isfile(exc.filename):  # a folder to make is in the way
+                what = "a file stands where a folder is needed"
+            click.echo(f"error: {command}: {what}" + (f": {name}" if name else "")
                        + " (nothing was replaced)", err=True)
             sys.exit(1)
         except click.UsageError as exc:  # bad option values: one line, not the usage text

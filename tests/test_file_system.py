@@ -113,3 +113,11 @@ def test_another_user_cannot_write_into_the_folder_one_line(trained_dtn):
         assert list(locked.iterdir()) == []
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_an_output_whose_parent_is_a_file_is_one_line(trained_dtn, tmp_path):
+    (tmp_path / "afile").write_text("mine")
+    line = one_error_line(export(trained_dtn, tmp_path / "afile" / "bundle"),
+                          "a file stands where a folder is needed")
+    assert line.endswith(f"{tmp_path / 'afile'} (nothing was replaced)")
+    assert (tmp_path / "afile").read_text() == "mine"
