@@ -2,6 +2,7 @@
 (an MNIST bundle that knows only `mnist`, real `mnist:colour` frames), and the bad inputs of
 issue 32 (one line each, the running bundle untouched)."""
 
+import contextlib
 import fcntl
 import json
 import os
@@ -242,22 +243,18 @@ def test_a_read_only_bundle_is_one_line(mnist_bundle, colour_frames, tmp_path):
                             "--domain", "night", *QUICK), "cannot write into")
 
 
-def test_replace_and_a_watching_device_picks_it_up(adapted, colour_frames, domain_video,
-                                                   tmp_path):
-    """A runtime with --watch reloads the bundle that adapt changed (a replaced domain), and
-    the replaced domain's old files are gone."""
+@contextlib.contextmanager
+def watching_device(bundle, video, tmp_path):
+    """``run --domain auto --watch`` on ``bundle`` over a looping real-time video, in a
+    thread, serving frames when the block starts; yields (runner, its summary once stopped)
+    and stops it with the control socket's ``quit``."""
     from edge_calib.runtime.control import send_command
     from edge_calib.runtime.sources import parse_source
     from edge_calib.runtime.stream import RunOptions, StreamRunner
     from helpers import wait_until
 
-    work = tmp_path / "b"
-    shutil.copytree(adapted[0], work)
-    old_files = set(json.loads((work / "manifest.json").read_text())["domains"]["colour"]
-                    ["calibrator"]["files"].values())
-    video, _ = domain_video
     sock = str(tmp_path / "c.sock")
-    runner = StreamRunner(RunOptions(deploy=str(work), domain="auto", headless=True,
+    runner = StreamRunner(RunOptions(deploy=str(bundle), domain="auto", headless=True,
                                      control=sock, realtime=True, watch=True),
                           parse_source(None, str(video), fps=40, loop=True))
     result = {}
@@ -265,15 +262,27 @@ def test_replace_and_a_watching_device_picks_it_up(adapted, colour_frames, domai
     thread.start()
     try:
         wait_until(lambda: os.path.exists(sock) and runner.times.frames >= 5, thread)
+        yield runner, result
+    finally:
+        send_command(sock, "quit")
+        thread.join(timeout=60)
+
+
+def test_replace_and_a_watching_device_picks_it_up(adapted, colour_frames, domain_video,
+                                                   tmp_path):
+    """A runtime with --watch reloads the bundle that adapt changed (a replaced domain), and
+    the replaced domain's old files are gone."""
+    work = tmp_path / "b"
+    shutil.copytree(adapted[0], work)
+    old_files = set(json.loads((work / "manifest.json").read_text())["domains"]["colour"]
+                    ["calibrator"]["files"].values())
+    with watching_device(work, domain_video[0], tmp_path) as (runner, result):
         proc = edge_calib("adapt", "--deploy", work, "--frames", colour_frames, "--domain",
                           "colour", "--replace", *QUICK)
         assert proc.returncode == 0, proc.stderr[-2000:]
         deadline = time.time() + 60
         while not runner.controller.reloads and time.time() < deadline:
             time.sleep(0.1)
-    finally:
-        send_command(sock, "quit")
-        thread.join(timeout=60)
     assert any(r["ok"] for r in result["reloads"]), result.get("reloads")
     assert result["error"] is None and "colour" in runner.controller.bundle.domains
     assert runner.controller.auto.domains == ["mnist", "colour"]  # the vote knows it too
@@ -287,11 +296,6 @@ def test_a_device_reloading_mid_swap_keeps_serving(mnist_bundle, adapted, domain
                                                    tmp_path):
     """The swap is two atomic renames (manifest, then its hash): a reload that reads between
     them is refused and the old bundle keeps serving; the hash's arrival reloads the new one."""
-    from edge_calib.runtime.control import send_command
-    from edge_calib.runtime.sources import parse_source
-    from edge_calib.runtime.stream import RunOptions, StreamRunner
-    from helpers import wait_until
-
     work = tmp_path / "b"
     shutil.copytree(mnist_bundle, work)
     new = adapted[0]
@@ -299,16 +303,7 @@ def test_a_device_reloading_mid_swap_keeps_serving(mnist_bundle, adapted, domain
         if p.is_file() and p.name not in ("manifest.json", "manifest.sha256", ".adapt.lock"):
             (work / p.relative_to(new)).parent.mkdir(exist_ok=True)
             shutil.copy(p, work / p.relative_to(new))
-    video, _ = domain_video
-    sock = str(tmp_path / "c.sock")
-    runner = StreamRunner(RunOptions(deploy=str(work), domain="auto", headless=True,
-                                     control=sock, realtime=True, watch=True),
-                          parse_source(None, str(video), fps=40, loop=True))
-    result = {}
-    thread = threading.Thread(target=lambda: result.update(runner.run()))
-    thread.start()
-    try:
-        wait_until(lambda: os.path.exists(sock) and runner.times.frames >= 5, thread)
+    with watching_device(work, domain_video[0], tmp_path) as (runner, result):
         shutil.copy(new / "manifest.json", work / "manifest.json")  # half-way through the swap
         deadline = time.time() + 30
         while not runner.controller.reloads and time.time() < deadline:
@@ -320,9 +315,6 @@ def test_a_device_reloading_mid_swap_keeps_serving(mnist_bundle, adapted, domain
         deadline = time.time() + 30
         while not any(r["ok"] for r in runner.controller.reloads) and time.time() < deadline:
             time.sleep(0.1)
-    finally:
-        send_command(sock, "quit")
-        thread.join(timeout=60)
     first, last = result["reloads"][0], result["reloads"][-1]
     assert first["ok"] is False and "does not match" in first["error"]
     assert last["ok"] and result["error"] is None
