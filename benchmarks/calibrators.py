@@ -51,7 +51,10 @@ REFERENCE = ("resnet", "large")
 # plain-r2: the plain recipe trained again on 2026-12-01 (the first plain checkpoint is gone and
 # training on the CPU is not bit-reproducible across machines' thread counts): the runs that
 # compare calibrators on it are gathered under its name
-CLASSIFIERS = {"plain": [], "augment": ["--augment"], "plain-r2": []}
+# augment: geometric augmentation (the flag was --augment before it took a kind); photometric:
+# the sceptic's source model (issue 36), trained with --augment photometric
+CLASSIFIERS = {"plain": [], "augment": ["--augment", "geometric"], "plain-r2": [],
+               "photometric": ["--augment", "photometric"]}
 RECIPE = ["--lr", "3e-4", "--d-lr", "3e-4"]
 FRAMES = "frames:"  # the cost rows of the runtime's uint8 frame graphs
 

@@ -2,9 +2,9 @@
 """CamVid day -> dusk: a frozen, compressed segmenter on real road frames, with and without
 calibrators, against AdaBN and classical photometric baselines.
 
-    python benchmarks/camvid.py segmenter [--augment]   # 480x360, the 305 day frames (resumable)
-    python benchmarks/camvid.py compress [--augment]    # 2:4 + INT8
-    python benchmarks/camvid.py baselines [--augment]   # source only, AdaBN, histogram, gain/gamma
+    python benchmarks/camvid.py segmenter          # 480x360, the 305 day frames (resumable)
+    python benchmarks/camvid.py compress           # 2:4 + INT8
+    python benchmarks/camvid.py baselines          # source only, AdaBN, histogram, gain/gamma
     python benchmarks/camvid.py calibrators --families curve --seeds 0,1,2 --recipe "..." --tag T
     python benchmarks/camvid.py deploy             # bundle, test-frame video, run, bench
     python benchmarks/camvid.py distances          # unlabelled criteria on the dusk training frames
@@ -15,6 +15,9 @@ day validation frames for the source model; target = the 62 dusk training frames
 read; report mIoU, per-class IoU and pixel accuracy on the 62 dusk test frames and, for
 retention, on the 171 day test frames. Each step is an ``edge-calib`` CLI call stored under
 ``benchmarks/results/camvid/`` with its command, commit and machine (``digits.py``'s Step).
+``--augment`` before any subcommand's options runs the same steps on the segmenter trained with
+photometric augmentation (``train-classifier --augment photometric``): models under
+``<work>/augment/``, records under ``benchmarks/results/camvid_augment/`` with the same names.
 """
 
 from __future__ import annotations
@@ -29,19 +32,14 @@ from steps import Step, common_arguments  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "camvid"
+RESULTS_AUGMENT = ROOT / "benchmarks" / "results" / "camvid_augment"
 SOURCE, TARGET = "camvid:day", "camvid:dusk"
 
 
-def paths(work: Path, augment: bool = False) -> dict:
-    """The segmenter's checkpoints: the main one, or the one trained with photometric jitter."""
-    stem = "camvid_day_aug" if augment else "camvid_day"
-    return {"float": work / f"{stem}.pt", "int8": work / f"{stem}_int8.pt",
-            "adabn": work / f"{stem.replace('day', 'dusk')}_adabn.pt"}
-
-
-def prefix(args) -> str:
-    """Record names of the photometric-jitter segmenter's steps start with ``aug_``."""
-    return "aug_" if getattr(args, "augment", False) else ""
+def paths(work: Path) -> dict:
+    """The segmenter's checkpoints in a work folder."""
+    return {"float": work / "camvid_day.pt", "int8": work / "camvid_day_int8.pt",
+            "adabn": work / "camvid_dusk_adabn.pt"}
 
 
 def evaluate(step, name, model_args, extra=()):
@@ -55,22 +53,23 @@ def evaluate(step, name, model_args, extra=()):
 
 def run_segmenter(args, step):
     """LR-ASPP at the frames' full 480x360, trained on random 384x288 crops (scale jitter,
-    flips, ENet class weights); ``--augment`` adds photometric jitter."""
-    step(f"{prefix(args)}segmenter", [
+    flips, ENet class weights); ``--augment`` adds photometric augmentation."""
+    step("segmenter", [
         "train-classifier", "--dataset", SOURCE, "--arch", "lraspp_small", "--input-size",
-        "360x480", "--crop", "288x384", "--out", str(paths(Path(args.work), args.augment)["float"]),
+        "360x480", "--crop", "288x384", "--out", str(paths(Path(args.work))["float"]),
         "--epochs", str(args.epochs), "--batch-size", "8", "--lr", "2e-3", "--quiet",
-        *(["--augment"] if args.augment else []), *(["--resume"] if args.resume else [])])
+        *(["--augment", "photometric"] if args.augment else []),
+        *(["--resume"] if args.resume else [])])
 
 
 def run_compress(args, step):
-    p, pre = paths(Path(args.work), args.augment), prefix(args)
-    evaluate(step, f"{pre}float", ["--classifier", str(p["float"])])
-    step(f"{pre}compress", ["compress", str(p["float"]), "--prune", "2:4", "--int8",
+    p = paths(Path(args.work))
+    evaluate(step, "float", ["--classifier", str(p["float"])])
+    step("compress", ["compress", str(p["float"]), "--prune", "2:4", "--int8",
                             "--calib-dataset", SOURCE, "--finetune-epochs",
                             str(args.finetune_epochs), "--finetune-lr", "5e-4", "--out",
                             str(p["int8"]), "--quiet"])
-    evaluate(step, f"{pre}source_only", ["--classifier", str(p["int8"])])
+    evaluate(step, "source_only", ["--classifier", str(p["int8"])])
 
 
 def run_baselines(args, step):
@@ -79,32 +78,32 @@ def run_baselines(args, step):
     folded into 2:4-pruned, fine-tuned weights, so AdaBN would need the pruning fine-tune
     redone without labels. And two corrections that cost nothing to train, in front of the
     deployed (compressed) segmenter."""
-    p, pre = paths(Path(args.work), args.augment), prefix(args)
-    step(f"{pre}adabn", ["adabn", "--classifier", str(p["float"]), "--target", TARGET, "--out",
+    p = paths(Path(args.work))
+    step("adabn", ["adabn", "--classifier", str(p["float"]), "--target", TARGET, "--out",
                          str(p["adabn"])])
-    evaluate(step, f"{pre}adabn_float", ["--classifier", str(p["adabn"])])
+    evaluate(step, "adabn_float", ["--classifier", str(p["adabn"])])
     int8 = ["--classifier", str(p["int8"])]
-    evaluate(step, f"{pre}histogram", int8, ["--photometric", "histogram", "--reference",
+    evaluate(step, "histogram", int8, ["--photometric", "histogram", "--reference",
                                              SOURCE])
-    evaluate(step, f"{pre}gain_gamma", int8, ["--photometric", "gain-gamma", "--reference",
+    evaluate(step, "gain_gamma", int8, ["--photometric", "gain-gamma", "--reference",
                                               SOURCE, "--fit", TARGET])
     # the correction a user can ship: histogram matching as a bundle entry (to the source
     # pixels recorded with the model, 64 knots), run by ONNX Runtime as deployed
-    bundle = Path(args.work) / f"{pre}histogram_bundle"
-    step(f"{pre}histogram_bundle", ["export", *int8, "--calibrator", f"dusk=histogram:{TARGET}",
+    bundle = Path(args.work) / "histogram_bundle"
+    step("histogram_bundle", ["export", *int8, "--calibrator", f"dusk=histogram:{TARGET}",
                                     "--no-auto-domain", "--out", str(bundle), "--force",
                                     "--quiet"])
-    evaluate(step, f"{pre}histogram_deployed", ["--deploy", str(bundle), "--domain", "dusk"])
+    evaluate(step, "histogram_deployed", ["--deploy", str(bundle), "--domain", "dusk"])
 
 
 def run_calibrators(args, step):
     """Calibrators against the compressed segmenter at its input size: the paper's setting
     (feature discriminator on the softmax map, source weight 0.2) with the flags given, and a
     ``--recipe`` of further training flags (e.g. the stats objective's)."""
-    p, pre = paths(Path(args.work), args.augment), prefix(args)
+    p = paths(Path(args.work))
     for family in args.families:
         for seed in args.seeds:
-            name = f"{pre}{family}{args.tag}_s{seed}"
+            name = f"{family}{args.tag}_s{seed}"
             out = Path(args.work) / "calibrators" / f"dusk_{name}.calib.pt"
             train = ["train", "--classifier", str(p["int8"]), "--source", SOURCE, "--target",
                      TARGET, "--domain", "dusk", "--out", str(out), "--epochs", str(args.epochs),
@@ -143,10 +142,10 @@ def run_deploy(args, step):
     step("stream", ["run", "--input", str(video), "--deploy", str(bundle), "--domain", "auto",
                     "--headless", "--threads", "1", "--output", str(work / "annotated.mp4"),
                     "--predictions", str(work / "stream_predictions.jsonl"), "--json"])
-    step("bench", ["bench", "--deploy", str(bundle), "--report", str(RESULTS / "bench"),
+    step("bench", ["bench", "--deploy", str(bundle), "--report", str(step.folder / "bench"),
                    "--threads", "1", "--batch", "1", "--iterations", "100", "--video", str(video),
                    "--json", "--data-root", args.data_root])
-    stream_picture(work / "annotated.mp4", RESULTS / "stream_frames.jpg")
+    stream_picture(work / "annotated.mp4", step.folder / "stream_frames.jpg")
 
 
 def stream_picture(video: Path, out: Path, frames=(31, 62 + 85)) -> None:
@@ -171,9 +170,8 @@ def run_distances(args, step):
     frozen network receives them, raw, histogram-matched and through every calibrator in the
     work folder: ``pixel_w1``, their distance to the day training frames' pixel distribution
     (``edge_calib.core.metrics.pixel_distance``), and ``stats_distance``, the source-statistics
-    distance of the compressed segmenter's activations on them (``train.source_stats``), for
-    each segmenter (the main one, and the photometric-jitter one where trained). No label is
-    read."""
+    distance of the compressed segmenter's activations on them (``train.source_stats``). No
+    label is read."""
     sys.path.insert(0, str(ROOT))
     import dataclasses
     import time
@@ -190,51 +188,44 @@ def run_distances(args, step):
     from edge_calib.train.tensors import DomainData
 
     code, started = git_commit(ROOT), time.time()
-    result = {}
-    for augment in (False, True):
-        path = paths(Path(args.work), augment)["int8"]
-        if not path.exists():
-            continue
-        clf, pre = load_classifier(path), "aug_" if augment else ""
-        spec, stats = clf.spec, SourceStats.of(clf)
+    clf = load_classifier(paths(Path(args.work))["int8"])
+    spec, stats = clf.spec, SourceStats.of(clf)
 
-        def unlabelled(dataset):
-            images = load_dataset(dataset, "train", args.data_root,
-                                  image_size=(spec.height, spec.width))
-            return dataclasses.replace(images, labels=None)  # never read
+    def unlabelled(dataset):
+        images = load_dataset(dataset, "train", args.data_root,
+                              image_size=(spec.height, spec.width))
+        return dataclasses.replace(images, labels=None)  # never read
 
-        day_images, dusk_images = unlabelled(SOURCE), unlabelled(TARGET)
-        day = DomainData(day_images, spec)
-        day = day.batch(np.arange(len(day)), "cpu").numpy()
-        matched = dataclasses.replace(
-            dusk_images, images=HistogramMatch(day_images.images)(dusk_images.images))
+    day_images, dusk_images = unlabelled(SOURCE), unlabelled(TARGET)
+    day = DomainData(day_images, spec)
+    day = day.batch(np.arange(len(day)), "cpu").numpy()
+    matched = dataclasses.replace(
+        dusk_images, images=HistogramMatch(day_images.images)(dusk_images.images))
 
-        def criteria(images, calibrator=None):
-            data = DomainData(images, spec)
-            with torch.no_grad():
-                x = data.batch(np.arange(len(data)), "cpu")
-                x = x if calibrator is None else calibrator(x)
-            return {"pixel_w1": round(pixel_distance(x.numpy(), day), 4),
-                    "stats_distance": round(stats_distance(clf.module, data, stats, calibrator),
-                                            4)}
+    def criteria(images, calibrator=None):
+        data = DomainData(images, spec)
+        with torch.no_grad():
+            x = data.batch(np.arange(len(data)), "cpu")
+            x = x if calibrator is None else calibrator(x)
+        return {"pixel_w1": round(pixel_distance(x.numpy(), day), 4),
+                "stats_distance": round(stats_distance(clf.module, data, stats, calibrator), 4)}
 
-        result[f"{pre}raw"], result[f"{pre}histogram"] = criteria(dusk_images), criteria(matched)
-        for cal_path in sorted((Path(args.work) / "calibrators").glob(f"dusk_{pre}*.calib.pt")):
-            name = cal_path.name.removeprefix("dusk_").removesuffix(".calib.pt")
-            if not augment and name.startswith("aug_"):
-                continue
-            result[name] = criteria(dusk_images, load_calibrator(cal_path).module.eval())
-    write_record(RESULTS / "distances.json", "distances", "python benchmarks/camvid.py distances",
-                 code, started, result)
+    result = {"raw": criteria(dusk_images), "histogram": criteria(matched)}
+    for cal_path in sorted((Path(args.work) / "calibrators").glob("dusk_*.calib.pt")):
+        name = cal_path.name.removeprefix("dusk_").removesuffix(".calib.pt")
+        result[name] = criteria(dusk_images, load_calibrator(cal_path).module.eval())
+    command = "python benchmarks/camvid.py" + (" --augment" if args.augment else "") + " distances"
+    write_record(step.folder / "distances.json", "distances", command, code, started, result)
     print("\n".join(f"{k}: {v}" for k, v in result.items()))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--augment", action="store_true",
+                        help="The segmenter trained with --augment photometric: models under "
+                             "<work>/augment, records under results/camvid_augment.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     common = common_arguments("camvid_full")
-    common.add_argument("--augment", action="store_true",
-                        help="The segmenter trained with photometric jitter (records aug_*).")
     p = sub.add_parser("segmenter", parents=[common])
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--resume", action="store_true")
@@ -267,7 +258,9 @@ def main():
 
         write_report(RESULTS, ROOT / "RESULTS.md")
         return
-    step = Step(RESULTS, args.data_root)
+    if args.augment:
+        args.work = str(Path(args.work) / "augment")
+    step = Step(RESULTS_AUGMENT if args.augment else RESULTS, args.data_root)
     {"segmenter": run_segmenter, "compress": run_compress, "baselines": run_baselines,
      "calibrators": run_calibrators, "deploy": run_deploy, "distances": run_distances}[args.cmd](args, step)
 

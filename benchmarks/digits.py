@@ -108,7 +108,8 @@ def run_task(args):
     else:
         step("classifier", ["train-classifier", "--dataset", source, "--arch", "dtn", "--out",
                             str(clf), "--epochs", str(args.classifier_epochs), "--seed",
-                            str(args.seed), "--quiet", *(["--augment"] if args.augment else [])])
+                            str(args.seed), "--quiet",
+                            *(["--augment", "geometric"] if args.augment else [])])
     evaluate(step, "source_only_target", ["--classifier", str(clf)], target)
     evaluate(step, "source_only_source", ["--classifier", str(clf)], source)
     if "adabn" in args.variants:

@@ -7,6 +7,7 @@ import json
 
 import click
 
+from ..core.augmentations import AUGMENTATIONS, GEOMETRIC_HELP, PHOTOMETRIC_HELP
 from ..core.errors import EdgeCalibError
 from ..core.progress import echo_err
 from ..models.families import DEFAULT_ARCH, FAMILY_SUMMARIES
@@ -44,9 +45,10 @@ def calibrator_size(arch: str, size: str | None, width: int | None, blocks: int 
 @click.option("--out", required=True, type=click.Path(dir_okay=False))
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--augment/--no-augment", default=False, show_default=True,
-              help="Classifiers: random small rotations, scalings and shifts. Segmenters: "
-                   "photometric jitter (exposure, gamma, contrast, colour gains).")
+@click.option("--augment", type=click.Choice(AUGMENTATIONS), default="none", show_default=True,
+              help="geometric (classifiers): " + GEOMETRIC_HELP + "; photometric, per image: " + PHOTOMETRIC_HELP + "; both. "
+                   "Segmenters always train on scaled crops and flips and take none or "
+                   "photometric.")
 @click.option("--input-size", default=None, metavar="HxW",
               help="Segmenters: the network's input size [default: the architecture's, "
                    "180x240 for lraspp_small].")
@@ -63,15 +65,15 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, input_s
                      train_scale, resume, force, batch_size, seed, device, max_samples, quiet):
     """Train the frozen source model (classifier or segmenter); the checkpoint holds weights,
     architecture, input spec and labels. Resumable: the state is saved after every epoch."""
-    from ..models.classifiers import default_input_spec
+    from ..models.classifiers import default_input_spec, task_of
+    from ..train.augment import augmentation
     from ..train.distributed import Distributed
     from ..train.loop import check_states, state_paths
     from ..train.tensors import resolve_device
 
     spec = default_input_spec(arch)
+    augmentation(augment, spec, task_of(arch))  # a segmenter refuses geometric before loading
     if input_size:
-        from ..models.classifiers import task_of
-
         if task_of(arch) != "segmentation":
             raise EdgeCalibError(f"--input-size: {arch} is a classifier with a fixed input "
                                  f"({spec.height}x{spec.width})")

@@ -1,11 +1,10 @@
-"""Training the frozen source model before deployment: a classifier (cross-entropy, optional
-random-affine augmentation) or a segmenter (class-weighted cross-entropy with the void label
-ignored, trained on random scaled crops and flips, optionally with photometric jitter, at its
-input size, evaluated at the labels' full resolution). Both run the one supervised loop (``supervised.py``) and resume with --resume."""
+"""Training the frozen source model before deployment: a classifier (cross-entropy) or a
+segmenter (class-weighted cross-entropy with the void label ignored, trained on random scaled
+crops and flips at its input size, evaluated at the labels' full resolution), either with the
+``--augment`` transforms of ``augment.py``. Both run the one supervised loop (``supervised.py``) and resume with --resume."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -15,25 +14,12 @@ from ..core.errors import EdgeCalibError
 from ..core.spec import InputSpec
 from ..models.classifiers import build_classifier, task_of
 from ..models.store import Classifier
+from .augment import augmentation
 from .evaluate import accuracy, segmentation
 from .distributed import Distributed
 from .source_stats import record_source_stats
 from .supervised import Fit, class_weights, fit
 from .tensors import DomainData
-
-
-def random_affine(x: torch.Tensor, background: float, max_shift=0.1, max_rot_deg=10.0,
-                  scale=(0.9, 1.1)) -> torch.Tensor:
-    """Small random rotations, scalings and shifts (fractions of the image), background-filled."""
-    b = x.shape[0]
-    angle = (torch.rand(b) * 2 - 1) * math.radians(max_rot_deg)
-    s = torch.empty(b).uniform_(*scale)
-    shift = (torch.rand(b, 2) * 2 - 1) * max_shift * 2  # affine_grid coordinates span [-1, 1]
-    cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
-                         torch.stack([sin, cos, shift[:, 1]], 1)], 1).to(x.device)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x - background, grid, align_corners=False, padding_mode="zeros") + background
 
 
 def scaled_crops(scale: float, crop: tuple[int, int], jitter: float = 0.25):
@@ -59,25 +45,6 @@ def scaled_crops(scale: float, crop: tuple[int, int], jitter: float = 0.25):
     return transform
 
 
-def photometric_jitter(lo, hi):
-    """A batch transform for segmentation that changes the camera, not the scene: per image a
-    random exposure gain (x0.5-1.5), gamma (0.6-1.6), contrast about the mean (x0.7-1.3) and
-    colour gains (x0.9-1.1 per channel), in pixel units [0, 1], clipped."""
-    lo_t = torch.tensor(lo, dtype=torch.float32).reshape(1, -1, 1, 1)
-    span = torch.tensor(hi, dtype=torch.float32).reshape(1, -1, 1, 1) - lo_t
-
-    def transform(x: torch.Tensor, y: torch.Tensor):
-        b, c = x.shape[:2]
-        u = ((x - lo_t.to(x.device)) / span.to(x.device)).clamp(0, 1)
-        draw = lambda a, z, *shape: torch.empty(b, *shape, 1, 1, device=x.device).uniform_(a, z)  # noqa: E731
-        u = (u * draw(0.5, 1.5, 1)).clamp(0, 1) ** draw(0.6, 1.6, 1)
-        mean = u.mean(dim=(1, 2, 3), keepdim=True)
-        u = ((u - mean) * draw(0.7, 1.3, 1) + mean) * draw(0.9, 1.1, c)
-        return u.clamp(0, 1) * span.to(x.device) + lo_t.to(x.device), y
-
-    return transform
-
-
 def default_crop(spec: InputSpec) -> tuple[int, int]:
     """Training crops for a segmenter: multiples of 16 near 98% x 93% of the input (176 x 224
     at 180 x 240)."""
@@ -87,7 +54,7 @@ def default_crop(spec: InputSpec) -> tuple[int, int]:
 
 def train_classifier(arch: str, spec: InputSpec, train: DomainData, test: DomainData | None,
                      epochs: int, batch_size: int, lr: float, seed: int, device: torch.device,
-                     augment: bool = False, val_fraction: float = 0.1, progress: bool = True,
+                     augment: str = "none", val_fraction: float = 0.1, progress: bool = True,
                      val: DomainData | None = None, state_path: Path | None = None,
                      resume: bool = False, train_scale: float = 1.0,
                      crop: tuple[int, int] | None = None, dist: Distributed = Distributed()
@@ -113,18 +80,14 @@ def train_classifier(arch: str, spec: InputSpec, train: DomainData, test: Domain
         loss_fn = lambda logits, y: F.cross_entropy(logits, y, weight=weights,  # noqa: E731
                                                     ignore_index=len(labels))
         crops = scaled_crops(train_scale, crop or default_crop(spec))
-        transform = crops
-        if augment:
-            jitter = photometric_jitter(spec.lo, spec.hi)
-            transform = lambda x, y: crops(*jitter(x, y))  # noqa: E731
+        extra = augmentation(augment, spec, task)
+        transform = crops if extra is None else lambda x, y: crops(*extra(x, y))  # noqa: E731
         cfg = Fit(epochs, batch_size, lr, seed, weight_decay=1e-4, schedule="cosine",
                   label="segmenter epoch")
         every = max(1, min(10, epochs))
     else:
         labels = [str(i) for i in range(int(train.labels.max()) + 1)]
-        loss_fn, transform = F.cross_entropy, None
-        if augment:
-            transform = lambda x, y: (random_affine(x, background=spec.lo[0]), y)  # noqa: E731
+        loss_fn, transform = F.cross_entropy, augmentation(augment, spec, task)
         cfg = Fit(epochs, batch_size, lr, seed, label="classifier epoch")
         every = 1
     model = build_classifier(arch, num_classes=len(labels)).to(device)
