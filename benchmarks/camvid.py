@@ -256,7 +256,7 @@ def main():
     if args.cmd == "report":
         from report_camvid import write_report
 
-        write_report(RESULTS, ROOT / "RESULTS.md")
+        write_report(RESULTS, ROOT / "RESULTS.md", RESULTS_AUGMENT)
         return
     if args.augment:
         args.work = str(Path(args.work) / "augment")

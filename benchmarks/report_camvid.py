@@ -1,10 +1,11 @@
-"""The CamVid day -> dusk table from ``benchmarks/results/camvid/*.json``: per segmenter (the main
-one, and the one trained with photometric jitter where it exists), mIoU, pixel accuracy and
-per-class IoU on the 62 dusk test frames, retention on the 171 day test and 101 day validation
-frames, the unlabelled criteria on the dusk training frames, calibrators as mean ± standard
-deviation over seeds, and how well the unlabelled statistics distance ranks the calibrator
-variants against their dusk mIoU (Spearman); written as ``camvid.md`` and into the README
-between the camvid-results markers."""
+"""The CamVid day -> dusk tables from ``benchmarks/results/camvid/*.json`` and, for the segmenter
+trained with photometric augmentation, ``benchmarks/results/camvid_augment/*.json``: mIoU, pixel
+accuracy and per-class IoU on the 62 dusk test frames, retention on the 171 day test and 101
+day validation frames, the unlabelled criteria on the dusk training frames, calibrators as
+mean ± standard deviation over seeds, how well the unlabelled statistics distance ranks the
+calibrator variants against their dusk mIoU (Spearman), and the two segmenters side by side;
+written as ``camvid.md`` in each folder and into RESULTS.md between the camvid-results
+markers."""
 
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ BASELINES = (("float", "float segmenter (not deployed)"),
              ("histogram_deployed", "histogram matching as a bundle entry (`dusk=histogram`, "
                                     "to the recorded source pixels, ONNX Runtime)"),
              ("gain_gamma", "global gain/gamma fitted on the dusk frames"))
-SEGMENTERS = (("", "LR-ASPP MobileNetV3-Small at 480x360, 2:4 + INT8 (no photometric "
-                   "augmentation: the main benchmark vehicle)"),
-              ("aug_", "the same trained with photometric jitter (exposure, gamma, contrast, "
-                       "colour gains)"))
+PLAIN = "LR-ASPP MobileNetV3-Small at 480x360, 2:4 + INT8 (no photometric augmentation)"
+AUGMENTED = ("the same trained with `--augment photometric` (exposure, gamma, contrast, colour "
+             "gains, blur)")
+# the README's recipe: the rows compared across the two segmenters
+RECIPE = "curve_stats3_large_ema95_cons10_hist10_e80_r3"
 FLAGS = (("--objective", "{} objective"), ("--init", "starts at {}"),
          ("--calibrator-size", "{}"), ("--eps", "ε {}"),
          ("--lr", "lr {}"), ("--epochs", "{} epochs"), ("--ema", "EMA {}"),
@@ -56,21 +58,20 @@ class Row(NamedTuple):
     dayval: list[dict]
 
 
-def rows(records: dict, pre: str) -> list[Row]:
-    """One Row per method of the segmenter whose records start with ``pre``; calibrator runs
-    that differ only by seed are gathered."""
+def rows(records: dict) -> list[Row]:
+    """One Row per method; calibrator runs that differ only by seed are gathered."""
     criteria = records.get("distances", {}).get("result", {})
     result = lambda key: [records[key]["result"]] if key in records else []  # noqa: E731
     out = []
     for key, label in BASELINES:
-        if f"{pre}{key}_dusk" in records:
-            crit = criteria.get(f"{pre}{DISTANCE_KEYS.get(key, '?')}")
-            out.append(Row(label, "", [crit] if crit else [], result(f"{pre}{key}_dusk"),
-                           result(f"{pre}{key}_day"), result(f"{pre}{key}_dayval")))
+        if f"{key}_dusk" in records:
+            crit = criteria.get(DISTANCE_KEYS.get(key, "?"))
+            out.append(Row(label, "", [crit] if crit else [], result(f"{key}_dusk"),
+                           result(f"{key}_day"), result(f"{key}_dayval")))
     runs: dict = {}
     for name in records:
         match = re.fullmatch(r"(\w+)_s(\d+)_dusk", name)
-        if match and match[1].startswith(pre) and not (pre == "" and match[1].startswith("aug_")):
+        if match:
             runs.setdefault(match[1], []).append(match[2])
     for name, seeds in sorted(runs.items()):
         seeds = sorted(seeds)
@@ -106,13 +107,12 @@ def spearman(x: list[float], y: list[float]) -> float | None:
     return statistics.correlation(rx, ry)
 
 
-def criterion_ranking(records: dict, pre: str) -> str:
+def criterion_ranking(records: dict) -> str:
     """How the unlabelled statistics distance ranks every calibrator run (each seed a point)
     against its dusk test mIoU."""
     criteria = records.get("distances", {}).get("result", {})
     points = [(criteria[name[:-5]]["stats_distance"], records[name]["result"]["miou"])
               for name in records if name.endswith("_dusk") and name[:-5] in criteria
-              and name.startswith(pre) and not (pre == "" and name.startswith("aug_"))
               and re.search(r"_s\d+$", name[:-5])]
     rho = spearman([p[0] for p in points], [p[1] for p in points])
     if rho is None:
@@ -123,8 +123,8 @@ def criterion_ranking(records: dict, pre: str) -> str:
             "negative value is agreement).")
 
 
-def table(records: dict, pre: str, commands: bool) -> list[str]:
-    body = rows(records, pre)
+def table(records: dict) -> list[str]:
+    body = rows(records)
     if not body:
         return []
     classes = list(body[0].dusk[0]["per_class_iou"])
@@ -146,23 +146,69 @@ def table(records: dict, pre: str, commands: bool) -> list[str]:
                      f"{cell([r['pixel_accuracy'] for r in dusk])} | "
                      f"{cell([r['miou'] for r in day])} | {cell([r['miou'] for r in val])} | "
                      + " | ".join(per_class) + " |")
-    ranking = criterion_ranking(records, pre)
+    ranking = criterion_ranking(records)
     return lines + (["", ranking] if ranking else [])
 
 
-def markdown(records: dict, commands: bool = True) -> str:
+def side_by_side(plain: dict, augmented: dict) -> list[str]:
+    """Source only, histogram matching, AdaBN and the README's recipe on both segmenters (dusk,
+    day test, day val mIoU), then what augmentation alone buys and what the calibrator adds on
+    top of it."""
+    methods = (("source_only", "source only"), ("histogram", "histogram matching"),
+               ("adabn_float", "AdaBN (float segmenter)"), (RECIPE, "curve recipe (seeds)"))
+
+    def scores(records, key, split):
+        if key == RECIPE:
+            return [r["result"]["miou"] for n, r in sorted(records.items())
+                    if re.fullmatch(rf"{RECIPE}_s\d+_{split}", n)]
+        return [records[f"{key}_{split}"]["result"]["miou"]] if f"{key}_{split}" in records else []
+
+    lines = ["| method | " + " | ".join(f"{seg}: {split}" for seg in ("plain", "augmented")
+                                       for split in ("dusk", "day test", "day val")) + " |",
+             "|---" * 7 + "|"]
+    means = {}
+    for key, label in methods:
+        cells = []
+        for name, records in (("plain", plain), ("augmented", augmented)):
+            for split in ("dusk", "day", "dayval"):
+                values = scores(records, key, split)
+                cells.append(mean_sd(values))
+                means[(name, key, split)] = statistics.mean(values) if values else None
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    m = lambda *k: means.get(k)  # noqa: E731
+    lines.append("")
+    if m("plain", "source_only", "dusk") is not None and m("augmented", "source_only", "dusk") is not None:
+        text = (f"Photometric augmentation alone moves the deployed segmenter's dusk mIoU from "
+                f"{m('plain', 'source_only', 'dusk'):.1f} to {m('augmented', 'source_only', 'dusk'):.1f}")
+        cal, hm = m("augmented", RECIPE, "dusk"), m("augmented", "histogram", "dusk")
+        if cal is not None and hm is not None:
+            text += (f"; on the augmented segmenter the curve recipe reaches {cal:.1f} against "
+                     f"{hm:.1f} for histogram matching ({cal - hm:+.1f}"
+                     + (", below histogram matching + 1" if cal - hm < 1 else "") + ")")
+        else:
+            text += "; the calibrator rows on the augmented segmenter are not measured yet"
+        lines.append(text + ".")
+    return lines
+
+
+def markdown(records: dict, commands: bool = True, title: str = PLAIN,
+             augmented: dict | None = None) -> str:
     lines = []
-    for pre, title in SEGMENTERS:
-        part = table(records, pre, commands)
+    for records_, title_ in ((records, title), (augmented or {}, AUGMENTED)):
+        part = table(records_)
         if part:
-            lines += [f"**{title}**", "", *part, ""]
+            lines += [f"**{title_}**", "", *part, ""]
+    if augmented and rows(augmented):
+        lines += ["**The two segmenters side by side** (mIoU; calibrator rows: mean ± sd over "
+                  "seeds)", "", *side_by_side(records, augmented), ""]
     if not lines:
         return "(no CamVid results yet)"
-    machines = sorted({(rec.get("machine") or {}).get("cpu") or "?" for rec in records.values()})
+    every = {**records, **{f"augment/{k}": v for k, v in (augmented or {}).items()}}
+    machines = sorted({(rec.get("machine") or {}).get("cpu") for rec in every.values()} - {None})
     lines += ["Per-class columns are IoU on the dusk test frames. The unlabelled columns are "
               "measured on the 62 dusk *training* frames (`python benchmarks/camvid.py "
               "distances`). Machines: " + ", ".join(machines) + ". Every record in "
-              "`benchmarks/results/camvid/` has its command and commit"
+              "`benchmarks/results/camvid/` (and `camvid_augment/`) has its command and commit"
               + (":" if commands else " (all commands: `benchmarks/results/camvid/camvid.md`).")]
     if commands:
         lines += ["", "```", *sorted({rec["command"] for rec in records.values()
@@ -170,11 +216,18 @@ def markdown(records: dict, commands: bool = True) -> str:
     return "\n".join(lines)
 
 
-def write_report(results: Path, readme: Path | None = None) -> None:
+def write_report(results: Path, readme: Path | None = None,
+                 augmented_results: Path | None = None) -> None:
     records = load_records(results)
+    augmented = load_records(augmented_results) if augmented_results and augmented_results.exists() else {}
     (results / "camvid.md").write_text("# CamVid day -> dusk (generated by "
                                        "`python benchmarks/camvid.py report`)\n\n"
                                        + markdown(records) + "\n")
-    md = markdown(records, commands=False)
+    if augmented:
+        (augmented_results / "camvid.md").write_text(
+            "# CamVid day -> dusk, segmenter trained with photometric augmentation (generated "
+            "by `python benchmarks/camvid.py report`)\n\n"
+            + markdown(augmented, title=AUGMENTED) + "\n")
+    md = markdown(records, commands=False, augmented=augmented)
     replace_readme_section(readme, "camvid", md)
     print(md)
