@@ -105,6 +105,12 @@ def test_existing_state_needs_resume_or_force(trained, shared_data):
       "--domain", "u", "--out", "{tmp}/x.pt"], "no images found"),
     (["eval", "--classifier", "{other}", "--calibrator", "{cal}", "--dataset", "usps"],
      "was trained against classifier"),
+    (["train-classifier", "--dataset", "camvid:day", "--arch", "lraspp_small", "--input-size",
+      "100000x100000", "--out", "{tmp}/x.pt"],
+     "--input-size 100000x100000: an input of 100000x100000 pixels is over the limit of "
+     "16,777,216 pixels ($EDGE_CALIB_MAX_INPUT_PIXELS raises it)"),
+    (["train", "--classifier", "{clf}", "--source", "mnist", "--target", "usps", "--domain", "u",
+      "--out", "{tmp}/x.pt", "--train-size", "5000x5000"], "--train-size 5000x5000: an input of"),
 ])
 def test_bad_input_one_line_no_output(trained, tmp_path, shared_data, args, message):
     out, clf, cal = trained

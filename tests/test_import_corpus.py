@@ -163,7 +163,7 @@ def test_a_conversion_that_disagrees_is_refused_unless_forced(tmp_path, shared_d
     ("dynamic", [], "the model's input size is not fixed"),
     ("rgba", [], "an input shaped [1, 4, 8, 8] has 4 channels in NCHW layout and 8 in NHWC; "
                  "edge-calib needs 1 or 3"),
-    ("huge", [], "an input of 20000x20000 pixels is over the import limit of 16,777,216 pixels "
+    ("huge", [], "an input of 20000x20000 pixels is over the limit of 16,777,216 pixels "
                  "($EDGE_CALIB_MAX_INPUT_PIXELS raises it)"),
 ])
 def test_refusals_name_what_to_do(make, args, message, tmp_path):

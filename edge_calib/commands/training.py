@@ -9,18 +9,20 @@ import click
 
 from ..core.augmentations import AUGMENTATIONS, GEOMETRIC_HELP, PHOTOMETRIC_HELP
 from ..core.errors import EdgeCalibError
+from ..core.limits import check_input_pixels
 from ..core.progress import echo_err
 from ..models.families import DEFAULT_ARCH, FAMILY_SUMMARIES
 from .options import data_root_option, training_options
 
 
 def parse_hw(text: str | None, option: str = "--train-size") -> tuple[int, int] | None:
-    """``180x240`` -> (180, 240): height x width."""
+    """``180x240`` -> (180, 240): height x width, within $EDGE_CALIB_MAX_INPUT_PIXELS."""
     if text is None:
         return None
     h, sep, w = text.lower().partition("x")
     if not (sep and h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
         raise EdgeCalibError(f"{option} {text!r}: use HEIGHTxWIDTH, e.g. 180x240")
+    check_input_pixels(int(h), int(w), f"{option} {text}")
     return int(h), int(w)
 
 

@@ -23,6 +23,7 @@ import onnx
 import torch
 
 from ..core.errors import EdgeCalibError
+from ..core.limits import check_input_pixels, limit
 from ..core.spec import InputSpec
 from .store import Classifier
 
@@ -34,21 +35,6 @@ TOLERANCE = {"float": 1e-4, "quantised": 2e-2}
 MIN_TOP1 = 0.99  # top-1 agreement on real images
 CHECK_IMAGES = 32
 LAYOUTS = ("auto", "nchw", "nhwc")
-# what an import may allocate, checked before it does (environment variables raise them):
-# the model file with its external data, and the input's pixels (the check runs a few inputs)
-LIMITS = {"EDGE_CALIB_MAX_MODEL_BYTES": 2 << 30, "EDGE_CALIB_MAX_INPUT_PIXELS": 1 << 24}
-
-
-def limit(name: str) -> int:
-    """An import limit: its environment variable when set (a positive integer), else LIMITS."""
-    value = os.environ.get(name)
-    if value is None:
-        return LIMITS[name]
-    if not value.isdigit() or int(value) <= 0:
-        raise EdgeCalibError(f"${name}={value!r}: give a positive whole number")
-    return int(value)
-
-
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__
@@ -182,10 +168,7 @@ def import_onnx(path: str | Path, request: ImportRequest,
         if any(d is not None and d != want for d, want in zip(hw, size)):
             raise EdgeCalibError(f"{path}: the model's input is {hw[0]}x{hw[1]}, not "
                                  f"--input-size {size[0]}x{size[1]}")
-    most = limit("EDGE_CALIB_MAX_INPUT_PIXELS")
-    if size[0] * size[1] > most:
-        raise EdgeCalibError(f"{path}: an input of {size[0]}x{size[1]} pixels is over the import "
-                             f"limit of {most:,} pixels ($EDGE_CALIB_MAX_INPUT_PIXELS raises it)")
+    check_input_pixels(size[0], size[1], str(path))
     spec = InputSpec(size[0], size[1], channels, per_channel(request.mean, channels, "mean"),
                      per_channel(request.std, channels, "std"), request.colour_order)
     module = OnnxModule(model, layout).eval()
