@@ -121,3 +121,36 @@ def test_an_output_whose_parent_is_a_file_is_one_line(trained_dtn, tmp_path):
                           "a file stands where a folder is needed")
     assert line.endswith(f"{tmp_path / 'afile'} (nothing was replaced)")
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_names_of_255_bytes_work_as_outputs(bundle_dir, trained_dtn, tmp_path):
+    """The longest names the file system takes (255 bytes, 2-byte characters included) as a
+    bundle, a video, a predictions log and a calibrator's --out: the temporary and derived
+    names (state, metrics log, .partial) are shortened to fit, deterministically."""
+    from edge_calib.core.fileio import NAME_MAX, derived_path, fitting_name
+    from edge_calib.train.loop import state_paths
+
+    long = "é" * 100 + "n" * 51  # 251 bytes
+    assert len((long + ".mp4").encode()) == NAME_MAX
+    bundle = tmp_path / ("b" * NAME_MAX)
+    assert export(trained_dtn, bundle).returncode == 0 and (bundle / "manifest.json").exists()
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(12):
+        cv2.imwrite(str(frames / f"{i:03d}.png"), np.full((32, 32, 3), 20 * i, np.uint8))
+    video, log = tmp_path / (long + ".mp4"), tmp_path / ("p" * 249 + ".jsonl")
+    proc = edge_calib("run", "--deploy", bundle_dir, "--input", frames, "--domain", "mnist",
+                      "--headless", "--threads", "1", "--output", video, "--predictions", log)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FRAME_COUNT) == 12
+    assert len(log.read_text().splitlines()) == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [bundle.name, "frames", video.name, log.name])
+    # derived names: within NAME_MAX, the same for the same long name, distinct for another
+    state, metrics = state_paths(tmp_path / ("c" * 250 + ".calib.pt"))
+    assert all(len(p.name.encode()) <= NAME_MAX for p in (state, metrics))
+    assert state.name.endswith(".state.pt") and metrics.name.endswith(".metrics.jsonl")
+    assert state == state_paths(tmp_path / ("c" * 250 + ".calib.pt"))[0]
+    assert state != state_paths(tmp_path / ("c" * 249 + "d.calib.pt"))[0]
+    assert fitting_name("short") == "short"
+    assert derived_path(video, video.stem, ".partial.mp4").name.endswith(".partial.mp4")

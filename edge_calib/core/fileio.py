@@ -30,12 +30,34 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+NAME_MAX = 255  # bytes in one file name (ext4, xfs, btrfs, tmpfs)
+
+
+def fitting_name(name: str, room: int = NAME_MAX) -> str:
+    """``name`` when it takes at most ``room`` bytes, else its first bytes (whole characters)
+    and ``~`` with 8 hex digits of its sha256: the same long name always gives the same short
+    one, so a file derived from it is found again (a resumed training's state)."""
+    data = name.encode()
+    if len(data) <= room:
+        return name
+    tag = "~" + hashlib.sha256(data).hexdigest()[:8]
+    return data[:room - len(tag)].decode(errors="ignore") + tag
+
+
+def derived_path(path: str | Path, stem: str, ending: str) -> Path:
+    """``stem + ending`` beside ``path`` (``X.calib`` + ``.state.pt``), the stem shortened by
+    ``fitting_name`` so the whole name fits in NAME_MAX bytes."""
+    return Path(path).with_name(fitting_name(stem, NAME_MAX - len(ending.encode())) + ending)
+
+
 def temporary_beside(path: str | Path, suffix: str = ".tmp", folder: bool = False) -> Path:
     """A new, unique temporary file (or folder) beside ``path``, named
-    ``.NAME.PID.RANDOM<suffix>``. Leftovers of processes that no longer run (a killed build or
-    run) are removed first, so temporary files never pile up."""
+    ``.NAME.PID.RANDOM<suffix>`` (NAME shortened so that it fits NAME_MAX bytes). Leftovers of
+    processes that no longer run (a killed build or run) are removed first, so temporary files
+    never pile up."""
     path = Path(path)
-    prefix = f".{path.name}."
+    # "." NAME "." PID(<= 10) "." RANDOM(8) SUFFIX
+    prefix = f".{fitting_name(path.name, NAME_MAX - 21 - len(suffix.encode()))}."
     for old in path.parent.glob(f"{glob_escape(prefix)}*{glob_escape(suffix)}"):
         pid = old.name[len(prefix):].split(".", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
@@ -113,7 +135,7 @@ def atomic_directory(path: str | Path, force: bool = False):
                                      "(another writer?); it was left as it is and nothing "
                                      "was written (pass --force to replace it)") from None
         elif path.exists():
-            old = path.with_name(f".{path.name}.old")
+            old = derived_path(path, f".{path.name}", ".old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
             os.replace(tmp, path)

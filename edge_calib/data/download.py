@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from ..core.errors import EdgeCalibError
-from ..core.fileio import file_digest
+from ..core.fileio import derived_path, file_digest
 
 CHUNK = 1 << 16
 
@@ -60,7 +60,7 @@ def fetch_file(remote: RemoteFile, dest: Path, mirror: str | None = None,
         raise EdgeCalibError(f"{dest} exists but its {remote.algorithm} does not match the "
                              f"canonical {remote.digest}; delete it and fetch again")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
+    part = derived_path(dest, dest.name, ".part")
     failures = []
     for url in remote.urls_for(mirror):
         try:

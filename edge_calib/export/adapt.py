@@ -38,7 +38,7 @@ import onnx
 import torch
 
 from ..core.errors import EdgeCalibError
-from ..core.fileio import file_digest, write_json_atomic
+from ..core.fileio import derived_path, file_digest, write_json_atomic
 from ..core.names import check_domain_name
 from ..core.progress import echo_err
 from ..deploy.bundle import MANIFEST, DomainClassifierEntry, Manifest, open_bundle, write_manifest
@@ -346,6 +346,6 @@ def keep_calibrator(root: Path, domain: str, cal) -> Path:
     """The calibrator as a checkpoint beside the bundle (``export --calibrator``)."""
     from ..models.store import save_calibrator
 
-    path = root.parent / f"{root.name}.{domain}.calib.pt"
+    path = derived_path(root, f"{root.name}.{domain}", ".calib.pt")
     save_calibrator(path, cal.module, cal.meta)
     return path

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from ..core.errors import EdgeCalibError
-from ..core.fileio import temporary_beside
+from ..core.fileio import derived_path, temporary_beside
 
 FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "MJPG", ".mov": "mp4v"}
 MIN_WIDTH = 320
@@ -58,7 +58,7 @@ def _temporary(path: Path) -> Path:
 def partial_path(path: Path) -> Path:
     """Where the output of a run that failed goes (``preds.jsonl`` -> ``preds.partial.jsonl``),
     so that it never replaces the previous good file."""
-    return path.with_name(f"{path.stem}.partial{path.suffix}")
+    return derived_path(path, path.stem, f".partial{path.suffix}")
 
 
 def _finish(tmp: Path, path: Path, written: bool, complete: bool) -> Path | None:

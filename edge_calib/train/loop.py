@@ -12,7 +12,7 @@ from typing import Callable, Iterable
 import torch
 
 from ..core.errors import EdgeCalibError
-from ..core.fileio import write_bytes_atomic
+from ..core.fileio import derived_path, write_bytes_atomic
 from ..core.progress import echo_err
 
 SCHEDULES = ("constant", "cosine")
@@ -34,7 +34,7 @@ def state_paths(out: str | Path) -> tuple[Path, Path]:
     """Training state and metrics log beside the output: X.pt -> X.state.pt, X.metrics.jsonl."""
     out = Path(out)
     stem = out.name[:-3] if out.name.endswith(".pt") else out.name
-    return out.with_name(stem + ".state.pt"), out.with_name(stem + ".metrics.jsonl")
+    return derived_path(out, stem, ".state.pt"), derived_path(out, stem, ".metrics.jsonl")
 
 
 def check_states(states: Iterable[Path], resume: bool, force: bool) -> None:
