@@ -9,7 +9,7 @@ Each step runs the ``edge-calib`` CLI in a subprocess and stores, under
 ``benchmarks/results/digits/<task>/seed<k>/<step>.json``, the exact command, the git commit,
 the machine and the parsed result. A step whose result file exists is skipped, and calibrator
 training resumes from its last epoch, so the full set can be run across several sittings.
-``report`` aggregates everything into ``digits.json`` / ``digits.md`` and the README's results
+``report`` aggregates everything into ``digits.json`` / ``digits.md`` and RESULTS.md's
 section. Model selection never looks at target test labels: calibrated numbers are the last
 epoch; the per-epoch target test accuracy (``--monitor-test``) is used only to report the mean
 of the last five epochs.

@@ -1,5 +1,5 @@
 """Aggregate ``benchmarks/results/calibrators`` into calibrators.json, calibrators.md, the
-accuracy-against-overhead plot and the README section.
+accuracy-against-overhead plot and the RESULTS.md section.
 
 The default calibrator is chosen by a rule fixed before the results were in, on the
 *development* shifts only (colour, lowlight, haze; target test accuracy, one seed): the

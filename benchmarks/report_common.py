@@ -30,8 +30,8 @@ def markers(name: str) -> tuple[str, str]:
 
 
 def replace_readme_section(readme: Path | None, name: str, md: str) -> None:
-    """Put ``md`` between ``<!-- NAME-results:begin -->`` and ``...:end -->`` in the README
-    (left alone when it has no such markers)."""
+    """Put ``md`` between ``<!-- NAME-results:begin -->`` and ``...:end -->`` in ``readme``
+    (RESULTS.md; left alone when it has no such markers)."""
     if readme is None or not readme.exists():
         return
     begin, end = markers(name)

@@ -1,4 +1,4 @@
-"""Aggregate ``benchmarks/results/digits`` into digits.json, digits.md and the README section."""
+"""Aggregate ``benchmarks/results/digits`` into digits.json, digits.md and the RESULTS.md section."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from report_common import load_records, markers, mean_sd, replace_readme_section
 
-BEGIN, END = markers("digits")  # the README section (tests look for it)
+BEGIN, END = markers("digits")  # the RESULTS.md section (tests look for it)
 ROWS = [  # (label, target step, source step)
     ("source only (float DTN)", "source_only_target", "source_only_source"),
     ("AdaBN (changes the deployed model)", "adabn_target", "adabn_source"),
