@@ -154,3 +154,25 @@ def test_names_of_255_bytes_work_as_outputs(bundle_dir, trained_dtn, tmp_path):
     assert state != state_paths(tmp_path / ("c" * 249 + "d.calib.pt"))[0]
     assert fitting_name("short") == "short"
     assert derived_path(video, video.stem, ".partial.mp4").name.endswith(".partial.mp4")
+
+
+def test_a_video_cut_short_by_a_full_disk_keeps_the_old_one(bundle_dir, tmp_path):
+    """OpenCV's writer says nothing when the disk fills: the video is read back before it
+    replaces the previous one. Exit 1, one line saying how many frames it holds; the old video
+    byte for byte; what was written beside it as .partial.mp4; no temporary file."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(200):
+        cv2.imwrite(str(frames / f"{i:04d}.png"), rng.integers(0, 255, (240, 320, 3), np.uint8))
+    with tmpfs(tmp_path / "small", "256k") as disk:
+        old = b"an earlier good video"
+        (disk / "v.mp4").write_bytes(old)
+        proc = edge_calib("run", "--deploy", bundle_dir, "--input", frames, "--domain", "mnist",
+                          "--headless", "--threads", "1", "--output", disk / "v.mp4")
+        line = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("error: ")]
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert len(line) == 1 and f"--output {disk / 'v.mp4'}: the video reads back with" in line[0]
+        assert "of the 200 frames written (a full disk?)" in line[0]
+        assert (disk / "v.mp4").read_bytes() == old
+        assert sorted(p.name for p in disk.iterdir()) == ["v.mp4", "v.partial.mp4"]

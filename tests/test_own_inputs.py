@@ -1,9 +1,13 @@
 """No command writes over the files it reads (issue 35, item 4): an output that is an input,
 by the same path or through a hard link, is one line and the input is left byte for byte;
-export --force replaces only a bundle; train does not replace a calibrator without --force."""
+export --force replaces only a bundle; train does not replace a calibrator without --force; two
+processes writing one output: the second is refused before it writes anything."""
 
 import os
 import shutil
+import subprocess
+import sys
+import time
 
 from click.testing import CliRunner
 
@@ -92,3 +96,57 @@ def test_train_does_not_replace_a_calibrator_without_force(trained_dtn, trained_
                     "usps", "--domain", "usps", "--out", out, "--epochs", 1, "--data-root",
                     shared_data), "already exists; pass --force to replace it")
     assert file_digest(out) == before
+
+
+def _edge_calib_process(*args):
+    return subprocess.Popen([sys.executable, "-m", "edge_calib.cli", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_runs_writing_one_video_one_wins_the_other_is_refused(bundle_dir, tmp_path):
+    """Two real processes, one --output and one --predictions: the second is refused in one line
+    before it writes anything; the first ends 0 with its whole video and log; no lock or
+    temporary file is left."""
+    import cv2
+    import numpy as np
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(40):
+        cv2.imwrite(str(frames / f"{i:03d}.png"), np.full((32, 32, 3), 5 * i, np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    common = ["run", "--deploy", bundle_dir, "--input", frames, "--domain", "mnist",
+              "--headless", "--threads", "1", "--output", out / "same.mp4"]
+    first = _edge_calib_process(*common, "--realtime", "--fps", "10",
+                                "--predictions", out / "p.jsonl")
+    deadline = time.time() + 120
+    while not any(p.name.endswith(".lock") for p in out.iterdir()):
+        assert first.poll() is None and time.time() < deadline, first.communicate()
+        time.sleep(0.1)
+    second = subprocess.run([sys.executable, "-m", "edge_calib.cli", *map(str, common)],
+                            capture_output=True, text=True, timeout=300)
+    assert second.returncode == 2
+    lines = second.stderr.strip().splitlines()
+    assert lines == [f"error: --output {out / 'same.mp4'}: another edge-calib process is writing "
+                     "it; wait for it to finish or choose another name"]
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ["p.jsonl", "same.mp4"]
+    assert len((out / "p.jsonl").read_text().splitlines()) == 40
+
+
+def test_two_trainings_to_one_out_the_second_is_refused(trained_dtn, shared_data, tmp_path):
+    from edge_calib.core.fileio import OutputLock
+
+    out = tmp_path / "c.calib.pt"
+    with OutputLock(out, "--out"):  # held as a running `train` holds it
+        r = invoke("train", "--classifier", trained_dtn, "--source", "mnist", "--target", "usps",
+                   "--domain", "usps", "--out", out, "--epochs", 1, "--max-samples", 64,
+                   "--data-root", shared_data, "--quiet")
+        one_line(r, f"--out {out}: another edge-calib process is writing it")
+        for command in (["train-classifier", "--dataset", "mnist"],
+                        ["compress", trained_dtn, "--int8", "--calib-dataset", "mnist"]):
+            r = invoke(*command, "--out", out, "--data-root", shared_data)
+            one_line(r, f"--out {out}: another edge-calib process is writing it")
+    assert [p.name for p in tmp_path.iterdir()] == []

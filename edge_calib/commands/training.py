@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 
@@ -67,6 +68,7 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, input_s
                      train_scale, resume, force, batch_size, seed, device, max_samples, quiet):
     """Train the frozen source model (classifier or segmenter); the checkpoint holds weights,
     architecture, input spec and labels. Resumable: the state is saved after every epoch."""
+    from ..core.fileio import OutputLock
     from ..models.classifiers import default_input_spec, task_of
     from ..train.augment import augmentation
     from ..train.distributed import Distributed
@@ -88,19 +90,25 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, input_s
     state = state_paths(out)[0]
     check_states([state], resume, force)
     dist, dev = Distributed.from_environment(resolve_device(device))
+    lock = None
     try:
+        if dist.is_main:  # the one writer: a second process writing the same --out is refused
+            lock = OutputLock(out, "--out")
         dist.per_rank(batch_size)
         clf = _train_source_model(dataset, arch, spec, data_root, epochs, lr, augment, crop,
                                   train_scale, resume, state, batch_size, seed, dev,
                                   max_samples, quiet, dist)
+        dist.close()
+        if not dist.is_main:
+            return
+        fingerprint = clf.save(out)
+        state.unlink(missing_ok=True)
     except BaseException:
         dist.close(finished=False)
         raise
-    dist.close()
-    if not dist.is_main:
-        return
-    fingerprint = clf.save(out)
-    state.unlink(missing_ok=True)
+    finally:
+        if lock is not None:
+            lock.release()
     m = clf.metrics
     click.echo(json.dumps({"out": out, "arch": arch, "task": m["task"],
                            "fingerprint": fingerprint, "params": clf.params,
@@ -243,7 +251,7 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
     from ..train.jobs import SharedInputs, check_states, plan, train_domains
     from ..train.tensors import load_domain, resolve_device
 
-    from ..core.fileio import refuse_writing_over_inputs
+    from ..core.fileio import OutputLock, refuse_writing_over_inputs
 
     tasks = plan(target, domain, out)
     for task in tasks:
@@ -269,7 +277,11 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
             raise EdgeCalibError(f"--out {task.out} already exists; pass --force to replace it")
     clf = load_classifier(classifier)
     dist, dev = Distributed.from_environment(resolve_device(device))
+    locks = contextlib.ExitStack()
     try:
+        if dist.is_main:  # the one writer: a second process writing the same --out is refused
+            for task in tasks:
+                locks.enter_context(OutputLock(task.out, "--out"))
         if len(tasks) == 1:
             dist.per_rank(batch_size)
         spec = clf.spec if cfg.train_size is None else dataclasses.replace(
@@ -290,6 +302,8 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
     except BaseException:
         dist.close(finished=False)
         raise
+    finally:
+        locks.close()
     dist.close()
     if dist.is_main:
         for result in results:
@@ -500,9 +514,10 @@ def import_model(model, task, input_size, mean, std, colour_order, layout, label
         except ValueError:
             raise EdgeCalibError(f"--{name} {text!r}: give comma-separated numbers") from None
 
-    from ..core.fileio import refuse_writing_over_inputs
+    from ..core.fileio import OutputLock, refuse_writing_over_inputs
 
     refuse_writing_over_inputs({"--out": out}, {"MODEL": model, "--labels": labels_file})
+    click.get_current_context().call_on_close(OutputLock(out, "--out").release)
     labels = None
     if labels_file:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -72,6 +73,42 @@ def temporary_beside(path: str | Path, suffix: str = ".tmp", folder: bool = Fals
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     os.close(fd)
     return Path(tmp)
+
+
+class OutputLock:
+    """One writer per output: an exclusive flock on ``.NAME.lock`` beside ``path``, held from
+    the start of the command that writes it until ``release`` (or the process's end). A second
+    process asking for the same output is refused in one line naming ``option``."""
+
+    def __init__(self, path: str | Path, option: str):
+        from .errors import EdgeCalibError
+
+        path = Path(path)
+        self.file = derived_path(path, f".{path.name}", ".lock")
+        try:
+            self.fd: int | None = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            self.fd = None  # a folder nobody can write into fails later, with its own message
+            return
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise EdgeCalibError(f"{option} {path}: another edge-calib process is writing it; "
+                                 "wait for it to finish or choose another name") from None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.file)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
 
 
 def glob_escape(text: str) -> str:

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from ..core.errors import EdgeCalibError
-from ..core.fileio import derived_path, temporary_beside
+from ..core.fileio import OutputLock, derived_path, temporary_beside
 
 FOURCC = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "MJPG", ".mov": "mp4v"}
 MIN_WIDTH = 320
@@ -73,12 +73,29 @@ def _finish(tmp: Path, path: Path, written: bool, complete: bool) -> Path | None
     return target
 
 
+def count_frames(path: Path) -> int:
+    """How many frames OpenCV decodes from a video file (0 when it cannot open it)."""
+    capture, n = cv2.VideoCapture(str(path)), 0
+    try:
+        while capture.isOpened() and capture.grab():
+            n += 1
+    finally:
+        capture.release()
+    return n
+
+
 class VideoOutput:
     def __init__(self, path: str, fps: float):
         self.path = output_path(path, "--output")
         if self.path.suffix.lower() not in FOURCC:
             raise EdgeCalibError(f"--output {path}: use one of {', '.join(FOURCC)}")
-        self.tmp, self.fps, self.writer, self.frames = _temporary(self.path), fps, None, 0
+        self.lock = OutputLock(self.path, "--output")
+        try:
+            self.tmp = _temporary(self.path)
+        except BaseException:
+            self.lock.release()
+            raise
+        self.fps, self.writer, self.frames = fps, None, 0
 
     def write(self, bgr: np.ndarray):
         if self.writer is None:
@@ -95,17 +112,34 @@ class VideoOutput:
 
     def close(self, complete: bool = True) -> Path | None:
         """Rename into place if frames were written (beside it, as ``.partial``, if the run
-        failed); otherwise keep the previous file."""
+        failed, or if the file does not read back with every frame: OpenCV's writer does not
+        report a full disk, so ``failure`` then says what was lost); otherwise keep the previous
+        file."""
+        self.failure = None
         if self.writer is not None:
             self.writer.release()
-        return _finish(self.tmp, self.path, self.frames > 0, complete)
+        if self.frames > 0 and complete:
+            decoded = count_frames(self.tmp)
+            if decoded != self.frames:
+                complete = False
+                self.failure = (f"--output {self.path}: the video reads back with {decoded} of "
+                                f"the {self.frames} frames written (a full disk?)")
+        try:
+            return _finish(self.tmp, self.path, self.frames > 0, complete)
+        finally:
+            self.lock.release()
 
 
 class PredictionLog:
     def __init__(self, path: str):
         self.path = output_path(path, "--predictions")
-        self.tmp = _temporary(self.path)
-        self.handle = open(self.tmp, "w")
+        self.lock = OutputLock(self.path, "--predictions")
+        try:
+            self.tmp = _temporary(self.path)
+            self.handle = open(self.tmp, "w")
+        except BaseException:
+            self.lock.release()
+            raise
         self.records = 0
         self.broken = False  # a write failed (e.g. the disk is full): keep nothing
 
@@ -122,10 +156,13 @@ class PredictionLog:
         failed); otherwise keep the previous file. After a failed write (a full disk) the
         temporary file is removed, so that it does not keep the disk full."""
         try:
-            self.handle.close()
-        except OSError:
-            self.broken = True
-        if self.broken:
-            self.tmp.unlink(missing_ok=True)
-            return None
-        return _finish(self.tmp, self.path, self.records > 0, complete)
+            try:
+                self.handle.close()
+            except OSError:
+                self.broken = True
+            if self.broken:
+                self.tmp.unlink(missing_ok=True)
+                return None
+            return _finish(self.tmp, self.path, self.records > 0, complete)
+        finally:
+            self.lock.release()

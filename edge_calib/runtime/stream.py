@@ -97,6 +97,7 @@ class StreamRunner:
         self.times = StageTimes()
         self.domain_frames: dict[str, int] = {}
         self.partial_outputs: list[str] = []  # outputs of a failed run, kept beside the old ones
+        self.output_error: str | None = None  # an output that did not read back whole
         self.collected: dict | None = None  # run --collect: the collector's summary
 
     @property
@@ -220,7 +221,10 @@ class StreamRunner:
             complete = completed and self.capture.error is None
             for sink in self.sinks:
                 written = sink.close(complete)
-                if written is not None and not complete:
+                failure = getattr(sink, "failure", None)
+                if failure:
+                    self.output_error = self.output_error or failure
+                if written is not None and (failure or not complete):
                     self.partial_outputs.append(str(written))
             ctl.close()
             for sig, handler in previous.items():  # a later signal is not this run's
@@ -251,7 +255,8 @@ class StreamRunner:
                 "domain_frames": self.domain_frames, "final_domain": ctl.domain,
                 "auto": self.opts.domain == "auto", "reloads": list(ctl.reloads),
                 "stages_ms": self.times.summary(),
-                "error": self.capture.error or (self.collected or {}).get("error"),
+                "error": (self.capture.error or (self.collected or {}).get("error")
+                          or self.output_error),
                 "partial_outputs": self.partial_outputs, "collect": self.collected,
                 "outputs": {"video": [o for o in self.opts.outputs if not is_live_url(o)],
                             "live_view": [s.url for s in self.sinks if isinstance(s, LiveView)],
