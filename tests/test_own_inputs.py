@@ -150,3 +150,25 @@ def test_two_trainings_to_one_out_the_second_is_refused(trained_dtn, shared_data
             r = invoke(*command, "--out", out, "--data-root", shared_data)
             one_line(r, f"--out {out}: another edge-calib process is writing it")
     assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_a_file_that_is_not_ours_is_never_replaced(trained_dtn, shared_data, tmp_path):
+    """A user's own file at --out (a report, a model of another tool) is refused by every
+    command that writes a checkpoint, --force included; one of our checkpoints is replaced."""
+    notes = tmp_path / "notes.pt"
+    notes.write_text("my notes, not a checkpoint")
+    expected = f"--out {notes}: an existing file that is not an edge-calib checkpoint"
+    for command in (
+            ["train", "--classifier", trained_dtn, "--source", "mnist", "--target", "usps",
+             "--domain", "usps", "--epochs", 1, "--max-samples", 64, "--force"],
+            ["train-classifier", "--dataset", "mnist", "--epochs", 1, "--max-samples", 64],
+            ["compress", trained_dtn, "--int8", "--calib-dataset", "mnist", "--max-samples", 64]):
+        one_line(invoke(*command, "--out", notes, "--data-root", shared_data), expected)
+    assert notes.read_text() == "my notes, not a checkpoint"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.pt"]
+    ours = tmp_path / "ours.pt"
+    shutil.copy(trained_dtn, ours)
+    r = invoke("compress", trained_dtn, "--int8", "--calib-dataset", "mnist", "--max-samples",
+               64, "--out", ours, "--data-root", shared_data, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert file_digest(ours) != file_digest(trained_dtn)

@@ -37,12 +37,13 @@ def compress(checkpoint, prune, int8, calib_dataset, calib_batches, activation_r
     from ..compress.pipeline import compress_classifier
     from ..core.fileio import OutputLock, refuse_writing_over_inputs
     from ..data.catalog import has_test_split
-    from ..models.checkpoint import load_checkpoint
+    from ..models.checkpoint import check_replaceable, load_checkpoint
     from ..models.store import CALIBRATOR, CLASSIFIER, load_classifier
     from ..train.tensors import load_domain
 
     refuse_writing_over_inputs({"--out": out}, {"CHECKPOINT": checkpoint})
     click.get_current_context().call_on_close(OutputLock(out, "--out").release)
+    check_replaceable(out)
     meta, _ = load_checkpoint(checkpoint, (CLASSIFIER, CALIBRATOR))
     if "calibrator" in meta:
         if prune or finetune_epochs:

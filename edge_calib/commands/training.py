@@ -69,6 +69,7 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, input_s
     """Train the frozen source model (classifier or segmenter); the checkpoint holds weights,
     architecture, input spec and labels. Resumable: the state is saved after every epoch."""
     from ..core.fileio import OutputLock
+    from ..models.checkpoint import check_replaceable
     from ..models.classifiers import default_input_spec, task_of
     from ..train.augment import augmentation
     from ..train.distributed import Distributed
@@ -89,6 +90,7 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, input_s
                              f"{spec.height}x{spec.width}")
     state = state_paths(out)[0]
     check_states([state], resume, force)
+    check_replaceable(out)
     dist, dev = Distributed.from_environment(resolve_device(device))
     lock = None
     try:
@@ -252,6 +254,7 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
     from ..train.tensors import load_domain, resolve_device
 
     from ..core.fileio import OutputLock, refuse_writing_over_inputs
+    from ..models.checkpoint import check_replaceable
 
     tasks = plan(target, domain, out)
     for task in tasks:
@@ -275,6 +278,7 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
     for task in tasks:  # a finished calibrator is replaced only when asked (or continued)
         if task.out.exists() and not (force or resume):
             raise EdgeCalibError(f"--out {task.out} already exists; pass --force to replace it")
+        check_replaceable(task.out)
     clf = load_classifier(classifier)
     dist, dev = Distributed.from_environment(resolve_device(device))
     locks = contextlib.ExitStack()
@@ -515,9 +519,11 @@ def import_model(model, task, input_size, mean, std, colour_order, layout, label
             raise EdgeCalibError(f"--{name} {text!r}: give comma-separated numbers") from None
 
     from ..core.fileio import OutputLock, refuse_writing_over_inputs
+    from ..models.checkpoint import check_replaceable
 
     refuse_writing_over_inputs({"--out": out}, {"MODEL": model, "--labels": labels_file})
     click.get_current_context().call_on_close(OutputLock(out, "--out").release)
+    check_replaceable(out)
     labels = None
     if labels_file:
         try:

@@ -32,6 +32,22 @@ def save_checkpoint(path: str | Path, kind: str, meta: dict, tensors: dict) -> N
         torch.save(payload, tmp)
 
 
+def check_replaceable(path: str | Path, option: str = "--out") -> None:
+    """An existing output is replaced only when it is an edge-calib checkpoint: any other file
+    at that path (a user's own) is refused in one line and left as it is."""
+    path = Path(path)
+    if not path.is_file():
+        return  # nothing there, or a folder: the writer refuses that with its own message
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        ours = isinstance(payload, dict) and payload.get("format") == FORMAT
+    except Exception:  # whatever torch cannot read as plain data is not ours
+        ours = False
+    if not ours:
+        raise EdgeCalibError(f"{option} {path}: an existing file that is not an edge-calib "
+                             "checkpoint; it is left as it is (choose another name or move it)")
+
+
 def _to_cpu(obj):
     """Tensors anywhere in nested dicts/lists moved to the CPU (optimiser states included)."""
     if isinstance(obj, torch.Tensor):
