@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from ..core.errors import EdgeCalibError
+from ..core.memory import return_freed_memory
 from ..deploy.bundle import MANIFEST, MANIFEST_HASH, open_bundle
 from ..engines import check_engines, open_engines
 from ..imaging.photometric import HistogramMatch
@@ -139,6 +140,7 @@ class Controller:
             auto.carry_votes(self.auto)  # on, the window's votes kept (by domain name)
             self.auto = auto
         replaced.close()  # the old sessions are never used again
+        return_freed_memory()  # or each reload's sessions stay in the allocator's free lists
         if self.domain not in bundle.domains and self.domain != UNKNOWN:
             self.domain = bundle.domains[0]
         self.reloads.append({"ok": True, "reason": reason, "frame": index,
