@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Run the bad-input catalogues (``../shared/docs/BAD_INPUTS.md``, both) against the real CLI and
-write the table: per case the command's last stderr line, its exit status, whether a
-traceback appeared, and whether the good files it could have touched stayed byte-identical.
+"""Run the bad-input catalogues (``../shared/docs/BAD_INPUTS.md``'s two, and issue 35's third)
+against the real CLI and write the table: per case the command's last stderr line, its exit
+status, whether a traceback appeared, and whether the good files it could have touched stayed
+byte-identical.
 
     python benchmarks/bad_inputs.py --demo .edge-calib-demo      # after `edge-calib demo`
 
@@ -235,6 +236,7 @@ def run_catalogue(demo: Path, data_root: str) -> list[dict]:
                                                                  *run[5:-2]], expect_fail=False,
            warns="frames its header announces")
     hostile_cases(c, g, tmp, dr)
+    third_round_cases(c, g, tmp, dr)
     shutil.rmtree(tmp, ignore_errors=True)
     return c.rows
 
@@ -352,6 +354,103 @@ def hostile_cases(c: Catalogue, g: dict, tmp: Path, dr: list) -> None:
         "import-model", tmp / "opset6.onnx", "--out", tmp / "old.pt", "--check-dataset", "mnist",
         *dr],
         after=lambda: not (tmp / "old.pt").exists())
+
+
+def third_round_cases(c: Catalogue, g: dict, tmp: Path, dr: list) -> None:
+    """The third catalogue (issue 35: an unattended device and a user's files): decoders' pixel
+    cap beyond PNG, memory bounded before it is spent, outputs that are inputs or a user's
+    files, two writers of one output, a video cut short by a full disk, names at the file
+    system's limits. Hostile clients of the live view and the control socket, and reload
+    churn, are measured by ``benchmarks/soak.py --hostile``."""
+    import cv2
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from edge_calib.core.fileio import OutputLock
+
+    good, clf = g["bundle"], g["clf"]
+    run = ["run", "--deploy", good, "--domain", "auto", "--headless"]
+    # every decoder has the pixel cap: headers that claim 20000x20000, a few bytes of pixels
+    for ext, header in ((".bmp", _bmp_header(20000, 20000)), (".ppm", b"P6\n20000 20000\n255\n")):
+        folder = tmp / f"claims{ext[1:]}"
+        folder.mkdir()
+        for i in range(3):
+            cv2.imwrite(str(folder / f"{i}.png"), np.full((32, 32, 3), 60 * i, np.uint8))
+        (folder / f"huge{ext}").write_bytes(header + b"\0" * 4096)
+        c.case("decoders' pixel cap", f"a {ext} header claiming 20000x20000 in a run's frames "
+               "(skipped, counted, exit 0)", [*run, "--input", folder, "--json"],
+               expect_fail=False, warns="huge" + ext)
+    jpegs = tmp / "cutjpeg"
+    jpegs.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(jpegs / f"{i}.jpg"), np.full((64, 64, 3), 60 * i, np.uint8))
+    data = (jpegs / "0.jpg").read_bytes()
+    (jpegs / "0.jpg").write_bytes(data[: len(data) // 2])
+    c.case("decoders' pixel cap", "a JPEG cut in half among a target folder's frames",
+           ["train", "--classifier", clf, "--source", "mnist", "--target", jpegs, "--domain",
+            "j", "--out", tmp / "j.calib.pt", "--epochs", "1", "--max-samples", "20", *dr])
+    # memory bounded before it is spent
+    c.case("memory", "train-classifier --input-size 100000x100000",
+           ["train-classifier", "--dataset", "camvid:day", "--arch", "lraspp_small",
+            "--input-size", "100000x100000", "--out", tmp / "seg.pt", *dr])
+    c.case("memory", "train --train-size 50000x50000",
+           ["train", "--classifier", clf, "--source", "mnist", "--target", "mnist:colour",
+            "--domain", "c", "--train-size", "50000x50000", "--out", tmp / "t.calib.pt", *dr])
+    # outputs that are inputs, or a user's own files
+    os.link(clf, tmp / "clf_link.pt")
+    c.case("own inputs", "compress --out a hard link of its CHECKPOINT",
+           ["compress", clf, "--int8", "--calib-dataset", "mnist", "--out", tmp / "clf_link.pt",
+            *dr], keep=[clf])
+    c.case("own inputs", "run --output onto its own --input video",
+           [*run, "--input", g["video"], "--output", g["video"]], keep=[g["video"]])
+    (tmp / "notes.pt").write_text("my notes, not a checkpoint")
+    c.case("own inputs", "train --force onto a user's file that is not a checkpoint",
+           ["train", "--classifier", clf, "--source", "mnist", "--target", "mnist:colour",
+            "--domain", "c", "--epochs", "1", "--max-samples", "32", "--force", "--out",
+            tmp / "notes.pt", *dr], keep=[tmp / "notes.pt"])
+    # two writers of one output: a lock held as a running command holds it
+    with OutputLock(tmp / "busy.mp4", "--output"):
+        c.case("two writers", "run --output a video another run is writing",
+               [*run, "--input", g["video"], "--max-frames", "10", "--output", tmp / "busy.mp4"],
+               after=lambda: not (tmp / "busy.mp4").exists())
+    with OutputLock(tmp / "busy.pt", "--out"):
+        c.case("two writers", "compress --out a checkpoint another process is writing",
+               ["compress", g["float"], "--int8", "--calib-dataset", "mnist", "--max-samples",
+                "64", "--out", tmp / "busy.pt", *dr], after=lambda: not (tmp / "busy.pt").exists())
+    # write failures are seen: OpenCV's writer does not report a full disk
+    frames = tmp / "noise"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(200):
+        cv2.imwrite(str(frames / f"{i:03d}.png"), rng.integers(0, 255, (240, 320, 3), np.uint8))
+    if tmpfs(tmp / "small", "256k"):
+        (tmp / "small" / "v.mp4").write_bytes(b"an earlier good video")
+        c.case("write failures", "run --output onto a disk that fills (256 KB tmpfs)",
+               [*run, "--input", frames, "--output", tmp / "small" / "v.mp4"],
+               keep=[tmp / "small" / "v.mp4"],
+               after=lambda: sorted(p.name for p in (tmp / "small").iterdir())
+               == ["v.mp4", "v.partial.mp4"])
+        subprocess.run(["umount", str(tmp / "small")], check=False)
+    # names at the file system's limits
+    longest = tmp / ("p" * 249 + ".jsonl")
+    c.case("names", "--predictions with a 255-byte name (exit 0)",
+           [*run, "--input", g["video"], "--max-frames", "10", "--predictions", longest],
+           expect_fail=False, after=lambda: longest.exists())
+    c.case("names", "--out whose parent is a file",
+           ["export", "--classifier", clf, "--calibrator", "mnist=identity", "--no-auto-domain",
+            "--quiet", "--out", tmp / "notes.pt" / "bundle"], keep=[tmp / "notes.pt"])
+    c.case("names", "data info camvid (exit 0)", ["data", "info", "camvid", *dr],
+           expect_fail=False)
+
+
+def _bmp_header(width: int, height: int) -> bytes:
+    """A 24-bit BMP file and info header for width x height pixels."""
+    import struct
+
+    size = 54 + width * height * 3
+    return (b"BM" + struct.pack("<IHHI", size, 0, 0, 54)
+            + struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, width * height * 3,
+                          2835, 2835, 0, 0))
 
 
 def tmpfs(path: Path, size: str, read_only: bool = False) -> bool:
