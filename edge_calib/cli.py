@@ -15,7 +15,7 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 from . import __version__
-from .core.errors import EdgeCalibError
+from .core.errors import EdgeCalibError, ResourceExhausted
 
 # what a missing import means, and how to get it (device installs leave out the workstation side)
 MISSING = {
@@ -46,6 +46,9 @@ class EdgeCalibGroup(click.Group):
         except EdgeCalibError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except ResourceExhausted as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
         except ImportError as exc:
             module = (exc.name or "").split(".")[0]
             if module not in MISSING:

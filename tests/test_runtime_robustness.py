@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -462,3 +463,34 @@ def test_idle_control_clients_give_their_slots_back(tmp_path, monkeypatch):
         assert answer == {"ok": True, "seen": "status"}
     finally:
         channel.close()
+
+
+def test_out_of_file_descriptors_is_the_runs_error_not_corrupt_frames(bundle_dir, frame_folder,
+                                                                       tmp_path):
+    """A running process whose open-file limit is lowered to what it holds (prlimit, as a
+    board's ulimit would bite): the next frame cannot be opened. That is the run's failure,
+    not a corrupt frame: exit 1, one error line naming the limit, `error` in the summary,
+    no frame counted corrupt."""
+    import resource
+
+    preds = tmp_path / "p.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "edge_calib.cli", "run", "--deploy",
+                             str(bundle_dir), "--input", str(frame_folder), "--loop",
+                             "--realtime", "--fps", "50", "--domain", "usps", "--headless",
+                             "--threads", "1", "--json", "--predictions", str(preds)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not any(p.stat().st_size > 0 for p in tmp_path.glob(".p.jsonl.*.partial.jsonl")):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.1)
+    held = len(list((Path("/proc") / str(proc.pid) / "fd").iterdir()))
+    resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (held, held))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err[-2000:]
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "Too many open files (the process's own limit, not a bad file)" \
+        in errors[0], err[-2000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["error"] and "Too many open files" in summary["error"]
+    assert summary["corrupt"] == 0 and summary["frames"] > 0

@@ -6,7 +6,9 @@ Every parser returns uint8 images shaped (N, H, W, C) and int64 labels (or None)
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
+import io
 import os
 import struct
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..core.errors import EdgeCalibError
+from ..core.errors import EdgeCalibError, ResourceExhausted
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -209,67 +211,75 @@ def _pixel_cap() -> int:
 MAX_PIXELS = _pixel_cap()  # above it an image is refused undecoded, whatever its format
 
 
-def header_size(path: str | Path) -> tuple[int, int] | None:
-    """(width, height) from a PNG or JPEG header without decoding the image; None for other
-    formats or an unreadable header."""
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG or JPEG file's header without decoding the image; None for
+    other formats or an unreadable header."""
     import struct
 
+    handle = io.BytesIO(data)
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(26)
-            if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
-                return struct.unpack(">II", head[16:24])
-            if head[:2] != b"\xff\xd8":
+        head = handle.read(26)
+        if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+            return struct.unpack(">II", head[16:24])
+        if head[:2] != b"\xff\xd8":
+            return None
+        handle.seek(2)
+        while True:  # JPEG markers up to the frame header (SOFn)
+            marker = handle.read(2)
+            if len(marker) < 2 or marker[0] != 0xFF:
                 return None
-            handle.seek(2)
-            while True:  # JPEG markers up to the frame header (SOFn)
-                marker = handle.read(2)
-                if len(marker) < 2 or marker[0] != 0xFF:
-                    return None
-                if marker[1] in (0xD8, 0x01) or 0xD0 <= marker[1] <= 0xD7:
-                    continue
-                length = struct.unpack(">H", handle.read(2))[0]
-                if 0xC0 <= marker[1] <= 0xCF and marker[1] not in (0xC4, 0xC8, 0xCC):
-                    height, width = struct.unpack(">xHH", handle.read(5))
-                    return width, height
-                handle.seek(length - 2, 1)
-    except (OSError, struct.error):
+            if marker[1] in (0xD8, 0x01) or 0xD0 <= marker[1] <= 0xD7:
+                continue
+            length = struct.unpack(">H", handle.read(2))[0]
+            if 0xC0 <= marker[1] <= 0xCF and marker[1] not in (0xC4, 0xC8, 0xCC):
+                height, width = struct.unpack(">xHH", handle.read(5))
+                return width, height
+            handle.seek(length - 2, 1)
+    except struct.error:
         return None
 
 
-def check_pixels(path: str | Path) -> None:
-    """An image whose header says it holds more than MAX_PIXELS is refused before decoding
-    (a 30000 x 30000 PNG of 876 KB decodes to 2.7 GB); a JPEG without its end-of-image marker
-    (a truncated file, which libjpeg would decode with grey rows and a warning) is refused."""
-    size = header_size(path)
+def check_pixels(path: str | Path, data: bytes) -> None:
+    """An image (``data``, the bytes of ``path``) whose header says it holds more than
+    MAX_PIXELS is refused before decoding (a 30000 x 30000 PNG of 876 KB decodes to 2.7 GB); a
+    JPEG without its end-of-image marker (a truncated file, which libjpeg would decode with
+    grey rows and a warning) is refused."""
+    size = header_size(data)
     if size is not None and size[0] * size[1] > MAX_PIXELS:
         raise EdgeCalibError(f"{path}: {size[0]}x{size[1]} pixels is over the cap of "
                              f"{MAX_PIXELS:,} pixels; resize it first")
-    if _is_jpeg(path):
-        data = Path(path).read_bytes()
+    if data[:2] == b"\xff\xd8":
         scan = data.rfind(b"\xff\xda")  # the last scan: FF is stuffed (FF00) inside its data,
         if scan < 0 or data.find(b"\xff\xd9", scan) < 0:  # so only its end marker matches
             raise EdgeCalibError(f"{path}: a truncated JPEG (no end-of-image marker)")
 
 
-def _is_jpeg(path) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(2) == b"\xff\xd8"
-    except OSError:
-        return False
+# the process's own limits (open files, memory): the reader's failure, not a bad file
+RESOURCE_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
 
 
 def imread(path: str | Path, flags: int) -> np.ndarray | None:
-    """``cv2.imread`` behind the pixel cap (by the header we read, or OpenCV's own check for
-    every other format) and the truncated-JPEG check: one line naming the file, no decoder
-    message; None where OpenCV cannot read it; any other OpenCV error (out of memory) raised."""
-    check_pixels(path)
+    """The image at ``path``, read once and decoded by OpenCV behind the pixel cap (by the
+    header, or OpenCV's own check for every other format) and the truncated-JPEG check (one
+    line naming the file, no decoder message); None where the file cannot be read or decoded.
+    Running out of open files or memory raises ResourceExhausted, as does any OpenCV error
+    other than the cap's: the caller's failure, not a bad file."""
     try:
-        return cv2.imread(str(path), flags)
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        if exc.errno in RESOURCE_ERRNOS:
+            raise ResourceExhausted(f"{path}: cannot read it: {exc.strerror} (the process's "
+                                    "own limit, not a bad file)") from None
+        return None
+    except MemoryError:
+        raise ResourceExhausted(f"{path}: out of memory reading it") from None
+    check_pixels(path, data)
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as exc:
         if "MAX_IMAGE_PIXELS" not in str(exc):
-            raise  # e.g. out of memory: the caller's failure, not a bad file
+            raise ResourceExhausted(f"{path}: OpenCV cannot decode it: "
+                                    f"{str(exc).strip().splitlines()[-1][:160]}") from None
         raise EdgeCalibError(f"{path}: over the cap of {MAX_PIXELS:,} pixels (set "
                              "OPENCV_IO_MAX_IMAGE_PIXELS to raise it); resize it first"
                              ) from None
