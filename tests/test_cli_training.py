@@ -125,3 +125,25 @@ def test_bad_input_one_line_no_output(trained, tmp_path, shared_data, args, mess
     assert message in r.output
     assert r.output.strip().count("\n") == 0 and r.output.startswith("error: ")
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_running_out_of_memory_names_the_batch_size_to_try(shared_data, tmp_path):
+    """A real allocation failure: the process's address space is capped (RLIMIT_AS, as a
+    container's memory limit without overcommit would) and the batch is 50,000 of the 60,000 MNIST
+    digits. One line naming half the batch, exit 2, nothing written."""
+    import resource
+    import subprocess
+    import sys
+
+    cap = 6 << 30
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_calib.cli", "train-classifier", "--dataset", "mnist",
+         "--data-root", str(shared_data), "--out", str(tmp_path / "m.pt"), "--epochs", "1",
+         "--batch-size", "50000", "--quiet"], capture_output=True, text=True, timeout=600,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, cap)))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: out of memory training at --batch-size 50000: try --batch-size 25000; no epoch "
+        "had finished, nothing was written")
+    assert [p.name for p in tmp_path.iterdir()] == []

@@ -89,7 +89,7 @@ def train_domain(task: DomainTask, cfg, shared: SharedInputs, device, dist: Dist
     from ..models.store import save_calibrator
     from .calibrate import CalibratorTrainer
     from .evaluate import check_task
-    from .loop import kept_message, state_paths
+    from .loop import kept_message, out_of_memory_as_error, state_paths
     from .restarts import chosen_trainer, training_files
     from .tensors import load_domain
 
@@ -114,7 +114,7 @@ def train_domain(task: DomainTask, cfg, shared: SharedInputs, device, dist: Dist
     def kept() -> str:
         return kept_message(trainers[-1].state_path if trainers else state_paths(task.out)[0])
 
-    with stop_on_signals(kept):
+    with stop_on_signals(kept), out_of_memory_as_error(cfg.batch_size, kept):
         trainer = chosen_trainer(make_trainer, cfg, task.out, resume, progress=progress)
         module, summary = trainer.run(progress=progress)
     result = {"out": str(task.out), "domain": task.domain, "epochs": summary["epochs"],

@@ -4,6 +4,7 @@ them, the stop on a non-finite loss, and the per-epoch log line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -65,6 +66,23 @@ def kept_message(state_path: Path) -> str:
     if Path(state_path).exists():
         return f"the last finished epoch's state is kept in {state_path}; continue with --resume"
     return "no epoch had finished, nothing was written"
+
+
+@contextlib.contextmanager
+def out_of_memory_as_error(batch_size: int, kept: Callable[[], str]):
+    """A training step that runs out of memory (torch's allocator refusing, CUDA out of memory,
+    MemoryError) ends in one line naming the batch size to try and what was kept, not a
+    traceback. The kernel's OOM killer cannot be caught: where memory is overcommitted a
+    process can still be killed before any allocation fails."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as exc:
+        text = str(exc)
+        if isinstance(exc, RuntimeError) and "DefaultCPUAllocator" not in text \
+                and "out of memory" not in text.lower():
+            raise
+        raise EdgeCalibError(f"out of memory training at --batch-size {batch_size}: try "
+                             f"--batch-size {max(1, batch_size // 2)}; {kept()}") from None
 
 
 def log_epoch(row: dict, history: list[dict] | None = None,
