@@ -129,8 +129,8 @@ def test_bad_input_one_line_no_output(trained, tmp_path, shared_data, args, mess
 
 def test_running_out_of_memory_names_the_batch_size_to_try(shared_data, tmp_path):
     """A real allocation failure: the process's address space is capped (RLIMIT_AS, as a
-    container's memory limit without overcommit would) and the batch is 50,000 of the 60,000 MNIST
-    digits. One line naming half the batch, exit 2, nothing written."""
+    container's memory limit without overcommit would) and the batch is 50,000 of the MNIST
+    training digits. One line naming half the batch, exit 2, nothing written."""
     import resource
     import subprocess
     import sys
