@@ -48,9 +48,8 @@ class Catalogue:
              stdin=None, after=None, warns=None):
         before = {str(p): digest(Path(p)) for p in keep}
         started = time.time()
-        proc = subprocess.run(["edge-calib", *map(str, args)], capture_output=True, text=True,
-                              env=os.environ | {"EDGE_CALIB_OFFLINE": "1"} | (env or {}),
-                              cwd=self.tmp, input=stdin, timeout=300)
+        proc, peak_mb = run_measured(["edge-calib", *map(str, args)], self.tmp,
+                                     os.environ | {"EDGE_CALIB_OFFLINE": "1"} | (env or {}), stdin)
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         kept = all(digest(Path(p)) == h for p, h in before.items())
         extra = after() if after else None
@@ -61,9 +60,35 @@ class Catalogue:
         self.rows.append({"family": family, "case": what, "exit": proc.returncode,
                           "message": lines[-1] if lines else proc.stdout.strip()[-200:],
                           "traceback": "Traceback" in proc.stderr, "good_files_kept": kept,
-                          "check": extra, "ok": ok, "seconds": round(time.time() - started, 1)})
+                          "check": extra, "ok": ok, "seconds": round(time.time() - started, 1),
+                          "peak_rss_mb": peak_mb})
         print(("ok  " if ok else "FAIL") + f" {family}: {what}: exit {proc.returncode}: "
               f"{self.rows[-1]['message'][:150]}", flush=True)
+
+
+def run_measured(command: list[str], cwd: Path, env: dict, stdin: str | None, timeout=300):
+    """Run ``command`` to its end; (CompletedProcess, its peak resident memory in MB from the
+    kernel's accounting of that one child, ``wait4``)."""
+    proc = subprocess.Popen(command, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE,
+                            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL)
+    out: dict = {}
+    readers = [threading.Thread(target=lambda k=k, f=f: out.__setitem__(k, f.read()))
+               for k, f in (("stdout", proc.stdout), ("stderr", proc.stderr))]
+    for t in readers:
+        t.start()
+    if stdin is not None:
+        proc.stdin.write(stdin)
+        proc.stdin.close()
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    timer.cancel()
+    for t in readers:
+        t.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return (subprocess.CompletedProcess(command, proc.returncode, out["stdout"], out["stderr"]),
+            round(usage.ru_maxrss / 1024, 1))
 
 
 def copy_demo(demo: Path, tmp: Path) -> dict:
@@ -574,13 +599,15 @@ def stalled_case(c: Catalogue, good: Path, tmp: Path) -> None:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| family | case | exit | message (last line) | traceback | good files kept | ok |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| family | case | exit | message (last line) | traceback | good files kept | "
+             "peak memory (MB) | ok |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         msg = r["message"].replace("|", "\\|")
+        peak = r.get("peak_rss_mb")
         lines.append(f"| {r['family']} | {r['case']} | {r['exit']} | {msg} | "
                      f"{'yes' if r['traceback'] else 'no'} | "
-                     f"{'yes' if r['good_files_kept'] else 'NO'} | {'✓' if r['ok'] else '✗'} |")
+                     f"{'yes' if r['good_files_kept'] else 'NO'} | "
+                     f"{'-' if peak is None else peak} | {'✓' if r['ok'] else '✗'} |")
     return "\n".join(lines)
 
 
