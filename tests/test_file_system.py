@@ -176,3 +176,19 @@ def test_a_video_cut_short_by_a_full_disk_keeps_the_old_one(bundle_dir, tmp_path
         assert "of the 200 frames written (a full disk?)" in line[0]
         assert (disk / "v.mp4").read_bytes() == old
         assert sorted(p.name for p in disk.iterdir()) == ["v.mp4", "v.partial.mp4"]
+
+
+def test_train_onto_a_full_disk_is_one_line(trained_dtn, shared_data, tmp_path):
+    """The checkpoint is serialised in memory and then written: a full disk is the file
+    system's one line (torch's zip writer used to fail mid-way with a traceback), exit 1, no
+    temporary file; the epoch's metrics log is what stays."""
+    with tmpfs(tmp_path / "small", "64k") as disk:
+        proc = edge_calib("train", "--classifier", trained_dtn, "--source", "mnist", "--target",
+                          "mnist:colour", "--domain", "c", "--epochs", 1, "--max-samples", 64,
+                          "--batch-size", 32, "--out", disk / "c.calib.pt", "--data-root",
+                          shared_data, "--quiet")
+        lines = proc.stderr.strip().splitlines()  # the epoch's log line, then the error
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert lines[-1] == "error: train: No space left on device (nothing was replaced)"
+        assert [ln for ln in lines if not ln.startswith('{"epoch"')] == lines[-1:]
+        assert [p.name for p in disk.iterdir()] == ["c.calib.metrics.jsonl"]

@@ -9,6 +9,7 @@ plain container, so a file carrying a code payload fails to load.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import pickle
 import zipfile
@@ -17,19 +18,22 @@ from pathlib import Path
 import torch
 
 from ..core.errors import EdgeCalibError
-from ..core.fileio import atomic_path
+from ..core.fileio import write_bytes_atomic
 
 FORMAT = "edge-calib"
 VERSION = 1
 
 
 def save_checkpoint(path: str | Path, kind: str, meta: dict, tensors: dict) -> None:
-    """Write atomically: the previous file stays in place until the new one is complete."""
+    """Write atomically: the previous file stays in place until the new one is complete. The
+    payload is serialised in memory first, so that a full disk is the file system's own error
+    (one line from the CLI), not torch's zip writer failing mid-way."""
     payload = {"format": FORMAT, "kind": kind, "version": VERSION,
                "meta": json.dumps(meta, sort_keys=True),
                "tensors": _to_cpu(tensors)}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes_atomic(path, buffer.getbuffer())
 
 
 def check_replaceable(path: str | Path, option: str = "--out") -> None:
