@@ -39,6 +39,15 @@ def tmpfs(path, size: str, read_only: bool = False):
         subprocess.run(["umount", str(path)], check=True)
 
 
+def noise_frames(folder, count: int, size: tuple[int, int]):
+    """``count`` PNG frames of seeded random noise (incompressible: they fill a small disk)."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        cv2.imwrite(str(folder / f"{i:04d}.png"), rng.integers(0, 255, (*size, 3), np.uint8))
+    return folder
+
+
 def export(trained_dtn, out):
     return edge_calib("export", "--classifier", trained_dtn, "--calibrator", "mnist=identity",
                       "--no-auto-domain", "--quiet", "--out", out)
@@ -66,11 +75,7 @@ def test_run_on_a_full_disk_keeps_the_old_predictions_and_no_temporary(bundle_di
     """The predictions fill a 16 KB disk part way through 300 frames: exit 1 and one line; the
     previous predictions file is intact and the temporary file is gone (it would keep the disk
     full)."""
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(300):
-        cv2.imwrite(str(frames / f"{i:04d}.png"), rng.integers(0, 255, (32, 32, 3), np.uint8))
+    frames = noise_frames(tmp_path / "frames", 300, (32, 32))
     with tmpfs(tmp_path / "small", "16k") as disk:
         (disk / "p.jsonl").write_text("old\n")
         proc = edge_calib("run", "--deploy", bundle_dir, "--input", frames, "--domain", "mnist",
@@ -160,11 +165,7 @@ def test_a_video_cut_short_by_a_full_disk_keeps_the_old_one(bundle_dir, tmp_path
     """OpenCV's writer says nothing when the disk fills: the video is read back before it
     replaces the previous one. Exit 1, one line saying how many frames it holds; the old video
     byte for byte; what was written beside it as .partial.mp4; no temporary file."""
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(200):
-        cv2.imwrite(str(frames / f"{i:04d}.png"), rng.integers(0, 255, (240, 320, 3), np.uint8))
+    frames = noise_frames(tmp_path / "frames", 200, (240, 320))
     with tmpfs(tmp_path / "small", "256k") as disk:
         old = b"an earlier good video"
         (disk / "v.mp4").write_bytes(old)
