@@ -130,7 +130,11 @@ def test_bad_input_one_line_no_output(trained, tmp_path, shared_data, args, mess
 def test_running_out_of_memory_names_the_batch_size_to_try(shared_data, tmp_path):
     """A real allocation failure: the process's address space is capped (RLIMIT_AS, as a
     container's memory limit without overcommit would) and the batch is 50,000 of the MNIST
-    training digits. One line naming half the batch, exit 2, nothing written."""
+    training digits. One line naming half the batch, exit 2, nothing written. The memory check
+    before training would refuse this batch first (``test_memory_budget.py``): its budget is
+    set past the cap here, so the allocation itself fails, as it would where the estimate falls
+    short."""
+    import os
     import resource
     import subprocess
     import sys
@@ -140,6 +144,7 @@ def test_running_out_of_memory_names_the_batch_size_to_try(shared_data, tmp_path
         [sys.executable, "-m", "edge_calib.cli", "train-classifier", "--dataset", "mnist",
          "--data-root", str(shared_data), "--out", str(tmp_path / "m.pt"), "--epochs", "1",
          "--batch-size", "50000", "--quiet"], capture_output=True, text=True, timeout=600,
+        env=os.environ | {"EDGE_CALIB_TRAIN_MEMORY": str(1 << 40)},
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, cap)))
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr

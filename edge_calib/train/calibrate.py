@@ -45,6 +45,7 @@ from .distributed import Distributed
 from .evaluate import scores
 from .frozen import MODES, FrozenForward
 from .loop import SCHEDULES, log_epoch, non_finite, scheduler
+from .memory_budget import StepMemory, check_step_fits, left_as_found, step_memory
 from .losses import (
     CalibratorAdversarialLoss,
     GroupDiscriminatorLoss,
@@ -218,6 +219,8 @@ class CalibratorTrainer:
             raise EdgeCalibError(f"{min(len(self.target), len(self.source))} images cannot be "
                                  f"split over {dist.world_size} processes")
         self.steps = max(1, min(len(self.target), len(self.source)) // self.batch)
+        if len(self.target) >= 3:  # a step runs the batch of source and of target images
+            check_step_fits(self._step_memory(), self.batch // dist.world_size, device, scale=2)
         total = self.steps * config.epochs
         self.sched_G = scheduler(self.opt_G, config.schedule, total)
         self.sched_D = scheduler(self.opt_D, config.schedule, total)
@@ -231,6 +234,17 @@ class CalibratorTrainer:
         self._logit_cache: dict[str, torch.Tensor] = {}
         self.best = None  # (score, epoch, state) for entropy selection
         self.restarts: list[dict] | None = None  # the starts scored before this one continued
+
+    def _step_memory(self) -> StepMemory:
+        """A step's memory from the calibrator and the frozen classifier behind it (the graph
+        the calibrator's gradients flow through) on the first two and four target images; the
+        random state and the calibrator's buffers are put back."""
+        def forward_on(n: int) -> torch.Tensor:
+            return self.frozen(self.G(self.target.batch(np.arange(n), self.device)))
+
+        trainable = [*self.G.parameters(), *self.D_pix.parameters(), *self.D_feat.parameters()]
+        with left_as_found([self.G], self.device):
+            return step_memory(forward_on, trainable, (2, min(4, len(self.target))))
 
     def _source_stats(self) -> SourceStats:
         """The frozen model's recorded source statistics; recorded here from the source images

@@ -21,6 +21,7 @@ from ..core.progress import progress_bar
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Distributed
 from .loop import log_epoch, non_finite
+from .memory_budget import StepMemory, check_step_fits, left_as_found, step_memory
 from .loop import scheduler as lr_schedule
 from .tensors import DomainData, epoch_order
 
@@ -54,13 +55,16 @@ def fit(model: torch.nn.Module, data: DomainData, cfg: Fit, loss_fn: Callable, d
     """Train ``model`` in place; returns the per-epoch history. ``evaluate(epoch)`` may add
     entries to an epoch's row (computed on rank 0); ``state_path`` makes the run resumable."""
     cfg.validate()
-    dist.per_rank(cfg.batch_size)
+    per_rank_batch = dist.per_rank(cfg.batch_size)
     model.to(device)
     net = dist.wrap(model)
     steps = len(data) // cfg.batch_size
     if steps == 0:
         raise EdgeCalibError(f"{data.name}: {len(data)} images is less than one batch of "
                              f"{cfg.batch_size}")
+    if len(data) >= 3:
+        check_step_fits(_step_memory(model, data, loss_fn, transform, device), per_rank_batch,
+                        device)
     total = steps * cfg.epochs
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = lr_schedule(optimiser, cfg.schedule, total)
@@ -104,6 +108,23 @@ def fit(model: torch.nn.Module, data: DomainData, cfg: Fit, loss_fn: Callable, d
         if state_path is not None and dist.is_main:
             _save_state(state_path, model, optimiser, scheduler, history, cfg)
     return history
+
+
+def _step_memory(model, data: DomainData, loss_fn, transform, device) -> StepMemory:
+    """A step's memory from the forward and loss on the first two and four training images
+    (BatchNorm needs two), transformed as in training (crops change the size), in training
+    mode; the random state and the BatchNorm statistics are put back, so the run is the same as
+    without the check."""
+    def forward_on(n: int) -> torch.Tensor:
+        idx = np.arange(n)
+        x, y = data.batch(idx, device), data.labels_of(idx, device)
+        if transform is not None:
+            x, y = transform(x, y)
+        return loss_fn(model(x), y)
+
+    model.train()
+    with left_as_found([model], device):
+        return step_memory(forward_on, list(model.parameters()), (2, min(4, len(data))))
 
 
 def _save_state(path, model, optimiser, scheduler, history, cfg):

@@ -1,0 +1,130 @@
+"""The memory check before training: autograd's saved tensors counted by hand, the batch it
+names, that it leaves training untouched, and real processes under a real address-space cap."""
+
+import math
+import resource
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from edge_calib.core.errors import EdgeCalibError
+from edge_calib.train.memory_budget import (BUDGET_VARIABLE, GROWTH, SLACK, StepMemory,
+                                            check_step_fits, saved_bytes, step_memory)
+
+
+def test_saved_bytes_counts_each_saved_storage_once():
+    x = torch.randn(7, 1000, requires_grad=True)
+    w = torch.randn(1000, requires_grad=True)
+    assert saved_bytes(lambda: torch.exp(x).sum()) == 7 * 1000 * 4  # exp keeps its output
+    assert saved_bytes(lambda: (x * w).sum()) == x.nbytes + w.nbytes  # mul keeps both inputs
+    assert saved_bytes(lambda: (x * x).sum()) == x.nbytes  # one storage saved twice
+    with torch.no_grad():
+        assert saved_bytes(lambda: torch.exp(x).sum()) == 0
+
+
+def test_step_memory_is_the_line_through_two_batch_sizes():
+    """exp(X W): mm keeps X (for W's gradient; X needs none), exp keeps its n x 50 output, so
+    600 bytes per sample; the fixed part is W's gradient and Adam's two moments."""
+    w = torch.nn.Parameter(torch.randn(100, 50))
+    memory = step_memory(lambda n: torch.exp(torch.randn(n, 100) @ w).sum(), [w], (2, 5))
+    assert memory == StepMemory(fixed=3 * w.nbytes, per_sample=(100 + 50) * 4)
+    assert memory.need(8) == int(3 * w.nbytes + SLACK + GROWTH * 8 * 600)
+
+
+def test_the_batch_it_names_is_the_largest_that_fits(monkeypatch):
+    memory = StepMemory(fixed=0, per_sample=1 << 20)
+    monkeypatch.setenv(BUDGET_VARIABLE, str(SLACK + int(GROWTH * 10 * (1 << 20))))
+    check_step_fits(memory, 10, torch.device("cpu"))
+    with pytest.raises(EdgeCalibError, match=r"training at --batch-size 11 needs about 272 MiB "
+                       r"\(1 MiB per image\), 271 MiB is left \(\$EDGE_CALIB_TRAIN_MEMORY\): "
+                       r"try --batch-size 10$"):
+        check_step_fits(memory, 11, torch.device("cpu"))
+    with pytest.raises(EdgeCalibError, match="try --batch-size 5$"):  # source + target images
+        check_step_fits(memory, 8, torch.device("cpu"), scale=2)
+    monkeypatch.setenv(BUDGET_VARIABLE, str(SLACK))
+    with pytest.raises(EdgeCalibError, match="even --batch-size 1 does not fit: train at a "
+                                             "smaller input size"):
+        check_step_fits(memory, 1, torch.device("cpu"))
+    monkeypatch.setenv(BUDGET_VARIABLE, "lots")
+    with pytest.raises(EdgeCalibError, match=r"\$EDGE_CALIB_TRAIN_MEMORY='lots'"):
+        check_step_fits(memory, 1, torch.device("cpu"))
+
+
+def test_the_check_leaves_the_model_and_the_random_state_as_they_were():
+    """Its forward passes run in training mode (BatchNorm would update its statistics) and the
+    crops draw random numbers: both are put back, so a run is the same with the check."""
+    from edge_calib.train.supervised import _step_memory
+    from helpers import random_classifier, random_domain
+
+    model = random_classifier("dtn", seed=3).module
+    data = random_domain(6)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    flip = lambda x, y: (x.flip(-1) if torch.rand(()) < 0.5 else x, y)  # noqa: E731
+    memory = _step_memory(model, data, torch.nn.functional.cross_entropy, flip, "cpu")
+    assert memory.per_sample > 0
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def _train(args, cap, tmp_path):
+    return subprocess.run(
+        [sys.executable, "-m", "edge_calib.cli", "train-classifier", "--dataset", "mnist",
+         "--out", str(tmp_path / "m.pt"), "--epochs", "1", "--quiet", *args],
+        capture_output=True, text=True, timeout=600,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, cap)))
+
+
+def test_a_batch_over_the_address_space_is_refused_and_the_batch_named_trains(shared_data,
+                                                                               tmp_path):
+    """A real limit (RLIMIT_AS, as ``ulimit -v`` or a container without overcommit): 50,000
+    MNIST digits in one batch is refused before the first step, in one line, nothing written;
+    the batch it names then trains one step under the same limit."""
+    cap = 3 << 30
+    proc = _train(["--data-root", str(shared_data), "--batch-size", "50000"], cap, tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: training at --batch-size 50000 needs about ") and \
+        "is left (address space left under ulimit -v): try --batch-size " in line, line
+    assert list(tmp_path.iterdir()) == []
+    batch = int(line.rsplit(" ", 1)[1])
+    assert 100 <= batch < 50000
+    samples = math.ceil(batch / 0.9) + 10  # a tenth is held out for validation
+    proc = _train(["--data-root", str(shared_data), "--batch-size", str(batch),
+                   "--max-samples", str(samples)], cap, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "m.pt").is_file()
+
+
+def test_a_calibrator_batch_over_the_budget_is_refused_before_training(shared_data, tmp_path,
+                                                                       monkeypatch):
+    """The calibrator trainer runs the same check (a step holds a batch of source and one of
+    target images): one line, nothing written, and the batch it names trains."""
+    from click.testing import CliRunner
+
+    from edge_calib.cli import main
+    from helpers import random_classifier
+
+    clf, out = tmp_path / "c.pt", tmp_path / "usps.calib.pt"
+    random_classifier("dtn").save(clf)
+    monkeypatch.setenv(BUDGET_VARIABLE, str(SLACK + (48 << 20)))
+
+    def train(batch):
+        return CliRunner().invoke(main, [str(a) for a in (
+            "train", "--classifier", clf, "--source", "mnist", "--target", "usps", "--domain",
+            "usps", "--out", out, "--data-root", shared_data, "--max-samples", 256, "--epochs",
+            1, "--batch-size", batch, "--quiet")])
+
+    r = train(128)
+    assert r.exit_code == 2, r.output
+    line = r.output.strip().splitlines()[-1]  # after a note on the source statistics
+    assert "Traceback" not in r.output
+    assert line.startswith("error: training at --batch-size 128 needs "), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+    batch = int(line.rsplit(" ", 1)[1])
+    assert 1 <= batch < 128
+    r = train(batch)
+    assert r.exit_code == 0, r.output
+    assert out.is_file()
