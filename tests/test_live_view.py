@@ -198,3 +198,37 @@ def test_idle_and_surplus_connections_cannot_starve_the_live_view(bundle_dir, do
     assert result["error"] is None
     err = capfd.readouterr().err
     assert "Traceback" not in err and "Exception" not in err, err[-2000:]
+
+
+def test_one_address_cannot_hold_every_connection(bundle_dir, domain_video, monkeypatch):
+    """Real sockets from two loopback addresses (caps set to 8 connections, 3 per address):
+    8 idle connections from 127.0.0.1 get 3 slots and 5 are closed at once, and a client from
+    127.0.0.2 is still served while they wait."""
+    from edge_calib.runtime import live_view
+
+    monkeypatch.setattr(live_view, "MAX_CONNECTIONS", 8)
+    monkeypatch.setattr(live_view, "MAX_PER_ADDRESS", 3)
+    video, _ = domain_video
+    opts = RunOptions(deploy=str(bundle_dir), domain="usps", headless=True,
+                      outputs=("http://127.0.0.1:0",), realtime=True)
+    runner = StreamRunner(opts, parse_source(None, str(video), fps=60, loop=True))
+    view = live_view_of(runner)
+    host, port = parse_live_url(view.url.rstrip("/"))
+    thread, result = start(runner)
+    try:
+        wait_until(lambda: runner.times.frames >= 5, thread)
+        idle = [socket.create_connection((host, port)) for _ in range(8)]
+        time.sleep(0.3)
+        ready = select.select(idle, [], [], 0)[0]
+        assert (sum(s.recv(1) == b"" for s in ready), view.server.refused) == (5, 5)
+        other = socket.create_connection((host, port), timeout=10, source_address=("127.0.0.2", 0))
+        other.sendall(b"GET /status.json HTTP/1.0\r\n\r\n")
+        reply = b"".join(iter(lambda: other.recv(4096), b""))
+        assert reply.startswith(b"HTTP/1.0 200") and b'"frames"' in reply
+        other.close()
+        for s in idle:
+            s.close()
+    finally:
+        runner.request_stop()
+        thread.join(timeout=60)
+    assert result["error"] is None

@@ -30,6 +30,7 @@ MAX_VIEWERS = 16
 SEND_TIMEOUT_S = 10.0  # a viewer whose socket takes no bytes for this long is dropped
 REQUEST_TIMEOUT_S = 10.0  # a connection that sends no complete request line in this is closed
 MAX_CONNECTIONS = 64  # every HTTP connection at once (pages, status, viewers, idle sockets)
+MAX_PER_ADDRESS = 8  # of those, from one client address: one host cannot hold every slot
 JPEG_QUALITY = 80
 
 PAGE = """<!doctype html>
@@ -133,34 +134,50 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
-    """At most MAX_CONNECTIONS connections are served at once, each in its own thread: one
-    more is closed at once (its thread never starts). A client that leaves mid-reply is not an
-    error of the run's (nothing is printed)."""
+    """At most MAX_CONNECTIONS connections are served at once, at most MAX_PER_ADDRESS of them
+    from one client address, each in its own thread: one more is closed at once (its thread
+    never starts). A client that leaves mid-reply is not an error of the run's (nothing is
+    printed)."""
 
     daemon_threads = True
     allow_reuse_address = True
 
     def __init__(self, *args):
-        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._lock = threading.Lock()
+        self._held: dict[str, int] = {}  # open connections per client address
         self.refused = 0
         super().__init__(*args)
 
+    def _take(self, address: str) -> bool:
+        with self._lock:
+            held = self._held.get(address, 0)
+            if held >= MAX_PER_ADDRESS or sum(self._held.values()) >= MAX_CONNECTIONS:
+                self.refused += 1
+                return False
+            self._held[address] = held + 1
+            return True
+
+    def _give_back(self, address: str) -> None:
+        with self._lock:
+            self._held[address] -= 1
+            if not self._held[address]:
+                del self._held[address]
+
     def process_request(self, request, client_address):
-        if not self.slots.acquire(blocking=False):
-            self.refused += 1
+        if not self._take(client_address[0]):
             self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:  # no thread: the slot is not held
-            self.slots.release()
+            self._give_back(client_address[0])
             raise
 
     def process_request_thread(self, request, client_address):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.slots.release()
+            self._give_back(client_address[0])
 
     def handle_error(self, request, client_address):
         pass  # a client that disconnected or sent garbage: its connection is closed, that's all
