@@ -421,6 +421,12 @@ def third_round_cases(c: Catalogue, g: dict, tmp: Path, dr: list) -> None:
     c.case("memory", "train --train-size 50000x50000",
            ["train", "--classifier", clf, "--source", "mnist", "--target", "mnist:colour",
             "--domain", "c", "--train-size", "50000x50000", "--out", tmp / "t.calib.pt", *dr])
+    c.case("memory", "train-classifier at a batch over the memory left (CamVid 360x480, "
+           "--batch-size 64, $EDGE_CALIB_TRAIN_MEMORY=1 GiB)",
+           ["train-classifier", "--dataset", "camvid:day", "--arch", "lraspp_small",
+            "--input-size", "360x480", "--batch-size", "64", "--epochs", "1", "--out",
+            tmp / "seg64.pt", *dr], env={"EDGE_CALIB_TRAIN_MEMORY": str(1 << 30)},
+           after=lambda: not (tmp / "seg64.pt").exists())
     # outputs that are inputs, or a user's own files
     os.link(clf, tmp / "clf_link.pt")
     c.case("own inputs", "compress --out a hard link of its CHECKPOINT",
