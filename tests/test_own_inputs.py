@@ -152,6 +152,41 @@ def test_two_trainings_to_one_out_the_second_is_refused(trained_dtn, shared_data
     assert [p.name for p in tmp_path.iterdir()] == []
 
 
+def test_the_output_lock_has_one_holder_while_holders_come_and_go(tmp_path):
+    """Four threads take and release one output's lock 2,000 times each (each its own open
+    file, as separate processes would). A holder removes the lock file as it releases it; one
+    that had opened the old file just before must not hold the lock beside the next one."""
+    import threading
+    import time
+
+    from edge_calib.core.errors import EdgeCalibError
+    from edge_calib.core.fileio import OutputLock
+
+    out, guard, holders, most, taken = tmp_path / "x.pt", threading.Lock(), [0], [0], [0]
+
+    def worker():
+        for _ in range(2000):
+            try:
+                lock = OutputLock(out, "--out")
+            except EdgeCalibError:
+                continue
+            with guard:
+                holders[0] += 1
+                most[0], taken[0] = max(most[0], holders[0]), taken[0] + 1
+            time.sleep(0)  # let the others run while this one holds it
+            with guard:
+                holders[0] -= 1
+            lock.release()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == 1 and taken[0] > 100
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_file_that_is_not_ours_is_never_replaced(trained_dtn, shared_data, tmp_path):
     """A user's own file at --out (a report, a model of another tool) is refused by every
     command that writes a checkpoint, --force included; one of our checkpoints is replaced."""

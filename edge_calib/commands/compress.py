@@ -8,7 +8,7 @@ import json
 import click
 
 from ..core.errors import EdgeCalibError
-from .options import Real, data_root_option
+from .options import Real, data_root_option, hold_output
 
 
 @click.command()
@@ -35,14 +35,14 @@ def compress(checkpoint, prune, int8, calib_dataset, calib_batches, activation_r
     """Prune and/or quantise a classifier into the exact model that is deployed; quantise a
     calibrator checkpoint to INT8 (--int8 only)."""
     from ..compress.pipeline import compress_classifier
-    from ..core.fileio import OutputLock, refuse_writing_over_inputs
+    from ..core.fileio import refuse_writing_over_inputs
     from ..data.catalog import has_test_split
     from ..models.checkpoint import check_replaceable, load_checkpoint
     from ..models.store import CALIBRATOR, CLASSIFIER, load_classifier
     from ..train.tensors import load_domain
 
     refuse_writing_over_inputs({"--out": out}, {"CHECKPOINT": checkpoint})
-    click.get_current_context().call_on_close(OutputLock(out, "--out").release)
+    hold_output(out)
     check_replaceable(out)
     meta, _ = load_checkpoint(checkpoint, (CLASSIFIER, CALIBRATOR))
     if "calibrator" in meta:

@@ -5,6 +5,14 @@ from __future__ import annotations
 import click
 
 
+def hold_output(path, option: str = "--out") -> None:
+    """This command is the one writer of ``path`` until it ends (``OutputLock``, released when
+    click closes the command's context): a second process writing it is refused in one line."""
+    from ..core.fileio import OutputLock
+
+    click.get_current_context().call_on_close(OutputLock(path, option).release)
+
+
 def data_root_option(f):
     return click.option("--data-root", type=click.Path(file_okay=False), default=None,
                         help="Dataset folder [default: $EDGE_CALIB_DATA, else "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 
@@ -13,7 +12,7 @@ from ..core.errors import EdgeCalibError
 from ..core.limits import check_input_pixels
 from ..core.progress import echo_err
 from ..models.families import DEFAULT_ARCH, FAMILY_SUMMARIES
-from .options import data_root_option, training_options
+from .options import data_root_option, hold_output, training_options
 
 
 def parse_hw(text: str | None, option: str = "--train-size") -> tuple[int, int] | None:
@@ -68,7 +67,6 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, input_s
                      train_scale, resume, force, batch_size, seed, device, max_samples, quiet):
     """Train the frozen source model (classifier or segmenter); the checkpoint holds weights,
     architecture, input spec and labels. Resumable: the state is saved after every epoch."""
-    from ..core.fileio import OutputLock
     from ..models.checkpoint import check_replaceable
     from ..models.classifiers import default_input_spec, task_of
     from ..train.augment import augmentation
@@ -92,10 +90,9 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, input_s
     check_states([state], resume, force)
     check_replaceable(out)
     dist, dev = Distributed.from_environment(resolve_device(device))
-    lock = None
     try:
         if dist.is_main:  # the one writer: a second process writing the same --out is refused
-            lock = OutputLock(out, "--out")
+            hold_output(out)
         dist.per_rank(batch_size)
         clf = _train_source_model(dataset, arch, spec, data_root, epochs, lr, augment, crop,
                                   train_scale, resume, state, batch_size, seed, dev,
@@ -108,9 +105,6 @@ def train_classifier(dataset, arch, data_root, out, epochs, lr, augment, input_s
     except BaseException:
         dist.close(finished=False)
         raise
-    finally:
-        if lock is not None:
-            lock.release()
     m = clf.metrics
     click.echo(json.dumps({"out": out, "arch": arch, "task": m["task"],
                            "fingerprint": fingerprint, "params": clf.params,
@@ -254,7 +248,7 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
     from ..train.jobs import SharedInputs, check_states, plan, train_domains
     from ..train.tensors import load_domain, resolve_device
 
-    from ..core.fileio import OutputLock, refuse_writing_over_inputs
+    from ..core.fileio import refuse_writing_over_inputs
     from ..models.checkpoint import check_replaceable
 
     tasks = plan(target, domain, out)
@@ -282,11 +276,10 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
         check_replaceable(task.out)
     clf = load_classifier(classifier)
     dist, dev = Distributed.from_environment(resolve_device(device))
-    locks = contextlib.ExitStack()
     try:
         if dist.is_main:  # the one writer: a second process writing the same --out is refused
             for task in tasks:
-                locks.enter_context(OutputLock(task.out, "--out"))
+                hold_output(task.out)
         if len(tasks) == 1:
             dist.per_rank(batch_size)
         spec = clf.spec if cfg.train_size is None else dataclasses.replace(
@@ -307,8 +300,6 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
     except BaseException:
         dist.close(finished=False)
         raise
-    finally:
-        locks.close()
     dist.close()
     if dist.is_main:
         for result in results:
@@ -519,11 +510,11 @@ def import_model(model, task, input_size, mean, std, colour_order, layout, label
         except ValueError:
             raise EdgeCalibError(f"--{name} {text!r}: give comma-separated numbers") from None
 
-    from ..core.fileio import OutputLock, refuse_writing_over_inputs
+    from ..core.fileio import refuse_writing_over_inputs
     from ..models.checkpoint import check_replaceable
 
     refuse_writing_over_inputs({"--out": out}, {"MODEL": model, "--labels": labels_file})
-    click.get_current_context().call_on_close(OutputLock(out, "--out").release)
+    hold_output(out)
     check_replaceable(out)
     labels = None
     if labels_file:

@@ -85,17 +85,22 @@ class OutputLock:
 
         path = Path(path)
         self.file = derived_path(path, f".{path.name}", ".lock")
-        try:
-            self.fd: int | None = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError:
-            self.fd = None  # a folder nobody can write into fails later, with its own message
-            return
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            raise EdgeCalibError(f"{option} {path}: another edge-calib process is writing it; "
-                                 "wait for it to finish or choose another name") from None
+        self.fd: int | None = None
+        while self.fd is None:
+            try:
+                fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError:
+                return  # a folder nobody can write into fails later, with its own message
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise EdgeCalibError(f"{option} {path}: another edge-calib process is writing "
+                                     "it; wait for it to finish or choose another name") from None
+            if _same_file(fd, self.file):
+                self.fd = fd
+            else:  # its holder released (and removed) it after we opened it: take a fresh one
+                os.close(fd)
 
     def release(self) -> None:
         if self.fd is not None:
@@ -109,6 +114,16 @@ class OutputLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def glob_escape(text: str) -> str:
