@@ -11,7 +11,7 @@ import torch
 
 from edge_calib.core.errors import EdgeCalibError
 from edge_calib.train.memory_budget import (BUDGET_VARIABLE, GROWTH, SLACK, StepMemory,
-                                            check_step_fits, saved_bytes, step_memory)
+                                            batch_that_fits, saved_bytes, step_memory)
 
 
 def test_saved_bytes_counts_each_saved_storage_once():
@@ -33,23 +33,31 @@ def test_step_memory_is_the_line_through_two_batch_sizes():
     assert memory.need(8) == int(3 * w.nbytes + SLACK + GROWTH * 8 * 600)
 
 
-def test_the_batch_it_names_is_the_largest_that_fits(monkeypatch):
-    memory = StepMemory(fixed=0, per_sample=1 << 20)
+def test_the_batch_it_names_is_the_largest_that_fits(monkeypatch, capsys):
+    memory, cpu = StepMemory(fixed=0, per_sample=1 << 20), torch.device("cpu")
     monkeypatch.setenv(BUDGET_VARIABLE, str(SLACK + int(GROWTH * 10 * (1 << 20))))
-    check_step_fits(memory, 10, torch.device("cpu"))
-    with pytest.raises(EdgeCalibError, match=r"training at --batch-size 11 needs about 272 MiB "
+    assert batch_that_fits(memory, 10, cpu) == 10
+    with pytest.raises(EdgeCalibError, match=r"^training at --batch-size 11 needs about 272 MiB "
                        r"\(1 MiB per image\), 271 MiB is left \(\$EDGE_CALIB_TRAIN_MEMORY\): "
                        r"try --batch-size 10$"):
-        check_step_fits(memory, 11, torch.device("cpu"))
+        batch_that_fits(memory, 11, cpu)
     with pytest.raises(EdgeCalibError, match="try --batch-size 5$"):  # source + target images
-        check_step_fits(memory, 8, torch.device("cpu"), scale=2)
+        batch_that_fits(memory, 8, cpu, scale=2)
+    # a batch left at its default is lowered instead, and the user is told
+    assert capsys.readouterr().err == ""
+    assert batch_that_fits(memory, 128, cpu, cap=True) == 10
+    assert capsys.readouterr().err == (
+        "note: the default --batch-size 128 needs about 448 MiB (1 MiB per image), 271 MiB is "
+        "left ($EDGE_CALIB_TRAIN_MEMORY); training at --batch-size 10 (the largest that fits; "
+        "give --batch-size to choose)\n")
     monkeypatch.setenv(BUDGET_VARIABLE, str(SLACK))
-    with pytest.raises(EdgeCalibError, match="even --batch-size 1 does not fit: train at a "
-                                             "smaller input size"):
-        check_step_fits(memory, 1, torch.device("cpu"))
+    for cap in (False, True):
+        with pytest.raises(EdgeCalibError, match="even --batch-size 1 does not fit: train at a "
+                                                 "smaller input size"):
+            batch_that_fits(memory, 1, cpu, cap=cap)
     monkeypatch.setenv(BUDGET_VARIABLE, "lots")
     with pytest.raises(EdgeCalibError, match=r"\$EDGE_CALIB_TRAIN_MEMORY='lots'"):
-        check_step_fits(memory, 1, torch.device("cpu"))
+        batch_that_fits(memory, 1, cpu)
 
 
 def test_the_check_leaves_the_model_and_the_random_state_as_they_were():
@@ -98,26 +106,29 @@ def test_a_batch_over_the_address_space_is_refused_and_the_batch_named_trains(sh
     assert (tmp_path / "m.pt").is_file()
 
 
-def test_a_calibrator_batch_over_the_budget_is_refused_before_training(shared_data, tmp_path,
-                                                                       monkeypatch):
+def test_a_calibrator_batch_over_the_budget_is_refused_or_at_its_default_lowered(
+        shared_data, tmp_path, monkeypatch):
     """The calibrator trainer runs the same check (a step holds a batch of source and one of
-    target images): one line, nothing written, and the batch it names trains."""
+    target images): a --batch-size given is refused in one line with nothing written; left at
+    its default it is lowered to the batch that message names, said once (the restarts train
+    at the batch the first start settled), and the checkpoint records it."""
     from click.testing import CliRunner
 
     from edge_calib.cli import main
+    from edge_calib.models.store import load_calibrator
     from helpers import random_classifier
 
     clf, out = tmp_path / "c.pt", tmp_path / "usps.calib.pt"
     random_classifier("dtn").save(clf)
     monkeypatch.setenv(BUDGET_VARIABLE, str(SLACK + (48 << 20)))
 
-    def train(batch):
+    def train(*batch):
         return CliRunner().invoke(main, [str(a) for a in (
             "train", "--classifier", clf, "--source", "mnist", "--target", "usps", "--domain",
             "usps", "--out", out, "--data-root", shared_data, "--max-samples", 256, "--epochs",
-            1, "--batch-size", batch, "--quiet")])
+            2, "--restarts", 2, "--restart-epochs", 1, "--quiet", *batch)])
 
-    r = train(128)
+    r = train("--batch-size", 128)
     assert r.exit_code == 2, r.output
     line = r.output.strip().splitlines()[-1]  # after a note on the source statistics
     assert "Traceback" not in r.output
@@ -125,6 +136,27 @@ def test_a_calibrator_batch_over_the_budget_is_refused_before_training(shared_da
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
     batch = int(line.rsplit(" ", 1)[1])
     assert 1 <= batch < 128
-    r = train(batch)
+    r = train()
     assert r.exit_code == 0, r.output
-    assert out.is_file()
+    notes = [ln for ln in r.output.splitlines() if ln.startswith("note: the default")]
+    assert notes == [notes[0]] and notes[0].endswith(
+        f"training at --batch-size {batch} (the largest that fits; give --batch-size to choose)")
+    assert load_calibrator(out).meta.config["batch_size"] == batch
+
+
+def test_a_classifier_left_at_the_default_batch_trains_at_the_batch_that_fits(
+        shared_data, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from edge_calib.cli import main
+    from edge_calib.models.store import load_classifier
+
+    monkeypatch.setenv(BUDGET_VARIABLE, str(SLACK + (80 << 20)))
+    r = CliRunner().invoke(main, [str(a) for a in (
+        "train-classifier", "--dataset", "mnist", "--out", tmp_path / "m.pt", "--data-root",
+        shared_data, "--epochs", 1, "--max-samples", 500, "--quiet")])
+    assert r.exit_code == 0, r.output
+    note = next(ln for ln in r.output.splitlines() if ln.startswith("note: the default"))
+    batch = int(note.split("training at --batch-size ")[1].split()[0])
+    assert 1 <= batch < 128
+    assert load_classifier(tmp_path / "m.pt").metrics["batch_size"] == batch

@@ -13,6 +13,12 @@ def hold_output(path, option: str = "--out") -> None:
     click.get_current_context().call_on_close(OutputLock(path, option).release)
 
 
+def left_at_default(parameter: str) -> bool:
+    """Whether the user left ``parameter`` (its Python name) at its default."""
+    source = click.get_current_context().get_parameter_source(parameter)
+    return source is click.core.ParameterSource.DEFAULT
+
+
 def data_root_option(f):
     return click.option("--data-root", type=click.Path(file_okay=False), default=None,
                         help="Dataset folder [default: $EDGE_CALIB_DATA, else "

@@ -12,7 +12,7 @@ from ..core.errors import EdgeCalibError
 from ..core.limits import check_input_pixels
 from ..core.progress import echo_err
 from ..models.families import DEFAULT_ARCH, FAMILY_SUMMARIES
-from .options import data_root_option, hold_output, training_options
+from .options import data_root_option, hold_output, left_at_default, training_options
 
 
 def parse_hw(text: str | None, option: str = "--train-size") -> tuple[int, int] | None:
@@ -132,7 +132,8 @@ def _train_source_model(dataset, arch, spec, data_root, epochs, lr, augment, cro
             out_of_memory_as_error(batch_size, lambda: kept_message(state)):
         return fit(arch, spec, train, test, epochs, batch_size, lr, seed, dev, augment,
                    progress=not quiet and dist.is_main, val=val, state_path=state,
-                   resume=resume, train_scale=train_scale, crop=crop, dist=dist)
+                   resume=resume, train_scale=train_scale, crop=crop, dist=dist,
+                   cap_batch=left_at_default("batch_size"))
 
 
 @click.command()
@@ -294,7 +295,8 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
         if src_test is not None:
             check_task(clf.task, src_test)
         shared = SharedInputs(str(classifier), clf, source, src, src_test, src_split, spec,
-                              data_root, max_samples, seed, monitor_test)
+                              data_root, max_samples, seed, monitor_test,
+                              cap_batch=left_at_default("batch_size"))
         results = train_domains(tasks, cfg, shared, dev, dist, resume, force,
                                 progress=not quiet and dist.is_main)
     except BaseException:

@@ -166,7 +166,8 @@ def train_calibrator(clf, source, target, cfg, device, progress: bool):
 
     with tempfile.TemporaryDirectory(prefix="edge-calib-adapt-") as work:
         def make(config, state, metrics):
-            return CalibratorTrainer(clf, source, target, config, device, state, metrics)
+            return CalibratorTrainer(clf, source, target, config, device, state, metrics,
+                                     cap_batch=True)  # a device adapts with what memory holds
 
         trainer = chosen_trainer(make, cfg, Path(work) / "new.calib.pt", False, progress)
         module, summary = trainer.run(progress=progress)

@@ -45,7 +45,7 @@ from .distributed import Distributed
 from .evaluate import scores
 from .frozen import MODES, FrozenForward
 from .loop import SCHEDULES, log_epoch, non_finite, scheduler
-from .memory_budget import StepMemory, check_step_fits, left_as_found, step_memory
+from .memory_budget import StepMemory, batch_that_fits, left_as_found, step_memory
 from .losses import (
     CalibratorAdversarialLoss,
     GroupDiscriminatorLoss,
@@ -177,7 +177,8 @@ class CalibratorTrainer:
                  config: CalibratorConfig, device: torch.device, state_path: Path,
                  metrics_path: Path, source_test: DomainData | None = None,
                  source_split: str = "test",
-                 monitor: DomainData | None = None, dist: Distributed = Distributed()):
+                 monitor: DomainData | None = None, dist: Distributed = Distributed(),
+                 cap_batch: bool = False):
         config.validate()
         self.cfg, self.device, self.dist = config, device, dist
         self.classifier = classifier
@@ -218,9 +219,13 @@ class CalibratorTrainer:
         if self.batch == 0:
             raise EdgeCalibError(f"{min(len(self.target), len(self.source))} images cannot be "
                                  f"split over {dist.world_size} processes")
-        self.steps = max(1, min(len(self.target), len(self.source)) // self.batch)
         if len(self.target) >= 3:  # a step runs the batch of source and of target images
-            check_step_fits(self._step_memory(), self.batch // dist.world_size, device, scale=2)
+            fits = dist.world_size * batch_that_fits(
+                self._step_memory(), self.batch // dist.world_size, device, dist, cap=cap_batch,
+                scale=2)
+            if fits < self.batch:
+                self.batch, self.cfg = fits, dataclasses.replace(self.cfg, batch_size=fits)
+        self.steps = max(1, min(len(self.target), len(self.source)) // self.batch)
         total = self.steps * config.epochs
         self.sched_G = scheduler(self.opt_G, config.schedule, total)
         self.sched_D = scheduler(self.opt_D, config.schedule, total)

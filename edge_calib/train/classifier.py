@@ -57,8 +57,8 @@ def train_classifier(arch: str, spec: InputSpec, train: DomainData, test: Domain
                      augment: str = "none", val_fraction: float = 0.1, progress: bool = True,
                      val: DomainData | None = None, state_path: Path | None = None,
                      resume: bool = False, train_scale: float = 1.0,
-                     crop: tuple[int, int] | None = None, dist: Distributed = Distributed()
-                     ) -> Classifier | None:
+                     crop: tuple[int, int] | None = None, dist: Distributed = Distributed(),
+                     cap_batch: bool = False) -> Classifier | None:
     """Train ``arch`` on labelled ``train``; report source validation (``val``, else a held-out
     ``val_fraction`` of ``train``) each epoch (every 10th for segmentation) and source test
     scores at the end (stored in the checkpoint's metrics). The model is the last epoch's, with
@@ -100,10 +100,12 @@ def train_classifier(arch: str, spec: InputSpec, train: DomainData, test: Domain
         return {"val_acc": accuracy(model, val, device=device)}
 
     history = fit(model, train, cfg, loss_fn, device, transform=transform, evaluate=evaluate,
-                  state_path=state_path, resume=resume, progress=progress, dist=dist)
+                  state_path=state_path, resume=resume, progress=progress, dist=dist,
+                  cap_batch=cap_batch)
     if not dist.is_main:
         return None
-    metrics = {"source": train.name, "task": task, "epochs": epochs, "batch_size": batch_size,
+    metrics = {"source": train.name, "task": task, "epochs": epochs,
+               "batch_size": history[-1]["batch_size"] if history else batch_size,
                "world_size": dist.world_size,
                "lr": lr, "seed": seed, "augment": augment, "train_samples": len(train),
                "history": history}

@@ -46,6 +46,7 @@ class SharedInputs:
     max_samples: int | None
     seed: int
     monitor_test: bool
+    cap_batch: bool = False  # --batch-size left at its default: capped to what memory holds
 
 
 def plan(targets: tuple[str, ...], domains: tuple[str, ...], out: str) -> list[DomainTask]:
@@ -108,7 +109,7 @@ def train_domain(task: DomainTask, cfg, shared: SharedInputs, device, dist: Dist
         trainers.append(CalibratorTrainer(
             shared.classifier, shared.source_images, target, config, device, state, metrics,
             source_test=shared.source_test, source_split=shared.source_split, monitor=monitor,
-            dist=dist))
+            dist=dist, cap_batch=shared.cap_batch))
         return trainers[-1]
 
     def kept() -> str:

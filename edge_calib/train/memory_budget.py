@@ -150,22 +150,32 @@ def _cgroup_room() -> int | None:
         return None
 
 
-def check_step_fits(memory: StepMemory, batch: int, device: torch.device,
-                    option: str = "--batch-size", scale: int = 1) -> None:
-    """Refuse a batch whose estimated step does not fit in what ``device`` has left, naming the
-    largest ``option`` value that does. ``scale`` converts the option to samples per step (a
-    calibrator step runs its batch of source and of target images: 2)."""
+def batch_that_fits(memory: StepMemory, batch: int, device: torch.device, dist=None,
+                    cap: bool = False, scale: int = 1) -> int:
+    """The per-process batch to train at: ``batch`` when its estimated step fits in what
+    ``device`` has left; else, with ``cap`` (the user left --batch-size at its default), the
+    largest that fits, said on stderr; else an error naming it. ``scale`` converts the batch
+    to images per step (a calibrator step runs a batch of source and one of target images: 2).
+    Under torchrun every rank takes the smallest rank's answer, so all decide alike."""
+    from ..core.progress import echo_err
+
     budget, source = available_bytes(device)
-    need = memory.need(batch * scale)
-    if need <= budget:
-        return
     fits = memory.largest_batch(budget) // scale
-    advice = (f"try {option} {fits}" if fits >= 1 else
-              f"even {option} 1 does not fit: train at a smaller input size or on a machine "
-              "with more memory")
-    raise EdgeCalibError(f"training at {option} {batch} needs about {_gib(need)} "
-                         f"({_gib(memory.per_sample)} per image), {_gib(budget)} is left "
-                         f"({source}): {advice}")
+    if dist is not None and dist.active:
+        fits = min(dist.gather(fits))
+    if batch <= fits:
+        return batch
+    need = (f"--batch-size {batch} needs about {_gib(memory.need(batch * scale))} "
+            f"({_gib(memory.per_sample)} per image), {_gib(budget)} is left ({source})")
+    if fits < 1:
+        raise EdgeCalibError(f"training at {need}: even --batch-size 1 does not fit: train at "
+                             "a smaller input size or on a machine with more memory")
+    if not cap:
+        raise EdgeCalibError(f"training at {need}: try --batch-size {fits}")
+    if dist is None or dist.is_main:
+        echo_err(f"note: the default {need}; training at --batch-size {fits} (the largest that "
+                 "fits; give --batch-size to choose)")
+    return fits
 
 
 def _gib(n: int) -> str:

@@ -57,6 +57,7 @@ def chosen_trainer(make: MakeTrainer, cfg: CalibratorConfig, out: Path, resume: 
     for i in range(cfg.restarts):
         start_state, start_metrics = start_paths(out, i)
         trainer = make(dataclasses.replace(cfg, restart=i), start_state, start_metrics)
+        cfg = dataclasses.replace(cfg, batch_size=trainer.cfg.batch_size)  # as the first settled
         # an interrupted choice: only with --resume (checked before); rank 0's file decides
         if trainer.dist.from_main(start_state.exists):
             trainer.load_state()

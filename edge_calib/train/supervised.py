@@ -7,6 +7,7 @@ rank trains on its shard) and only rank 0 evaluates, logs and writes (``distribu
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from ..core.progress import progress_bar
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Distributed
 from .loop import log_epoch, non_finite
-from .memory_budget import StepMemory, check_step_fits, left_as_found, step_memory
+from .memory_budget import StepMemory, batch_that_fits, left_as_found, step_memory
 from .loop import scheduler as lr_schedule
 from .tensors import DomainData, epoch_order
 
@@ -50,10 +51,12 @@ class Fit:
 def fit(model: torch.nn.Module, data: DomainData, cfg: Fit, loss_fn: Callable, device,
         transform: Callable | None = None, after_step: Callable | None = None,
         evaluate: Callable[[int], dict] | None = None, state_path: Path | None = None,
-        resume: bool = False, progress: bool = True, dist: Distributed = Distributed()
-        ) -> list[dict]:
-    """Train ``model`` in place; returns the per-epoch history. ``evaluate(epoch)`` may add
-    entries to an epoch's row (computed on rank 0); ``state_path`` makes the run resumable."""
+        resume: bool = False, progress: bool = True, dist: Distributed = Distributed(),
+        cap_batch: bool = False) -> list[dict]:
+    """Train ``model`` in place; returns the per-epoch history (each row with the batch size it
+    trained at). ``evaluate(epoch)`` may add entries to an epoch's row (computed on rank 0);
+    ``state_path`` makes the run resumable; ``cap_batch`` lowers a batch whose step would not
+    fit in memory to the largest that does (``memory_budget``) instead of refusing it."""
     cfg.validate()
     per_rank_batch = dist.per_rank(cfg.batch_size)
     model.to(device)
@@ -63,8 +66,12 @@ def fit(model: torch.nn.Module, data: DomainData, cfg: Fit, loss_fn: Callable, d
         raise EdgeCalibError(f"{data.name}: {len(data)} images is less than one batch of "
                              f"{cfg.batch_size}")
     if len(data) >= 3:
-        check_step_fits(_step_memory(model, data, loss_fn, transform, device), per_rank_batch,
-                        device)
+        fits = dist.world_size * batch_that_fits(
+            _step_memory(model, data, loss_fn, transform, device), per_rank_batch, device, dist,
+            cap=cap_batch)
+        if fits < cfg.batch_size:
+            cfg = dataclasses.replace(cfg, batch_size=fits)
+            steps = len(data) // cfg.batch_size
     total = steps * cfg.epochs
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = lr_schedule(optimiser, cfg.schedule, total)
@@ -99,7 +106,7 @@ def fit(model: torch.nn.Module, data: DomainData, cfg: Fit, loss_fn: Callable, d
         model.eval()
         row = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1),
                "lr": scheduler.get_last_lr()[0], "time_s": time.time() - started,
-               "world_size": dist.world_size}
+               "batch_size": cfg.batch_size, "world_size": dist.world_size}
         if evaluate is not None:
             row |= dist.from_main(lambda: evaluate(epoch + 1))
         history.append(row)
