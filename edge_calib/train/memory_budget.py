@@ -1,6 +1,6 @@
 """Whether a training step fits in memory, checked before the first step: the kernel's OOM
 killer ends a process that overcommits with exit 137 and no message, so a batch that cannot fit
-is refused in one line naming the batch size that does.
+is refused in one line naming the batch size that does (or, left at its default, lowered to it).
 
 The estimate of one step at batch B on one process:
 
@@ -9,12 +9,12 @@ The estimate of one step at batch B on one process:
 ``fixed`` and ``per_sample`` come from two real forward passes at small batches, counting
 every tensor autograd saves for backward (``torch.autograd.graph.saved_tensors_hooks``, each
 storage once), at two sizes a < b: per_sample = (saved(b) - saved(a)) / (b - a), fixed =
-saved(a) - a * per_sample. The 3 x trainable
-bytes are the gradients and Adam's two moments. During backward each activation's gradient is
+saved(a) - a * per_sample. The 3 x trainable bytes are the gradients and Adam's two moments. During backward each activation's gradient is
 held beside what is still saved (``GROWTH``), and the allocator and the math libraries keep
-workspaces of their own (``SLACK``). Measured against the peak RSS of real steps (2-core Xeon): the
-estimate is 25-35% above what a step used where memory matters (LR-ASPP at 288x384, batches 8
-and 16; the DTN at batch 1024), and more above it at small batches, where SLACK dominates."""
+workspaces of their own (``SLACK``). Against the peak resident memory of two real steps
+(``benchmarks/train_memory.py``, 2-core Xeon) the estimate is 1.3-1.5 times what was used where
+memory matters (LR-ASPP at 288x384, batches 8 and 16; the DTN and the imported ONNX-zoo mnist-8
+at batch 1024), more at small batches, where SLACK dominates."""
 
 from __future__ import annotations
 
