@@ -38,18 +38,17 @@ def save_checkpoint(path: str | Path, kind: str, meta: dict, tensors: dict) -> N
 
 def check_replaceable(path: str | Path, option: str = "--out") -> None:
     """An existing output is replaced only when it is an edge-calib checkpoint: any other file
-    at that path (a user's own) is refused in one line and left as it is."""
+    at that path (a user's own) is refused in one line and left as it is. The tensors are
+    mapped, not read: a large checkpoint costs no memory here."""
     path = Path(path)
     if not path.is_file():
         return  # nothing there, or a folder: the writer refuses that with its own message
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        ours = isinstance(payload, dict) and payload.get("format") == FORMAT
-    except Exception:  # whatever torch cannot read as plain data is not ours
-        ours = False
-    if not ours:
+        _payload(path, mmap=True)
+    except Exception:  # whatever does not load as one of ours is not ours
         raise EdgeCalibError(f"{option} {path}: an existing file that is not an edge-calib "
-                             "checkpoint; it is left as it is (choose another name or move it)")
+                             "checkpoint; it is left as it is (choose another name or move it)"
+                             ) from None
 
 
 def _to_cpu(obj):
@@ -69,10 +68,27 @@ def load_checkpoint(path: str | Path, kind: str | tuple[str, ...]) -> tuple[dict
     kinds = (kind,) if isinstance(kind, str) else kind
     if not path.is_file():
         raise EdgeCalibError(f"{path}: no such checkpoint file")
+    payload = _payload(path)
+    if payload.get("kind") not in kinds:
+        raise EdgeCalibError(f"{path}: is a {payload.get('kind')} checkpoint, expected "
+                             f"{' or '.join(kinds)}")
+    if payload.get("version") != VERSION:
+        raise EdgeCalibError(f"{path}: checkpoint version {payload.get('version')} is not "
+                             f"supported (this edge-calib reads version {VERSION})")
+    try:
+        meta = json.loads(payload["meta"])
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise EdgeCalibError(f"{path}: checkpoint metadata is unreadable") from None
+    return meta, payload.get("tensors", {})
+
+
+def _payload(path: Path, mmap: bool = False) -> dict:
+    """The checkpoint's outer dict read as plain data (``weights_only``), or a one-line error
+    naming why it is not one of ours; ``mmap`` maps the tensors instead of reading them."""
     if path.stat().st_size == 0:
         raise EdgeCalibError(f"{path}: empty file (0 bytes), not a checkpoint")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         unsafe = _unsafe_global(str(exc))
         if unsafe:
@@ -86,17 +102,7 @@ def load_checkpoint(path: str | Path, kind: str | tuple[str, ...]) -> tuple[dict
                              f"({_first_line(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise EdgeCalibError(f"{path}: not an edge-calib checkpoint")
-    if payload.get("kind") not in kinds:
-        raise EdgeCalibError(f"{path}: is a {payload.get('kind')} checkpoint, expected "
-                             f"{' or '.join(kinds)}")
-    if payload.get("version") != VERSION:
-        raise EdgeCalibError(f"{path}: checkpoint version {payload.get('version')} is not "
-                             f"supported (this edge-calib reads version {VERSION})")
-    try:
-        meta = json.loads(payload["meta"])
-    except (KeyError, TypeError, json.JSONDecodeError):
-        raise EdgeCalibError(f"{path}: checkpoint metadata is unreadable") from None
-    return meta, payload.get("tensors", {})
+    return payload
 
 
 def _first_line(exc: Exception) -> str:
