@@ -66,29 +66,41 @@ class Catalogue:
               f"{self.rows[-1]['message'][:150]}", flush=True)
 
 
+# Forks the command from a small process and reports its peak RSS (ru_maxrss from wait4) on a
+# pipe. Linux records the memory image a process had when it called exec into its peak, so a
+# command forked straight from this one would report at least this process's own RSS.
+SPAWN = """import os, sys
+fd = int(sys.argv[1])
+pid = os.fork()
+if pid == 0:
+    os.close(fd)
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+os.write(fd, str(usage.ru_maxrss).encode())
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_measured(command: list[str], cwd: Path, env: dict, stdin: str | None, timeout=300):
-    """Run ``command`` to its end; (CompletedProcess, its peak resident memory in MB from the
-    kernel's accounting of that one child, ``wait4``)."""
-    proc = subprocess.Popen(command, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE,
+    """Run ``command`` to its end; (CompletedProcess, its peak resident memory in MB, from the
+    kernel's accounting of that one process, forked from a small spawner: ``SPAWN``)."""
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-S", "-c", SPAWN, str(write_end), *command],
+                            cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, pass_fds=(write_end,),
+                            start_new_session=True,
                             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL)
-    out: dict = {}
-    readers = [threading.Thread(target=lambda k=k, f=f: out.__setitem__(k, f.read()))
-               for k, f in (("stdout", proc.stdout), ("stderr", proc.stderr))]
-    for t in readers:
-        t.start()
-    if stdin is not None:
-        proc.stdin.write(stdin)
-        proc.stdin.close()
-    timer = threading.Timer(timeout, proc.kill)
+    os.close(write_end)
+    timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
     timer.start()
-    _, status, usage = os.wait4(proc.pid, 0)
-    timer.cancel()
-    for t in readers:
-        t.join()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return (subprocess.CompletedProcess(command, proc.returncode, out["stdout"], out["stderr"]),
-            round(usage.ru_maxrss / 1024, 1))
+    try:
+        stdout, stderr = proc.communicate(stdin)
+    finally:
+        timer.cancel()
+    with os.fdopen(read_end, "rb") as pipe:
+        peak = pipe.read()
+    peak_mb = round(int(peak) / 1024, 1) if peak else None  # none when the spawner was killed
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr), peak_mb
 
 
 def copy_demo(demo: Path, tmp: Path) -> dict:
