@@ -36,7 +36,7 @@ def test_step_memory_is_the_line_through_two_batch_sizes():
 def test_the_batch_it_names_is_the_largest_that_fits(monkeypatch, capsys):
     memory, cpu = StepMemory(fixed=0, per_sample=1 << 20), torch.device("cpu")
     monkeypatch.setenv(BUDGET_VARIABLE, str(SLACK + int(GROWTH * 10 * (1 << 20))))
-    assert batch_that_fits(memory, 10, cpu) == 10
+    assert batch_that_fits(memory, 10, cpu) == batch_that_fits(memory, 10, "cpu") == 10
     with pytest.raises(EdgeCalibError, match=r"^training at --batch-size 11 needs about 272 MiB "
                        r"\(1 MiB per image\), 271 MiB is left \(\$EDGE_CALIB_TRAIN_MEMORY\): "
                        r"try --batch-size 10$"):

@@ -94,12 +94,13 @@ def left_as_found(modules: list[torch.nn.Module], device: torch.device):
             buffer.copy_(saved)
 
 
-def available_bytes(device: torch.device) -> tuple[int, str]:
+def available_bytes(device: torch.device | str) -> tuple[int, str]:
     """(bytes this process may still allocate, where that figure came from): $EDGE_CALIB_TRAIN_
     MEMORY when set; on CUDA the device's free memory; on the CPU the smallest of the kernel's
     MemAvailable, the cgroup's room (memory.max - memory.current) and the address space left
     under RLIMIT_AS (``ulimit -v``), shared by the processes torchrun started on this
     machine."""
+    device = torch.device(device)  # callers may pass "cpu"
     value = os.environ.get(BUDGET_VARIABLE)
     if value is not None:
         if not value.isdigit() or int(value) <= 0:
@@ -150,7 +151,7 @@ def _cgroup_room() -> int | None:
         return None
 
 
-def batch_that_fits(memory: StepMemory, batch: int, device: torch.device, dist=None,
+def batch_that_fits(memory: StepMemory, batch: int, device: torch.device | str, dist=None,
                     cap: bool = False, scale: int = 1) -> int:
     """The per-process batch to train at: ``batch`` when its estimated step fits in what
     ``device`` has left; else, with ``cap`` (the user left --batch-size at its default), the
