@@ -1,7 +1,7 @@
 """How far the memory check before training (``edge_calib.train.memory_budget``) is from what a
-training step really uses: for each model and batch, a fresh process builds the model, takes the
-estimate, then runs two real steps (forward, backward, AdamW) and reads its peak resident
-memory (VmHWM, reset through /proc/self/clear_refs just before the steps). Reported: the
+training step really uses: for each model and batch, a fresh process builds the model, runs two
+real steps (forward, backward, AdamW) and reads its peak resident memory (VmHWM, reset through
+/proc/self/clear_refs just before the steps), then takes the estimate as training does. Reported: the
 estimate, the measured increase over the memory held before the steps, their ratio (above 1:
 the estimate is on the safe side), each a median over the repeats.
 
@@ -55,19 +55,22 @@ def data(n):
 def forward(n):
     x, y = data(n)
     return F.cross_entropy(model(x), y)
-memory = step_memory(forward, [p for p in model.parameters() if p.requires_grad], (2, 4))
-optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+trainable = [p for p in model.parameters() if p.requires_grad]
+optimiser = torch.optim.AdamW(trainable)
 x, y = data(batch)
 def status():
     return {k: int(v.split()[0]) * 1024 for k, v in
             (line.split(":", 1) for line in open("/proc/self/status")) if k in ("VmRSS", "VmHWM")}
 open("/proc/self/clear_refs", "w").write("5")
 before = status()["VmRSS"]
-for _ in range(2):
+for _ in range(2):  # the real steps first, in a process that has run nothing else
     optimiser.zero_grad()
     F.cross_entropy(model(x), y).backward()
     optimiser.step()
-print(json.dumps({"estimate": memory.need(batch), "measured": status()["VmHWM"] - before,
+measured = status()["VmHWM"] - before
+del optimiser
+memory = step_memory(forward, trainable, (2, 4))
+print(json.dumps({"estimate": memory.need(batch), "measured": measured,
                   "per_sample": memory.per_sample, "fixed": memory.fixed}))
 """
 

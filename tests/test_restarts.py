@@ -29,8 +29,9 @@ def make(trained_dtn, digits):
     clf = load_classifier(trained_dtn)
     source, target = digits["mnist_train"]._take(np.arange(512)), digits["usps_train"]._take(np.arange(256))
 
-    def make_trainer(cfg, state, metrics):
-        return CalibratorTrainer(clf, source, target, cfg, torch.device("cpu"), state, metrics)
+    def make_trainer(cfg, state, metrics, check_memory=True):
+        return CalibratorTrainer(clf, source, target, cfg, torch.device("cpu"), state, metrics,
+                                 check_memory=check_memory)
     return make_trainer, clf, target
 
 

@@ -165,9 +165,10 @@ def train_calibrator(clf, source, target, cfg, device, progress: bool):
     from ..train.restarts import chosen_trainer
 
     with tempfile.TemporaryDirectory(prefix="edge-calib-adapt-") as work:
-        def make(config, state, metrics):
+        def make(config, state, metrics, check_memory=True):
             return CalibratorTrainer(clf, source, target, config, device, state, metrics,
-                                     cap_batch=True)  # a device adapts with what memory holds
+                                     cap_batch=True,  # a device adapts with what memory holds
+                                     check_memory=check_memory)
 
         trainer = chosen_trainer(make, cfg, Path(work) / "new.calib.pt", False, progress)
         module, summary = trainer.run(progress=progress)

@@ -178,7 +178,7 @@ class CalibratorTrainer:
                  metrics_path: Path, source_test: DomainData | None = None,
                  source_split: str = "test",
                  monitor: DomainData | None = None, dist: Distributed = Distributed(),
-                 cap_batch: bool = False):
+                 cap_batch: bool = False, check_memory: bool = True):
         config.validate()
         self.cfg, self.device, self.dist = config, device, dist
         self.classifier = classifier
@@ -219,7 +219,7 @@ class CalibratorTrainer:
         if self.batch == 0:
             raise EdgeCalibError(f"{min(len(self.target), len(self.source))} images cannot be "
                                  f"split over {dist.world_size} processes")
-        if len(self.target) >= 3:  # a step runs the batch of source and of target images
+        if check_memory and len(self.target) >= 3:  # a step: a source and a target batch
             fits = dist.world_size * batch_that_fits(
                 self._step_memory(), self.batch // dist.world_size, device, dist, cap=cap_batch,
                 scale=2)
@@ -241,15 +241,22 @@ class CalibratorTrainer:
         self.restarts: list[dict] | None = None  # the starts scored before this one continued
 
     def _step_memory(self) -> StepMemory:
-        """A step's memory from the calibrator and the frozen classifier behind it (the graph
-        the calibrator's gradients flow through) on the first two and four target images; the
-        random state and the calibrator's buffers are put back."""
+        """A step's memory per image, from the graph a step holds at its peak, on the first two
+        and four target images: the calibrator and the frozen classifier behind it (what the
+        calibrator's gradients flow through) and, with the adversarial objective, the pixel
+        discriminator on raw and calibrated images (its step runs while that graph is held).
+        The random state and the calibrator's buffers are put back."""
         def forward_on(n: int) -> torch.Tensor:
-            return self.frozen(self.G(self.target.batch(np.arange(n), self.device)))
+            x = self.target.batch(np.arange(n), self.device)
+            calibrated = self.G(x)
+            held = self.frozen(calibrated).float().mean()
+            if self.cfg.objective == "adversarial":
+                held = held + self.D_pix(torch.cat([x, calibrated])).float().mean()
+            return held
 
         trainable = [*self.G.parameters(), *self.D_pix.parameters(), *self.D_feat.parameters()]
         with left_as_found([self.G], self.device):
-            return step_memory(forward_on, trainable, (2, min(4, len(self.target))))
+            return step_memory(forward_on, trainable, (2, min(4, len(self.target))), self.device)
 
     def _source_stats(self) -> SourceStats:
         """The frozen model's recorded source statistics; recorded here from the source images

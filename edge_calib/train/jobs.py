@@ -105,11 +105,11 @@ def train_domain(task: DomainTask, cfg, shared: SharedInputs, device, dist: Dist
             f.unlink(missing_ok=True)
     trainers: list = []
 
-    def make_trainer(config, state, metrics):
+    def make_trainer(config, state, metrics, check_memory=True):
         trainers.append(CalibratorTrainer(
             shared.classifier, shared.source_images, target, config, device, state, metrics,
             source_test=shared.source_test, source_split=shared.source_split, monitor=monitor,
-            dist=dist, cap_batch=shared.cap_batch))
+            dist=dist, cap_batch=shared.cap_batch, check_memory=check_memory))
         return trainers[-1]
 
     def kept() -> str:

@@ -4,17 +4,25 @@ is refused in one line naming the batch size that does (or, left at its default,
 
 The estimate of one step at batch B on one process:
 
-    need(B) = fixed + 3 * trainable_bytes + SLACK + GROWTH * B * per_sample
+    need(B) = fixed + 3 * trainable_bytes + SLACK + B * per_sample
+    per_sample = max(GROWTH * saved, MARGIN * peak)
 
-``fixed`` and ``per_sample`` come from two real forward passes at small batches, counting
-every tensor autograd saves for backward (``torch.autograd.graph.saved_tensors_hooks``, each
-storage once), at two sizes a < b: per_sample = (saved(b) - saved(a)) / (b - a), fixed =
-saved(a) - a * per_sample. The 3 x trainable bytes are the gradients and Adam's two moments. During backward each activation's gradient is
-held beside what is still saved (``GROWTH``), and the allocator and the math libraries keep
-workspaces of their own (``SLACK``). Against the peak resident memory of two real steps
-(``benchmarks/train_memory.py``, 2-core Xeon) the estimate is 1.3-1.5 times what was used where
-memory matters (LR-ASPP at 288x384, batches 8 and 16; the DTN and the imported ONNX-zoo mnist-8
-at batch 1024), more at small batches, where SLACK dominates."""
+both read from real forward passes at two small batches a < b (the line through them gives the
+per-sample and the fixed part):
+
+- ``saved``: every tensor autograd keeps for backward (``torch.autograd.graph.saved_tensors_
+  hooks``, each storage once). During backward each activation's gradient is held beside what
+  is still saved: ``GROWTH``.
+- ``peak``: the memory the forward and its backward really add at their peak: the allocator's
+  peak on CUDA, the resident high-water mark on Linux (VmHWM, reset through
+  /proc/self/clear_refs). It sees what saved tensors miss: a statically quantised (QDQ)
+  MobileNetV2 saves 55 MiB per 224x224 image but peaks at 136 MiB. ``MARGIN`` covers
+  the noise of reading it.
+
+The 3 x trainable bytes are the gradients and Adam's two moments; the allocator and the math
+libraries keep workspaces of their own (``SLACK``). Against the peak resident memory of real
+training (``benchmarks/train_memory.py`` and ``benchmarks/large_import.py``, 2-core Xeon) see
+RESULTS.md, "A training step's memory"."""
 
 from __future__ import annotations
 
@@ -28,26 +36,29 @@ from typing import Callable
 import torch
 
 from ..core.errors import EdgeCalibError
+from ..core.memory import return_freed_memory
 
 BUDGET_VARIABLE = "EDGE_CALIB_TRAIN_MEMORY"
 GROWTH = 1.5
+MARGIN = 1.2
 SLACK = 256 << 20
 
 
 @dataclass(frozen=True)
 class StepMemory:
-    """One training step's estimated memory: ``fixed`` + ``per_sample`` x batch bytes."""
+    """One training step's estimated memory: ``fixed`` + SLACK + ``per_sample`` x batch bytes
+    (``per_sample`` with its GROWTH or MARGIN applied)."""
 
     fixed: int
     per_sample: int
 
     def need(self, batch: int) -> int:
-        return int(self.fixed + SLACK + GROWTH * self.per_sample * batch)
+        return self.fixed + SLACK + self.per_sample * batch
 
     def largest_batch(self, budget: int) -> int:
         """The largest batch whose need fits ``budget`` (0 when even one sample does not)."""
         room = budget - self.fixed - SLACK
-        return max(0, int(room // max(GROWTH * self.per_sample, 1)))
+        return max(0, room // max(self.per_sample, 1))
 
 
 def saved_bytes(forward: Callable[[], torch.Tensor]) -> int:
@@ -67,18 +78,59 @@ def saved_bytes(forward: Callable[[], torch.Tensor]) -> int:
     return sum(storages.values())
 
 
-def step_memory(forward_on: Callable[[int], torch.Tensor], trainable: list[torch.nn.Parameter],
-                sizes: tuple[int, int] = (1, 2)) -> StepMemory:
-    """The estimate from two forward passes: ``forward_on(n)`` runs the step's forward on n
-    samples (the two ``sizes``) and returns its loss (or any tensor whose backward the step
-    runs)."""
-    small, large = sizes
-    at_small = saved_bytes(lambda: forward_on(small))
-    at_large = saved_bytes(lambda: forward_on(large))
+def peak_bytes(forward: Callable[[], torch.Tensor], device: torch.device | str) -> int | None:
+    """Memory added at the peak while ``forward()`` and its backward run: the allocator's peak
+    on CUDA, the resident high-water mark on Linux; None where neither can be read."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        forward().backward()
+        return torch.cuda.max_memory_allocated(device) - before
+    try:
+        return_freed_memory()
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+        before = _status_bytes("VmRSS")
+        forward().backward()
+        return _status_bytes("VmHWM") - before
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _status_bytes(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def _line(at_small: int, at_large: int, small: int, large: int) -> tuple[int, int]:
+    """(fixed, per_sample) of the line through two measurements."""
     per_sample = max(at_large - at_small, 0) // (large - small)
+    return max(at_small - small * per_sample, 0), per_sample
+
+
+def step_memory(forward_on: Callable[[int], torch.Tensor], trainable: list[torch.nn.Parameter],
+                sizes: tuple[int, int] = (1, 2), device: torch.device | str = "cpu",
+                measure_peak: bool = True) -> StepMemory:
+    """The estimate from forward passes at the two ``sizes``: ``forward_on(n)`` runs the
+    step's forward on n samples and returns its loss (or any tensor whose backward the step
+    runs). With ``measure_peak`` the backward runs too (the gradients it leaves on
+    ``trainable`` are cleared)."""
+    small, large = sizes
+    fixed, saved = _line(saved_bytes(lambda: forward_on(small)),
+                         saved_bytes(lambda: forward_on(large)), small, large)
+    per_sample = int(GROWTH * saved)
+    if measure_peak:
+        peaks = [peak_bytes(lambda: forward_on(n), device) for n in sizes]
+        for p in trainable:
+            p.grad = None
+        if None not in peaks:
+            peak_fixed, peak = _line(*peaks, small, large)
+            per_sample, fixed = max(per_sample, int(MARGIN * peak)), max(fixed, peak_fixed)
     optimiser = 3 * sum(p.numel() * p.element_size() for p in trainable if p.requires_grad)
-    return StepMemory(fixed=max(at_small - small * per_sample, 0) + optimiser,
-                      per_sample=per_sample)
+    return StepMemory(fixed=fixed + optimiser, per_sample=per_sample)
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from ..models.checkpoint import load_checkpoint
 from .calibrate import STATE, CalibratorConfig, CalibratorTrainer
 from .loop import state_paths
 
-MakeTrainer = Callable[[CalibratorConfig, Path, Path], CalibratorTrainer]
+MakeTrainer = Callable[..., CalibratorTrainer]  # (config, state, metrics, check_memory=True)
 
 
 def start_paths(out: Path, restart: int) -> tuple[Path, Path]:
@@ -56,8 +56,10 @@ def chosen_trainer(make: MakeTrainer, cfg: CalibratorConfig, out: Path, resume: 
     best, scores = None, []
     for i in range(cfg.restarts):
         start_state, start_metrics = start_paths(out, i)
-        trainer = make(dataclasses.replace(cfg, restart=i), start_state, start_metrics)
-        cfg = dataclasses.replace(cfg, batch_size=trainer.cfg.batch_size)  # as the first settled
+        # the first start checks the memory (and may lower the batch); the others take its batch
+        trainer = make(dataclasses.replace(cfg, restart=i), start_state, start_metrics,
+                       check_memory=i == 0)
+        cfg = dataclasses.replace(cfg, batch_size=trainer.cfg.batch_size)
         # an interrupted choice: only with --resume (checked before); rank 0's file decides
         if trainer.dist.from_main(start_state.exists):
             trainer.load_state()

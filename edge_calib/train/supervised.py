@@ -131,7 +131,7 @@ def _step_memory(model, data: DomainData, loss_fn, transform, device) -> StepMem
 
     model.train()
     with left_as_found([model], device):
-        return step_memory(forward_on, list(model.parameters()), (2, min(4, len(data))))
+        return step_memory(forward_on, list(model.parameters()), (2, min(4, len(data))), device)
 
 
 def _save_state(path, model, optimiser, scheduler, history, cfg):
