@@ -57,6 +57,23 @@ def stalled_viewer(url: str) -> socket.socket:
     return s
 
 
+def looping_live_view(bundle_dir, domain_video):
+    """A real-time runner on the looping test video with the live view on a free port:
+    (runner, its LiveView, (host, port))."""
+    video, _ = domain_video
+    opts = RunOptions(deploy=str(bundle_dir), domain="usps", headless=True,
+                      outputs=("http://127.0.0.1:0",), realtime=True)
+    runner = StreamRunner(opts, parse_source(None, str(video), fps=60, loop=True))
+    view = live_view_of(runner)
+    return runner, view, parse_live_url(view.url.rstrip("/"))
+
+
+def closed(sockets) -> int:
+    """How many of ``sockets`` the server has closed (readable, and reading gives EOF)."""
+    ready = select.select(sockets, [], [], 0)[0]
+    return sum(s.recv(1) == b"" for s in ready)
+
+
 def start(runner):
     result = {}
     thread = threading.Thread(target=lambda: result.update(runner.run()))
@@ -159,18 +176,8 @@ def test_idle_and_surplus_connections_cannot_starve_the_live_view(bundle_dir, do
 
     monkeypatch.setattr(live_view, "MAX_CONNECTIONS", 8)
     monkeypatch.setattr(live_view._Handler, "timeout", 3.0)
-    video, _ = domain_video
-    opts = RunOptions(deploy=str(bundle_dir), domain="usps", headless=True,
-                      outputs=("http://127.0.0.1:0",), realtime=True)
-    runner = StreamRunner(opts, parse_source(None, str(video), fps=60, loop=True))
-    view = live_view_of(runner)
-    host, port = parse_live_url(view.url.rstrip("/"))
+    runner, view, (host, port) = looping_live_view(bundle_dir, domain_video)
     thread, result = start(runner)
-
-    def closed(sockets) -> int:
-        """How many of ``sockets`` the server has closed (readable, and reading gives EOF)."""
-        ready = select.select(sockets, [], [], 0)[0]
-        return sum(s.recv(1) == b"" for s in ready)
 
     try:
         wait_until(lambda: runner.times.frames >= 5, thread)
@@ -208,19 +215,13 @@ def test_one_address_cannot_hold_every_connection(bundle_dir, domain_video, monk
 
     monkeypatch.setattr(live_view, "MAX_CONNECTIONS", 8)
     monkeypatch.setattr(live_view, "MAX_PER_ADDRESS", 3)
-    video, _ = domain_video
-    opts = RunOptions(deploy=str(bundle_dir), domain="usps", headless=True,
-                      outputs=("http://127.0.0.1:0",), realtime=True)
-    runner = StreamRunner(opts, parse_source(None, str(video), fps=60, loop=True))
-    view = live_view_of(runner)
-    host, port = parse_live_url(view.url.rstrip("/"))
+    runner, view, (host, port) = looping_live_view(bundle_dir, domain_video)
     thread, result = start(runner)
     try:
         wait_until(lambda: runner.times.frames >= 5, thread)
         idle = [socket.create_connection((host, port)) for _ in range(8)]
         time.sleep(0.3)
-        ready = select.select(idle, [], [], 0)[0]
-        assert (sum(s.recv(1) == b"" for s in ready), view.server.refused) == (5, 5)
+        assert (closed(idle), view.server.refused) == (5, 5)
         other = socket.create_connection((host, port), timeout=10, source_address=("127.0.0.2", 0))
         other.sendall(b"GET /status.json HTTP/1.0\r\n\r\n")
         reply = b"".join(iter(lambda: other.recv(4096), b""))
