@@ -184,12 +184,9 @@ def _address_space_room() -> int | None:
     if soft == resource.RLIM_INFINITY:
         return None
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmSize:"):
-                return soft - int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+        return soft - _status_bytes("VmSize")
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def _cgroup_room() -> int | None:
