@@ -190,3 +190,40 @@ def test_a_classifier_left_at_the_default_batch_trains_at_the_batch_that_fits(
     batch = int(note.split("training at --batch-size ")[1].split()[0])
     assert 1 <= batch < 128
     assert load_classifier(tmp_path / "m.pt").metrics["batch_size"] == batch
+
+
+def test_a_resumed_run_trains_at_the_batch_its_state_was_saved_with(shared_data, tmp_path,
+                                                                    monkeypatch):
+    """A run left at the default batch and lowered by the check, then resumed where memory has
+    changed (here: all of it free), continues at the batch its state trained at: the settings
+    match (no "settings differ" refusal) and every epoch's row names the same batch. The
+    calibrator through ``train``; the classifier's loop through ``fit`` (``train-classifier``
+    removes its state once it finishes)."""
+    from click.testing import CliRunner
+
+    from edge_calib.cli import main
+    from edge_calib.models.store import load_calibrator
+    from edge_calib.train.supervised import Fit, fit
+    from helpers import random_classifier, random_domain
+
+    clf, out = tmp_path / "c.pt", tmp_path / "usps.calib.pt"
+    random_classifier("dtn").save(clf)
+    model, data, state = random_classifier("dtn").module, random_domain(256), tmp_path / "s.pt"
+    for resumed in (False, True):
+        resume, epochs = (["--resume"], 2) if resumed else ([], 1)
+        if not resumed:
+            monkeypatch.setenv(BUDGET_VARIABLE, str(SLACK + (48 << 20)))
+        r = CliRunner().invoke(main, [str(a) for a in (
+            "train", "--classifier", clf, "--source", "mnist", "--target", "usps", "--domain",
+            "usps", "--out", out, "--epochs", epochs, "--schedule", "constant", "--data-root",
+            shared_data, "--max-samples", 256, "--quiet", *resume)])
+        assert r.exit_code == 0, r.output
+        if not resumed:
+            monkeypatch.setenv(BUDGET_VARIABLE, str(SLACK + (80 << 20)))
+        history = fit(model, data, Fit(epochs, 128, 1e-3), torch.nn.functional.cross_entropy,
+                      "cpu", state_path=state, resume=resumed, progress=False, cap_batch=True)
+        monkeypatch.delenv(BUDGET_VARIABLE, raising=False)
+    calibrator = load_calibrator(out).meta
+    assert calibrator.training["epochs"] == 2
+    assert 1 <= calibrator.config["batch_size"] < 128
+    assert len(history) == 2 and history[0]["batch_size"] == history[1]["batch_size"] < 128

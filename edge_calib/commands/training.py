@@ -119,7 +119,7 @@ def _train_source_model(dataset, arch, spec, data_root, epochs, lr, augment, cro
     from ..data.catalog import has_test_split, has_val_split
     from ..train.classifier import train_classifier as fit
     from ..train.distributed import stop_on_signals
-    from ..train.loop import kept_message, out_of_memory_as_error
+    from ..train.loop import kept_message
     from ..train.tensors import load_domain
 
     train = load_domain(dataset, "train", data_root, spec, max_samples, seed)
@@ -128,8 +128,7 @@ def _train_source_model(dataset, arch, spec, data_root, epochs, lr, augment, cro
                              "(class-index subfolders)")
     val = load_domain(dataset, "val", data_root, spec) if has_val_split(dataset) else None
     test = load_domain(dataset, "test", data_root, spec) if has_test_split(dataset) else None
-    with stop_on_signals(lambda: kept_message(state)), \
-            out_of_memory_as_error(batch_size, lambda: kept_message(state)):
+    with stop_on_signals(lambda: kept_message(state)):
         return fit(arch, spec, train, test, epochs, batch_size, lr, seed, dev, augment,
                    progress=not quiet and dist.is_main, val=val, state_path=state,
                    resume=resume, train_scale=train_scale, crop=crop, dist=dist,

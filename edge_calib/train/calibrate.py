@@ -329,10 +329,12 @@ class CalibratorTrainer:
     # -- one training step ------------------------------------------------------------------
     @torch.no_grad()
     def _precompute_logits(self, data: DomainData) -> torch.Tensor:
-        """F(x) of every unmodified training image, in fixed chunks (deterministic, so a
-        resumed run sees the same values)."""
-        chunks = [self.frozen(data.batch(np.arange(i, min(i + 256, len(data))), self.device))
-                  for i in range(0, len(data), 256)]
+        """F(x) of every unmodified training image, in chunks of a process's training batch
+        (its step was checked to fit in memory; the batch is saved with the state, so a resumed
+        run sees the same values)."""
+        chunk = self.batch // self.dist.world_size
+        chunks = [self.frozen(data.batch(np.arange(i, min(i + chunk, len(data))), self.device))
+                  for i in range(0, len(data), chunk)]
         return torch.cat(chunks)
 
     def _raw_logits(self, which: str, index: np.ndarray, x: torch.Tensor) -> torch.Tensor:
@@ -501,11 +503,11 @@ class CalibratorTrainer:
         row: dict = {}
         G = self.deployed_G.eval()
         if self.source_test is not None:
-            score = scores(self.task, self.classifier.module, self.source_test, G, self.device)
+            score = scores(self.task, self.classifier.module, self.source_test, G, self.device,
+                           self._eval_chunk)
             row[f"source_{self.source_split}_{SCORE[self.task]}"] = score[SCORE[self.task]]
         if self.holdout is not None:
-            ent = []
-            chunk = 512 if self.task == "classification" else 4
+            ent, chunk = [], self._eval_chunk
             for start in range(0, len(self.holdout), chunk):
                 x = self.holdout.batch(np.arange(start, min(start + chunk, len(self.holdout))),
                                        self.device)
@@ -513,7 +515,8 @@ class CalibratorTrainer:
             row["holdout_entropy"] = sum(ent) / len(self.holdout)
             row["holdout_stats"] = self._stats_distance()
         if self.monitor is not None:  # logged for curves only, never read by selection
-            score = scores(self.task, self.classifier.module, self.monitor, G, self.device)
+            score = scores(self.task, self.classifier.module, self.monitor, G, self.device,
+                           self._eval_chunk)
             row["monitor_target_test_" + SCORE[self.task]] = score[SCORE[self.task]]
         return row
 
@@ -526,9 +529,14 @@ class CalibratorTrainer:
     @torch.no_grad()
     def _stats_distance(self) -> float:
         data = self.holdout if self.holdout is not None else self.target
-        chunk = 512 if self.task == "classification" else 4
         return stats_distance(self.classifier.module, data, self.stats, self.deployed_G.eval(),
-                              chunk, self.device)
+                              self._eval_chunk, self.device)
+
+    @property
+    def _eval_chunk(self) -> int:
+        """Images per no-grad forward when scoring: a process's training batch (its step of a
+        source and a target batch was checked to fit), at most 512 (4 for a segmenter)."""
+        return min(self.batch // self.dist.world_size, 512 if self.task == "classification" else 4)
 
     def check_frozen(self):
         now = self.classifier.fingerprint

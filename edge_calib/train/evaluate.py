@@ -82,11 +82,13 @@ def classification(classifier, data: DomainData, calibrator=None, batch_size=512
     return scorer.scores()
 
 
-def scores(task: str, classifier, data: DomainData, calibrator=None, device="cpu") -> dict:
-    """{"accuracy"} for classification; mIoU etc. for segmentation."""
+def scores(task: str, classifier, data: DomainData, calibrator=None, device="cpu",
+           batch_size: int | None = None) -> dict:
+    """{"accuracy"} for classification; mIoU etc. for segmentation; ``batch_size`` images per
+    forward (default 512 for classification, 4 for segmentation)."""
     if task == "segmentation":
-        return segmentation(classifier, data, calibrator, device=device)
-    return {"accuracy": accuracy(classifier, data, calibrator, device=device)}
+        return segmentation(classifier, data, calibrator, batch_size or 4, device=device)
+    return {"accuracy": accuracy(classifier, data, calibrator, batch_size or 512, device=device)}
 
 
 @torch.no_grad()

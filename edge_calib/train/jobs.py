@@ -91,7 +91,7 @@ def train_domain(task: DomainTask, cfg, shared: SharedInputs, device, dist: Dist
     from .calibrate import CalibratorTrainer
     from .evaluate import check_task
     from .loop import kept_message, out_of_memory_as_error, state_paths
-    from .restarts import chosen_trainer, training_files
+    from .restarts import chosen_trainer, saved_batch, training_files
     from .tensors import load_domain
 
     target = load_domain(task.target, "train", shared.data_root, shared.spec, shared.max_samples,
@@ -115,7 +115,12 @@ def train_domain(task: DomainTask, cfg, shared: SharedInputs, device, dist: Dist
     def kept() -> str:
         return kept_message(trainers[-1].state_path if trainers else state_paths(task.out)[0])
 
-    with stop_on_signals(kept), out_of_memory_as_error(cfg.batch_size, kept):
+    def batch() -> int:
+        return trainers[-1].batch if trainers else cfg.batch_size
+
+    if resume and shared.cap_batch:  # a resumed run keeps the batch its state was trained at
+        cfg = dataclasses.replace(cfg, batch_size=saved_batch(task.out, cfg))
+    with stop_on_signals(kept), out_of_memory_as_error(batch, kept):
         trainer = chosen_trainer(make_trainer, cfg, task.out, resume, progress=progress)
         module, summary = trainer.run(progress=progress)
     result = {"out": str(task.out), "domain": task.domain, "epochs": summary["epochs"],

@@ -69,10 +69,10 @@ def kept_message(state_path: Path) -> str:
 
 
 @contextlib.contextmanager
-def out_of_memory_as_error(batch_size: int, kept: Callable[[], str]):
+def out_of_memory_as_error(batch_size: Callable[[], int], kept: Callable[[], str]):
     """A training step that runs out of memory (torch's allocator refusing, CUDA out of memory,
-    MemoryError) ends in one line naming the batch size to try and what was kept, not a
-    traceback. The kernel's OOM killer cannot be caught: where memory is overcommitted a
+    MemoryError) ends in one line naming the batch size to try (half of ``batch_size()``, the
+    batch it trained at) and what was kept, not a traceback. The kernel's OOM killer cannot be caught: where memory is overcommitted a
     process can still be killed before any allocation fails."""
     try:
         yield
@@ -81,8 +81,9 @@ def out_of_memory_as_error(batch_size: int, kept: Callable[[], str]):
         if isinstance(exc, RuntimeError) and "DefaultCPUAllocator" not in text \
                 and "out of memory" not in text.lower():
             raise
-        raise EdgeCalibError(f"out of memory training at --batch-size {batch_size}: try "
-                             f"--batch-size {max(1, batch_size // 2)}; {kept()}") from None
+        batch = batch_size()
+        raise EdgeCalibError(f"out of memory training at --batch-size {batch}: try "
+                             f"--batch-size {max(1, batch // 2)}; {kept()}") from None
 
 
 def log_epoch(row: dict, history: list[dict] | None = None,

@@ -42,6 +42,15 @@ def training_files(out: Path, restarts: int) -> list[Path]:
     return files
 
 
+def saved_batch(out: Path, cfg: CalibratorConfig) -> int:
+    """The batch size the saved state of ``out``'s run (or of its first start, while the
+    starts are being scored) was trained at; ``cfg``'s when none is saved."""
+    for state in (state_paths(out)[0], start_paths(out, 0)[0]):
+        if state.exists():
+            return load_checkpoint(state, STATE)[0]["config"]["batch_size"]
+    return cfg.batch_size
+
+
 def chosen_trainer(make: MakeTrainer, cfg: CalibratorConfig, out: Path, resume: bool,
                    progress: bool) -> CalibratorTrainer:
     """The trainer that continues: with one start, the plain run (resumed if asked); with

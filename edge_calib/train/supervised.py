@@ -21,7 +21,7 @@ from ..core.errors import EdgeCalibError
 from ..core.progress import progress_bar
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from .distributed import Distributed
-from .loop import log_epoch, non_finite
+from .loop import kept_message, log_epoch, non_finite, out_of_memory_as_error
 from .memory_budget import StepMemory, batch_that_fits, left_as_found, step_memory
 from .loop import scheduler as lr_schedule
 from .tensors import DomainData, epoch_order
@@ -65,6 +65,9 @@ def fit(model: torch.nn.Module, data: DomainData, cfg: Fit, loss_fn: Callable, d
     if steps == 0:
         raise EdgeCalibError(f"{data.name}: {len(data)} images is less than one batch of "
                              f"{cfg.batch_size}")
+    if resume and cap_batch:  # a resumed run keeps the batch its state was trained at
+        cfg = dataclasses.replace(cfg, batch_size=min(cfg.batch_size, _saved_batch(state_path)))
+        per_rank_batch, steps = dist.per_rank(cfg.batch_size), len(data) // cfg.batch_size
     if len(data) >= 3:
         fits = dist.world_size * batch_that_fits(
             _step_memory(model, data, loss_fn, transform, device), per_rank_batch, device, dist,
@@ -78,42 +81,46 @@ def fit(model: torch.nn.Module, data: DomainData, cfg: Fit, loss_fn: Callable, d
     history: list[dict] = []
     if resume:
         history = _load_state(state_path, model, optimiser, scheduler)
-    for epoch in range(len(history), cfg.epochs):
-        model.train()
-        order = epoch_order(len(data), cfg.seed, epoch)
-        started, loss_sum, seen = time.time(), 0.0, 0
-        label = f"{cfg.label} {epoch + 1}/{cfg.epochs}"
-        with progress_bar(steps, label, progress and dist.is_main) as bar:
-            for step in range(steps):
-                idx = dist.shard(order[step * cfg.batch_size:(step + 1) * cfg.batch_size].numpy())
-                x, y = data.batch(idx, device), data.labels_of(idx, device)
-                if transform is not None:
-                    x, y = transform(x, y)
-                loss = loss_fn(net(x), y)
-                mean_loss = dist.average({"loss": loss.item()})["loss"]
-                if not math.isfinite(mean_loss):
-                    raise non_finite(epoch, step, "loss", f"{mean_loss:.3g}", state_path,
-                                     "Try a lower --lr")
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                scheduler.step()
-                if after_step is not None:
-                    after_step(model)
-                loss_sum += mean_loss * len(idx)
-                seen += len(idx)
-                bar.update(1, current_item=f"loss {loss_sum / seen:.4f}")
-        model.eval()
-        row = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1),
-               "lr": scheduler.get_last_lr()[0], "time_s": time.time() - started,
-               "batch_size": cfg.batch_size, "world_size": dist.world_size}
-        if evaluate is not None:
-            row |= dist.from_main(lambda: evaluate(epoch + 1))
-        history.append(row)
-        if dist.is_main:
-            log_epoch(row)
-        if state_path is not None and dist.is_main:
-            _save_state(state_path, model, optimiser, scheduler, history, cfg)
+    def kept() -> str:
+        return kept_message(state_path) if state_path is not None else "nothing was written"
+
+    with out_of_memory_as_error(lambda: cfg.batch_size, kept):
+        for epoch in range(len(history), cfg.epochs):
+            model.train()
+            order = epoch_order(len(data), cfg.seed, epoch)
+            started, loss_sum, seen = time.time(), 0.0, 0
+            label = f"{cfg.label} {epoch + 1}/{cfg.epochs}"
+            with progress_bar(steps, label, progress and dist.is_main) as bar:
+                for step in range(steps):
+                    idx = dist.shard(order[step * cfg.batch_size:(step + 1) * cfg.batch_size].numpy())
+                    x, y = data.batch(idx, device), data.labels_of(idx, device)
+                    if transform is not None:
+                        x, y = transform(x, y)
+                    loss = loss_fn(net(x), y)
+                    mean_loss = dist.average({"loss": loss.item()})["loss"]
+                    if not math.isfinite(mean_loss):
+                        raise non_finite(epoch, step, "loss", f"{mean_loss:.3g}", state_path,
+                                         "Try a lower --lr")
+                    optimiser.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimiser.step()
+                    scheduler.step()
+                    if after_step is not None:
+                        after_step(model)
+                    loss_sum += mean_loss * len(idx)
+                    seen += len(idx)
+                    bar.update(1, current_item=f"loss {loss_sum / seen:.4f}")
+            model.eval()
+            row = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1),
+                   "lr": scheduler.get_last_lr()[0], "time_s": time.time() - started,
+                   "batch_size": cfg.batch_size, "world_size": dist.world_size}
+            if evaluate is not None:
+                row |= dist.from_main(lambda: evaluate(epoch + 1))
+            history.append(row)
+            if dist.is_main:
+                log_epoch(row)
+            if state_path is not None and dist.is_main:
+                _save_state(state_path, model, optimiser, scheduler, history, cfg)
     return history
 
 
@@ -138,6 +145,13 @@ def _save_state(path, model, optimiser, scheduler, history, cfg):
     tensors = {"model": model.state_dict(), "optimiser": optimiser.state_dict(),
                "scheduler": scheduler.state_dict(), "rng_cpu": torch.get_rng_state()}
     save_checkpoint(path, STATE, {"history": history, "fit": cfg.__dict__}, tensors)
+
+
+def _saved_batch(path) -> int:
+    """The batch size a saved training state was trained at."""
+    if path is None or not Path(path).exists():
+        raise EdgeCalibError(f"--resume: no training state at {path}")
+    return int(load_checkpoint(path, STATE)[0]["fit"]["batch_size"])
 
 
 def _load_state(path, model, optimiser, scheduler) -> list[dict]:
