@@ -336,6 +336,9 @@ class Bundle:
     root: Path
     manifest: Manifest
     digest: str | None = None  # sha256 of the manifest as it was read
+    # ONNX files as verify() read and hashed them, by path, until forget_graphs()
+    _graph_bytes: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
+    _graphs: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def spec(self) -> InputSpec:
@@ -383,6 +386,34 @@ class Bundle:
         return None if fused is None else self.path(
             self._variant(fused, variant, f"fused graph of {domain}"))
 
+    def graph_bytes(self, path: Path) -> bytes:
+        """An ONNX file's bytes, read from disk once: ``verify`` keeps what it hashed, so the
+        sessions run the bytes that were checked (not a file changed since) and start-up reads
+        each graph once. Kept until ``forget_graphs``."""
+        key = str(path)
+        if key not in self._graph_bytes:
+            self._graph_bytes[key] = Path(path).read_bytes()
+        return self._graph_bytes[key]
+
+    def graph(self, path: Path):
+        """The ``onnx.ModelProto`` of ``graph_bytes(path)``, parsed once (callers copy it
+        before changing it)."""
+        key = str(path)
+        if key not in self._graphs:
+            import onnx
+
+            try:
+                self._graphs[key] = onnx.load_model_from_string(self.graph_bytes(path))
+            except Exception as exc:  # protobuf's DecodeError and kin
+                raise EdgeCalibError(f"bundle {self.root}: {Path(path).name} is not a readable "
+                                     f"ONNX graph ({str(exc)[:120]}); rebuild the bundle") from None
+        return self._graphs[key]
+
+    def forget_graphs(self) -> None:
+        """Drop the kept graph bytes (once the sessions that needed them exist)."""
+        self._graph_bytes.clear()
+        self._graphs.clear()
+
     def check_inputs(self):
         """The bundle's own check images (float32 NCHW), or None for an older bundle."""
         if self.manifest.checks is None:
@@ -428,10 +459,12 @@ class Bundle:
                 raise EdgeCalibError(f"bundle {self.root}: {relative} points outside the bundle")
             if not path.is_file():
                 raise EdgeCalibError(f"bundle {self.root}: {relative} is missing")
-            if file_digest(path) != digest:
+            graph = path.suffix == ".onnx"
+            got = file_digest_bytes(self.graph_bytes(path)) if graph else file_digest(path)
+            if got != digest:
                 raise EdgeCalibError(f"bundle {self.root}: {relative} does not match its sha256 "
                                      f"in {MANIFEST} (modified or corrupt)")
-            if path.suffix == ".onnx" and _external_data(path):
+            if graph and _external_data(self.graph(path)):
                 raise EdgeCalibError(f"bundle {self.root}: {relative} keeps weights in an "
                                      "external data file that no sha256 covers; rebuild the "
                                      "bundle (edge-calib embeds external data at import)")
@@ -441,12 +474,10 @@ class Bundle:
         write_manifest(self.root, self.manifest)
 
 
-def _external_data(path: Path) -> bool:
-    """The ONNX file's graph reads any tensor from an external data file."""
-    import onnx
+def _external_data(model) -> bool:
+    """The ``onnx.ModelProto``'s graph reads any tensor from an external data file."""
     from onnx.external_data_helper import uses_external_data
 
-    model = onnx.load(str(path), load_external_data=False)
     return any(uses_external_data(t) for t in model.graph.initializer)
 
 

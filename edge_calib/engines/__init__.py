@@ -60,18 +60,23 @@ class Engines:
 def open_engines(bundle, backend: str = "onnxruntime", threads: int = 0, fused: bool = True,
                  check: bool = True, frames: bool = False) -> Engines:
     """Every domain's engines, checked on one frame each (and warmed up by it); ``frames``:
-    also the sessions that take uint8 frames (the runtime's; ONNX Runtime only for now)."""
+    also the sessions that take uint8 frames (the runtime's; ONNX Runtime only for now). The
+    graphs come from the bytes ``bundle.verify`` hashed, dropped once the sessions exist."""
     check_graph_shapes(bundle, backend)
-    if backend == "onnxruntime":
-        from .onnxruntime_backend import OrtEngines
+    try:
+        if backend == "onnxruntime":
+            from .onnxruntime_backend import OrtEngines
 
-        engines = OrtEngines(bundle, threads=threads, fused=fused, frames=frames)
-    elif backend == "tensorrt":
-        from .tensorrt_backend import open_tensorrt_engines
+            engines = OrtEngines(bundle, threads=threads, fused=fused, frames=frames)
+        elif backend == "tensorrt":
+            from .tensorrt_backend import open_tensorrt_engines
 
-        engines = open_tensorrt_engines(bundle, fused=fused)
-    else:
-        raise EdgeCalibError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+            engines = open_tensorrt_engines(bundle, fused=fused)
+        else:
+            raise EdgeCalibError(f"unknown backend {backend!r}; choose one of "
+                                 f"{', '.join(BACKENDS)}")
+    finally:
+        bundle.forget_graphs()
     if check:
         try:
             check_engines(engines, bundle)
@@ -81,13 +86,11 @@ def open_engines(bundle, backend: str = "onnxruntime", threads: int = 0, fused: 
     return engines
 
 
-def _image_shape(path, which: str) -> tuple:
-    """Declared dims of a graph's image input or first output (None where symbolic)."""
-    import onnx
-
+def _image_shape(model, which: str) -> tuple:
+    """Declared dims of an ``onnx.ModelProto``'s image input or first output (None where
+    symbolic)."""
     from ..deploy.ort_session import graph_io
 
-    model = onnx.load(str(path), load_external_data=False)
     name = graph_io(model)[0 if which == "input" else 1]
     value = next(v for v in (*model.graph.input, *model.graph.output) if v.name == name)
     return tuple(d.dim_value if d.HasField("dim_value") else None
@@ -99,7 +102,7 @@ def check_graph_shapes(bundle, backend: str = "onnxruntime") -> None:
     dimension aside): a calibrator built for another model size is refused in one line before
     any session runs."""
     variant = "tensorrt" if backend == "tensorrt" else "onnxruntime"
-    wanted = _image_shape(bundle.classifier_file(variant), "input")
+    wanted = _image_shape(bundle.graph(bundle.classifier_file(variant)), "input")
 
     def agree(got: tuple) -> bool:
         return len(got) == len(wanted) and all(
@@ -113,7 +116,7 @@ def check_graph_shapes(bundle, backend: str = "onnxruntime") -> None:
         if path is None:
             continue
         for which in ("input", "output"):
-            got = _image_shape(path, which)
+            got = _image_shape(bundle.graph(path), which)
             if not agree(got):
                 raise EdgeCalibError(
                     f"bundle {bundle.root}: domain {name}: the calibrator's {which} is "

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from ..core.errors import EdgeCalibError
@@ -33,17 +32,20 @@ class OrtEngines(Engines):
     def __init__(self, bundle, threads: int = 0, fused: bool = True, frames: bool = False):
         self.bundle, self.fused = bundle, fused
         self.released: set[str | None] = set()  # paths whose float sessions were freed
-        self.classifier = make_session(bundle.classifier_file(BACKEND), threads)
+        def session(path, model: bytes | None = None) -> ort.InferenceSession:
+            return make_session(path, threads, bundle.graph_bytes(path) if model is None else model)
+
+        self.classifier = session(bundle.classifier_file(BACKEND))
         self.calibrators: dict[str, ort.InferenceSession | None] = {}
         self.fused_sessions: dict[str, ort.InferenceSession] = {}
         self.frame_sessions: dict[str | None, ort.InferenceSession] = {}  # None: the classifier
         graphs: dict[str | None, str] = {None: bundle.classifier_file(BACKEND)}
         for name in bundle.domains:
             path = bundle.calibrator_file(name, BACKEND)
-            self.calibrators[name] = None if path is None else make_session(path, threads)
+            self.calibrators[name] = None if path is None else session(path)
             fused_path = bundle.fused_file(name, BACKEND)
             if fused and fused_path is not None:
-                self.fused_sessions[name] = make_session(fused_path, threads)
+                self.fused_sessions[name] = session(fused_path)
                 graphs[name] = fused_path
             elif path is None:
                 graphs[name] = graphs[None]
@@ -52,11 +54,11 @@ class OrtEngines(Engines):
             for name, path in graphs.items():
                 if str(path) not in built:
                     try:
-                        model = frame_graph(onnx.load(str(path)), bundle.spec, bundle.task)
+                        model = frame_graph(bundle.graph(path), bundle.spec, bundle.task)
                     except EdgeCalibError:  # a graph it cannot wrap keeps the float path
                         built[str(path)] = None
                     else:
-                        built[str(path)] = make_session(path, threads, model.SerializeToString())
+                        built[str(path)] = session(path, model.SerializeToString())
                 if built[str(path)] is not None:
                     self.frame_sessions[name] = built[str(path)]
             self._frame_outputs = [CLASSES] if bundle.task == "segmentation" else \

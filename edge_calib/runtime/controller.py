@@ -1,7 +1,8 @@
 """What decides how the next frame runs: the current domain (``--domain``, keys, the control
 channel, ``--domain auto``) and the bundle's engines, which a ``reload`` (or ``--watch``)
 replaces in the background only after the new bundle passes its manifest check and a check on
-the last frame. The frame loop (``stream.py``) asks it once per frame."""
+the last frame. The frame loop (``stream.py``) asks it once per frame (``next_frame``) and
+gets a ``FramePlan`` back."""
 
 from __future__ import annotations
 
@@ -10,17 +11,50 @@ import json
 import os
 import threading
 import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import numpy as np
 
 from ..core.errors import EdgeCalibError
 from ..core.memory import return_freed_memory
 from ..deploy.bundle import MANIFEST, MANIFEST_HASH, open_bundle
-from ..engines import check_engines, open_engines
+from ..engines import Engines, check_engines, open_engines
+from ..imaging.domain_features import frame_features
 from ..imaging.photometric import HistogramMatch
 from .domain_auto import UNKNOWN, AutoDomain, load_domain_model
 
 SWITCH_LOG = 1000  # the last switches and reloads kept for the summary (all are counted)
+
+
+@dataclass(frozen=True)
+class FinishedFrame:
+    """The loop's word on the frame before: computed in ``domain``, done at ``at``
+    (perf_counter) with ``dropped`` frames dropped by capture so far (a switch's log entry)."""
+
+    domain: str
+    at: float
+    dropped: int
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """How one frame runs, decided by the controller in one call: the uint8 frame to run
+    (after ``--unknown histogram``), the domain it is computed in, the bundle domain whose
+    calibrator runs (None: the frozen model alone), the engines in use, ``--domain auto``'s
+    vote, and the times the vote and the fallback took (ms)."""
+
+    frame: np.ndarray
+    domain: str
+    calibrator: str | None
+    engines: Engines
+    fallback: bool
+    vote: dict | None
+    vote_ms: float
+    fallback_ms: float
+    auto: bool
+    last_switch: dict | None
+    collecting: dict | None
 
 
 def unknown_fallback(bundle, rule: str) -> HistogramMatch | None:
@@ -173,8 +207,11 @@ class Controller:
 
         threading.Thread(target=loop, name="watch", daemon=True).start()
 
-    def close(self) -> None:
-        """Close the engines in use and any that a reload loaded but the loop never applied."""
+    def close(self, finished: FinishedFrame | None = None) -> None:
+        """Close the engines in use and any that a reload loaded but the loop never applied;
+        ``finished``: the run's last frame (it may complete a switch)."""
+        if finished is not None:
+            self._finished(finished)
         self._stopping = True
         self.engines.close()
         if self._reloaded is not None:
@@ -188,11 +225,6 @@ class Controller:
                 "created": self.bundle.manifest.provenance.get("created")}
 
     # -- the domain ---------------------------------------------------------------------------
-    def calibrator_for(self, domain: str) -> str | None:
-        """The bundle domain whose calibrator runs for ``domain``: itself, or for ``unknown``
-        none (the frozen model alone, the identity calibrator)."""
-        return None if domain == UNKNOWN else domain
-
     def switch(self, name: str, by: str, index: int, requested: float | None = None) -> dict:
         """Run ``name``'s calibrator from the next frame. ``requested`` (perf_counter) is when
         the request arrived; the switch log says how long until the first frame computed with
@@ -220,14 +252,58 @@ class Controller:
                 self.log(f"domain {previous} -> {name} ({by}) at frame {index}")
         return {"ok": True, "domain": name}
 
-    def frame_done(self, domain: str) -> None:
-        """A frame computed with ``domain`` is done: complete a pending switch's log entry."""
+    def next_frame(self, u8: np.ndarray, rgb: np.ndarray, captured: float, index: int,
+                   commands: Iterable, loop_status: Callable[[], dict],
+                   finished: FinishedFrame | None) -> FramePlan:
+        """Everything decided between two frames, in order: the frame before is ``finished``
+        (completing a switch's log entry), the control channel's ``commands`` are answered
+        (``loop_status()`` gives the loop's figures), a loaded reload is applied, and
+        ``--domain auto`` votes on ``u8`` (the resized frame; ``rgb`` and ``captured`` are kept
+        for a collection). Returns how ``u8`` runs."""
+        if finished is not None:
+            self._finished(finished)
+        for command in commands:
+            self.handle(command, index, loop_status())
+        self.apply_reload(index)
+        self.last_frame = u8
+        started = time.perf_counter()
+        vote = self.vote(u8, index)  # --domain auto: features of a thumbnail of u8
+        self._collect(vote, u8, rgb, captured, index)
+        voted = time.perf_counter()
+        domain = self.domain
+        fallback = domain == UNKNOWN and self.fallback is not None
+        if fallback:  # --unknown histogram
+            u8 = self.fallback(u8)
+        return FramePlan(
+            frame=u8, domain=domain, calibrator=None if domain == UNKNOWN else domain,
+            engines=self.engines, fallback=fallback, vote=vote,
+            vote_ms=(voted - started) * 1e3, fallback_ms=(time.perf_counter() - voted) * 1e3,
+            auto=self.auto is not None, last_switch=self.last_switch(),
+            collecting=None if self.collector is None else self.collector.collecting)
+
+    def _collect(self, vote: dict | None, u8: np.ndarray, rgb: np.ndarray, captured: float,
+                 index: int) -> None:
+        """``run --collect``: a collection takes the frame (a stretch of unknown frames only
+        the frames voted unknown themselves); a frame voted unknown before the window switched
+        is kept for the collection the switch starts."""
+        if self.collector is None:
+            return
+        current = self.collector.current
+        unknown = vote is not None and vote["predicted"] == UNKNOWN
+        if current is not None and (current["reason"] == "command" or vote is None or unknown):
+            features = self.auto.last_features if vote is not None else frame_features(u8)[0]
+            self.collector.offer(rgb, features, captured)
+        elif current is None and unknown:
+            self.voted_unknown.append((index, (rgb, self.auto.last_features, captured)))
+
+    def _finished(self, frame: FinishedFrame) -> None:
+        """A frame computed with ``frame.domain`` is done: complete a pending switch's entry."""
         entry = self._pending_switch
-        if entry is None or entry["to"] != domain:
+        if entry is None or entry["to"] != frame.domain:
             return
         self._pending_switch = None
-        entry["to_first_frame_ms"] = (time.perf_counter() - entry.pop("requested")) * 1e3
-        entry["dropped_meanwhile"] = self._dropped() - entry.pop("dropped_before")
+        entry["to_first_frame_ms"] = (frame.at - entry.pop("requested")) * 1e3
+        entry["dropped_meanwhile"] = frame.dropped - entry.pop("dropped_before")
         self.switches.append(entry)
 
     def last_switch(self) -> dict | None:

@@ -15,10 +15,8 @@ import time
 from dataclasses import dataclass
 
 from ..core.stats import summarize
-from ..imaging.domain_features import frame_features
 from .capture import CaptureThread
-from .controller import Controller
-from .domain_auto import UNKNOWN
+from .controller import Controller, FinishedFrame
 from .live_view import LiveView
 from .outputs import annotate
 from .postprocess import output_for, predictions_from_logits
@@ -126,6 +124,11 @@ class StreamRunner:
         self.times = StageTimes()
         index = 0
         completed = False
+        finished = None  # the frame before, for the controller's switch log
+
+        def commands() -> list:
+            return [] if self.control is None else self.control.pending()
+
         try:
             while not self.stop_requested:
                 if self.opts.max_frames is not None and index >= self.opts.max_frames:
@@ -133,71 +136,50 @@ class StreamRunner:
                 frame = self.capture.get()
                 if frame is None:
                     break
-                if self.control is not None:
-                    for command in self.control.pending():
-                        ctl.handle(command, index, self.status())
-                ctl.apply_reload(index)
                 t0 = time.perf_counter()
                 u8 = self.spec.resize_uint8(frame.rgb[None])
-                ctl.last_frame = u8
                 t1 = time.perf_counter()
-                pre_ms = (t1 - t0) * 1e3
-                vote = ctl.vote(u8, index)  # --domain auto: features of a thumbnail of u8
-                t_vote = time.perf_counter()
-                collecting = None if ctl.collector is None else ctl.collector.current
-                if collecting is not None and (collecting["reason"] == "command"
-                                               or vote is None or vote["predicted"] == UNKNOWN):
-                    # an unknown stretch keeps only the frames voted unknown themselves
-                    ctl.collector.offer(frame.rgb, ctl.auto.last_features if vote is not None
-                                        else frame_features(u8)[0], frame.captured)
-                    t_vote = time.perf_counter()
-                elif ctl.collector is not None and vote is not None \
-                        and vote["predicted"] == UNKNOWN:  # kept until the window decides
-                    ctl.voted_unknown.append((index, (frame.rgb, ctl.auto.last_features,
-                                                      frame.captured)))
-                domain = ctl.domain
-                calibrator = ctl.calibrator_for(domain)
-                fallback = domain == UNKNOWN and ctl.fallback is not None
-                if fallback:  # --unknown histogram
-                    u8 = ctl.fallback(u8)
-                    pre_ms += (time.perf_counter() - t_vote) * 1e3
+                plan = ctl.next_frame(u8, frame.rgb, frame.captured, index, commands(),
+                                      self.status, finished)
+                domain, engines = plan.domain, plan.engines
+                pre_ms = (t1 - t0) * 1e3 + plan.fallback_ms
                 t_auto = time.perf_counter()
-                if ctl.engines.takes_frames(calibrator):
-                    predictions, stage = ctl.engines.infer_frame(calibrator, u8)
+                if engines.takes_frames(plan.calibrator):
+                    predictions, stage = engines.infer_frame(plan.calibrator, plan.frame)
                     t2 = time.perf_counter()
                 else:  # a calibrator and a classifier in turn: normalise and ArgMax here
-                    x = self.spec.normalize(u8)
+                    x = self.spec.normalize(plan.frame)
                     pre_ms += (time.perf_counter() - t_auto) * 1e3
-                    logits, stage = ctl.engines.infer(calibrator, x)
+                    logits, stage = engines.infer(plan.calibrator, x)
                     t2 = time.perf_counter()
                     predictions = predictions_from_logits(self.task, logits)
                 result = self.output.summarise(predictions)
                 times = {"capture": frame.read_ms, "pre": pre_ms, **stage}
-                if vote is not None:
-                    times["auto"] = (t_vote - t1) * 1e3
+                if plan.vote is not None:
+                    times["auto"] = plan.vote_ms
                 record = {"index": frame.index, "time": round(frame.captured - started, 6),
                           "domain": domain, **result}
-                if fallback:
+                if plan.fallback:
                     record["fallback"] = "histogram"
-                if vote is not None:
+                if plan.vote is not None:
                     record["auto"] = {k: round(v, 4) if isinstance(v, float) else v
-                                      for k, v in vote.items()}
+                                      for k, v in plan.vote.items()}
                 annotated = None
                 if self.annotating:
                     network = " ".join(f"{k[:3]} {v:.2f}" for k, v in stage.items())
                     annotated = annotate(self.output.draw(frame.rgb, result), [
                         f"{self.output.headline(result)}  domain {domain}"
-                        + (" [auto]" if ctl.auto is not None else ""),
+                        + (" [auto]" if plan.auto else ""),
                         f"{self.times.fps():.1f} FPS  pre {times['pre']:.2f}  {network} ms"])
                 delivered = Delivered(index, domain, record, annotated, {
                     "fps": self.times.fps(), "frames": self.times.frames,
-                    "auto": ctl.auto is not None, "last_switch": ctl.last_switch(),
-                    "collecting": None if ctl.collector is None else ctl.collector.collecting})
+                    "auto": plan.auto, "last_switch": plan.last_switch,
+                    "collecting": plan.collecting})
                 for sink in self.sinks:
                     if sink.needs_annotated:
                         sink.write(delivered)
                 t3 = time.perf_counter()
-                ctl.frame_done(domain)
+                finished = FinishedFrame(domain, t3, self.capture.counts["dropped"])
                 times["post"] = (t3 - t2) * 1e3
                 times["total"] = (t3 - t0) * 1e3 + frame.read_ms  # the stages above, summed
                 self.times.add(times)
@@ -226,7 +208,7 @@ class StreamRunner:
                     self.output_error = self.output_error or failure
                 if written is not None and (failure or not complete):
                     self.partial_outputs.append(str(written))
-            ctl.close()
+            ctl.close(finished)
             for sig, handler in previous.items():  # a later signal is not this run's
                 signal.signal(sig, handler)
         return self.summary(time.perf_counter() - started)
