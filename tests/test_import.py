@@ -203,3 +203,68 @@ def test_unsupported_operator_is_named(tmp_path):
     r = invoke("import-model", tmp_path / "junk.onnx", "--input-size", "8x8", "--out",
                tmp_path / "x.pt")
     assert r.exit_code == 2 and "not a valid ONNX model" in r.output
+
+
+class Batchless(nn.Module):
+    """A segmenter whose output drops the batch axis ([K, H, W]; exported at a fixed batch of
+    1, as some Caffe-era and hand-written graphs are)."""
+
+    def __init__(self, classes=11):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU(), nn.Conv2d(8, classes, 1))
+
+    def forward(self, x):
+        return self.body(x)[0]
+
+
+@pytest.mark.parametrize("opset", [11, 13])  # Unsqueeze's axes: an attribute, then an input
+def test_a_segmenter_without_a_batch_axis_imports_trains_and_deploys(opset, shared_data,
+                                                                     tmp_path):
+    """[K, H, W] at a fixed batch of 1 gains its batch axis at import (one Unsqueeze, said on
+    stderr and in the summary) and then goes the whole way: ONNX Runtime's output equals the
+    original graph's with the axis added, a calibrator trains one epoch against it, the bundle
+    exports, and `eval --deploy` and `run` read it."""
+    import cv2
+
+    from edge_calib.data import load_dataset
+
+    torch.manual_seed(0)
+    path = tmp_path / "batchless.onnx"
+    export(Batchless().eval(), path, opset, dynamic=False)
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, 64, 64)).astype(np.float32)
+    original = ort.InferenceSession(str(path)).run(None, {"images": x})[0]
+    assert original.shape == (11, 64, 64)
+    r = invoke("import-model", path, "--task", "segmentation", "--check-dataset", "camvid:day", "--data-root", shared_data,
+               "--out", tmp_path / "seg.pt")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["output_batch_axis_added"] and summary["output"] == "probs"
+    assert "has no batch axis ([K, H, W] at a fixed batch of 1)" in r.stderr
+    assert summary["conversion_check"]["camvid:day"]["max_abs_diff"] < 1e-4
+    from edge_calib.models.store import load_classifier
+
+    graph = load_classifier(tmp_path / "seg.pt").onnx_bytes
+    np.testing.assert_array_equal(ort.InferenceSession(graph).run(None, {"images": x})[0],
+                                  original[None])
+    common = ["--data-root", shared_data]
+    r = invoke("train", "--classifier", tmp_path / "seg.pt", "--source", "camvid:day",
+               "--target", "camvid:dusk", "--domain", "dusk", "--calibrator-arch", "curve",
+               "--epochs", 1, "--max-samples", 16, "--batch-size", 4, "--quiet",
+               "--out", tmp_path / "dusk.calib.pt", *common)
+    assert r.exit_code == 0, r.output
+    r = invoke("export", "--classifier", tmp_path / "seg.pt", "--calibrator",
+               f"dusk={tmp_path / 'dusk.calib.pt'}", "--calibrator", "day=identity",
+               "--no-auto-domain", "--out", tmp_path / "bundle", *common)
+    assert r.exit_code == 0, r.output
+    r = invoke("eval", "--deploy", tmp_path / "bundle", "--domain", "dusk", "--dataset",
+               "camvid:dusk", "--split", "test", "--max-samples", 4, "--json", *common)
+    assert r.exit_code == 0, r.output
+    assert 0 <= json.loads(r.stdout)["miou"] <= 100
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, image in enumerate(load_dataset("camvid:dusk", "test", shared_data).images[:3]):
+        cv2.imwrite(str(frames / f"{i}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    r = invoke("run", "--deploy", tmp_path / "bundle", "--input", frames, "--domain", "dusk",
+               "--headless", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout.strip().splitlines()[-1])["frames"] == 3

@@ -538,6 +538,9 @@ def import_model(model, task, input_size, mean, std, colour_order, layout, label
                  f"using {clf.metrics['output']!r}" + ("" if output_name else
                                                        " (the first; --output NAME picks "
                                                        "another)"))
+    if clf.metrics["output_batch_axis_added"]:
+        echo_err(f"import-model: output {clf.metrics['output']!r} has no batch axis ([K, H, W] "
+                 "at a fixed batch of 1); the imported graph adds it with one Unsqueeze")
     if source:
         from ..train.source_stats import record_source_stats
         from ..train.tensors import load_domain
@@ -550,6 +553,7 @@ def import_model(model, task, input_size, mean, std, colour_order, layout, label
                            "graph_layout": clf.graph_layout,
                            "int8_graph": clf.metrics["int8_graph"],
                            "output": clf.metrics["output"], "outputs": outputs,
+                           "output_batch_axis_added": clf.metrics["output_batch_axis_added"],
                            "conversion_check": clf.metrics["conversion_check"],
                            "conversion_warning": clf.metrics["conversion_warning"],
                            "onnx_sha256": clf.metrics["onnx_sha256"]}))

@@ -25,6 +25,7 @@ import torch
 from ..core.errors import EdgeCalibError
 from ..core.limits import check_input_pixels, limit
 from ..core.spec import InputSpec
+from .onnx_import import BATCH_AXIS_ADDED
 from .store import Classifier
 
 MIN_OPSET = 7  # the oldest opset ONNX Runtime runs
@@ -101,6 +102,50 @@ def detect_layout(dims: list[int | None], asked: str, path) -> str:
     return asked
 
 
+def _output_rank(model: onnx.ModelProto) -> int | None:
+    """The rank of the first output: declared, else from ONNX's shape inference (None when
+    neither knows)."""
+    for candidate in (model, None):
+        if candidate is None:
+            try:
+                candidate = onnx.shape_inference.infer_shapes(model)
+            except Exception:  # inference refuses some valid graphs
+                return None
+        value = candidate.graph.output[0].type.tensor_type
+        if value.HasField("shape"):
+            return len(value.shape.dim)
+    return None
+
+
+def with_batch_axis(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose first output ([K, H, W] from a graph at a fixed batch of 1) gains the
+    batch axis in front through one Unsqueeze, keeping the output's name: what the graph
+    produced is renamed ``NAME_unbatched`` inside. Marked in its metadata (``BATCH_AXIS_ADDED``)
+    so the interpreter runs it one frame at a time, the only faithful way for such a graph."""
+    from onnx import helper, numpy_helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph, out = model.graph, model.graph.output[0]
+    inner = out.name + "_unbatched"
+    for node in graph.node:
+        node.input[:] = [inner if n == out.name else n for n in node.input]
+        node.output[:] = [inner if n == out.name else n for n in node.output]
+    for value in graph.value_info:
+        if value.name == out.name:
+            value.name = inner
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset >= 13:  # axes became an input
+        graph.initializer.append(numpy_helper.from_array(np.array([0], np.int64), inner + "_axes"))
+        node = helper.make_node("Unsqueeze", [inner, inner + "_axes"], [out.name])
+    else:
+        node = helper.make_node("Unsqueeze", [inner], [out.name], axes=[0])
+    graph.node.append(node)
+    model.metadata_props.add(key=BATCH_AXIS_ADDED, value="1")
+    if out.type.tensor_type.HasField("shape"):
+        out.type.tensor_type.shape.dim.insert(0, onnx.TensorShapeProto.Dimension(dim_value=1))
+    return model
+
+
 def per_channel(values: tuple[float, ...], channels: int, name: str) -> tuple[float, ...]:
     if len(values) == 1:
         return values * channels
@@ -156,6 +201,11 @@ def import_onnx(path: str | Path, request: ImportRequest,
         raise EdgeCalibError(f"{path}: opset {opset} is older than ONNX Runtime runs (>= "
                              f"{MIN_OPSET}); re-export the model with opset >= 11")
     name, dims = image_input(model, path)
+    batch_axis_added = (request.task == "segmentation" and dims[0] == 1
+                        and _output_rank(model) == 3)
+    if batch_axis_added:  # [K, H, W] at a fixed batch of 1: the graph's output gets it back
+        model = with_batch_axis(model)
+        data = model.SerializeToString()
     layout = detect_layout(dims, request.layout, path)
     channels, hw = (dims[1], dims[2:]) if layout == "nchw" else (dims[3], dims[1:3])
     if request.size is None:
@@ -203,7 +253,8 @@ def import_onnx(path: str | Path, request: ImportRequest,
                "ir_version": model.ir_version, "producer": model.producer_name or None,
                "graph_layout": layout.upper(), "conversion_warning": warning,
                "output": model.graph.output[0].name,
-               "outputs": [o.name for o in model.graph.output]}
+               "outputs": [o.name for o in model.graph.output],
+               "output_batch_axis_added": batch_axis_added}
     return Classifier(module, "onnx", spec, classes, labels,
                       {"imported": True, "int8": quantised, "folded": False}, metrics, None, data,
                       request.task, graph_layout=layout.upper())

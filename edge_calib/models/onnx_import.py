@@ -31,6 +31,8 @@ from torch import nn
 
 from ..core.errors import EdgeCalibError
 
+# metadata_props key of a graph whose [K, H, W] output the importer gave a batch axis
+BATCH_AXIS_ADDED = "edge_calib.batch_axis_added"
 INTEGER = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64, torch.bool)
 ONNX_DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: torch.int32,
                7: torch.int64, 9: torch.bool, 10: torch.float16, 11: torch.float64}
@@ -448,8 +450,10 @@ class OnnxModule(nn.Module):
                             if op in LAYERS and len(inputs) > 1 and inputs[1] in constant}
         self.tap = None
         # a graph that quantises each batch by its own range (DynamicQuantizeLinear) gives each
-        # frame what it gives that frame alone only when run one frame at a time
-        self.per_frame = any(op == "DynamicQuantizeLinear" for op, _, _, _ in self.nodes)
+        # frame what it gives that frame alone only when run one frame at a time; so does a
+        # batch-1 graph whose output had no batch axis (it computes on frame 0 alone)
+        self.per_frame = any(op == "DynamicQuantizeLinear" for op, _, _, _ in self.nodes) or any(
+            p.key == BATCH_AXIS_ADDED for p in model.metadata_props)
 
     def _store(self, name: str, value: torch.Tensor):
         """A float tensor becomes a frozen parameter, anything else a buffer."""
