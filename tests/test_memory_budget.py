@@ -171,7 +171,8 @@ def test_a_calibrator_batch_over_the_budget_is_refused_or_at_its_default_lowered
     # the batch it lowers to is near the one the refusal named, not always equal
     lowered = int(notes[0].split("training at --batch-size ")[1].split()[0])
     assert 1 <= lowered < 128
-    assert load_calibrator(out).meta.config["batch_size"] == lowered
+    meta = load_calibrator(out).meta
+    assert meta.config["batch_size"] == meta.training["batch_size"] == lowered
 
 
 def test_a_classifier_left_at_the_default_batch_trains_at_the_batch_that_fits(

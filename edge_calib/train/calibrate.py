@@ -574,7 +574,8 @@ class CalibratorTrainer:
                    "ema": self.cfg.ema, "last_epoch": last,
                    "time_per_epoch_s": float(np.mean([h["time_s"] for h in self.history]))
                    if self.history else None,
-                   "device": str(self.device), "world_size": self.dist.world_size}
+                   "device": str(self.device), "world_size": self.dist.world_size,
+                   "batch_size": self.batch}  # what it trained at (the config's, at most)
         return chosen, summary
 
 
