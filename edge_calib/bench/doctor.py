@@ -22,6 +22,7 @@ import numpy as np
 from ..core.errors import EdgeCalibError
 from ..core.fileio import write_bytes_atomic, write_json_atomic
 from ..core.stats import summarize
+from ..engines import BACKENDS, open_engines
 
 AGREEMENT = 0.99  # top-1 (or per-pixel) agreement TensorRT must reach against ONNX Runtime
 
@@ -56,25 +57,13 @@ def software() -> dict:
     except ImportError:
         out["opencv"] = "not available: no OpenCV importable (pip install 'edge-calib[opencv]' or "\
                         "JetPack's system OpenCV)"
-    try:
-        import onnxruntime as ort
-
-        out["onnxruntime"] = {"version": ort.__version__,
-                              "providers": ort.get_available_providers()}
-    except ImportError:
-        out["onnxruntime"] = "not available: onnxruntime is not installed"
-    try:
-        from ..engines.tensorrt_backend import gpu_identity, import_tensorrt
-
-        trt = import_tensorrt()
-        out["tensorrt"] = trt.__version__
-        out["polygraphy"] = _version("polygraphy")
-        name, cc = gpu_identity()
-        out["gpu"] = {"name": name, "compute_capability": f"{cc[0]}.{cc[1]}"}
-    except EdgeCalibError as exc:
-        out["tensorrt"] = f"not available: {exc}"
-    except Exception as exc:  # a driver or CUDA runtime that cannot be loaded
-        out["gpu"] = f"not available: {str(exc).strip().splitlines()[-1][:200]}"
+    for backend in BACKENDS.values():
+        try:
+            out |= backend.software()
+        except ImportError as exc:
+            out[backend.name] = f"not available: {exc.name or exc} is not installed"
+        except EdgeCalibError as exc:
+            out[backend.name] = f"not available: {exc}"
     return out
 
 
@@ -96,11 +85,10 @@ def compare(reference: np.ndarray, other: np.ndarray) -> dict:
 
 def run_doctor(deploy: str | None, report_dir: str, settings: dict, iterations: int = 50) -> dict:
     report = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "software": software(), "bundle": None, "onnxruntime": None, "tensorrt": None,
+              "software": software(), "bundle": None, **dict.fromkeys(BACKENDS),
               "problems": [], "warnings": []}
     if deploy is not None:
         from ..deploy.bundle import open_bundle
-        from ..engines import open_engines
 
         try:
             bundle = open_bundle(deploy)
@@ -142,7 +130,6 @@ def run_doctor(deploy: str | None, report_dir: str, settings: dict, iterations: 
 
 def _tensorrt(bundle, settings, x, reference, iterations, problems) -> dict:
     try:
-        from ..engines import open_engines
         from ..engines.tensorrt_backend import import_tensorrt
         from ..engines.tensorrt_build import add_tensorrt_engines
 
@@ -179,7 +166,7 @@ def markdown(report: dict) -> str:
         lines.append(f"| {key} | {json.dumps(value) if isinstance(value, (dict, list)) else value} |")
     if report["bundle"] is not None:
         lines += ["", "## Bundle", "", "```", json.dumps(report["bundle"], indent=2), "```"]
-    for backend in ("onnxruntime", "tensorrt"):
+    for backend in BACKENDS:
         if report[backend] is not None:
             lines += ["", f"## {backend}", "", "```", json.dumps(report[backend], indent=2), "```"]
     if report.get("warnings"):

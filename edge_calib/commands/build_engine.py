@@ -12,6 +12,7 @@ import click
 from click.core import ParameterSource
 
 from ..core.errors import EdgeCalibError
+from ..engines import BACKENDS
 from .export import export_bundle
 from .options import data_root_option
 
@@ -23,7 +24,7 @@ def _explicit(ctx, name) -> bool:
 @click.command("build-engine")
 @click.option("--deploy", type=click.Path(file_okay=False), default=None,
               help="The bundle to build engines for (from `edge-calib export`).")
-@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="tensorrt",
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default="tensorrt",
               show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
               help="[default: the bundle's: int8 for an INT8 classifier, else fp32; a profile "

@@ -8,6 +8,7 @@ import sys
 import click
 
 from ..core.errors import EdgeCalibError
+from ..engines import BACKENDS
 from .options import Real
 
 
@@ -38,7 +39,7 @@ from .options import Real
               help="Megabytes all of the run's collections may write.")
 @click.option("--collect-rate", type=Real(0, 1000), default=2.0, show_default=True,
               help="Frames a second kept at most (0: every frame that is not a near-duplicate).")
-@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime",
+@click.option("--backend", type=click.Choice(list(BACKENDS)), default="onnxruntime",
               show_default=True)
 @click.option("--headless", is_flag=True, help="No window.")
 @click.option("--output", "outputs", multiple=True,

@@ -4,15 +4,60 @@ and TensorRT (NVIDIA), in the manner of Polygraphy's runners.
 Every backend loads all of a bundle's domains at start (a switch picks another graph, never a
 reload), runs either the fused calibrator -> classifier graph per domain or the two graphs in
 turn, and is a context manager whose ``close()`` frees its sessions or device memory.
+
+A backend is one ``Backend`` in ``BACKENDS`` (``register``): the CLI's ``--backend`` choices,
+the profiles, ``bench`` and ``doctor`` read the registry (register before the CLI is imported).
+Its module is imported only when the backend is used and provides ``open_engines(bundle, threads, fused, frames) -> Engines`` and
+``software() -> dict`` (what ``doctor`` reports as found).
 """
 
 from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..core.errors import EdgeCalibError
 
-BACKENDS = ("onnxruntime", "tensorrt")
+
+@dataclass(frozen=True)
+class Backend:
+    """A way to run a bundle: ``name`` (``--backend NAME``), the bundle's graph ``variant`` it
+    runs (each graph is exported per variant, Q/DQ placed for that runtime) and the ``module``
+    that implements it (a dotted name)."""
+
+    name: str
+    variant: str
+    module: str
+
+    def implementation(self):
+        return importlib.import_module(self.module)
+
+    def open(self, bundle, threads: int = 0, fused: bool = True, frames: bool = False):
+        return self.implementation().open_engines(bundle, threads=threads, fused=fused,
+                                                  frames=frames)
+
+    def software(self) -> dict:
+        return self.implementation().software()
+
+
+BACKENDS: dict[str, Backend] = {}
+
+
+def register(backend: Backend) -> Backend:
+    BACKENDS[backend.name] = backend
+    return backend
+
+
+def backend_named(name: str) -> Backend:
+    if name not in BACKENDS:
+        raise EdgeCalibError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return BACKENDS[name]
+
+
+register(Backend("onnxruntime", "onnxruntime", f"{__name__}.onnxruntime_backend"))  # default
+register(Backend("tensorrt", "tensorrt", f"{__name__}.tensorrt_backend"))
 
 
 class Engines:
@@ -62,19 +107,10 @@ def open_engines(bundle, backend: str = "onnxruntime", threads: int = 0, fused: 
     """Every domain's engines, checked on one frame each (and warmed up by it); ``frames``:
     also the sessions that take uint8 frames (the runtime's; ONNX Runtime only for now). The
     graphs come from the bytes ``bundle.verify`` hashed, dropped once the sessions exist."""
+    chosen = backend_named(backend)
     check_graph_shapes(bundle, backend)
     try:
-        if backend == "onnxruntime":
-            from .onnxruntime_backend import OrtEngines
-
-            engines = OrtEngines(bundle, threads=threads, fused=fused, frames=frames)
-        elif backend == "tensorrt":
-            from .tensorrt_backend import open_tensorrt_engines
-
-            engines = open_tensorrt_engines(bundle, fused=fused)
-        else:
-            raise EdgeCalibError(f"unknown backend {backend!r}; choose one of "
-                                 f"{', '.join(BACKENDS)}")
+        engines = chosen.open(bundle, threads=threads, fused=fused, frames=frames)
     finally:
         bundle.forget_graphs()
     if check:
@@ -101,7 +137,7 @@ def check_graph_shapes(bundle, backend: str = "onnxruntime") -> None:
     """Each calibrator graph takes and returns what the classifier graph takes (the batch
     dimension aside): a calibrator built for another model size is refused in one line before
     any session runs."""
-    variant = "tensorrt" if backend == "tensorrt" else "onnxruntime"
+    variant = backend_named(backend).variant
     wanted = _image_shape(bundle.graph(bundle.classifier_file(variant)), "input")
 
     def agree(got: tuple) -> bool:

@@ -135,3 +135,15 @@ class OrtEngines(Engines):
         self.classifier = None
         self.calibrators, self.fused_sessions, self.frame_sessions = {}, {}, {}
         self.closed = True
+
+
+def open_engines(bundle, threads: int = 0, fused: bool = True,
+                 frames: bool = False) -> OrtEngines:
+    """The backend's entry (``engines.Backend``)."""
+    return OrtEngines(bundle, threads=threads, fused=fused, frames=frames)
+
+
+def software() -> dict:
+    """What ``doctor`` reports: ONNX Runtime's version and execution providers."""
+    return {"onnxruntime": {"version": ort.__version__,
+                            "providers": ort.get_available_providers()}}

@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 from ..core.errors import EdgeCalibError
+from . import BACKENDS
 
 PROFILES = Path(__file__).resolve().parents[1] / "profiles"
-BACKENDS = ("onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 

@@ -252,9 +252,11 @@ class TrtEngines(Engines):
         self.closed = True
 
 
-def open_tensorrt_engines(bundle, fused: bool = True) -> TrtEngines:
-    """The engines this device built for the bundle (``build-engine --deploy``); fused or
-    separate, whichever was built (``fused`` picks when both were)."""
+def open_engines(bundle, threads: int = 0, fused: bool = True,
+                 frames: bool = False) -> TrtEngines:
+    """The backend's entry (``engines.Backend``): the engines this device built for the bundle
+    (``build-engine --deploy``); fused or separate, whichever was built (``fused`` picks when
+    both were). ``threads`` and ``frames`` are ONNX Runtime's and ignored."""
     trt = import_tensorrt()
     name, cc = gpu_identity()
     key = device_key(name, cc, trt.__version__)
@@ -266,3 +268,22 @@ def open_tensorrt_engines(bundle, fused: bool = True) -> TrtEngines:
                              f"--deploy {bundle.root}` on this device")
     entry = next((e for e in entries if e.fused == fused), entries[0])
     return TrtEngines(bundle, entry)
+
+
+def software() -> dict:
+    """What ``doctor`` reports: TensorRT's and Polygraphy's versions and the GPU (an
+    EdgeCalibError where TensorRT cannot be imported)."""
+    from importlib import metadata
+
+    trt = import_tensorrt()
+    try:
+        polygraphy = metadata.version("polygraphy")
+    except metadata.PackageNotFoundError:
+        polygraphy = None
+    out = {"tensorrt": trt.__version__, "polygraphy": polygraphy}
+    try:
+        name, cc = gpu_identity()
+        out["gpu"] = {"name": name, "compute_capability": f"{cc[0]}.{cc[1]}"}
+    except Exception as exc:  # a driver or CUDA runtime that cannot be loaded
+        out["gpu"] = f"not available: {str(exc).strip().splitlines()[-1][:200]}"
+    return out
