@@ -546,7 +546,7 @@ def import_model(model, task, input_size, mean, std, colour_order, layout, label
         from ..train.tensors import load_domain
 
         data = load_domain(source, "train", data_root, clf.spec, unlabelled=True)
-        clf.source_stats = record_source_stats(clf.module, data).saved()
+        clf.source_stats = record_source_stats(clf.module, data, graph=clf.onnx_bytes).saved()
     fingerprint = clf.save(out)
     click.echo(json.dumps({"out": out, "fingerprint": fingerprint, "task": task,
                            "classes": clf.num_classes, "input_spec": clf.spec.to_dict(),

@@ -268,7 +268,9 @@ class CalibratorTrainer:
             why = "at the training size" if stats is not None else "none recorded with the model"
             echo_err(f"source statistics: recording them on {self.source.name} "
                      f"({min(len(self.source), 2048)} images; {why})")
-            stats = record_source_stats(self.classifier.module, self.source, device=self.device)
+            graph = None if resized else self.classifier.onnx_bytes  # imported: ONNX Runtime
+            stats = record_source_stats(self.classifier.module, self.source, device=self.device,
+                                        graph=graph)
         probe = self.source.batch(np.arange(min(2, len(self.source))), self.device)
         with torch.no_grad(), activation_taps(self.classifier.module) as values:
             self.classifier.module(probe)

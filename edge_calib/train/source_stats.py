@@ -43,6 +43,11 @@ def tapped_layers(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear, QuantLayer))]
 
 
+def _is_pooled(x) -> bool:
+    """A layer input 1x1 in space (squeeze-excite, pooled branches): not tapped."""
+    return x.ndim == 4 and tuple(x.shape[-2:]) == (1, 1)
+
+
 @contextmanager
 def activation_taps(module: nn.Module):
     """Within the block, every forward of ``module`` appends the inputs of its tapped layers, in
@@ -51,9 +56,8 @@ def activation_taps(module: nn.Module):
     recorded: list[torch.Tensor] = []
 
     def keep(x: torch.Tensor) -> None:
-        if x.dim() == 4 and x.shape[-2:] == (1, 1):
-            return
-        recorded.append(x)
+        if not _is_pooled(x):
+            recorded.append(x)
 
     from ..models.onnx_import import OnnxModule
 
@@ -194,14 +198,26 @@ class PooledMoments:
 
 @torch.no_grad()
 def pooled_moments(module: nn.Module, data: DomainData, calibrator: nn.Module | None = None,
-                   index=None, batch_size: int = 8, device="cpu") -> PooledMoments:
+                   index=None, batch_size: int = 8, device="cpu",
+                   graph: bytes | None = None) -> PooledMoments:
     """The frozen ``module``'s tap moments over ``data`` (its ``index`` subset), with
-    ``calibrator`` in front when given."""
+    ``calibrator`` in front when given. ``graph``: an imported module's ONNX file, whose taps
+    ONNX Runtime then computes (the same tensors, faster; no calibrator)."""
     module = module.eval()
     index = np.arange(len(data)) if index is None else np.asarray(index)
     pooled = PooledMoments()
+    runner = None
+    if graph is not None and calibrator is None:
+        from ..models.onnx_taps import OnnxTaps
+
+        runner = OnnxTaps(graph, module)
     for start in range(0, len(index), batch_size):
         x = data.batch(index[start:start + batch_size], device)
+        if runner is not None:
+            taps, logits = runner.run(x.cpu().numpy())
+            pooled.add([torch.from_numpy(v) for v in taps if not _is_pooled(v)],
+                       torch.from_numpy(logits))
+            continue
         if calibrator is not None:
             x = calibrator(x)
         with activation_taps(module) as values:
@@ -211,13 +227,15 @@ def pooled_moments(module: nn.Module, data: DomainData, calibrator: nn.Module | 
 
 
 def record_source_stats(module: nn.Module, data: DomainData, batch_size: int = 8,
-                        max_images: int = 2048, seed: int = 0, device="cpu") -> SourceStats:
+                        max_images: int = 2048, seed: int = 0, device="cpu",
+                        graph: bytes | None = None) -> SourceStats:
     """Run the frozen ``module`` (eval mode) over up to ``max_images`` source images and record
-    its statistics (pooled exactly over all of them)."""
+    its statistics (pooled exactly over all of them); ``graph``: the imported module's ONNX
+    file, run by ONNX Runtime instead (``pooled_moments``)."""
     if len(data) == 0:
         raise EdgeCalibError(f"{data.name}: no images to record source statistics from")
     index = np.sort(np.random.default_rng(seed).permutation(len(data))[:max_images])
-    pooled = pooled_moments(module, data, None, index, batch_size, device)
+    pooled = pooled_moments(module, data, None, index, batch_size, device, graph)
     moments = pooled.moments()
     return SourceStats([m for m, _ in moments], [v for _, v in moments], pooled.class_marginal(),
                        pixel_quantiles(data), data.name, len(index))
