@@ -170,6 +170,24 @@ def _nhwc(src: Path, out: Path) -> Path:
     return out
 
 
+def _three_outputs(src: Path, out: Path) -> Path:
+    """The network with two more outputs after its scores, as multi-head exports have: the
+    softmax of the scores and the hidden features before the last layer."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(src))
+    scores = model.graph.output[0].name
+    last = next(n for n in reversed(model.graph.node) if n.op_type == "MatMul")
+    model.graph.node.append(helper.make_node("Softmax", [scores], ["probabilities"], axis=1))
+    model.graph.output.extend([
+        helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", 10]),
+        helper.make_tensor_value_info(last.input[0], TensorProto.FLOAT, ["n", 32])])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+    return out
+
+
 def _ir3(src: Path, out: Path) -> Path:
     """An opset-8 export written as IR 3 writers did: every initialiser also a graph input."""
     import onnx
@@ -220,6 +238,8 @@ def build_corpus(folder: Path, data_root: Path) -> list[CorpusModel]:
          "dynamic: DynamicQuantizeLinear, ConvInteger, MatMulInteger"),
         ("nhwc-transpose", lambda p: _nhwc(base, p), "onnx.helper",
          "NHWC input (N, 28, 28, 1), Transpose to NCHW inside"),
+        ("three-outputs", lambda p: _three_outputs(base, p), "onnx.helper",
+         "three outputs (scores, their softmax, the hidden features); the first is used"),
         ("ir3-opset8", lambda p: _ir3(_export(nets[("view", "max")], folder / "o8.onnx", 8), p),
          "pytorch + onnx.helper", "IR 3, initialisers listed as graph inputs"),
     ]

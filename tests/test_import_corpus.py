@@ -38,7 +38,7 @@ def lowlight_video(shared_data, tmp_path_factory):
 NAMES = ["torch-opset9-view", "torch-opset11-flatten-fixed-batch", "torch-opset13-view",
          "torch-opset17-adaptive-reshape", "torch-opset18-adaptive-reshape",
          "ort-static-qdq-per-tensor", "ort-static-qdq-per-channel", "ort-dynamic",
-         "nhwc-transpose", "ir3-opset8", "onnx-zoo-mnist-8"]
+         "nhwc-transpose", "three-outputs", "ir3-opset8", "onnx-zoo-mnist-8"]
 
 
 def in_process(args, cwd):
