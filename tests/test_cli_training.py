@@ -152,3 +152,29 @@ def test_running_out_of_memory_names_the_batch_size_to_try(shared_data, tmp_path
         "error: out of memory training at --batch-size 50000: try --batch-size 25000; no epoch "
         "had finished, nothing was written")
     assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_a_recipe_sets_what_the_user_left_at_its_default(shared_data, tmp_path):
+    """`train --recipe statistics` trains with the recipe's settings (train/recipes.py) except
+    the options given, and `adapt`'s defaults are the same recipe."""
+    from edge_calib.commands.adapt import adapt
+    from edge_calib.models.store import load_calibrator
+    from edge_calib.train.recipes import RECIPES
+    from helpers import random_classifier
+
+    random_classifier("dtn").save(tmp_path / "c.pt")
+    r = CliRunner().invoke(main, [str(a) for a in (
+        "train", "--classifier", tmp_path / "c.pt", "--source", "mnist", "--target", "usps",
+        "--domain", "usps", "--out", tmp_path / "u.calib.pt", "--data-root", shared_data,
+        "--max-samples", 64, "--epochs", 1, "--batch-size", 32, "--quiet",
+        "--recipe", "statistics", "--w-stats", 1)])
+    assert r.exit_code == 0, r.output
+    config = load_calibrator(tmp_path / "u.calib.pt").meta.config
+    recipe = RECIPES["statistics"]
+    assert config["w_stats"] == 1.0 != recipe["w_stats"]
+    assert config["arch"] == "curve" and config["size"]["knots"] > 0
+    assert {k: config[k] for k in recipe if k not in ("arch", "size", "w_stats")} == \
+        {k: v for k, v in recipe.items() if k not in ("arch", "size", "w_stats")}
+    defaults = {p.name: p.default for p in adapt.params}
+    assert {k: defaults[k] for k in recipe if k != "objective"} == \
+        {k: v for k, v in recipe.items() if k != "objective"}

@@ -8,6 +8,9 @@ from pathlib import Path
 import click
 
 from ..models.families import FAMILY_SUMMARIES
+from ..train.recipes import recipe
+
+STATISTICS = recipe("statistics")  # adapt trains with the statistics recipe by default
 
 
 @click.command("adapt")
@@ -22,18 +25,20 @@ from ..models.families import FAMILY_SUMMARIES
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="[default: 8 for a segmenter, 32 for a classifier: a collection of a few "
                    "hundred frames still gives several steps an epoch]")
-@click.option("--calibrator-arch", "arch", default="curve", show_default=True,
+@click.option("--calibrator-arch", "arch", default=STATISTICS["arch"], show_default=True,
               help="Calibrator family: " + "; ".join(FAMILY_SUMMARIES))
-@click.option("--calibrator-size", "size", default="large", show_default=True,
+@click.option("--calibrator-size", "size", default=STATISTICS["size"], show_default=True,
               help="The family's size: a preset or KEY=VALUE,... (as `train`).")
-@click.option("--eps", type=float, default=1.0, show_default=True)
-@click.option("--lr", type=float, default=3e-3, show_default=True)
-@click.option("--ema", type=float, default=0.95, show_default=True)
-@click.option("--w-stats", type=float, default=3.0, show_default=True,
+@click.option("--eps", type=float, default=STATISTICS["eps"], show_default=True)
+@click.option("--lr", type=float, default=STATISTICS["lr"], show_default=True)
+@click.option("--ema", type=float, default=STATISTICS["ema"], show_default=True)
+@click.option("--w-stats", type=float, default=STATISTICS["w_stats"], show_default=True,
               help="Weight of the source-statistics term.")
-@click.option("--w-consistency", type=float, default=10.0, show_default=True,
+@click.option("--w-consistency", type=float, default=STATISTICS["w_consistency"],
+              show_default=True,
               help="Weight of the source consistency term (on the bundle's source frames).")
-@click.option("--w-histogram", type=float, default=10.0, show_default=True,
+@click.option("--w-histogram", type=float, default=STATISTICS["w_histogram"],
+              show_default=True,
               help="Weight of the pixel histogram term (towards the bundle's source frames).")
 @click.option("--init", type=click.Choice(["identity", "histogram"]), default="identity",
               show_default=True,
@@ -61,7 +66,8 @@ def adapt(deploy, frames, domain, replace, epochs, batch_size, arch, size, eps, 
     if batch_size is None:
         batch_size = 8 if open_bundle(deploy, verify=False).task == "segmentation" else 32
     cfg = CalibratorConfig(epochs=epochs, batch_size=batch_size, lr=lr, eps=eps, arch=arch,
-                           size=calibrator_size(arch, size, None, None), objective="stats",
+                           size=calibrator_size(arch, size, None, None),
+                           objective=STATISTICS["objective"],
                            w_stats=w_stats, w_consistency=w_consistency,
                            w_histogram=w_histogram, ema=ema, init=init, seed=seed,
                            restarts=restarts,

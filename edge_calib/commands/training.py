@@ -12,6 +12,8 @@ from ..core.errors import EdgeCalibError
 from ..core.limits import check_input_pixels
 from ..core.progress import echo_err
 from ..models.families import DEFAULT_ARCH, FAMILY_SUMMARIES
+from ..train import recipes
+from ..train.recipes import RECIPES
 from .options import data_root_option, hold_output, left_at_default, training_options
 
 
@@ -226,6 +228,11 @@ def _train_source_model(dataset, arch, spec, data_root, epochs, lr, augment, cro
                    "target images (held-out ones with --holdout).")
 @click.option("--restart-epochs", type=click.IntRange(min=1), default=None,
               help="Epochs of each start before the choice [default: a fifth of --epochs].")
+@click.option("--recipe", type=click.Choice(list(RECIPES)), default=None,
+              help="Named settings that go together; any option you give overrides the "
+                   "recipe's. statistics: " + ", ".join(f"{k}={v}" for k, v in
+                                                         RECIPES["statistics"].items())
+                   + " (the CamVid dusk recipe).")
 @click.option("--resume", is_flag=True, help="Continue from the saved training state.")
 @click.option("--force", is_flag=True, help="Discard an existing training state.")
 @training_options
@@ -234,8 +241,8 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
           w_consistency, w_histogram, objective, w_stats, stats_layers, w_entropy, w_marginal,
           classifier_mode,
           d_steps, ema, schedule, select, holdout,
-          train_size, monitor_test, init, restarts, restart_epochs, resume, force, batch_size,
-          seed, device, max_samples, quiet):
+          train_size, monitor_test, init, restarts, restart_epochs, recipe, resume, force,
+          batch_size, seed, device, max_samples, quiet):
     """Train a data calibrator for DOMAIN against a frozen classifier; with several
     --target/--domain pairs, one per domain (written to OUT/DOMAIN.calib.pt). Under torchrun
     (--nproc-per-node N --no-python edge-calib train ...) one domain's batches are split over
@@ -254,20 +261,24 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
     tasks = plan(target, domain, out)
     for task in tasks:
         refuse_writing_over_inputs({"--out": task.out}, {"--classifier": classifier})
-    cfg = CalibratorConfig(epochs=epochs, batch_size=batch_size, lr=lr, d_lr=d_lr, eps=eps,
-                           arch=arch, size=calibrator_size(arch, size, width, blocks),
+    recipe_settings = dict(arch=arch, size=size, eps=eps, lr=lr, ema=ema, objective=objective,
+                           w_stats=w_stats, w_consistency=w_consistency, w_histogram=w_histogram)
+    if recipe is not None:  # the recipe's settings, where the user gave none
+        recipe_settings |= {k: v for k, v in recipes.recipe(recipe).items()
+                            if left_at_default(k)}
+    arch = recipe_settings.pop("arch")
+    cfg = CalibratorConfig(epochs=epochs, batch_size=batch_size, d_lr=d_lr, arch=arch,
+                           size=calibrator_size(arch, recipe_settings.pop("size"), width, blocks),
                            perturbation=perturbation, patch=patch,
                            w_target=w_target, w_source=w_source, w_pixel=w_pixel,
-                           w_feature=w_feature, w_consistency=w_consistency,
-                           w_histogram=w_histogram, objective=objective, w_stats=w_stats,
-                           stats_layers=stats_layers,
+                           w_feature=w_feature, stats_layers=stats_layers,
                            w_entropy=w_entropy, w_marginal=w_marginal,
                            classifier_mode=classifier_mode,
-                           d_steps=d_steps, ema=ema, schedule=schedule, select=select,
+                           d_steps=d_steps, schedule=schedule, select=select,
                            holdout=holdout, init=init, seed=seed, restarts=restarts,
                            restart_epochs=(max(1, epochs // 5) if restart_epochs is None
                                            else restart_epochs) if restarts > 1 else 0,
-                           train_size=parse_hw(train_size))
+                           train_size=parse_hw(train_size), **recipe_settings)
     cfg.validate()
     check_states(tasks, restarts, resume, force)
     for task in tasks:  # a finished calibrator is replaced only when asked (or continued)

@@ -28,13 +28,9 @@ from ..core.errors import EdgeCalibError
 from ..core.fileio import write_json_atomic
 
 SOURCE, TARGET = "camvid:day", "camvid:dusk"
-# The recipe of the CamVid results (README): the curve calibrator trained to restore the frozen
-# segmenter's source statistics, with the terms that keep the day frames (consistency) and pull
-# the dusk pixels towards the day ones (histogram); chosen by the unlabelled statistics
-# distance among the variants that kept the day validation frames.
-CURVE_RECIPE = ("--objective", "stats", "--w-stats", "3", "--calibrator-size", "large",
-                "--eps", "1.0", "--lr", "3e-3", "--ema", "0.95", "--w-consistency", "10",
-                "--w-histogram", "10")
+# The recipe of the CamVid results (train/recipes.py): the curve calibrator trained to restore
+# the frozen segmenter's source statistics
+CURVE_RECIPE = ("--recipe", "statistics")
 # Other families: the paper's segmentation setting (source weight 0.2) with the same extra
 # terms (the previous recipe, before the curve family).
 ADVERSARIAL_RECIPE = ("--w-source", "0.2", "--eps", "1.0", "--lr", "3e-3", "--d-lr", "3e-4",
