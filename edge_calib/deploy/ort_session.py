@@ -14,12 +14,17 @@ if TYPE_CHECKING:
     import onnxruntime as ort
 
 
+def graph_inputs(graph) -> list:
+    """The inputs of an ``onnx.GraphProto`` that are fed, not weights (an IR-3 graph also lists
+    its initialisers as inputs)."""
+    inits = {i.name for i in graph.initializer}
+    return [v for v in graph.input if v.name not in inits]
+
+
 def graph_io(model) -> tuple[str, str]:
     """(image input name, first output name) of an ``onnx.ModelProto``: ours are input/logits,
-    an imported model's are its own (an IR-3 graph also lists its weights as inputs)."""
-    inits = {i.name for i in model.graph.initializer}
-    return (next(v.name for v in model.graph.input if v.name not in inits),
-            model.graph.output[0].name)
+    an imported model's are its own."""
+    return graph_inputs(model.graph)[0].name, model.graph.output[0].name
 
 
 def make_session(path, threads: int = 0, model: bytes | None = None) -> ort.InferenceSession:

@@ -27,6 +27,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..core.errors import EdgeCalibError
+from ..deploy.ort_session import graph_inputs
 
 FRAME, CLASSES, CONFIDENCE = "frame", "classes", "confidence"
 FRAME_NCHW = "frame_nchw"  # the uint8 frame, channels in the spec's order, NCHW
@@ -41,8 +42,7 @@ def frame_graph(model: onnx.ModelProto, spec, task: str) -> onnx.ModelProto:
     clear error for a graph it cannot wrap: not one image input, or opset < 7)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
-    initialisers = {t.name for t in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in initialisers]
+    inputs = graph_inputs(graph)
     if len(inputs) != 1 or not graph.output:
         raise EdgeCalibError(f"frame graph: expected one image input and an output, got "
                              f"{len(inputs)} inputs and {len(graph.output)} outputs")

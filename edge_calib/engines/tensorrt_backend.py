@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import EdgeCalibError
+from ..deploy.ort_session import graph_inputs
 from . import Engines
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -165,8 +166,7 @@ def build_plan(onnx_path: Path, plan_path: Path, plan: dict, precision: str,
     )
 
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    inits = {i.name for i in graph.initializer}
-    name = next(v.name for v in graph.input if v.name not in inits)  # an imported model's own
+    name = graph_inputs(graph)[0].name  # an imported model's own
     profile = Profile().add(name, min=(batch[0], *shape), opt=(batch[1], *shape),
                             max=(batch[2], *shape))
     config = CreateConfig(fp16="FP16" in plan["flags"], int8="INT8" in plan["flags"],

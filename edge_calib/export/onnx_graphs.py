@@ -18,7 +18,7 @@ import torch
 from onnx import compose
 
 from ..core.errors import EdgeCalibError
-from ..deploy.ort_session import graph_io
+from ..deploy.ort_session import graph_inputs, graph_io
 from ..models.int8 import QuantLayer, count_qdq, insert_qdq, quant_params
 from ..models.store import Calibrator, Classifier
 
@@ -145,8 +145,7 @@ def imported_graph(clf: Classifier) -> onnx.ModelProto:
     model = onnx.load_from_string(clf.onnx_bytes)
     if clf.graph_layout != "NHWC":
         return model
-    inits = {i.name for i in model.graph.initializer}
-    original = next(v for v in model.graph.input if v.name not in inits)
+    original = graph_inputs(model.graph)[0]
     dims = [d.dim_value or d.dim_param or "batch" for d in original.type.tensor_type.shape.dim]
     name = INPUT if INPUT not in {n for node in model.graph.node for n in node.output} else \
         "nchw_input"
@@ -176,8 +175,7 @@ def fusable(classifier: onnx.ModelProto, opset: int) -> onnx.ModelProto:
         except Exception as exc:  # the converter raises several types
             raise EdgeCalibError(f"opset {opset_of(classifier)} -> {opset}: "
                                  f"{str(exc).splitlines()[0][:160]}") from None
-    inits = {i.name for i in model.graph.initializer}
-    kept = [v for v in model.graph.input if v.name not in inits]
+    kept = graph_inputs(model.graph)
     del model.graph.input[:]
     model.graph.input.extend(kept)
     model.ir_version = max(model.ir_version, 7)

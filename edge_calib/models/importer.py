@@ -25,6 +25,7 @@ import torch
 from ..core.errors import EdgeCalibError
 from ..core.limits import check_input_pixels, limit
 from ..core.spec import InputSpec
+from ..deploy.ort_session import graph_inputs
 from .onnx_import import BATCH_AXIS_ADDED
 from .store import Classifier
 
@@ -68,8 +69,7 @@ def _external_data(model: onnx.ModelProto) -> set[str]:
 
 
 def image_input(model: onnx.ModelProto, path) -> tuple[str, list[int | None]]:
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [v for v in model.graph.input if v.name not in inits]
+    inputs = graph_inputs(model.graph)
     if len(inputs) != 1:
         raise EdgeCalibError(f"{path}: {len(inputs)} inputs; edge-calib needs exactly one image "
                              "input")

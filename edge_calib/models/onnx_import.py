@@ -30,6 +30,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from ..core.errors import EdgeCalibError
+from ..deploy.ort_session import graph_inputs
 
 # metadata_props key of a graph whose [K, H, W] output the importer gave a batch axis
 BATCH_AXIS_ADDED = "edge_calib.batch_axis_added"
@@ -418,8 +419,7 @@ class OnnxModule(nn.Module):
             raise EdgeCalibError(f"the ONNX graph uses operator(s) edge-calib cannot run for "
                                  f"training: {', '.join(unknown)} (supported: "
                                  f"{', '.join(sorted([*OPERATORS, *WITH_CONTEXT]))})")
-        inits = {i.name for i in graph.initializer}
-        inputs = [v for v in graph.input if v.name not in inits]
+        inputs = graph_inputs(graph)
         if len(inputs) != 1:
             raise EdgeCalibError(f"the ONNX graph has {len(inputs)} inputs; edge-calib needs one "
                                  "image input")
