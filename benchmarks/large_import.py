@@ -135,7 +135,7 @@ def trained_batch(out: Path, record: dict) -> int | None:
     """The batch size the calibrator in ``out`` trained at (None when the step failed)."""
     from edge_calib.models.store import load_calibrator
 
-    return load_calibrator(out).meta.training["batch_size"] if record["exit"] == 0 else None
+    return load_calibrator(out).meta.training.batch_size if record["exit"] == 0 else None
 
 
 def main() -> None:

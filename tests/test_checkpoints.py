@@ -6,7 +6,7 @@ from helpers import random_classifier
 
 from edge_calib.core.errors import EdgeCalibError
 from edge_calib.models.calibrators.resnet import ResnetCalibrator
-from edge_calib.models.records import CalibratorRecord
+from edge_calib.models.records import CalibratorRecord, TrainingSummary
 from edge_calib.models.store import load_calibrator, load_classifier, save_calibrator
 
 
@@ -70,7 +70,7 @@ def test_calibrator_record_round_trip_and_malformed_fields(tmp_path):
     g = ResnetCalibrator(channels=1, width=2, blocks=1, lo=clf.spec.lo, hi=clf.spec.hi)
     written = save_calibrator(tmp_path / "g.pt", g, CalibratorRecord(
         domain="usps", classifier_fingerprint=clf.fingerprint, input_spec=clf.spec,
-        source="mnist", target="usps", training={"epochs": 3}))
+        source="mnist", target="usps", training=TrainingSummary(epochs=3)))
     read = load_calibrator(tmp_path / "g.pt").meta
     assert read == written and read.architecture == g.config and not read.int8
     meta, tensors = load_checkpoint(tmp_path / "g.pt", "calibrator")
@@ -87,3 +87,19 @@ def test_calibrator_record_round_trip_and_malformed_fields(tmp_path):
         with pytest.raises(EdgeCalibError, match="calibrator checkpoint is malformed") as err:
             load_calibrator(tmp_path / f"{name}.pt")
         assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_training_summary_reads_old_and_new_checkpoints_and_names_a_bad_key():
+    """The checkpoint's ``training`` is a typed record: one written before a field existed
+    reads it as None, keys this version does not know are kept and written back, and a
+    mistyped field is one line naming its key path."""
+    from edge_calib.core.errors import EdgeCalibError
+
+    old = {"epochs": 30, "selection": None, "ema": 0.99, "world_size": 1, "lr_final": 0.0}
+    summary = TrainingSummary.read(old, "old.pt")
+    assert summary.epochs == 30 and summary.batch_size is None
+    assert summary.extra == {"lr_final": 0.0}
+    assert summary.to_dict() == {"epochs": 30, "ema": 0.99, "world_size": 1, "lr_final": 0.0}
+    with pytest.raises(EdgeCalibError, match=r"^bad.pt: calibrator checkpoint is malformed "
+                                             r"\('training.batch_size' is a str\)$"):
+        TrainingSummary.read({"batch_size": "64"}, "bad.pt")

@@ -93,7 +93,7 @@ def test_two_processes_train_the_one_process_calibrator(trained_dtn, shared_data
     assert sum(line.startswith('{"epoch"') for line in r.stderr.splitlines()) == 2
     assert sorted(p.name for p in two.parent.iterdir()) == [
         "d.calib.metrics.jsonl", "d.calib.pt", "d.calib.state.pt"]
-    assert load_calibrator(two).meta.training["world_size"] == 2
+    assert load_calibrator(two).meta.training.world_size == 2
     rows = [json.loads(line) for line in (two.parent / "d.calib.metrics.jsonl").open()]
     assert [row["world_size"] for row in rows] == [2, 2]
     # the global batch split over 2 ranks, moments and class marginal averaged over them,
@@ -121,7 +121,7 @@ def test_kill_under_torchrun_then_resume_in_one_process(trained_dtn, shared_data
     sizes = [json.loads(line)["world_size"] for line in (tmp_path / "k.calib.metrics.jsonl").open()]
     done = sizes.count(2)
     assert 1 <= done < 8 and sizes == [2] * done + [1] * (8 - done)
-    assert load_calibrator(out).meta.training["world_size"] == 1
+    assert load_calibrator(out).meta.training.world_size == 1
     plain = tmp_path / "plain.calib.pt"
     assert invoke(*train_args(trained_dtn, shared_data, plain, 8)).exit_code == 0
     assert max_gap(out, plain) < 1e-3  # float rounding, amplified by Adam over 32 steps
@@ -172,7 +172,7 @@ def test_many_domains_dealt_to_two_ranks(trained_dtn, shared_data, tmp_path):
     assert [p["domain"] for p in printed] == ["usps", "cam"]
     for name in ("usps", "cam"):
         meta = load_calibrator(out / f"{name}.calib.pt").meta
-        assert meta.domain == name and meta.training["world_size"] == 1  # one rank each
+        assert meta.domain == name and meta.training.world_size == 1  # one rank each
 
 
 @pytest.mark.parametrize("args,message", [

@@ -172,7 +172,7 @@ def test_a_calibrator_batch_over_the_budget_is_refused_or_at_its_default_lowered
     lowered = int(notes[0].split("training at --batch-size ")[1].split()[0])
     assert 1 <= lowered < 128
     meta = load_calibrator(out).meta
-    assert meta.config["batch_size"] == meta.training["batch_size"] == lowered
+    assert meta.config["batch_size"] == meta.training.batch_size == lowered
 
 
 def test_a_classifier_left_at_the_default_batch_trains_at_the_batch_that_fits(
@@ -225,6 +225,6 @@ def test_a_resumed_run_trains_at_the_batch_its_state_was_saved_with(shared_data,
                       "cpu", state_path=state, resume=resumed, progress=False, cap_batch=True)
         monkeypatch.delenv(BUDGET_VARIABLE, raising=False)
     calibrator = load_calibrator(out).meta
-    assert calibrator.training["epochs"] == 2
+    assert calibrator.training.epochs == 2
     assert 1 <= calibrator.config["batch_size"] < 128
     assert len(history) == 2 and history[0]["batch_size"] == history[1]["batch_size"] < 128

@@ -175,7 +175,8 @@ def train_calibrator(clf, source, target, cfg, device, progress: bool):
     return module, summary, trainer
 
 
-def candidate(module, clf, bundle, domain: str, frames: Path, config: dict, training: dict):
+def candidate(module, clf, bundle, domain: str, frames: Path, config: dict, training):
+    """The calibrator ``module`` as a checkpoint record (``training``: a TrainingSummary)."""
     from ..models.records import CalibratorRecord
     from ..models.store import Calibrator, calibrator_fingerprint
 
@@ -220,6 +221,7 @@ def adapt_bundle(req: AdaptRequest) -> dict:
     """Train, choose, stage and swap in the new domain; returns the JSON summary."""
     from ..train.source_stats import SourceStats, stats_distance
     from ..models.calibrators.curve import histogram_matching
+    from ..models.records import TrainingSummary
     from ..train.tensors import resolve_device
 
     started = time.time()
@@ -246,7 +248,7 @@ def adapt_bundle(req: AdaptRequest) -> dict:
         spec = clf.spec
         matching = histogram_matching(spec.channels, spec.lo, spec.hi, stats.pixel_quantiles)
         held = trainer.holdout
-        chunk = 4 if bundle.task == "segmentation" else 256
+        chunk = min(trainer.batch, 4 if bundle.task == "segmentation" else 256)  # checked batch
         scores = {name: stats_distance(clf.module, held, stats, g.to(device), chunk, device)
                   for name, g in (("calibrator", module), ("histogram", matching))}
         chosen = min(scores, key=scores.get)
@@ -256,9 +258,11 @@ def adapt_bundle(req: AdaptRequest) -> dict:
             cal = candidate(module.cpu(), clf, bundle, req.domain, req.frames,
                             dataclasses.asdict(trainer.cfg), summary)
         else:
-            cal = candidate(matching.cpu(), clf, bundle, req.domain, req.frames, {}, {
-                "selection": {"rule": "none: per-frame histogram matching to the source pixels "
-                                      f"of {stats.dataset}, chosen over the trained calibrator"}})
+            cal = candidate(matching.cpu(), clf, bundle, req.domain, req.frames, {},
+                            TrainingSummary(selection={
+                                "rule": "none: per-frame histogram matching to the source "
+                                        f"pixels of {stats.dataset}, chosen over the trained "
+                                        "calibrator"}))
         made = {"at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "host": platform.node(), "device": str(device), "frames": len(target),
                 "collection": None if collection is None else {

@@ -50,7 +50,7 @@ def histogram_calibrator(clf, domain: str, spec: str) -> Calibrator:
     pixels (its recorded source statistics) as a curve calibrator with no training; TARGET
     names the domain's images (for `run --domain auto`)."""
     from ..models.calibrators.curve import histogram_matching
-    from ..models.records import CalibratorRecord
+    from ..models.records import CalibratorRecord, TrainingSummary
     from ..models.store import calibrator_fingerprint
     from ..train.source_stats import SourceStats
 
@@ -66,8 +66,8 @@ def histogram_calibrator(clf, domain: str, spec: str) -> Calibrator:
         domain=domain, classifier_fingerprint=clf.fingerprint, input_spec=clf.spec,
         source=stats.dataset, target=target, architecture=module.config,
         fingerprint=calibrator_fingerprint(module),
-        training={"selection": {"rule": "none: per-frame histogram matching to the source "
-                                        f"pixels of {stats.dataset}"}})
+        training=TrainingSummary(selection={"rule": "none: per-frame histogram matching to "
+                                                    f"the source pixels of {stats.dataset}"}))
     return Calibrator(module, record, None)
 
 
@@ -227,8 +227,8 @@ def export_domain(folder: Path, domain: str, cal: Calibrator, graphs: Classifier
         eps=cal.module.eps, params=cal.params,
         trained_against=cal.meta.classifier_fingerprint,
         source=cal.meta.source, target=cal.meta.target,
-        metrics={"epochs": training.get("epochs"), "selection": training.get("selection"),
-                 "last_epoch": training.get("last_epoch"), **(metrics or {})}), fused, error)
+        metrics={"epochs": training.epochs, "selection": training.selection,
+                 "last_epoch": training.last_epoch, **(metrics or {})}), fused, error)
 
 
 def model_source(clf) -> str | None:

@@ -18,6 +18,44 @@ def is_int8(compression: dict | None) -> bool:
 
 
 @dataclass
+class TrainingSummary:
+    """How a calibrator was trained (a checkpoint's ``training``): what ``train``, ``adapt`` and
+    the demos write and the bundle reads. A field a checkpoint does not record (written before
+    it existed, or a calibrator that was not trained, e.g. histogram matching) reads as None."""
+
+    epochs: int | None = None
+    selection: dict | None = None  # the epoch-selection rule and its score (--select)
+    restarts: list | None = None  # the starts scored before the chosen one continued
+    ema: float | None = None
+    last_epoch: dict | None = None  # the last epoch's metrics-log row
+    time_per_epoch_s: float | None = None
+    device: str | None = None
+    world_size: int | None = None
+    batch_size: int | None = None  # the batch it trained at
+    extra: dict = field(default_factory=dict)  # keys this version does not know, kept as read
+
+    _TYPES = {"epochs": int, "selection": dict, "restarts": list, "ema": (int, float),
+              "last_epoch": dict, "time_per_epoch_s": (int, float), "device": str,
+              "world_size": int, "batch_size": int}
+
+    @classmethod
+    def read(cls, data: dict, where: str) -> "TrainingSummary":
+        """From a checkpoint's ``training``; a mistyped field is one line naming its key path."""
+        known = {}
+        for key, kinds in cls._TYPES.items():
+            value = data.get(key)
+            if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+                raise EdgeCalibError(f"{where}: calibrator checkpoint is malformed "
+                                     f"('training.{key}' is a {type(value).__name__})")
+            known[key] = value
+        return cls(extra={k: v for k, v in data.items() if k not in cls._TYPES}, **known)
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return self.extra | {k: v for k, v in out.items() if v is not None}
+
+
+@dataclass
 class CalibratorRecord:
     """What a calibrator checkpoint records beside its weights. ``architecture``,
     ``fingerprint`` and ``params`` are filled in when it is saved."""
@@ -30,7 +68,7 @@ class CalibratorRecord:
     classifier_path: str | None = None
     max_samples: int | None = None
     config: dict = field(default_factory=dict)  # the training settings
-    training: dict = field(default_factory=dict)  # the training summary
+    training: TrainingSummary = field(default_factory=TrainingSummary)
     compression: dict | None = None  # INT8: {"int8": True, "activation_range": ...}
     float_fingerprint: str | None = None  # INT8: the float calibrator it was quantised from
     quantization: dict | None = None  # INT8: data, samples, scales
@@ -42,7 +80,8 @@ class CalibratorRecord:
     _TYPES = {"domain": (str, type(None)), "classifier_fingerprint": str,
               "source": (str, type(None)), "target": (str, type(None)),
               "classifier_path": (str, type(None)), "max_samples": (int, type(None)),
-              "config": dict, "training": dict, "compression": (dict, type(None)),
+              "config": dict, "training": (dict, TrainingSummary),
+              "compression": (dict, type(None)),
               "float_fingerprint": (str, type(None)), "quantization": (dict, type(None)),
               "architecture": dict, "fingerprint": str, "params": int}
     _REQUIRED = ("classifier_fingerprint", "input_spec", "architecture", "fingerprint")
@@ -73,6 +112,8 @@ class CalibratorRecord:
                                  f"{exc})") from None
         names = {f.name for f in dataclasses.fields(cls)} - {"extra", "input_spec"}
         known = {k: data.pop(k) for k in list(data) if k in names}
+        if isinstance(known.get("training"), dict):
+            known["training"] = TrainingSummary.read(known["training"], where)
         known.setdefault("domain", None)
         return cls(input_spec=spec, extra=data, **known)
 
@@ -81,6 +122,7 @@ class CalibratorRecord:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                if f.name not in ("extra", "architecture", "input_spec")}
         out = {k: v for k, v in out.items() if v is not None}
+        out["training"] = self.training.to_dict()
         out["input_spec"] = self.input_spec.to_dict()
         if self.architecture is not None:
             out["calibrator"] = self.architecture

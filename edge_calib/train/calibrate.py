@@ -40,6 +40,7 @@ from ..core.progress import echo_err, progress_bar
 from ..models.calibrators import DEFAULT_ARCH, calibrator_class
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.discriminators import FeatureDiscriminator, PixelDiscriminator
+from ..models.records import TrainingSummary
 from ..models.store import Classifier, build_calibrator
 from .distributed import Distributed
 from .evaluate import scores
@@ -571,13 +572,12 @@ class CalibratorTrainer:
             selection = {"rule": f"lowest {what} on held-out unlabelled target training images "
                                  f"({len(self.holdout)})",
                          "epoch": self.best[1], f"holdout_{self.cfg.select}": self.best[0]}
-        last = self.history[-1] if self.history else {}
-        summary = {"epochs": self.epoch, "selection": selection, "restarts": self.restarts,
-                   "ema": self.cfg.ema, "last_epoch": last,
-                   "time_per_epoch_s": float(np.mean([h["time_s"] for h in self.history]))
-                   if self.history else None,
-                   "device": str(self.device), "world_size": self.dist.world_size,
-                   "batch_size": self.batch}  # what it trained at (the config's, at most)
+        summary = TrainingSummary(
+            epochs=self.epoch, selection=selection, restarts=self.restarts, ema=self.cfg.ema,
+            last_epoch=self.history[-1] if self.history else {},
+            time_per_epoch_s=float(np.mean([h["time_s"] for h in self.history]))
+            if self.history else None, device=str(self.device),
+            world_size=self.dist.world_size, batch_size=self.batch)
         return chosen, summary
 
 

@@ -123,8 +123,8 @@ def train_domain(task: DomainTask, cfg, shared: SharedInputs, device, dist: Dist
     with stop_on_signals(kept), out_of_memory_as_error(batch, kept):
         trainer = chosen_trainer(make_trainer, cfg, task.out, resume, progress=progress)
         module, summary = trainer.run(progress=progress)
-    result = {"out": str(task.out), "domain": task.domain, "epochs": summary["epochs"],
-              "selection": summary["selection"], "restarts": summary["restarts"],
+    result = {"out": str(task.out), "domain": task.domain, "epochs": summary.epochs,
+              "selection": summary.selection, "restarts": summary.restarts,
               "world_size": dist.world_size, "classifier_fingerprint": trainer.fingerprint}
     if dist.is_main:
         record = CalibratorRecord(domain=task.domain, classifier_fingerprint=trainer.fingerprint,
