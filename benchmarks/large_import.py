@@ -1,7 +1,8 @@
 """A large imported model through `train` at the default settings: a MobileNetV2 (the paper's
 layout, 3.5 M parameters, 224x224, 1000 classes, random weights) exported by torch with a fixed
 batch of 1, statically quantised by ONNX Runtime's quantiser (QDQ, per-channel weights,
-calibrated on 32 CamVid day frames), imported with `import-model`, then a calibrator trained
+calibrated on 32 CamVid day frames; ``--quantisation dynamic``: dynamically quantised, which
+the interpreter runs one frame at a time), imported with `import-model`, then a calibrator trained
 against it with `train --epochs 1` and every other option at its default (CamVid's day and
 dusk training frames as image folders, resized to 224x224); then the same training under a
 stated budget of 8 GiB (``EDGE_CALIB_TRAIN_MEMORY``). Recorded: what each command printed, its
@@ -9,6 +10,8 @@ exit status, wall time and peak resident memory (each command forked from a smal
 in ``bad_inputs.py``), and the batch the memory check chose.
 
     python benchmarks/large_import.py --work runs/large_import --out benchmarks/results/large_import
+    python benchmarks/large_import.py --work runs/large_import --quantisation dynamic \
+        --out benchmarks/results/large_import_dynamic
 """
 
 from __future__ import annotations
@@ -60,8 +63,9 @@ def mobilenet_v2(classes: int = 1000):
     return nn.Sequential(*layers)
 
 
-def build_model(work: Path, data_root: str) -> Path:
-    """The exported float graph, then its QDQ quantisation (skipped when already there)."""
+def build_model(work: Path, data_root: str, quantisation: str = "static") -> Path:
+    """The exported float graph, then its static QDQ or its dynamic quantisation (skipped when
+    already there)."""
     import numpy as np
     import torch
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
@@ -69,14 +73,21 @@ def build_model(work: Path, data_root: str) -> Path:
 
     from edge_calib.data import load_dataset
 
-    quantised = work / "mobilenet_v2_qdq.onnx"
+    quantised = work / f"mobilenet_v2_{QUANTISED[quantisation][0]}.onnx"
     if quantised.exists():
         return quantised
-    torch.manual_seed(0)
-    model = mobilenet_v2().eval()
     float_path = work / "mobilenet_v2.onnx"
-    torch.onnx.export(model, torch.randn(1, 3, 224, 224), str(float_path), opset_version=13,
-                      input_names=["image"], output_names=["logits"], dynamo=False)
+    if not float_path.exists():
+        torch.manual_seed(0)
+        torch.onnx.export(mobilenet_v2().eval(), torch.randn(1, 3, 224, 224), str(float_path),
+                          opset_version=13, input_names=["image"], output_names=["logits"],
+                          dynamo=False)
+    if quantisation == "dynamic":
+        from onnxruntime.quantization import quantize_dynamic
+
+        quantize_dynamic(str(float_path), str(quantised), weight_type=QuantType.QUInt8,
+                         op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+        return quantised
     frames = load_dataset("camvid:day", "train", data_root).images[:32]
     import cv2
     batch = np.stack([cv2.resize(f, (224, 224), interpolation=cv2.INTER_AREA) for f in frames])
@@ -114,6 +125,8 @@ def frame_folders(work: Path, data_root: str) -> tuple[Path, Path]:
 
 
 BUDGET = 8 << 30
+QUANTISED = {"static": ("qdq", "QDQ per-channel"),
+             "dynamic": ("dynamic", "dynamic (DynamicQuantizeLinear, ConvInteger)")}
 
 
 def step(name: str, args: list, work: Path, data_root: str, env: dict | None = None) -> dict:
@@ -145,13 +158,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--quantisation", choices=list(QUANTISED), default="static")
     ap.add_argument("--data-root", default=os.environ.get(
         "EDGE_CALIB_DATA", str(ROOT.parent / "shared" / "data")))
     args = ap.parse_args()
     work, data_root = Path(args.work).resolve(), str(Path(args.data_root).resolve())
     work.mkdir(parents=True, exist_ok=True)
-    model = build_model(work, data_root)
-    imported = work / "mobilenet_v2_qdq.pt"
+    model = build_model(work, data_root, args.quantisation)
+    imported = model.with_suffix(".pt")
     steps = [step("import", ["import-model", model, "--check-dataset", "camvid:day", "--out",
                              imported], work, data_root)]
     day, dusk = frame_folders(work, data_root)
@@ -169,7 +183,8 @@ def main() -> None:
     sha, dirty = git_commit(ROOT)
     result = {"command": "python " + " ".join(sys.argv), "commit": sha,
               "uncommitted_changes": dirty, "machine": capture(), "model": {
-                  "name": "MobileNetV2 224x224, 1000 classes, QDQ per-channel (random weights)",
+                  "name": "MobileNetV2 224x224, 1000 classes, "
+                          f"{QUANTISED[args.quantisation][1]} (random weights)",
                   "bytes": model.stat().st_size}, "steps": steps, "batch_note": notes}
     out = Path(args.out)
     write_json_atomic(out / "large_import.json", result)
