@@ -338,7 +338,6 @@ class Bundle:
     digest: str | None = None  # sha256 of the manifest as it was read
     # ONNX files as verify() read and hashed them, by path, until forget_graphs()
     _graph_bytes: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
-    _graphs: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def spec(self) -> InputSpec:
@@ -396,23 +395,23 @@ class Bundle:
         return self._graph_bytes[key]
 
     def graph(self, path: Path):
-        """The ``onnx.ModelProto`` of ``graph_bytes(path)``, parsed once (callers copy it
-        before changing it)."""
-        key = str(path)
-        if key not in self._graphs:
-            import onnx
+        """The ``onnx.ModelProto`` of ``graph_bytes(path)``, parsed on each call (not kept: a
+        parsed graph takes as much memory again as its bytes)."""
+        import onnx
 
-            try:
-                self._graphs[key] = onnx.load_model_from_string(self.graph_bytes(path))
-            except Exception as exc:  # protobuf's DecodeError and kin
-                raise EdgeCalibError(f"bundle {self.root}: {Path(path).name} is not a readable "
-                                     f"ONNX graph ({str(exc)[:120]}); rebuild the bundle") from None
-        return self._graphs[key]
+        try:
+            return onnx.load_model_from_string(self.graph_bytes(path))
+        except Exception as exc:  # protobuf's DecodeError and kin
+            raise EdgeCalibError(f"bundle {self.root}: {Path(path).name} is not a readable "
+                                 f"ONNX graph ({str(exc)[:120]}); rebuild the bundle") from None
 
-    def forget_graphs(self) -> None:
-        """Drop the kept graph bytes (once the sessions that needed them exist)."""
-        self._graph_bytes.clear()
-        self._graphs.clear()
+    def forget_graphs(self, path: Path | None = None) -> None:
+        """Drop the kept bytes of ``path``'s graph, or of every graph (once the sessions that
+        needed them exist)."""
+        if path is None:
+            self._graph_bytes.clear()
+        else:
+            self._graph_bytes.pop(str(path), None)
 
     def check_inputs(self):
         """The bundle's own check images (float32 NCHW), or None for an older bundle."""

@@ -151,8 +151,9 @@ def check_graph_shapes(bundle, backend: str = "onnxruntime") -> None:
         path = bundle.calibrator_file(name, variant)
         if path is None:
             continue
+        graph = bundle.graph(path)
         for which in ("input", "output"):
-            got = _image_shape(bundle.graph(path), which)
+            got = _image_shape(graph, which)
             if not agree(got):
                 raise EdgeCalibError(
                     f"bundle {bundle.root}: domain {name}: the calibrator's {which} is "

@@ -37,10 +37,12 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def frame_graph(model: onnx.ModelProto, spec, task: str) -> onnx.ModelProto:
-    """A copy of ``model`` that takes uint8 frames and also returns the class map/top-1 (one
-    clear error for a graph it cannot wrap: not one image input, or opset < 7)."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+def frame_graph(model: onnx.ModelProto, spec, task: str, copy: bool = True) -> onnx.ModelProto:
+    """A copy of ``model`` (``copy=False``: ``model`` itself, changed in place, for a caller
+    that parsed it for this alone) that takes uint8 frames and also returns the class
+    map/top-1 (one clear error for a graph it cannot wrap: not one image input, or opset < 7)."""
+    if copy:
+        model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
     inputs = graph_inputs(graph)
     if len(inputs) != 1 or not graph.output:

@@ -54,11 +54,14 @@ class OrtEngines(Engines):
             for name, path in graphs.items():
                 if str(path) not in built:
                     try:
-                        model = frame_graph(bundle.graph(path), bundle.spec, bundle.task)
+                        model = frame_graph(bundle.graph(path), bundle.spec, bundle.task,
+                                            copy=False)  # parsed for this alone
                     except EdgeCalibError:  # a graph it cannot wrap keeps the float path
-                        built[str(path)] = None
-                    else:
-                        built[str(path)] = session(path, model.SerializeToString())
+                        model = None
+                    built[str(path)] = None if model is None else \
+                        session(path, model.SerializeToString())
+                    model = None
+                    bundle.forget_graphs(path)  # its last use: the start-up peak stays lower
                 if built[str(path)] is not None:
                     self.frame_sessions[name] = built[str(path)]
             self._frame_outputs = [CLASSES] if bundle.task == "segmentation" else \

@@ -29,9 +29,11 @@ SWITCH_LOG = 1000  # the last switches and reloads kept for the summary (all are
 
 @dataclass(frozen=True)
 class FinishedFrame:
-    """The loop's word on the frame before: computed in ``domain``, done at ``at``
-    (perf_counter) with ``dropped`` frames dropped by capture so far (a switch's log entry)."""
+    """The loop's word on the frame before: the ``number``-th frame planned, computed in
+    ``domain``, done at ``at`` (perf_counter) with ``dropped`` frames dropped by capture so far
+    (a switch's log entry)."""
 
+    number: int
     domain: str
     at: float
     dropped: int
@@ -44,6 +46,7 @@ class FramePlan:
     calibrator runs (None: the frozen model alone), the engines in use, ``--domain auto``'s
     vote, and the times the vote and the fallback took (ms)."""
 
+    number: int  # frames planned before this one (FinishedFrame.number)
     frame: np.ndarray
     domain: str
     calibrator: str | None
@@ -106,7 +109,10 @@ class Controller:
         self.engines = self._load_checked(self.bundle, None)  # last: nothing after it can fail
         self.switches: collections.deque[dict] = collections.deque(maxlen=SWITCH_LOG)
         self.switch_count = 0
-        self._pending_switch = None
+        # switches whose first frame has not been reported done, each with the number of
+        # frames planned before it (a frame planned earlier ran the old domain)
+        self._pending_switches: list[dict] = []
+        self._planned = 0
         self.reloads: collections.deque[dict] = collections.deque(maxlen=SWITCH_LOG)
         self._reloaded = None
         self._reload_thread = None
@@ -245,9 +251,13 @@ class Controller:
                 self.collector.stop(f"the vote named {name!r}")
         if previous is not None and previous != name:
             self.switch_count += 1
-            self._pending_switch = {"frame": index, "from": previous, "to": name, "by": by,
-                                    "requested": requested or time.perf_counter(),
-                                    "dropped_before": self._dropped()}
+            # a switch no frame was planned in since is superseded by this one
+            self._pending_switches = [e for e in self._pending_switches
+                                      if e["planned_before"] < self._planned]
+            self._pending_switches.append({
+                "frame": index, "from": previous, "to": name, "by": by,
+                "requested": requested or time.perf_counter(), "dropped_before": self._dropped(),
+                "planned_before": self._planned})
             if self.opts.verbose:
                 self.log(f"domain {previous} -> {name} ({by}) at frame {index}")
         return {"ok": True, "domain": name}
@@ -274,9 +284,10 @@ class Controller:
         fallback = domain == UNKNOWN and self.fallback is not None
         if fallback:  # --unknown histogram
             u8 = self.fallback(u8)
+        self._planned += 1
         return FramePlan(
-            frame=u8, domain=domain, calibrator=None if domain == UNKNOWN else domain,
-            engines=self.engines, fallback=fallback, vote=vote,
+            number=self._planned - 1, frame=u8, domain=domain,
+            calibrator=None if domain == UNKNOWN else domain, engines=self.engines, fallback=fallback, vote=vote,
             vote_ms=(voted - started) * 1e3, fallback_ms=(time.perf_counter() - voted) * 1e3,
             auto=self.auto is not None, last_switch=self.last_switch(),
             collecting=None if self.collector is None else self.collector.collecting)
@@ -297,14 +308,16 @@ class Controller:
             self.voted_unknown.append((index, (rgb, self.auto.last_features, captured)))
 
     def _finished(self, frame: FinishedFrame) -> None:
-        """A frame computed with ``frame.domain`` is done: complete a pending switch's entry."""
-        entry = self._pending_switch
-        if entry is None or entry["to"] != frame.domain:
-            return
-        self._pending_switch = None
-        entry["to_first_frame_ms"] = (frame.at - entry.pop("requested")) * 1e3
-        entry["dropped_meanwhile"] = frame.dropped - entry.pop("dropped_before")
-        self.switches.append(entry)
+        """A frame computed with ``frame.domain`` is done: complete the log entry of the switch
+        it was the first frame of (one planned after the switch was asked for)."""
+        for entry in self._pending_switches:
+            if entry["to"] == frame.domain and frame.number >= entry["planned_before"]:
+                self._pending_switches.remove(entry)
+                del entry["planned_before"]
+                entry["to_first_frame_ms"] = (frame.at - entry.pop("requested")) * 1e3
+                entry["dropped_meanwhile"] = frame.dropped - entry.pop("dropped_before")
+                self.switches.append(entry)
+                return
 
     def last_switch(self) -> dict | None:
         return self.switches[-1] if self.switches else None

@@ -179,7 +179,8 @@ class StreamRunner:
                     if sink.needs_annotated:
                         sink.write(delivered)
                 t3 = time.perf_counter()
-                finished = FinishedFrame(domain, t3, self.capture.counts["dropped"])
+                finished = FinishedFrame(plan.number, domain, t3,
+                                         self.capture.counts["dropped"])
                 times["post"] = (t3 - t2) * 1e3
                 times["total"] = (t3 - t0) * 1e3 + frame.read_ms  # the stages above, summed
                 self.times.add(times)
