@@ -264,8 +264,8 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
     recipe_settings = dict(arch=arch, size=size, eps=eps, lr=lr, ema=ema, objective=objective,
                            w_stats=w_stats, w_consistency=w_consistency, w_histogram=w_histogram)
     if recipe is not None:  # the recipe's settings, where the user gave none
-        recipe_settings |= {k: v for k, v in recipes.recipe(recipe).items()
-                            if left_at_default(k)}
+        recipe_settings.update({k: v for k, v in recipes.recipe(recipe).items()
+                                if left_at_default(k)})
     arch = recipe_settings.pop("arch")
     cfg = CalibratorConfig(epochs=epochs, batch_size=batch_size, d_lr=d_lr, arch=arch,
                            size=calibrator_size(arch, recipe_settings.pop("size"), width, blocks),
