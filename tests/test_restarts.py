@@ -45,13 +45,13 @@ def test_the_chosen_start_continues_as_it_would_have_run_alone(make, tmp_path):
     out = tmp_path / "usps.calib.pt"
     trainer = chosen_trainer(make_trainer, cfg, out, resume=False, progress=False)
     g, summary = trainer.run(progress=False)
-    scores = summary["restarts"]
+    scores = summary.restarts
     assert [s["seed"] for s in scores] == [0, 1000, 2000]
     assert all(s["epochs"] == 1 for s in scores)
     distances = [s["stats_distance"] for s in scores]
     assert len(set(distances)) == 3  # the seeds do give different starts
     chosen = int(np.argmin(distances))
-    assert trainer.cfg.restart == chosen and summary["epochs"] == 3
+    assert trainer.cfg.restart == chosen and summary.epochs == 3
     # the score is the unlabelled criterion recomputed by hand on the start's calibrator
     alone = make_trainer(config(restarts=3, restart_epochs=1, restart=chosen),
                          *state_paths(tmp_path / "alone.pt"))

@@ -136,8 +136,8 @@ def test_the_stats_objective_restores_the_source_statistics(trained_dtn, digits,
         assert accuracy(clf.module, shift_test, g) > source_only + 1.0, arch
         assert all(torch.equal(a, b) for a, b in zip(d_before, trainer.D_pix.parameters()))
         assert "loss_d_pixel" not in trainer.history[-1]
-        assert summary["selection"]["rule"].startswith("lowest source-statistics distance")
-        assert summary["selection"]["epoch"] == 1 + int(np.argmin(
+        assert summary.selection["rule"].startswith("lowest source-statistics distance")
+        assert summary.selection["epoch"] == 1 + int(np.argmin(
             [h["holdout_stats"] for h in trainer.history]))
 
 

@@ -76,7 +76,7 @@ def test_resume_refuses_changed_settings(tmp_path):
     extended.run(progress=False)
     more = make_trainer(tmp_path, small_config(epochs=2, schedule="constant"), "f")
     more.load_state()  # a constant schedule may be extended
-    assert more.run(progress=False)[1]["epochs"] == 2
+    assert more.run(progress=False)[1].epochs == 2
 
 
 def test_frozen_check_fails_when_a_weight_changes(tmp_path):
@@ -92,10 +92,10 @@ def test_training_moves_the_calibrator_and_selection_uses_holdout(tmp_path):
     cfg = small_config(epochs=2, select="entropy", holdout=0.25, lr=1e-3)
     trainer = make_trainer(tmp_path, cfg, "e")
     g, summary = trainer.run(progress=False)
-    assert summary["selection"]["rule"].startswith("lowest prediction entropy")
+    assert summary.selection["rule"].startswith("lowest prediction entropy")
     entropies = [h["holdout_entropy"] for h in trainer.history]
-    assert summary["selection"]["epoch"] == 1 + int(np.argmin(entropies))
-    assert summary["selection"]["holdout_entropy"] == min(entropies)
+    assert summary.selection["epoch"] == 1 + int(np.argmin(entropies))
+    assert summary.selection["holdout_entropy"] == min(entropies)
     assert len(trainer.holdout) == 12 and len(trainer.target) == 36
     assert all("holdout_entropy" in h for h in trainer.history)
     x = trainer.target.batch(range(8), "cpu")
