@@ -48,14 +48,16 @@ class OnnxTaps:
         self.input_name = module.input_name
         self.channels_last = module.channels_last
         self.batch = 1 if module.per_frame else module.fixed_batch
+        # the outputs asked for: the first, then each tapped tensor once (the input is fed)
+        self.wanted = [self.first_output, *(n for n in dict.fromkeys(self.names)
+                                            if n != self.input_name)]
 
     def run(self, x: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
         feed = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if self.channels_last else x
         step = self.batch or len(feed)
-        wanted = [self.first_output, *(n for n in dict.fromkeys(self.names)
-                                       if n != self.input_name)]
-        parts = [self.session.run(wanted, {self.input_name: feed[i:i + step]})
+        parts = [self.session.run(self.wanted, {self.input_name: feed[i:i + step]})
                  for i in range(0, len(feed), step)]
-        values = {name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(wanted)}
+        values = {name: np.concatenate([p[k] for p in parts])
+                  for k, name in enumerate(self.wanted)}
         values[self.input_name] = feed
         return [values[n] for n in self.names], values[self.first_output]

@@ -58,23 +58,20 @@ def fit(model: torch.nn.Module, data: DomainData, cfg: Fit, loss_fn: Callable, d
     ``state_path`` makes the run resumable; ``cap_batch`` lowers a batch whose step would not
     fit in memory to the largest that does (``memory_budget``) instead of refusing it."""
     cfg.validate()
-    per_rank_batch = dist.per_rank(cfg.batch_size)
+    dist.per_rank(cfg.batch_size)
     model.to(device)
     net = dist.wrap(model)
-    steps = len(data) // cfg.batch_size
-    if steps == 0:
+    if len(data) < cfg.batch_size:
         raise EdgeCalibError(f"{data.name}: {len(data)} images is less than one batch of "
                              f"{cfg.batch_size}")
     if resume and cap_batch:  # a resumed run keeps the batch its state was trained at
         cfg = dataclasses.replace(cfg, batch_size=min(cfg.batch_size, _saved_batch(state_path)))
-        per_rank_batch, steps = dist.per_rank(cfg.batch_size), len(data) // cfg.batch_size
     if len(data) >= 3:
         fits = dist.world_size * batch_that_fits(
-            _step_memory(model, data, loss_fn, transform, device), per_rank_batch, device, dist,
-            cap=cap_batch)
-        if fits < cfg.batch_size:
-            cfg = dataclasses.replace(cfg, batch_size=fits)
-            steps = len(data) // cfg.batch_size
+            _step_memory(model, data, loss_fn, transform, device),
+            dist.per_rank(cfg.batch_size), device, dist, cap=cap_batch)
+        cfg = dataclasses.replace(cfg, batch_size=min(cfg.batch_size, fits))
+    steps = len(data) // cfg.batch_size
     total = steps * cfg.epochs
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = lr_schedule(optimiser, cfg.schedule, total)
