@@ -133,6 +133,28 @@ def test_a_fixed_batch_reshape_to_one_row_runs_at_any_batch():
     assert got.shape == (5, 10) and np.abs(got - expected).max() <= 1e-4
 
 
+def test_a_fixed_batch_graph_quantised_dynamically_matches_onnx_runtime(tmp_path):
+    """ONNX Runtime's dynamic quantiser reshapes each Conv's bias to [1, -1, 1, 1] inside the
+    graph. In a fixed-batch export that 1 is not the batch: the bias is a constant. (Before,
+    the 32 biases of a depthwise layer became (32, 1, 1, 1), broadcast the batch to 32, and a
+    later Add refused; the dynamically quantised MobileNetV2 stopped at import.)"""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    torch.manual_seed(2)
+    path = export(TheirNet().eval(), tmp_path / "fixed.onnx", 13, dynamic=False)
+    quantize_dynamic(str(path), str(tmp_path / "dyn.onnx"), weight_type=QuantType.QUInt8,
+                     op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+    model = onnx.load(str(tmp_path / "dyn.onnx"))
+    assert {"ConvInteger", "Reshape"} <= {n.op_type for n in model.graph.node}
+    module = OnnxModule(model)
+    session = ort.InferenceSession(str(tmp_path / "dyn.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(2).normal(size=(3, 3, 64, 64)).astype(np.float32)
+    expected = np.concatenate([session.run(None, {"images": x[i:i + 1]})[0] for i in range(3)])
+    with torch.no_grad():
+        got = module(torch.from_numpy(x)).numpy()
+    assert got.shape == (3, 10) and np.abs(got - expected).max() <= 1e-5
+
+
 def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 

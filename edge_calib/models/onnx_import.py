@@ -123,10 +123,13 @@ def op_pool(kind):
     return pool
 
 
-def op_reshape(i, a, fixed_batch):
+def op_reshape(i, a):
+    """Reshape; ``a["fixed_batch"]`` (set at load, only where the data carries the batch) is the
+    batch of a fixed-batch export: a target whose first entry is it stands for the batch."""
     shape = _ints(i[1])
+    fixed_batch = a.get("fixed_batch")
     if fixed_batch and shape and shape[0] == fixed_batch and i[0].shape[0] != fixed_batch:
-        shape[0] = i[0].shape[0]  # a fixed-batch export's constant stands for the batch
+        shape[0] = i[0].shape[0]
     shape = [i[0].shape[k] if v == 0 and not a.get("allowzero") else v for k, v in enumerate(shape)]
     return i[0].reshape(shape)
 
@@ -382,7 +385,7 @@ OPERATORS = {
                                                if "value" in a else 0.0),
     "QuantizeLinear": op_quantize, "DequantizeLinear": op_dequantize,
     "DynamicQuantizeLinear": op_dynamic_quantize, "MatMulInteger": op_matmul_integer,
-    "ConvInteger": op_conv_integer,
+    "ConvInteger": op_conv_integer, "Reshape": op_reshape,
     "Upsample": op_upsample, "Split": op_split,
     "Floor": lambda i, a: torch.floor(i[0]), "Ceil": lambda i, a: torch.ceil(i[0]),
     "Round": lambda i, a: torch.round(i[0]), "Sign": lambda i, a: torch.sign(i[0]),
@@ -392,10 +395,9 @@ OPERATORS = {
     "Tile": lambda i, a: i[0].repeat(*_ints(i[1])),
     "ReduceMin": op_reduce(torch.amin),
 }
-# operators that need the graph's opset or fixed batch (called with the module as well)
+# operators that need the graph's opset (called with the module as well)
 WITH_CONTEXT = {"Softmax": lambda i, a, m: op_softmax(False)(i, a, m.opset),
-                "LogSoftmax": lambda i, a, m: op_softmax(True)(i, a, m.opset),
-                "Reshape": lambda i, a, m: op_reshape(i, a, m.fixed_batch)}
+                "LogSoftmax": lambda i, a, m: op_softmax(True)(i, a, m.opset)}
 
 
 LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger",
@@ -448,6 +450,9 @@ class OnnxModule(nn.Module):
                 constant.update(outputs)
         self.layer_nodes = {i for i, (op, inputs, _, _) in enumerate(self.nodes)
                             if op in LAYERS and len(inputs) > 1 and inputs[1] in constant}
+        for op, inputs, _, attrs in self.nodes:  # not a constant's reshape (a bias to [1, -1, 1, 1])
+            if op == "Reshape" and inputs[0] not in constant:
+                attrs["fixed_batch"] = self.fixed_batch
         self.tap = None
         # a graph that quantises each batch by its own range (DynamicQuantizeLinear) gives each
         # frame what it gives that frame alone only when run one frame at a time; so does a
