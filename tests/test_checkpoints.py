@@ -103,3 +103,35 @@ def test_a_training_summary_reads_old_and_new_checkpoints_and_names_a_bad_key():
     with pytest.raises(EdgeCalibError, match=r"^bad.pt: calibrator checkpoint is malformed "
                                              r"\('training.batch_size' is a str\)$"):
         TrainingSummary.read({"batch_size": "64"}, "bad.pt")
+
+
+def test_classifier_record_round_trip_old_keys_and_malformed_fields(tmp_path):
+    """A classifier checkpoint's metadata is a typed record: the keys written are the keys
+    always written, one written before ``metrics`` existed still loads, unknown keys are kept
+    as read, and a missing or mistyped field is one line naming it (before, a string
+    ``num_classes`` read as "does not match its architecture")."""
+    from edge_calib.models.checkpoint import load_checkpoint, save_checkpoint
+    from edge_calib.models.records import ClassifierRecord
+
+    clf = random_classifier("lenet", seed=0)
+    clf.save(tmp_path / "c.pt")
+    meta, tensors = load_checkpoint(tmp_path / "c.pt", "classifier")
+    assert set(meta) == {"arch", "num_classes", "input_spec", "compression", "labels", "metrics",
+                         "fingerprint"}
+    record = ClassifierRecord.read(meta, "c.pt")
+    assert record.to_dict() == meta and record.num_classes == 10 and not record.int8
+    old = {k: v for k, v in meta.items() if k != "metrics"} | {"camera": "cam-7"}
+    save_checkpoint(tmp_path / "old.pt", "classifier", old, tensors)
+    loaded = load_classifier(tmp_path / "old.pt")
+    assert loaded.metrics == {} and loaded.fingerprint == clf.fingerprint
+    assert ClassifierRecord.read(old, "old.pt").extra == {"camera": "cam-7"}
+    for name, bad, words in (("missing", {k: v for k, v in meta.items() if k != "labels"},
+                              "('labels' missing)"),
+                             ("typed", meta | {"num_classes": "10"}, "('num_classes' is a str)"),
+                             ("labels", meta | {"labels": ["a", "b"]},
+                              "('labels' has 2 names for 10 classes)"),
+                             ("spec", meta | {"input_spec": {"height": 28}}, "(input_spec:")):
+        save_checkpoint(tmp_path / f"{name}.pt", "classifier", bad, tensors)
+        with pytest.raises(EdgeCalibError, match="classifier checkpoint is malformed") as err:
+            load_classifier(tmp_path / f"{name}.pt")
+        assert words in str(err.value) and "\n" not in str(err.value)

@@ -1,6 +1,6 @@
 """Typed records of what a checkpoint says about its model, read and checked in one place (as
-``bundle.Manifest`` is for a bundle): a calibrator's metadata, and whether a compression record
-means INT8."""
+``bundle.Manifest`` is for a bundle): a classifier's and a calibrator's metadata, and whether a
+compression record means INT8."""
 
 from __future__ import annotations
 
@@ -126,4 +126,77 @@ class CalibratorRecord:
         out["input_spec"] = self.input_spec.to_dict()
         if self.architecture is not None:
             out["calibrator"] = self.architecture
+        return self.extra | out
+
+
+@dataclass
+class ClassifierRecord:
+    """What a classifier checkpoint records beside its weights: its identity (architecture,
+    classes, input spec, compression; an imported model's task and graph layout), its labels,
+    metrics and fingerprint, and, outside the fingerprint, the description of its recorded
+    source statistics (their tensors travel with the weights)."""
+
+    arch: str
+    num_classes: int
+    input_spec: InputSpec
+    labels: list
+    fingerprint: str
+    compression: dict | None = None
+    metrics: dict = field(default_factory=dict)
+    task: str | None = None  # an imported model's (our own architectures know theirs)
+    graph_layout: str = "NCHW"  # an imported graph's own input layout
+    onnx_sha256: str | None = None  # an imported model's file
+    source_stats: dict | None = None  # train.source_stats.SourceStats.meta
+    extra: dict = field(default_factory=dict)  # keys this version does not know, kept as read
+
+    _TYPES = {"arch": str, "num_classes": int, "labels": list, "fingerprint": str,
+              "compression": (dict, type(None)), "metrics": dict, "task": (str, type(None)),
+              "graph_layout": str, "onnx_sha256": (str, type(None)),
+              "source_stats": (dict, type(None))}
+    _REQUIRED = ("arch", "num_classes", "input_spec", "labels", "fingerprint")
+
+    @property
+    def int8(self) -> bool:
+        return is_int8(self.compression)
+
+    @classmethod
+    def read(cls, meta: dict, where: str) -> "ClassifierRecord":
+        """From a checkpoint's metadata; a missing or mistyped field is one line naming it.
+        Checkpoints written before a field existed read its default."""
+        data = dict(meta)
+        for key in cls._REQUIRED:
+            if key not in data:
+                raise EdgeCalibError(f"{where}: classifier checkpoint is malformed ({key!r} "
+                                     "missing)")
+        for key, kinds in cls._TYPES.items():
+            value = data.get(key)
+            if key in data and (not isinstance(value, kinds) or
+                                (isinstance(value, bool) and kinds is int)):
+                raise EdgeCalibError(f"{where}: classifier checkpoint is malformed ({key!r} is a "
+                                     f"{type(value).__name__})")
+        if data["num_classes"] < 1 or len(data["labels"]) != data["num_classes"]:
+            raise EdgeCalibError(f"{where}: classifier checkpoint is malformed ('labels' has "
+                                 f"{len(data['labels'])} names for {data['num_classes']} "
+                                 "classes)")
+        try:
+            spec = InputSpec.from_dict(data.pop("input_spec"))
+        except (KeyError, TypeError, ValueError, AttributeError, EdgeCalibError) as exc:
+            raise EdgeCalibError(f"{where}: classifier checkpoint is malformed (input_spec: "
+                                 f"{exc})") from None
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra", "input_spec"}
+        known = {k: data.pop(k) for k in list(data) if k in names}
+        return cls(input_spec=spec, extra=data, **known)
+
+    def to_dict(self) -> dict:
+        """The checkpoint's metadata, keyed as it has always been written."""
+        out = {"arch": self.arch, "num_classes": self.num_classes,
+               "input_spec": self.input_spec.to_dict(), "compression": self.compression,
+               "labels": self.labels, "metrics": self.metrics, "fingerprint": self.fingerprint}
+        if self.task is not None:
+            out["task"] = self.task
+        if self.onnx_sha256 is not None:
+            out["onnx_sha256"] = self.onnx_sha256
+            out["graph_layout"] = self.graph_layout
+        if self.source_stats is not None:
+            out["source_stats"] = self.source_stats
         return self.extra | out

@@ -25,7 +25,7 @@ from ..core.spec import InputSpec
 from .calibrators import BoundedCalibrator, fingerprint_identity, make_calibrator
 from .checkpoint import load_checkpoint, save_checkpoint, state_fingerprint
 from .classifiers import build_classifier, count_parameters
-from .records import CalibratorRecord, is_int8
+from .records import CalibratorRecord, ClassifierRecord, is_int8
 
 CLASSIFIER, CALIBRATOR = "classifier", "calibrator"
 
@@ -77,19 +77,26 @@ class Classifier:
     def params(self) -> int:
         return count_parameters(self.module)
 
+    def record(self) -> ClassifierRecord:
+        """What its checkpoint records beside the weights."""
+        identity = self.identity()
+        return ClassifierRecord(
+            arch=self.arch, num_classes=self.num_classes, input_spec=self.spec,
+            labels=list(self.labels), fingerprint=self.fingerprint, compression=self.compression,
+            metrics=self.metrics, task=identity.get("task"), graph_layout=self.graph_layout,
+            onnx_sha256=None if self.onnx_bytes is None
+            else hashlib.sha256(self.onnx_bytes).hexdigest(),
+            source_stats=None if self.source_stats is None else self.source_stats["meta"])
+
     def save(self, path: str | Path) -> str:
-        meta = self.identity() | {"labels": self.labels, "metrics": self.metrics,
-                                  "fingerprint": self.fingerprint}
+        record = self.record()
         tensors = {"state": self.module.state_dict()}
         if self.source_stats is not None:
-            meta["source_stats"] = self.source_stats["meta"]
             tensors["source_stats"] = self.source_stats["tensors"]
         if self.onnx_bytes is not None:
-            meta["onnx_sha256"] = hashlib.sha256(self.onnx_bytes).hexdigest()
-            meta["graph_layout"] = self.graph_layout
             tensors["onnx"] = torch.frombuffer(bytearray(self.onnx_bytes), dtype=torch.uint8)
-        save_checkpoint(path, CLASSIFIER, meta, tensors)
-        return meta["fingerprint"]
+        save_checkpoint(path, CLASSIFIER, record.to_dict(), tensors)
+        return record.fingerprint
 
 
 def imported_module(onnx_bytes: bytes, layout: str = "NCHW") -> nn.Module:
@@ -115,29 +122,28 @@ def build_structure(arch: str, num_classes: int, compression: dict | None) -> nn
 
 def load_classifier(path: str | Path) -> Classifier:
     meta, tensors = load_checkpoint(path, CLASSIFIER)
+    record = ClassifierRecord.read(meta, str(path))
     try:
         onnx_bytes = None
-        if meta["arch"] == "onnx":
+        if record.arch == "onnx":
             onnx_bytes = tensors["onnx"].numpy().tobytes()
-            module = imported_module(onnx_bytes, meta.get("graph_layout", "NCHW"))
+            module = imported_module(onnx_bytes, record.graph_layout)
         else:
-            module = build_structure(meta["arch"], int(meta["num_classes"]),
-                                     meta.get("compression"))
+            module = build_structure(record.arch, record.num_classes, record.compression)
         module.load_state_dict(tensors["state"])
-        stats = ({"meta": meta["source_stats"], "tensors": tensors["source_stats"]}
-                 if "source_stats" in meta else None)
-        clf = Classifier(module.eval(), meta["arch"], InputSpec.from_dict(meta["input_spec"]),
-                         int(meta["num_classes"]), list(meta["labels"]), meta.get("compression"),
-                         meta.get("metrics", {}), str(path), onnx_bytes, meta.get("task"), stats,
-                         meta.get("graph_layout", "NCHW"))
+        stats = ({"meta": record.source_stats, "tensors": tensors["source_stats"]}
+                 if record.source_stats is not None else None)
+        clf = Classifier(module.eval(), record.arch, record.input_spec, record.num_classes,
+                         list(record.labels), record.compression, record.metrics, str(path),
+                         onnx_bytes, record.task, stats, record.graph_layout)
     except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as exc:
         raise EdgeCalibError(f"{path}: classifier checkpoint does not match its architecture "
                              f"({str(exc).splitlines()[0][:160]})") from None
     for p in clf.module.parameters():
         p.requires_grad_(False)
-    if meta.get("fingerprint") != clf.fingerprint:
+    if record.fingerprint != clf.fingerprint:
         raise EdgeCalibError(f"{path}: weights do not match the recorded fingerprint "
-                             f"{meta.get('fingerprint')} (got {clf.fingerprint}); file altered?")
+                             f"{record.fingerprint} (got {clf.fingerprint}); file altered?")
     return clf
 
 
