@@ -135,3 +135,19 @@ def test_classifier_record_round_trip_old_keys_and_malformed_fields(tmp_path):
         with pytest.raises(EdgeCalibError, match="classifier checkpoint is malformed") as err:
             load_classifier(tmp_path / f"{name}.pt")
         assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_metadata_alone_is_read_and_checked_as_the_whole_checkpoint(tmp_path):
+    """``load_checkpoint_meta`` (what a resumed run asks before it loads its state) gives the
+    metadata ``load_checkpoint`` gives, and refuses what it refuses."""
+    from edge_calib.models.checkpoint import load_checkpoint, load_checkpoint_meta
+
+    clf = random_classifier("lenet", seed=0)
+    clf.save(tmp_path / "c.pt")
+    assert load_checkpoint_meta(tmp_path / "c.pt", "classifier") == \
+        load_checkpoint(tmp_path / "c.pt", "classifier")[0]
+    with pytest.raises(EdgeCalibError, match="is a classifier checkpoint, expected state"):
+        load_checkpoint_meta(tmp_path / "c.pt", "state")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "c.pt").read_bytes()[:5000])
+    with pytest.raises(EdgeCalibError, match="corrupt or truncated"):
+        load_checkpoint_meta(tmp_path / "cut.pt", "classifier")

@@ -64,11 +64,20 @@ def _to_cpu(obj):
 
 def load_checkpoint(path: str | Path, kind: str | tuple[str, ...]) -> tuple[dict, dict]:
     """(meta, tensors) of an edge-calib checkpoint of the expected kind, or a one-line error."""
-    path = Path(path)
+    return _read(Path(path), kind, mmap=False)
+
+
+def load_checkpoint_meta(path: str | Path, kind: str | tuple[str, ...]) -> dict:
+    """The metadata alone, checked as ``load_checkpoint`` checks it; the tensors are mapped,
+    not read (a resumed run asks its saved batch before it loads the state)."""
+    return _read(Path(path), kind, mmap=True)[0]
+
+
+def _read(path: Path, kind: str | tuple[str, ...], mmap: bool) -> tuple[dict, dict]:
     kinds = (kind,) if isinstance(kind, str) else kind
     if not path.is_file():
         raise EdgeCalibError(f"{path}: no such checkpoint file")
-    payload = _payload(path)
+    payload = _payload(path, mmap)
     if payload.get("kind") not in kinds:
         raise EdgeCalibError(f"{path}: is a {payload.get('kind')} checkpoint, expected "
                              f"{' or '.join(kinds)}")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..core.progress import echo_err
-from ..models.checkpoint import load_checkpoint
+from ..models.checkpoint import load_checkpoint_meta
 from .calibrate import STATE, CalibratorConfig, CalibratorTrainer
 from .loop import state_paths
 
@@ -47,7 +47,7 @@ def saved_batch(out: Path, cfg: CalibratorConfig) -> int:
     starts are being scored) was trained at; ``cfg``'s when none is saved."""
     for state in (state_paths(out)[0], start_paths(out, 0)[0]):
         if state.exists():
-            return load_checkpoint(state, STATE)[0]["config"]["batch_size"]
+            return load_checkpoint_meta(state, STATE)["config"]["batch_size"]
     return cfg.batch_size
 
 
@@ -57,7 +57,8 @@ def chosen_trainer(make: MakeTrainer, cfg: CalibratorConfig, out: Path, resume: 
     several, the chosen start (scoring the starts first unless the choice was already made)."""
     state, metrics = state_paths(out)
     if cfg.restarts == 1 or (resume and state.exists()):
-        restart = load_checkpoint(state, STATE)[0]["config"].get("restart", 0) if resume else 0
+        restart = (load_checkpoint_meta(state, STATE)["config"].get("restart", 0) if resume
+                   else 0)
         trainer = make(dataclasses.replace(cfg, restart=restart), state, metrics)
         if resume:
             trainer.load_state()

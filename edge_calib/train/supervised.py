@@ -19,7 +19,7 @@ import torch
 
 from ..core.errors import EdgeCalibError
 from ..core.progress import progress_bar
-from ..models.checkpoint import load_checkpoint, save_checkpoint
+from ..models.checkpoint import load_checkpoint, load_checkpoint_meta, save_checkpoint
 from .distributed import Distributed
 from .loop import kept_message, log_epoch, non_finite, out_of_memory_as_error
 from .memory_budget import StepMemory, batch_that_fits, left_as_found, step_memory
@@ -148,7 +148,7 @@ def _saved_batch(path) -> int:
     """The batch size a saved training state was trained at."""
     if path is None or not Path(path).exists():
         raise EdgeCalibError(f"--resume: no training state at {path}")
-    return int(load_checkpoint(path, STATE)[0]["fit"]["batch_size"])
+    return int(load_checkpoint_meta(path, STATE)["fit"]["batch_size"])
 
 
 def _load_state(path, model, optimiser, scheduler) -> list[dict]:
