@@ -100,17 +100,22 @@ def compare(clf, known: dict[str, np.ndarray], tests: dict[str, np.ndarray]) -> 
 
 
 def tapped_tensors(graph: onnx.ModelProto, count: int) -> list[str]:
-    """The float tensors entering the graph's Conv nodes 2..count+1 (in node order): a Conv's
+    """The float tensors entering the graph's 2nd, 3rd, ... Conv nodes (in node order) that
+    are not pooled (``activation_taps`` skips a squeeze-excite's 1x1 input too): a Conv's
     input, or for a quantised Conv (DequantizeLinear(QuantizeLinear(t))) the tensor t."""
     made = {o: n for n in graph.graph.node for o in n.output}
-    convs = [n for n in graph.graph.node if n.op_type == "Conv"]
     names = []
-    for conv in convs[1:1 + count]:
+    for conv in [n for n in graph.graph.node if n.op_type == "Conv"][1:]:
         name = conv.input[0]
         if made.get(name) is not None and made[name].op_type == "DequantizeLinear":
             q = made.get(made[name].input[0])
             name = q.input[0] if q is not None and q.op_type == "QuantizeLinear" else name
+        if made.get(name) is not None and made[name].op_type in ("GlobalAveragePool",
+                                                                  "ReduceMean"):
+            continue
         names.append(name)
+        if len(names) == count:
+            break
     return names
 
 
