@@ -184,12 +184,12 @@ def run_distances(args, step):
     from edge_calib.core.metrics import pixel_distance
     from edge_calib.models.store import load_calibrator, load_classifier
     from edge_calib.imaging.photometric import HistogramMatch
-    from edge_calib.train.source_stats import SourceStats, stats_distance
+    from edge_calib.train.source_stats import stats_distance
     from edge_calib.train.tensors import DomainData
 
     code, started = git_commit(ROOT), time.time()
     clf = load_classifier(paths(Path(args.work))["int8"])
-    spec, stats = clf.spec, SourceStats.of(clf)
+    spec, stats = clf.spec, clf.source_stats
 
     def unlabelled(dataset):
         images = load_dataset(dataset, "train", args.data_root,

@@ -38,13 +38,12 @@ def main():
     from edge_calib.models.store import load_calibrator, load_classifier
     from edge_calib.core.provenance import capture
     from edge_calib.train.evaluate import unlabelled_scores
-    from edge_calib.train.source_stats import SourceStats
     from edge_calib.train.tensors import load_domain
     from report_camvid import spearman
 
     torch.set_num_threads(1)
     clf = load_classifier(args.classifier)
-    stats = SourceStats.of(clf)
+    stats = clf.source_stats
     dusk = load_domain("camvid:dusk", "train", args.data_root, clf.spec, unlabelled=True)
     rows = []
     with torch.no_grad():

@@ -53,7 +53,6 @@ def main():
     from edge_calib.data import load_dataset
     from edge_calib.models.store import load_calibrator, load_classifier
     from edge_calib.train.evaluate import unlabelled_scores
-    from edge_calib.train.source_stats import SourceStats
     from edge_calib.train.tensors import DomainData
     from report_camvid import spearman
 
@@ -80,7 +79,7 @@ def main():
                 images = target_train.held_out(int(value("--max-samples")), int(value("--seed")))
                 held_out = DomainData(images.subset(args.holdout, seed=0), clf.spec)
                 with torch.no_grad():
-                    scores = unlabelled_scores(clf.module, held_out, SourceStats.of(clf),
+                    scores = unlabelled_scores(clf.module, held_out, clf.source_stats,
                                                cal.module.eval(), batch_size=500)
                 rows.append({"task": task, "seed": seed, "candidate": candidate,
                              **{k: round(v, 5) for k, v in scores.items()},

@@ -84,12 +84,11 @@ def adapted(mnist_bundle, colour_frames, tmp_path_factory):
 def test_export_carries_the_source_record(mnist_bundle, trained_dtn):
     from edge_calib.deploy.bundle import open_bundle
     from edge_calib.models.store import load_classifier
-    from edge_calib.train.source_stats import SourceStats
 
     b = open_bundle(mnist_bundle)
     entry = b.manifest.source_stats
     assert entry["dataset"] == "mnist" and entry["frames"] == "source/frames.npy"
-    want = SourceStats.of(load_classifier(trained_dtn)).tensors()
+    want = load_classifier(trained_dtn).source_stats.tensors()
     with np.load(b.path(entry["file"])) as saved:
         assert sorted(saved.files) == sorted(want)
         for key, value in want.items():

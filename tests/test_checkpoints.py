@@ -151,3 +151,29 @@ def test_the_metadata_alone_is_read_and_checked_as_the_whole_checkpoint(tmp_path
     (tmp_path / "cut.pt").write_bytes((tmp_path / "c.pt").read_bytes()[:5000])
     with pytest.raises(EdgeCalibError, match="corrupt or truncated"):
         load_checkpoint_meta(tmp_path / "cut.pt", "classifier")
+
+
+def test_source_statistics_travel_typed_and_a_malformed_record_is_named(tmp_path):
+    """A classifier keeps its recorded source statistics as a ``SourceStats`` (not a dict of
+    "meta" and "tensors"): saved beside the weights, read back equal, outside the fingerprint;
+    a record whose metadata names taps the file does not hold is one line naming the file."""
+    from edge_calib.models.checkpoint import load_checkpoint, save_checkpoint
+    from edge_calib.models.source_record import SourceStats
+
+    clf = random_classifier("lenet", seed=0)
+    bare = clf.fingerprint
+    clf.source_stats = SourceStats([torch.arange(6.0)], [torch.ones(6)], torch.full((10,), 0.1),
+                                   torch.linspace(-1, 1, 65)[None], "mnist", 3)
+    clf.save(tmp_path / "c.pt")
+    back = load_classifier(tmp_path / "c.pt")
+    assert isinstance(back.source_stats, SourceStats) and back.fingerprint == bare
+    assert back.source_stats.dataset == "mnist" and back.source_stats.images == 3
+    assert torch.equal(back.source_stats.means[0], torch.arange(6.0))
+    assert torch.equal(back.source_stats.pixel_quantiles, clf.source_stats.pixel_quantiles)
+    meta, tensors = load_checkpoint(tmp_path / "c.pt", "classifier")
+    assert meta["source_stats"] == {"dataset": "mnist", "images": 3, "taps": 1, "channels": [6]}
+    meta["source_stats"]["taps"] = 2
+    save_checkpoint(tmp_path / "bad.pt", "classifier", meta, tensors)
+    with pytest.raises(EdgeCalibError, match=r"bad.pt: the stored source statistics are "
+                                             r"malformed \(KeyError\('tap1.mean'\)\)$"):
+        load_classifier(tmp_path / "bad.pt")

@@ -127,10 +127,9 @@ def test_init_histogram_starts_the_curve_at_histogram_matching(trained_dtn, digi
     from edge_calib.models.store import load_classifier
     from edge_calib.train.calibrate import CalibratorConfig, CalibratorTrainer
     from edge_calib.train.loop import state_paths
-    from edge_calib.train.source_stats import SourceStats
 
     clf = load_classifier(trained_dtn)
-    stats = SourceStats.of(clf)
+    stats = clf.source_stats
     x = digits["usps_train"].batch(np.arange(16), "cpu")
     hm = histogram_matching(3, clf.spec.lo, clf.spec.hi, stats.pixel_quantiles)
     for init in ("histogram", "identity"):

@@ -17,7 +17,6 @@ from edge_calib.train.calibrate import CalibratorConfig, CalibratorTrainer
 from edge_calib.train.loop import state_paths
 from edge_calib.train.tensors import DomainData
 from edge_calib.train.source_stats import (
-    SourceStats,
     activation_taps,
     record_source_stats,
     stats_distance,
@@ -51,7 +50,7 @@ def test_unlabelled_scores_recomputed_by_hand(trained_dtn, shared_data):
     from edge_calib.train.evaluate import unlabelled_scores
 
     clf = load_classifier(trained_dtn)
-    stats = SourceStats.of(clf)
+    stats = clf.source_stats
     data = DomainData(load_dataset("mnist:haze", "test", shared_data).subset(70), DIGITS_RGB32)
     with torch.no_grad():
         p = F.softmax(clf.module(data.batch(np.arange(70), "cpu")).double(), dim=1)
@@ -88,7 +87,7 @@ def test_float_folded_and_int8_models_tap_the_same_layers(trained_dtn, int8_dtn,
         shapes.append([tuple(v.shape) for v in values])
         moments.append(tap_moments(values))
     assert shapes[0] == shapes[1]
-    a, b = SourceStats.of(float_clf), SourceStats.of(int8_clf)
+    a, b = float_clf.source_stats, int8_clf.source_stats
     assert b is not None and b.dataset == "mnist"
     a.check_fits(moments[1], "the INT8 model")  # the float record fits the INT8 model's taps
     # the second convolution's input: the first layer's output, pruned and quantised
@@ -117,7 +116,7 @@ def test_the_stats_objective_restores_the_source_statistics(trained_dtn, digits,
     from edge_calib.train.tensors import DomainData
 
     clf = load_classifier(trained_dtn)
-    stats = SourceStats.of(clf)
+    stats = clf.source_stats
     shift_train = DomainData(load_dataset("mnist:lowlight", "train", shared_data).subset(600),
                              DIGITS_RGB32)
     shift_test = DomainData(load_dataset("mnist:lowlight", "test", shared_data).subset(1000),

@@ -413,7 +413,6 @@ def _evaluate_checkpoints(classifier, calibrator, dataset, split, data_root, bat
     from ..data import load_dataset
     from ..models.store import load_calibrator, load_classifier
     from ..train.evaluate import check_task, classification, segmentation, unlabelled_scores
-    from ..train.source_stats import SourceStats
     from ..train.tensors import DomainData, resolve_device
 
     clf = load_classifier(classifier)
@@ -434,7 +433,7 @@ def _evaluate_checkpoints(classifier, calibrator, dataset, split, data_root, bat
     check_task(clf.task, data)
     module, cal_module = clf.module.to(dev), None if cal is None else cal.module.to(dev)
     if unlabelled:
-        stats = SourceStats.of(clf)
+        stats = clf.source_stats
         if stats is None:
             raise EdgeCalibError(f"{classifier} has no recorded source statistics (they are "
                                  "recorded by train-classifier, compress --calib-dataset and "
@@ -557,7 +556,7 @@ def import_model(model, task, input_size, mean, std, colour_order, layout, label
         from ..train.tensors import load_domain
 
         data = load_domain(source, "train", data_root, clf.spec, unlabelled=True)
-        clf.source_stats = record_source_stats(clf.module, data, graph=clf.onnx_bytes).saved()
+        clf.source_stats = record_source_stats(clf.module, data, graph=clf.onnx_bytes)
     fingerprint = clf.save(out)
     click.echo(json.dumps({"out": out, "fingerprint": fingerprint, "task": task,
                            "classes": clf.num_classes, "input_spec": clf.spec.to_dict(),

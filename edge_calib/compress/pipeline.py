@@ -96,7 +96,7 @@ def compress_classifier(clf: Classifier, prune: str | None, int8: bool, calib: D
     metrics["time_s"] = time.time() - started
     # the deployed model's own statistics on its source images: folding removed the BatchNorm
     # statistics and pruning and INT8 moved the activations
-    stats = None if calib is None else record_source_stats(module.eval(), calib, seed=seed).saved()
+    stats = None if calib is None else record_source_stats(module.eval(), calib, seed=seed)
     out = Classifier(module.eval(), clf.arch, clf.spec, clf.num_classes, clf.labels, compression,
                      metrics, source_stats=stats)
     for p in out.module.parameters():

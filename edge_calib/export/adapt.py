@@ -111,6 +111,7 @@ def frozen_model(bundle):
     """The bundle's ONNX Runtime classifier graph as a frozen torch module (the importer's
     converter and check), with the bundle's source statistics attached."""
     from ..models.importer import ImportRequest, import_onnx
+    from ..models.source_record import SourceStats
 
     stats = bundle.manifest.source_stats
     if stats is None:
@@ -129,8 +130,9 @@ def frozen_model(bundle):
         raise EdgeCalibError(f"--deploy {bundle.root}: {stats['file']} unreadable ({exc})") \
             from None
     taps = sum(1 for k in tensors if k.endswith(".mean"))
-    clf.source_stats = {"meta": {"dataset": stats["dataset"], "images": int(stats["images"]),
-                                 "taps": taps}, "tensors": tensors}
+    clf.source_stats = SourceStats.from_saved(
+        {"dataset": stats["dataset"], "images": int(stats["images"]), "taps": taps}, tensors,
+        f"--deploy {bundle.root}: {stats['file']}")
     clf.path = str(bundle.classifier_file("onnxruntime"))
     return clf
 
@@ -219,7 +221,7 @@ def unused_name(root: Path, pattern: str) -> str:
 
 def adapt_bundle(req: AdaptRequest) -> dict:
     """Train, choose, stage and swap in the new domain; returns the JSON summary."""
-    from ..train.source_stats import SourceStats, stats_distance
+    from ..train.source_stats import stats_distance
     from ..models.calibrators.curve import histogram_matching
     from ..models.records import TrainingSummary
     from ..train.tensors import resolve_device
@@ -244,7 +246,7 @@ def adapt_bundle(req: AdaptRequest) -> dict:
                  f"model on {device}")
         module, summary, trainer = train_calibrator(clf, source, target, cfg, device,
                                                     req.progress)
-        stats = SourceStats.of(clf)
+        stats = clf.source_stats
         spec = clf.spec
         matching = histogram_matching(spec.channels, spec.lo, spec.hi, stats.pixel_quantiles)
         held = trainer.holdout

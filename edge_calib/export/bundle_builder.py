@@ -52,9 +52,8 @@ def histogram_calibrator(clf, domain: str, spec: str) -> Calibrator:
     from ..models.calibrators.curve import histogram_matching
     from ..models.records import CalibratorRecord, TrainingSummary
     from ..models.store import calibrator_fingerprint
-    from ..train.source_stats import SourceStats
 
-    stats = SourceStats.of(clf)
+    stats = clf.source_stats
     if stats is None:
         raise EdgeCalibError(f"--calibrator {domain}={spec}: {clf.path} has no recorded source "
                              "statistics to match to (they are recorded by train-classifier, "
@@ -79,9 +78,8 @@ def source_pixel_histograms(clf) -> np.ndarray | None:
     quantile function the model's source statistics record in normalised units (None without
     them): P(level <= v) = F(x_v + half a level), x_v = (v / 255 - mean) / std, F interpolated
     between the recorded quantiles."""
-    from ..train.source_stats import SourceStats
 
-    stats = SourceStats.of(clf)
+    stats = clf.source_stats
     if stats is None:
         return None
     spec = clf.spec
@@ -108,9 +106,8 @@ def write_source_record(folder: Path, clf, data_root) -> dict | None:
     ``edge-calib adapt`` trains a new domain's calibrator from; None when the model has no
     recorded statistics. Frames are left out (``"frames": null``) where the source dataset
     cannot be read here."""
-    from ..train.source_stats import SourceStats
 
-    stats = SourceStats.of(clf)
+    stats = clf.source_stats
     if stats is None:
         return None
     (folder / "source").mkdir()
@@ -233,9 +230,8 @@ def export_domain(folder: Path, domain: str, cal: Calibrator, graphs: Classifier
 
 def model_source(clf) -> str | None:
     """The dataset the frozen model was trained or calibrated on, where it records one."""
-    from ..train.source_stats import SourceStats
 
-    stats = SourceStats.of(clf)
+    stats = clf.source_stats
     return stats.dataset if stats is not None else (
         clf.metrics.get("source") or clf.metrics.get("source_test"))
 

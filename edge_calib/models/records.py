@@ -146,7 +146,7 @@ class ClassifierRecord:
     task: str | None = None  # an imported model's (our own architectures know theirs)
     graph_layout: str = "NCHW"  # an imported graph's own input layout
     onnx_sha256: str | None = None  # an imported model's file
-    source_stats: dict | None = None  # train.source_stats.SourceStats.meta
+    source_stats: dict | None = None  # source_record.SourceStats.meta()
     extra: dict = field(default_factory=dict)  # keys this version does not know, kept as read
 
     _TYPES = {"arch": str, "num_classes": int, "labels": list, "fingerprint": str,

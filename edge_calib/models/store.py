@@ -26,6 +26,7 @@ from .calibrators import BoundedCalibrator, fingerprint_identity, make_calibrato
 from .checkpoint import load_checkpoint, save_checkpoint, state_fingerprint
 from .classifiers import build_classifier, count_parameters
 from .records import CalibratorRecord, ClassifierRecord, is_int8
+from .source_record import SourceStats
 
 CLASSIFIER, CALIBRATOR = "classifier", "calibrator"
 
@@ -44,9 +45,9 @@ class Classifier:
     path: str | None = None
     onnx_bytes: bytes | None = None  # an imported model's file, deployed unchanged
     imported_task: str | None = None
-    # the model's own statistics on source data (train.source_stats): {"meta", "tensors"};
-    # kept beside the weights, outside the fingerprint
-    source_stats: dict | None = None
+    # the model's own statistics on source data (recorded by train.source_stats); kept beside
+    # the weights, outside the fingerprint
+    source_stats: SourceStats | None = None
     graph_layout: str = "NCHW"  # an imported graph's own input layout (NHWC: transposed first)
 
     def identity(self) -> dict:
@@ -86,13 +87,13 @@ class Classifier:
             metrics=self.metrics, task=identity.get("task"), graph_layout=self.graph_layout,
             onnx_sha256=None if self.onnx_bytes is None
             else hashlib.sha256(self.onnx_bytes).hexdigest(),
-            source_stats=None if self.source_stats is None else self.source_stats["meta"])
+            source_stats=None if self.source_stats is None else self.source_stats.meta())
 
     def save(self, path: str | Path) -> str:
         record = self.record()
         tensors = {"state": self.module.state_dict()}
         if self.source_stats is not None:
-            tensors["source_stats"] = self.source_stats["tensors"]
+            tensors["source_stats"] = self.source_stats.tensors()
         if self.onnx_bytes is not None:
             tensors["onnx"] = torch.frombuffer(bytearray(self.onnx_bytes), dtype=torch.uint8)
         save_checkpoint(path, CLASSIFIER, record.to_dict(), tensors)
@@ -131,7 +132,7 @@ def load_classifier(path: str | Path) -> Classifier:
         else:
             module = build_structure(record.arch, record.num_classes, record.compression)
         module.load_state_dict(tensors["state"])
-        stats = ({"meta": record.source_stats, "tensors": tensors["source_stats"]}
+        stats = (SourceStats.from_saved(record.source_stats, tensors["source_stats"], str(path))
                  if record.source_stats is not None else None)
         clf = Classifier(module.eval(), record.arch, record.input_spec, record.num_classes,
                          list(record.labels), record.compression, record.metrics, str(path),

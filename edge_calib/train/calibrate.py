@@ -262,7 +262,7 @@ class CalibratorTrainer:
     def _source_stats(self) -> SourceStats:
         """The frozen model's recorded source statistics; recorded here from the source images
         when the checkpoint has none, or when training at another size than the model's."""
-        stats = SourceStats.of(self.classifier)
+        stats = self.classifier.source_stats
         spec = self.classifier.spec
         resized = self.cfg.train_size not in (None, (spec.height, spec.width))
         if stats is None or resized:

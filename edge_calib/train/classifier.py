@@ -121,4 +121,4 @@ def train_classifier(arch: str, spec: InputSpec, train: DomainData, test: Domain
     model = model.cpu().eval()
     stats = record_source_stats(model, train, seed=seed)
     return Classifier(model, arch, spec, len(labels), labels, None, metrics,
-                      source_stats=stats.saved())
+                      source_stats=stats)

@@ -21,7 +21,6 @@ statistics over a batch of a few frames are too noisy to match.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -31,6 +30,7 @@ from torch import nn
 
 from ..core.errors import EdgeCalibError
 from ..models.calibrators.curve import QUANTILES
+from ..models.source_record import SourceStats
 from .tensors import DomainData
 
 VARIANCE_FLOOR = 1e-5
@@ -91,58 +91,6 @@ def tap_moments(values: list[torch.Tensor], mean_over_ranks: Callable | None = N
             mu = mean_over_ranks(v.mean(dim=dims))
             out.append((mu, (mean_over_ranks((v * v).mean(dim=dims)) - mu * mu).clamp(min=0)))
     return out
-
-
-@dataclass
-class SourceStats:
-    """The record: ``means[i]``, ``variances[i]`` per tap; ``class_marginal`` (K,);
-    ``pixel_quantiles`` (C, QUANTILES + 1); the data it came from."""
-
-    means: list[torch.Tensor]
-    variances: list[torch.Tensor]
-    class_marginal: torch.Tensor
-    pixel_quantiles: torch.Tensor
-    dataset: str
-    images: int
-
-    def tensors(self) -> dict:
-        out = {"class_marginal": self.class_marginal, "pixel_quantiles": self.pixel_quantiles}
-        for i, (m, v) in enumerate(zip(self.means, self.variances)):
-            out[f"tap{i}.mean"], out[f"tap{i}.var"] = m, v
-        return out
-
-    def meta(self) -> dict:
-        return {"dataset": self.dataset, "images": self.images, "taps": len(self.means),
-                "channels": [int(m.numel()) for m in self.means]}
-
-    def saved(self) -> dict:
-        """The form a ``Classifier`` keeps (its ``source_stats``)."""
-        return {"meta": self.meta(), "tensors": self.tensors()}
-
-    @classmethod
-    def of(cls, classifier) -> "SourceStats | None":
-        """A classifier's recorded statistics, or None."""
-        saved = classifier.source_stats
-        return None if saved is None else cls.from_saved(saved["meta"], saved["tensors"])
-
-    @classmethod
-    def from_saved(cls, meta: dict, tensors: dict) -> "SourceStats":
-        try:
-            n = int(meta["taps"])
-            return cls([tensors[f"tap{i}.mean"] for i in range(n)],
-                       [tensors[f"tap{i}.var"] for i in range(n)], tensors["class_marginal"],
-                       tensors["pixel_quantiles"], str(meta["dataset"]), int(meta["images"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise EdgeCalibError(f"the stored source statistics are malformed ({exc!r})") from None
-
-    def check_fits(self, moments: list[tuple[torch.Tensor, torch.Tensor]], what: str) -> None:
-        """The model's taps now (``moments``) must be the recorded ones, channel for channel."""
-        have = [int(m.numel()) for m, _ in moments]
-        want = [int(m.numel()) for m in self.means]
-        if have != want:
-            raise EdgeCalibError(f"{what}: the model's layers ({len(have)} taps) do not match its "
-                                 f"recorded source statistics ({len(want)} taps); record them "
-                                 "again")
 
 
 def pixel_quantiles(data: DomainData) -> torch.Tensor:
