@@ -78,7 +78,6 @@ def source_pixel_histograms(clf) -> np.ndarray | None:
     quantile function the model's source statistics record in normalised units (None without
     them): P(level <= v) = F(x_v + half a level), x_v = (v / 255 - mean) / std, F interpolated
     between the recorded quantiles."""
-
     stats = clf.source_stats
     if stats is None:
         return None
@@ -106,7 +105,6 @@ def write_source_record(folder: Path, clf, data_root) -> dict | None:
     ``edge-calib adapt`` trains a new domain's calibrator from; None when the model has no
     recorded statistics. Frames are left out (``"frames": null``) where the source dataset
     cannot be read here."""
-
     stats = clf.source_stats
     if stats is None:
         return None
@@ -230,7 +228,6 @@ def export_domain(folder: Path, domain: str, cal: Calibrator, graphs: Classifier
 
 def model_source(clf) -> str | None:
     """The dataset the frozen model was trained or calibrated on, where it records one."""
-
     stats = clf.source_stats
     return stats.dataset if stats is not None else (
         clf.metrics.get("source") or clf.metrics.get("source_test"))

@@ -17,6 +17,29 @@ def is_int8(compression: dict | None) -> bool:
     return bool((compression or {}).get("int8"))
 
 
+def _read_fields(cls, meta: dict, where: str, kind: str) -> tuple[InputSpec, dict, dict]:
+    """A checkpoint's metadata checked against a record class (its ``_REQUIRED`` keys and
+    ``_TYPES``): (input spec, the fields the class knows, the keys it does not). A missing or
+    mistyped key is one line naming it."""
+    data = dict(meta)
+    for key in cls._REQUIRED:
+        if key not in data:
+            raise EdgeCalibError(f"{where}: {kind} checkpoint is malformed ({key!r} missing)")
+    for key, kinds in cls._TYPES.items():
+        if key in data and (not isinstance(data[key], kinds)
+                            or (kinds is int and isinstance(data[key], bool))):
+            raise EdgeCalibError(f"{where}: {kind} checkpoint is malformed ({key!r} is a "
+                                 f"{type(data[key]).__name__})")
+    try:
+        spec = InputSpec.from_dict(data.pop("input_spec"))
+    except (KeyError, TypeError, ValueError, AttributeError, EdgeCalibError) as exc:
+        raise EdgeCalibError(f"{where}: {kind} checkpoint is malformed (input_spec: {exc})") \
+            from None
+    names = {f.name for f in dataclasses.fields(cls)} - {"extra", "input_spec"}
+    known = {k: data.pop(k) for k in list(data) if k in names}
+    return spec, known, data
+
+
 @dataclass
 class TrainingSummary:
     """How a calibrator was trained (a checkpoint's ``training``): what ``train``, ``adapt`` and
@@ -96,26 +119,11 @@ class CalibratorRecord:
         data = dict(meta)
         if "calibrator" in data:
             data["architecture"] = data.pop("calibrator")
-        for key in cls._REQUIRED:
-            if key not in data:
-                raise EdgeCalibError(f"{where}: calibrator checkpoint is malformed ({key!r} "
-                                     "missing)")
-        for key, kinds in cls._TYPES.items():
-            if key in data and (not isinstance(data[key], kinds)
-                                or (kinds is int and isinstance(data[key], bool))):
-                raise EdgeCalibError(f"{where}: calibrator checkpoint is malformed ({key!r} is a "
-                                     f"{type(data[key]).__name__})")
-        try:
-            spec = InputSpec.from_dict(data.pop("input_spec"))
-        except (KeyError, TypeError, ValueError, AttributeError, EdgeCalibError) as exc:
-            raise EdgeCalibError(f"{where}: calibrator checkpoint is malformed (input_spec: "
-                                 f"{exc})") from None
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra", "input_spec"}
-        known = {k: data.pop(k) for k in list(data) if k in names}
+        spec, known, extra = _read_fields(cls, data, where, "calibrator")
         if isinstance(known.get("training"), dict):
             known["training"] = TrainingSummary.read(known["training"], where)
         known.setdefault("domain", None)
-        return cls(input_spec=spec, extra=data, **known)
+        return cls(input_spec=spec, extra=extra, **known)
 
     def to_dict(self) -> dict:
         """The checkpoint's metadata, keyed as it has always been written."""
@@ -163,29 +171,12 @@ class ClassifierRecord:
     def read(cls, meta: dict, where: str) -> "ClassifierRecord":
         """From a checkpoint's metadata; a missing or mistyped field is one line naming it.
         Checkpoints written before a field existed read its default."""
-        data = dict(meta)
-        for key in cls._REQUIRED:
-            if key not in data:
-                raise EdgeCalibError(f"{where}: classifier checkpoint is malformed ({key!r} "
-                                     "missing)")
-        for key, kinds in cls._TYPES.items():
-            value = data.get(key)
-            if key in data and (not isinstance(value, kinds) or
-                                (isinstance(value, bool) and kinds is int)):
-                raise EdgeCalibError(f"{where}: classifier checkpoint is malformed ({key!r} is a "
-                                     f"{type(value).__name__})")
-        if data["num_classes"] < 1 or len(data["labels"]) != data["num_classes"]:
+        spec, known, extra = _read_fields(cls, meta, where, "classifier")
+        if known["num_classes"] < 1 or len(known["labels"]) != known["num_classes"]:
             raise EdgeCalibError(f"{where}: classifier checkpoint is malformed ('labels' has "
-                                 f"{len(data['labels'])} names for {data['num_classes']} "
+                                 f"{len(known['labels'])} names for {known['num_classes']} "
                                  "classes)")
-        try:
-            spec = InputSpec.from_dict(data.pop("input_spec"))
-        except (KeyError, TypeError, ValueError, AttributeError, EdgeCalibError) as exc:
-            raise EdgeCalibError(f"{where}: classifier checkpoint is malformed (input_spec: "
-                                 f"{exc})") from None
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra", "input_spec"}
-        known = {k: data.pop(k) for k in list(data) if k in names}
-        return cls(input_spec=spec, extra=data, **known)
+        return cls(input_spec=spec, extra=extra, **known)
 
     def to_dict(self) -> dict:
         """The checkpoint's metadata, keyed as it has always been written."""
