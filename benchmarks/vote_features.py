@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +36,7 @@ from onnx import helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from edge_calib.bench.latency import Config, measure  # noqa: E402
 from edge_calib.core.fileio import write_bytes_atomic, write_json_atomic  # noqa: E402
 from edge_calib.core.provenance import capture, git_commit  # noqa: E402
 from edge_calib.data import load_dataset  # noqa: E402
@@ -144,7 +144,8 @@ def with_moments(graph: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 
 def graph_cost(bundle_path: str, frame: np.ndarray, rounds: int = 200) -> dict:
     """The bundle's classifier graph alone and with the activation moments as outputs, batch 1,
-    one thread, interleaved; medians in ms and the paired difference."""
+    one thread, interleaved (``bench.latency.measure``); medians in ms and the paired
+    difference."""
     bundle = open_bundle(bundle_path)
     graph = onnx.load(str(bundle.classifier_file("onnxruntime")))
     names = tapped_tensors(graph, len(LAYERS))
@@ -153,18 +154,11 @@ def graph_cost(bundle_path: str, frame: np.ndarray, rounds: int = 200) -> dict:
                           model=with_moments(graph, names).SerializeToString(), threads=1)
     feed = {plain.get_inputs()[0].name: bundle.spec.preprocess(frame[None])}
     wanted = [o.name for o in tapped.get_outputs()]
-    for _ in range(10):
-        plain.run(None, feed)
-        tapped.run(wanted, feed)
-    a, b = [], []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        plain.run(None, feed)
-        a.append((time.perf_counter() - t) * 1e3)
-        t = time.perf_counter()
-        tapped.run(wanted, feed)
-        b.append((time.perf_counter() - t) * 1e3)
-    diff = np.asarray(b) - np.asarray(a)
+    samples = measure([Config("graph", "classifier", None, lambda: plain.run(None, feed)),
+                       Config("with moments", "chain", None, lambda: tapped.run(wanted, feed))],
+                      iterations=rounds, warmup=10)
+    a, b = np.asarray(samples["graph"]), np.asarray(samples["with moments"])
+    diff = b - a
     return {"tensors": names, "graph_ms": round(float(np.median(a)), 3),
             "with_moments_ms": round(float(np.median(b)), 3),
             "paired_diff_ms": round(float(np.median(diff)), 3),
@@ -172,12 +166,9 @@ def graph_cost(bundle_path: str, frame: np.ndarray, rounds: int = 200) -> dict:
 
 
 def thumbnail_cost(frame: np.ndarray, calls: int = 300) -> float:
-    times = []
-    for _ in range(calls):
-        t = time.perf_counter()
-        frame_features(frame[None])
-        times.append((time.perf_counter() - t) * 1e3)
-    return round(float(np.median(times)), 3)
+    samples = measure([Config("thumbnail", "calibrator", None,
+                              lambda: frame_features(frame[None]))], iterations=calls, warmup=10)
+    return round(float(np.median(samples["thumbnail"])), 3)
 
 
 def main() -> None:
