@@ -66,3 +66,66 @@ def test_the_built_in_backends_and_an_unknown_name(bundle_dir):
     with pytest.raises(EdgeCalibError, match="unknown backend 'cuda'; choose one of "
                                              "onnxruntime, tensorrt"):
         open_engines(open_bundle(bundle_dir), "cuda")
+
+
+SHUFFLED = '''
+import numpy as np
+
+from edge_calib.engines.onnxruntime_backend import OrtEngines
+
+
+class Shuffled(OrtEngines):
+    """ONNX Runtime with its classes rotated by one: a backend that disagrees."""
+
+    backend = "shuffled"
+
+    def infer(self, domain, x):
+        logits, ms = super().infer(domain, x)
+        return np.roll(logits, 1, axis=1), ms
+
+
+def open_engines(bundle, threads=0, fused=True, frames=False):
+    return Shuffled(bundle, threads=threads, fused=fused, frames=frames)
+
+
+def prepare(deploy, settings):
+    return {"built": "nothing to build", "fused": settings["fused"]}
+
+
+def software():
+    return {"shuffled": "ONNX Runtime, classes rotated"}
+'''
+
+DOCTOR = '''
+import sys
+from edge_calib.engines import Backend, register
+register(Backend("onethread", "onnxruntime", "onethread_backend"))
+register(Backend("shuffled", "onnxruntime", "shuffled_backend"))
+from edge_calib.cli import main
+main(sys.argv[1:])
+'''
+
+
+def test_doctor_compares_every_registered_backend_with_onnx_runtime(bundle_dir, tmp_path):
+    """doctor runs each registered backend, after its ``prepare``, on the bundle's check
+    images and compares it with ONNX Runtime: the one-thread copy agrees on every frame, the
+    one with rotated classes is a named problem and a non-zero exit."""
+    (tmp_path / "onethread_backend.py").write_text(ONE_THREAD)
+    (tmp_path / "shuffled_backend.py").write_text(SHUFFLED)
+    report = tmp_path / "report"
+    proc = subprocess.run(
+        [sys.executable, "-c", DOCTOR, "doctor", "--deploy", str(bundle_dir), "--report",
+         str(report), "--iterations", "3"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    data = json.loads((report / "doctor.json").read_text())
+    one, shuffled = data["onethread"], data["shuffled"]
+    assert one["ok"] is True and one["agreement"] == {"usps": 1.0, "mnist": 1.0}
+    assert one["max_abs_diff"]["usps"] < 1e-4
+    assert shuffled["ok"] is False and shuffled["built"] == "nothing to build"
+    assert shuffled["fused"] is True and shuffled["agreement"]["mnist"] < 0.5
+    assert shuffled["latency_ms_batch1"]["mnist"]["count"] == 3
+    assert data["problems"] and all(p.startswith("shuffled: domain ") for p in data["problems"])
+    assert "agrees with onnxruntime on" in data["problems"][0]
+    assert "## shuffled" in (report / "doctor.md").read_text()

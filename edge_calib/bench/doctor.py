@@ -2,10 +2,11 @@
 anywhere else: what is missing is said, not failed on).
 
 It records what is installed (JetPack/L4T, TensorRT, Polygraphy, the CUDA runtime, the GPU,
-OpenCV with or without GStreamer, ONNX Runtime and its providers), checks the bundle, runs its
-check images through ONNX Runtime, and, where TensorRT is present, builds the bundle's engines
-and compares them with ONNX Runtime on the same images (top-1 or per-pixel agreement, max
-|difference| of the logits) and times both. One JSON and one Markdown report to send back.
+OpenCV with or without GStreamer, ONNX Runtime and its providers), checks the bundle, and runs
+its check images through every registered backend that can run here: ONNX Runtime first, as the
+reference, then each other one (TensorRT builds the bundle's engines first), compared with it on
+the same images (top-1 or per-pixel agreement, max |difference| of the logits), each timed.
+One JSON and one Markdown report to send back.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import numpy as np
 from ..core.errors import EdgeCalibError
 from ..core.fileio import write_bytes_atomic, write_json_atomic
 from ..core.stats import summarize
-from ..engines import BACKENDS, open_engines
+from ..engines import BACKENDS, Backend, open_engines
 
-AGREEMENT = 0.99  # top-1 (or per-pixel) agreement TensorRT must reach against ONNX Runtime
+REFERENCE = "onnxruntime"  # the backend every other one is compared with
+AGREEMENT = 0.99  # top-1 (or per-pixel) agreement another backend must reach against it
 
 
 def _read(path: str) -> str | None:
@@ -109,18 +111,11 @@ def run_doctor(deploy: str | None, report_dir: str, settings: dict, iterations: 
                 report["warnings"].append(f"classifier: {metrics['conversion_warning']}")
             if str(metrics.get("fusion", "")).startswith("two graphs"):
                 report["warnings"].append(f"classifier: {metrics['fusion']}")
-            reference = {}
-            try:
-                with open_engines(bundle, "onnxruntime", threads=0, fused=True) as ort_engines:
-                    reference = {d: ort_engines.infer(d, x)[0] for d in bundle.domains}
-                    report["onnxruntime"] = {
-                        "ok": True, "latency_ms_batch1": {
-                            d: _time(ort_engines, d, x[:1], iterations) for d in bundle.domains}}
-            except EdgeCalibError as exc:
-                report["onnxruntime"] = {"ok": False, "error": str(exc)}
-                report["problems"].append(f"onnxruntime: {exc}")
-            report["tensorrt"] = _tensorrt(bundle, settings, x, reference, iterations,
-                                           report["problems"])
+            reference: dict[str, np.ndarray] = {}
+            for backend in (BACKENDS[REFERENCE], *(b for b in BACKENDS.values()
+                                                   if b.name != REFERENCE)):
+                report[backend.name] = check_backend(backend, bundle.root, settings, x, reference,
+                                                     iterations, report["problems"])
     report["ok"] = not report["problems"]
     out = Path(report_dir)
     write_json_atomic(out / "doctor.json", report)
@@ -128,33 +123,39 @@ def run_doctor(deploy: str | None, report_dir: str, settings: dict, iterations: 
     return report
 
 
-def _tensorrt(bundle, settings, x, reference, iterations, problems) -> dict:
-    try:
-        from ..engines.tensorrt_backend import import_tensorrt
-        from ..engines.tensorrt_build import add_tensorrt_engines
+def check_backend(backend: Backend, deploy: Path, settings: dict, x: np.ndarray,
+                  reference: dict[str, np.ndarray], iterations: int, problems: list[str]) -> dict:
+    """One registered backend on the bundle: not available here (what is missing, not a
+    problem), or prepared (``Backend.prepare``: TensorRT builds its engines), run on the check
+    images frame by frame and timed at batch 1. The reference backend's outputs fill
+    ``reference``; every other backend is compared with them per domain and must agree on
+    ``AGREEMENT`` of the top-1 labels (or pixels)."""
+    from ..deploy.bundle import open_bundle
 
-        import_tensorrt()
-    except EdgeCalibError as exc:
-        return {"ok": None, "not_available": str(exc)}
     try:
-        built = add_tensorrt_engines(bundle.root, settings)
-        from ..deploy.bundle import open_bundle
-
-        rebuilt = open_bundle(bundle.root)
-        result = {"ok": True, "engines": built["key"], "cached": built["cached"], "domains": {}}
-        with open_engines(rebuilt, "tensorrt", fused=settings.get("fused", True)) as engines:
-            for d in rebuilt.domains:
+        backend.software()
+    except (ImportError, EdgeCalibError) as exc:
+        missing = exc.name if isinstance(exc, ImportError) and exc.name else exc
+        return {"ok": None, "not_available": str(missing)}
+    try:
+        result = {"ok": True, **backend.prepare(deploy, settings), "latency_ms_batch1": {}}
+        bundle = open_bundle(deploy)  # as prepared (TensorRT adds its engines to the manifest)
+        with open_engines(bundle, backend.name, fused=settings.get("fused", True)) as engines:
+            for d in bundle.domains:
                 got = np.concatenate([engines.infer(d, x[i:i + 1])[0] for i in range(len(x))])
-                entry = compare(reference[d], got) if d in reference else {}
-                entry["latency_ms_batch1"] = _time(engines, d, x[:1], iterations)
-                if entry.get("agreement", 1.0) < AGREEMENT:
-                    problems.append(f"tensorrt: domain {d} agrees with ONNX Runtime on "
-                                    f"{100 * entry['agreement']:.1f}% only")
-                    result["ok"] = False
-                result["domains"][d] = entry
+                if backend.name == REFERENCE:
+                    reference[d] = got
+                elif d in reference:
+                    for key, value in compare(reference[d], got).items():
+                        result.setdefault(key, {})[d] = value
+                    if result["agreement"][d] < AGREEMENT:
+                        problems.append(f"{backend.name}: domain {d} agrees with "
+                                        f"{REFERENCE} on {100 * result['agreement'][d]:.1f}% only")
+                        result["ok"] = False
+                result["latency_ms_batch1"][d] = _time(engines, d, x[:1], iterations)
         return result
     except EdgeCalibError as exc:
-        problems.append(f"tensorrt: {exc}")
+        problems.append(f"{backend.name}: {exc}")
         return {"ok": False, "error": str(exc)}
 
 

@@ -10,13 +10,14 @@ import click
 
 @click.command()
 @click.option("--deploy", type=click.Path(file_okay=False), default=None,
-              help="A bundle to check, build engines for (with TensorRT) and time.")
+              help="A bundle to check, run through every backend here and time.")
 @click.option("--report", "report_dir", default="doctor-report", show_default=True,
               type=click.Path(file_okay=False), help="Folder for doctor.json and doctor.md.")
 @click.option("--profile", default=None, help="Build profile for the TensorRT engines.")
 @click.option("--iterations", type=click.IntRange(min=1), default=50, show_default=True)
 def doctor(deploy, report_dir, profile, iterations):
-    """Check this machine and a bundle: versions, ONNX Runtime, TensorRT against ONNX Runtime."""
+    """Check this machine and a bundle: versions, then every backend that runs here (TensorRT
+    builds its engines first) timed and compared with ONNX Runtime."""
     from ..bench.doctor import run_doctor
 
     settings = {"fused": True}

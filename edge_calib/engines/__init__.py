@@ -7,8 +7,11 @@ turn, and is a context manager whose ``close()`` frees its sessions or device me
 
 A backend is one ``Backend`` in ``BACKENDS`` (``register``): the CLI's ``--backend`` choices,
 the profiles, ``bench`` and ``doctor`` read the registry (register before the CLI is imported).
-Its module is imported only when the backend is used and provides ``open_engines(bundle, threads, fused, frames) -> Engines`` and
-``software() -> dict`` (what ``doctor`` reports as found).
+Its module is imported only when the backend is used and provides
+``open_engines(bundle, threads, fused, frames) -> Engines``, ``software() -> dict`` (what
+``doctor`` reports as found; raising ImportError or EdgeCalibError where the backend cannot run
+here) and, where engines must be built on the device first, ``prepare(deploy, settings) ->
+dict`` (what ``doctor`` runs before opening them, as TensorRT builds its engines).
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ class Backend:
 
     def software(self) -> dict:
         return self.implementation().software()
+
+    def prepare(self, deploy, settings: dict) -> dict:
+        """Build what this device needs to run the bundle (nothing for most backends)."""
+        module = self.implementation()
+        return module.prepare(deploy, settings) if hasattr(module, "prepare") else {}
 
 
 BACKENDS: dict[str, Backend] = {}

@@ -270,6 +270,15 @@ def open_engines(bundle, threads: int = 0, fused: bool = True,
     return TrtEngines(bundle, entry)
 
 
+def prepare(deploy, settings: dict) -> dict:
+    """Before ``open_engines`` on this device (``doctor``): build the bundle's engines for
+    ``settings`` with Polygraphy, or reuse the ones cached for them; says which."""
+    from .tensorrt_build import add_tensorrt_engines
+
+    built = add_tensorrt_engines(deploy, settings)
+    return {"engines": built["key"], "cached": built["cached"]}
+
+
 def software() -> dict:
     """What ``doctor`` reports: TensorRT's and Polygraphy's versions and the GPU (an
     EdgeCalibError where TensorRT cannot be imported)."""
