@@ -25,6 +25,8 @@ from pathlib import Path
 
 from steps import Step, common_arguments
 
+from edge_calib.train.metrics_log import read_metrics_log
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "digits"
 TASKS = {"mnist-usps": ("mnist", "usps"), "usps-mnist": ("usps", "mnist"),
@@ -59,12 +61,12 @@ def evaluate(step, name, model_args, dataset):
 def epoch_summary(metrics_path: Path) -> dict:
     """From a training metrics log: per-epoch monitor accuracy (target test labels, for curves
     only), the mean of the last five epochs, and the mean time per epoch."""
-    log = [json.loads(line) for line in metrics_path.read_text().splitlines()]
-    monitor = [row.get("monitor_target_test_acc") for row in log]
+    log = read_metrics_log(metrics_path)
+    monitor = [row.monitor_target for row in log]
     return {"monitor_target_test_acc_per_epoch": monitor,
             "last5_monitor_target_test_acc": statistics.mean(monitor[-5:]) if None not in monitor[-5:] else None,
-            "source_test_acc_per_epoch": [row.get("source_test_acc") for row in log],
-            "time_per_epoch_s": statistics.mean(row["time_s"] for row in log)}
+            "source_test_acc_per_epoch": [row.source_score for row in log],
+            "time_per_epoch_s": statistics.mean(row.time_s for row in log)}
 
 
 def add_epoch_summary(record_path: Path, metrics_path: Path) -> dict:

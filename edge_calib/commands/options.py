@@ -62,3 +62,30 @@ class Real(click.ParamType):
             low = f"above {self.low:g}" if self.low_open else f"at least {self.low:g}"
             self.fail(f"{value} must be {low} and at most {self.high:g}", param, ctx)
         return number
+
+
+def calibrator_options(only: tuple[str, ...] | None = None, defaults: dict | None = None,
+                       helps: dict | None = None):
+    """One click option per setting ``CalibratorConfig`` declares as an option (all of them,
+    or those named in ``only``), with its declared type, choices and help; ``defaults`` and
+    ``helps`` replace a declared default or help (``adapt``'s recipe)."""
+    from ..train.settings import CalibratorConfig, option_name
+
+    defaults, helps = defaults or {}, helps or {}
+
+    def decorate(f):
+        for setting in reversed(CalibratorConfig.options()):
+            if only is not None and setting.name not in only:
+                continue
+            meta, declared = setting.metadata, setting.default
+            if meta["choices"]:
+                kind = click.Choice(list(meta["choices"]))
+            elif isinstance(declared, int):
+                kind = click.IntRange(min=meta["minimum"])
+            else:  # floats are range-checked by validate(), which names the option
+                kind = type(declared)
+            f = click.option(option_name(setting), setting.name, type=kind,
+                             default=defaults.get(setting.name, declared), show_default=True,
+                             help=helps.get(setting.name, meta["help"]) or None)(f)
+        return f
+    return decorate

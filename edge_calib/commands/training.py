@@ -11,10 +11,16 @@ from ..core.augmentations import AUGMENTATIONS, GEOMETRIC_HELP, PHOTOMETRIC_HELP
 from ..core.errors import EdgeCalibError
 from ..core.limits import check_input_pixels
 from ..core.progress import echo_err
-from ..models.families import DEFAULT_ARCH, FAMILY_SUMMARIES
 from ..train import recipes
 from ..train.recipes import RECIPES
-from .options import data_root_option, hold_output, left_at_default, training_options
+from ..train.settings import SIZE_HELP
+from .options import (
+    calibrator_options,
+    data_root_option,
+    hold_output,
+    left_at_default,
+    training_options,
+)
 
 
 def parse_hw(text: str | None, option: str = "--train-size") -> tuple[int, int] | None:
@@ -150,82 +156,17 @@ def _train_source_model(dataset, arch, spec, data_root, epochs, lr, augment, cro
 @click.option("--out", required=True, type=click.Path(),
               help="The calibrator checkpoint; with several domains a folder that receives "
                    "DOMAIN.calib.pt for each.")
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--eps", type=float, default=0.5, show_default=True,
-              help="Bound on |delta| in normalised input units.")
-@click.option("--calibrator-arch", "arch", default=DEFAULT_ARCH, show_default=True,
-              help="Calibrator family: " + "; ".join(f"{n}: {text}"
-                                                      for n, text in FAMILY_SUMMARIES.items()) + ".")
-@click.option("--calibrator-size", "size", default=None,
-              help="A preset (small, medium, large) or key=value pairs, e.g. width=8,blocks=9 "
-                   "(resnet), hidden=32 (pointwise), grid=8,hidden=32 (thumbnail), "
-                   "factor=4,width=16,depth=2 (lowres), width=8,depth=1 (shallow) "
-                   "[default: the family's medium size; resnet: the paper's width 8, 9 blocks].")
+@calibrator_options()
+@click.option("--calibrator-size", "size", default=None, help=SIZE_HELP)
 @click.option("--width", type=click.IntRange(min=1), default=None,
               help="resnet only: same as --calibrator-size width=N.")
 @click.option("--blocks", type=click.IntRange(min=0), default=None,
               help="resnet only: same as --calibrator-size blocks=N.")
-@click.option("--perturbation", type=click.Choice(["symmetric", "one-sided"]),
-              default="symmetric", show_default=True)
-@click.option("--lr", type=float, default=1e-4, show_default=True)
-@click.option("--d-lr", type=float, default=1e-4, show_default=True)
-@click.option("--patch", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Pixel discriminator patch size.")
-@click.option("--w-target", type=float, default=1.0, show_default=True)
-@click.option("--w-source", type=float, default=0.1, show_default=True)
-@click.option("--w-pixel", type=float, default=1.0, show_default=True)
-@click.option("--w-feature", type=float, default=1.0, show_default=True)
-@click.option("--w-consistency", type=float, default=0.0, show_default=True,
-              help="Weight of the source-consistency term: KL from the frozen network's "
-                   "predictions on source images to those on the calibrated source images "
-                   "(keeps the source domain; no labels; 0: the paper's setting).")
-@click.option("--w-histogram", type=float, default=0.0, show_default=True,
-              help="Weight of the pixel-histogram term: per-channel 1-D Wasserstein distance "
-                   "from each calibrated target image's pixel values to the source images' "
-                   "(0: the paper's setting).")
-@click.option("--objective", type=click.Choice(["adversarial", "stats"]), default="adversarial",
-              show_default=True,
-              help="adversarial: the paper's discriminators (eq. 5-7); stats: match the frozen "
-                   "model's activation statistics on its source data (recorded with the model; "
-                   "no discriminator).")
-@click.option("--w-stats", type=float, default=1.0, show_default=True,
-              help="Weight of the source-statistics term (objective stats).")
-@click.option("--stats-layers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Match the statistics of the first N recorded layers only (0: all).")
-@click.option("--w-entropy", type=float, default=0.0, show_default=True,
-              help="Weight of the mean prediction entropy on calibrated target images.")
-@click.option("--w-marginal", type=float, default=0.0, show_default=True,
-              help="Weight of the class-marginal term: KL from the mean prediction on calibrated "
-                   "target images to the source's class marginal (with --w-entropy: information "
-                   "maximisation).")
-@click.option("--classifier-mode", type=click.Choice(["eval", "dropout", "batch-stats", "train"]),
-              default="eval", show_default=True,
-              help="How the frozen classifier runs in the training forward pass (its stored "
-                   "state never changes).")
-@click.option("--d-steps", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--ema", type=float, default=0.99, show_default=True,
-              help="Exponential moving average of the calibrator weights (0: off).")
-@click.option("--schedule", type=click.Choice(["constant", "cosine"]), default="cosine",
-              show_default=True, help="Learning-rate schedule over all epochs.")
-@click.option("--select", type=click.Choice(["last", "entropy", "stats"]), default="last",
-              show_default=True,
-              help="Epoch selection, never on target labels: the last epoch, or the lowest "
-                   "prediction entropy / source-statistics distance on --holdout frames.")
-@click.option("--holdout", type=float, default=0.0, show_default=True,
-              help="Fraction of unlabelled target training images held out for --select.")
 @click.option("--train-size", default=None, metavar="HxW",
               help="Train on the images resized to HxW (e.g. 180x240 for 480x360 frames: "
                    "four times cheaper); the calibrator is deployed at the model's input size.")
 @click.option("--monitor-test/--no-monitor-test", default=False,
               help="Log target test accuracy per epoch (curves only, never used to select).")
-@click.option("--init", type=click.Choice(["identity", "histogram"]), default="identity",
-              show_default=True,
-              help="Where the calibrator starts: the identity, or (curve) per-frame histogram "
-                   "matching to the source's recorded pixels.")
-@click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Start N times from different seeds, train each for --restart-epochs and "
-                   "continue the one with the lowest source-statistics distance on the unlabelled "
-                   "target images (held-out ones with --holdout).")
 @click.option("--restart-epochs", type=click.IntRange(min=1), default=None,
               help="Epochs of each start before the choice [default: a fifth of --epochs].")
 @click.option("--recipe", type=click.Choice(list(RECIPES)), default=None,
@@ -236,23 +177,19 @@ def _train_source_model(dataset, arch, spec, data_root, epochs, lr, augment, cro
 @click.option("--resume", is_flag=True, help="Continue from the saved training state.")
 @click.option("--force", is_flag=True, help="Discard an existing training state.")
 @training_options
-def train(classifier, source, target, data_root, domain, out, epochs, eps, arch, size, width,
-          blocks, perturbation, lr, d_lr, patch, w_target, w_source, w_pixel, w_feature,
-          w_consistency, w_histogram, objective, w_stats, stats_layers, w_entropy, w_marginal,
-          classifier_mode,
-          d_steps, ema, schedule, select, holdout,
-          train_size, monitor_test, init, restarts, restart_epochs, recipe, resume, force,
-          batch_size, seed, device, max_samples, quiet):
+def train(classifier, source, target, data_root, domain, out, size, width, blocks, train_size,
+          monitor_test, restart_epochs, recipe, resume, force, batch_size, seed, device,
+          max_samples, quiet, **settings):
     """Train a data calibrator for DOMAIN against a frozen classifier; with several
     --target/--domain pairs, one per domain (written to OUT/DOMAIN.calib.pt). Under torchrun
     (--nproc-per-node N --no-python edge-calib train ...) one domain's batches are split over
     the processes, several domains are dealt to them."""
     from ..data.catalog import has_test_split, has_val_split
     from ..models.store import load_classifier
-    from ..train.calibrate import CalibratorConfig
     from ..train.distributed import Distributed
     from ..train.evaluate import check_task
     from ..train.jobs import SharedInputs, check_states, plan, train_domains
+    from ..train.settings import CalibratorConfig
     from ..train.tensors import load_domain, resolve_device
 
     from ..core.fileio import refuse_writing_over_inputs
@@ -261,24 +198,16 @@ def train(classifier, source, target, data_root, domain, out, epochs, eps, arch,
     tasks = plan(target, domain, out)
     for task in tasks:
         refuse_writing_over_inputs({"--out": task.out}, {"--classifier": classifier})
-    recipe_settings = dict(arch=arch, size=size, eps=eps, lr=lr, ema=ema, objective=objective,
-                           w_stats=w_stats, w_consistency=w_consistency, w_histogram=w_histogram)
     if recipe is not None:  # the recipe's settings, where the user gave none
-        recipe_settings.update({k: v for k, v in recipes.recipe(recipe).items()
-                                if left_at_default(k)})
-    arch = recipe_settings.pop("arch")
-    cfg = CalibratorConfig(epochs=epochs, batch_size=batch_size, d_lr=d_lr, arch=arch,
-                           size=calibrator_size(arch, recipe_settings.pop("size"), width, blocks),
-                           perturbation=perturbation, patch=patch,
-                           w_target=w_target, w_source=w_source, w_pixel=w_pixel,
-                           w_feature=w_feature, stats_layers=stats_layers,
-                           w_entropy=w_entropy, w_marginal=w_marginal,
-                           classifier_mode=classifier_mode,
-                           d_steps=d_steps, schedule=schedule, select=select,
-                           holdout=holdout, init=init, seed=seed, restarts=restarts,
+        chosen = {k: v for k, v in recipes.recipe(recipe).items() if left_at_default(k)}
+        size = chosen.pop("size", size)
+        settings |= chosen
+    restarts, epochs = settings["restarts"], settings["epochs"]
+    cfg = CalibratorConfig(**settings, batch_size=batch_size, seed=seed,
+                           size=calibrator_size(settings["arch"], size, width, blocks),
                            restart_epochs=(max(1, epochs // 5) if restart_epochs is None
                                            else restart_epochs) if restarts > 1 else 0,
-                           train_size=parse_hw(train_size), **recipe_settings)
+                           train_size=parse_hw(train_size))
     cfg.validate()
     check_states(tasks, restarts, resume, force)
     for task in tasks:  # a finished calibrator is replaced only when asked (or continued)

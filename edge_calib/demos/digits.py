@@ -65,7 +65,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         write_domain_video,
     )
     from ..models.records import CalibratorRecord
-    from ..train.calibrate import CalibratorConfig, CalibratorTrainer
+    from ..train.calibrate import CalibratorTrainer
+    from ..train.settings import CalibratorConfig
     from ..train.classifier import train_classifier
     from ..train.loop import state_paths
     from ..train.tensors import DomainData, resolve_device

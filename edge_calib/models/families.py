@@ -12,3 +12,4 @@ FAMILY_SUMMARIES = {
              "a per-frame colour matrix after it)",
 }
 DEFAULT_ARCH = "thumbnail"
+PERTURBATIONS = ("symmetric", "one-sided")  # see calibrators/base.py

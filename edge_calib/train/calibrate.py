@@ -26,10 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,16 +34,16 @@ import torch
 
 from ..core.errors import EdgeCalibError
 from ..core.progress import echo_err, progress_bar
-from ..models.calibrators import DEFAULT_ARCH, calibrator_class
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.discriminators import FeatureDiscriminator, PixelDiscriminator
 from ..models.records import TrainingSummary
 from ..models.store import Classifier, build_calibrator
 from .distributed import Distributed
 from .evaluate import scores
-from .frozen import MODES, FrozenForward
-from .loop import SCHEDULES, log_epoch, non_finite, scheduler
+from .frozen import FrozenForward
+from .loop import log_epoch, non_finite, scheduler
 from .memory_budget import StepMemory, batch_that_fits, left_as_found, step_memory
+from .metrics_log import SCORE, CalibratorEpoch
 from .losses import (
     CalibratorAdversarialLoss,
     GroupDiscriminatorLoss,
@@ -56,121 +53,12 @@ from .losses import (
     SourceStatsLoss,
     prediction_entropy,
 )
+from .settings import CalibratorConfig
 from .source_stats import SourceStats, activation_taps, record_source_stats, stats_distance, \
     tap_moments
 from .tensors import DomainData, epoch_order
 
-OBJECTIVES = ("adversarial", "stats")
-SELECTIONS = ("last", "entropy", "stats")
-INITS = ("identity", "histogram")
-SCORE = {"classification": "accuracy", "segmentation": "miou"}  # per-epoch monitor scores
 STATE = "calibrator-training-state"
-
-
-@dataclass
-class CalibratorConfig:
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 1e-4
-    d_lr: float = 1e-4
-    beta1: float = 0.5
-    eps: float = 0.5
-    arch: str = DEFAULT_ARCH
-    size: dict = field(default_factory=dict)  # the family's size settings (defaults filled in)
-    perturbation: str = "symmetric"
-    patch: int = 8
-    w_target: float = 1.0
-    w_source: float = 0.1
-    w_pixel: float = 1.0
-    w_feature: float = 1.0
-    w_consistency: float = 0.0
-    w_histogram: float = 0.0
-    objective: str = "adversarial"
-    w_stats: float = 1.0  # the main term of the stats objective
-    stats_layers: int = 0  # match the first N taps only (0: all)
-    w_entropy: float = 0.0
-    w_marginal: float = 0.0
-    classifier_mode: str = "eval"
-    d_steps: int = 1
-    ema: float = 0.99
-    schedule: str = "cosine"
-    select: str = "last"
-    holdout: float = 0.0
-    init: str = "identity"  # or "histogram": a curve calibrator starts at histogram matching
-    seed: int = 0
-    restarts: int = 1  # short starts from different seeds; the best by statistics continues
-    restart_epochs: int = 0  # epochs of each start before the choice (0: no restarts)
-    restart: int = 0  # which start this trainer is (its weights and order use ``run_seed``)
-    train_size: tuple[int, int] | None = None  # images resized to (h, w) for training
-
-    def validate(self):
-        if not (self.eps > 0 and math.isfinite(self.eps)):
-            raise EdgeCalibError(f"--eps must be a positive finite number, got {self.eps}")
-        for name in ("lr", "d_lr"):
-            value = getattr(self, name)
-            if not (value > 0 and math.isfinite(value)):
-                raise EdgeCalibError(f"--{name.replace('_', '-')} must be a positive finite "
-                                     f"number, got {value}")
-        if self.objective not in OBJECTIVES:
-            raise EdgeCalibError(f"unknown --objective {self.objective!r}; choose one of "
-                                 f"{', '.join(OBJECTIVES)}")
-        for name in ("w_target", "w_source", "w_pixel", "w_feature", "w_consistency",
-                     "w_histogram", "w_stats", "w_entropy", "w_marginal"):
-            value = getattr(self, name)
-            if not (value >= 0 and math.isfinite(value)):
-                raise EdgeCalibError(f"--{name.replace('_', '-')} must be a finite number >= 0, "
-                                     f"got {value}")
-        if self.stats_layers < 0:
-            raise EdgeCalibError(f"--stats-layers must be >= 0, got {self.stats_layers}")
-        if self.epochs < 1 or self.batch_size < 1 or self.d_steps < 1:
-            raise EdgeCalibError("--epochs, --batch-size and --d-steps must be >= 1")
-        self.size = calibrator_class(self.arch).check_size(self.size)
-        if not 0 <= self.ema < 1:
-            raise EdgeCalibError(f"--ema must be in [0, 1), got {self.ema}")
-        if self.classifier_mode not in MODES:
-            raise EdgeCalibError(f"unknown --classifier-mode {self.classifier_mode!r}")
-        if self.schedule not in SCHEDULES:
-            raise EdgeCalibError(f"unknown --schedule {self.schedule!r}; choose {SCHEDULES}")
-        if self.select not in SELECTIONS:
-            raise EdgeCalibError(f"unknown --select {self.select!r}; choose {SELECTIONS}")
-        if self.init not in INITS:
-            raise EdgeCalibError(f"unknown --init {self.init!r}; choose {', '.join(INITS)}")
-        if self.init == "histogram" and not hasattr(calibrator_class(self.arch),
-                                                    "start_at_histogram_matching"):
-            raise EdgeCalibError(f"--init histogram needs a family that contains histogram "
-                                 f"matching (curve), not {self.arch}")
-        if self.restarts < 1:
-            raise EdgeCalibError(f"--restarts must be >= 1, got {self.restarts}")
-        if self.restarts > 1 and not 1 <= self.restart_epochs < self.epochs:
-            raise EdgeCalibError(f"--restart-epochs must be between 1 and --epochs - 1 "
-                                 f"({self.epochs - 1}), got {self.restart_epochs}")
-        if self.select != "last" and self.holdout <= 0:
-            raise EdgeCalibError(f"--select {self.select} needs --holdout > 0 (a held-out slice "
-                                 "of the unlabelled target training images)")
-
-    @property
-    def run_seed(self) -> int:
-        """The seed of this start's weights and sample order (``seed`` for the first start);
-        the held-out split always uses ``seed``, so every start is scored on the same frames."""
-        return self.seed + 1000 * self.restart
-
-    def calibrator_config(self) -> dict:
-        return {"arch": self.arch, **self.size, "eps": self.eps, "perturbation": self.perturbation}
-
-    def resumable_from(self, other: dict) -> list[str]:
-        """Names of settings that differ from a saved run (epochs may grow unless cosine)."""
-        mine = json.loads(json.dumps(dataclasses.asdict(self)))  # as saved (tuples are lists)
-        other = {"w_consistency": 0.0, "w_histogram": 0.0, "objective": "adversarial",
-                 "w_stats": 1.0, "stats_layers": 0, "w_entropy": 0.0,
-                 "w_marginal": 0.0, "restarts": 1, "restart_epochs": 0,
-                 "restart": 0} | other  # saved before
-        if "arch" not in other:  # saved before there were several calibrator families
-            other = other | {"arch": "resnet", "size": {"width": other.get("width"),
-                                                        "blocks": other.get("blocks")}}
-        diffs = [k for k in mine if k != "epochs" and other.get(k) != mine[k]]
-        if self.schedule == "cosine" and other.get("epochs") != self.epochs:
-            diffs.append("epochs (the cosine schedule depends on it)")
-        return diffs
 
 
 class CalibratorTrainer:
@@ -462,7 +350,7 @@ class CalibratorTrainer:
                       "loss_histogram": histogram.item(), "loss_stats": stats.item(),
                       "entropy": entropy.item()}
 
-    def _train_epoch(self, progress: bool) -> dict:
+    def _train_epoch(self, progress: bool) -> CalibratorEpoch:
         cfg, b, shard = self.cfg, self.batch, self.dist.shard
         order_t = epoch_order(len(self.target), cfg.run_seed, self.epoch)
         order_s = epoch_order(len(self.source), cfg.run_seed + 1, self.epoch)
@@ -486,9 +374,11 @@ class CalibratorTrainer:
                 bar.update(1, current_item=" ".join(
                     f"{k} {values[k]:.3f}" for k in ("loss_d_pixel", "loss_d_feature", "loss_g",
                                                      "loss_stats") if k in values))
-        return {"epoch": self.epoch + 1, "steps": self.steps, "time_s": time.time() - started,
-                **{k: v / self.steps for k, v in sums.items()},
-                "lr": self.sched_G.get_last_lr()[0], "world_size": self.dist.world_size}
+        return CalibratorEpoch(epoch=self.epoch + 1, steps=self.steps,
+                               time_s=time.time() - started,
+                               values={k: v / self.steps for k, v in sums.items()},
+                               lr=self.sched_G.get_last_lr()[0],
+                               world_size=self.dist.world_size, score_name=SCORE[self.task])
 
     def _diverged(self, step: int, values: dict) -> None:
         """Stop: a non-finite loss would poison the weights, the EMA and every later epoch."""
@@ -497,18 +387,19 @@ class CalibratorTrainer:
                          "Try a lower --lr/--d-lr or a smaller --eps",
                          written=" and no calibrator was written")
 
-    def _evaluate(self, row: dict):
+    def _evaluate(self, row: CalibratorEpoch) -> CalibratorEpoch:
         """The epoch's scores, computed on rank 0 and given to every rank."""
-        row |= self.dist.from_main(self._scores)
+        return dataclasses.replace(row, **self.dist.from_main(self._scores))
 
     @torch.no_grad()
     def _scores(self) -> dict:
+        """``CalibratorEpoch``'s score fields for this epoch."""
         row: dict = {}
         G = self.deployed_G.eval()
         if self.source_test is not None:
             score = scores(self.task, self.classifier.module, self.source_test, G, self.device,
                            self._eval_chunk)
-            row[f"source_{self.source_split}_{SCORE[self.task]}"] = score[SCORE[self.task]]
+            row |= {"source_split": self.source_split, "source_score": score[SCORE[self.task]]}
         if self.holdout is not None:
             ent, chunk = [], self._eval_chunk
             for start in range(0, len(self.holdout), chunk):
@@ -520,7 +411,7 @@ class CalibratorTrainer:
         if self.monitor is not None:  # logged for curves only, never read by selection
             score = scores(self.task, self.classifier.module, self.monitor, G, self.device,
                            self._eval_chunk)
-            row["monitor_target_test_" + SCORE[self.task]] = score[SCORE[self.task]]
+            row["monitor_target"] = score[SCORE[self.task]]
         return row
 
     def unlabelled_stats_distance(self) -> float:
@@ -552,16 +443,16 @@ class CalibratorTrainer:
         would); returns (selected calibrator on CPU, summary)."""
         last = self.cfg.epochs if until_epoch is None else min(until_epoch, self.cfg.epochs)
         while self.epoch < last:
-            row = self._train_epoch(progress)
-            self._evaluate(row)
+            row = self._evaluate(self._train_epoch(progress))
             self.epoch += 1
             self.check_frozen()
-            key = f"holdout_{self.cfg.select}"
-            if self.cfg.select != "last" and (self.best is None or row[key] < self.best[0]):
-                self.best = (row[key], self.epoch, copy.deepcopy(self.deployed_G.state_dict()))
-            self.history.append(row)
+            select = self.cfg.select
+            if select != "last" and (self.best is None or row.holdout(select) < self.best[0]):
+                self.best = (row.holdout(select), self.epoch,
+                             copy.deepcopy(self.deployed_G.state_dict()))
+            self.history.append(row.to_dict())
             if self.dist.is_main:
-                log_epoch(row, self.history, self.metrics_path)
+                log_epoch(self.history[-1], self.history, self.metrics_path)
             self.save_state()
         chosen = copy.deepcopy(self.deployed_G).cpu().eval()
         selection = {"rule": "last epoch", "epoch": self.epoch}

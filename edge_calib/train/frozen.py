@@ -20,8 +20,8 @@ from torch import nn
 from torch.func import functional_call
 
 from ..core.errors import EdgeCalibError
+from .settings import CLASSIFIER_MODES
 
-MODES = ("eval", "dropout", "batch-stats", "train")
 _DROPOUT = (nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout)
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -30,8 +30,9 @@ class FrozenForward:
     """Call the classifier in a chosen training-time mode; its stored state never changes."""
 
     def __init__(self, module: nn.Module, mode: str = "eval"):
-        if mode not in MODES:
-            raise EdgeCalibError(f"unknown classifier mode {mode!r}; choose one of {', '.join(MODES)}")
+        if mode not in CLASSIFIER_MODES:
+            raise EdgeCalibError(f"unknown classifier mode {mode!r}; choose one of "
+                                 f"{', '.join(CLASSIFIER_MODES)}")
         self.module, self.mode = module.eval(), mode
         for p in module.parameters():
             p.requires_grad_(False)

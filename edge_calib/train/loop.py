@@ -15,8 +15,8 @@ import torch
 from ..core.errors import EdgeCalibError
 from ..core.fileio import derived_path, write_bytes_atomic
 from ..core.progress import echo_err
+from .settings import SCHEDULES
 
-SCHEDULES = ("constant", "cosine")
 
 
 def scheduler(optimiser: torch.optim.Optimizer, schedule: str, total_steps: int

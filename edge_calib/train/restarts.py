@@ -22,7 +22,8 @@ from typing import Callable
 
 from ..core.progress import echo_err
 from ..models.checkpoint import load_checkpoint_meta
-from .calibrate import STATE, CalibratorConfig, CalibratorTrainer
+from .calibrate import STATE, CalibratorTrainer
+from .settings import CalibratorConfig
 from .loop import state_paths
 
 MakeTrainer = Callable[..., CalibratorTrainer]  # (config, state, metrics, check_memory=True)

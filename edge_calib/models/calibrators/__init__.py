@@ -19,8 +19,8 @@ settings, ``eps`` and ``perturbation``; checkpoints store it and ``build_calibra
 from __future__ import annotations
 
 from ...core.errors import EdgeCalibError
-from ..families import DEFAULT_ARCH, FAMILY_SUMMARIES
-from .base import PERTURBATIONS, BoundedCalibrator
+from ..families import DEFAULT_ARCH, FAMILY_SUMMARIES, PERTURBATIONS
+from .base import BoundedCalibrator
 from .curve import CurveCalibrator
 from .lowres import LowResCalibrator
 from .pointwise import PointwiseCalibrator

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from ...core.errors import EdgeCalibError
+from ..families import PERTURBATIONS
 
-PERTURBATIONS = ("symmetric", "one-sided")
 
 
 @dataclass(frozen=True)
