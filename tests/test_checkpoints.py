@@ -177,3 +177,65 @@ def test_source_statistics_travel_typed_and_a_malformed_record_is_named(tmp_path
     with pytest.raises(EdgeCalibError, match=r"bad.pt: the stored source statistics are "
                                              r"malformed \(KeyError\('tap1.mean'\)\)$"):
         load_classifier(tmp_path / "bad.pt")
+
+
+def _rewrite_state(path, change):
+    from edge_calib.models.checkpoint import load_checkpoint, save_checkpoint
+
+    meta, tensors = load_checkpoint(path, ("calibrator-training-state",
+                                           "supervised-training-state"))
+    kind = "calibrator-training-state" if "epoch" in meta else "supervised-training-state"
+    change(meta)
+    save_checkpoint(path, kind, meta, tensors)
+
+
+def test_training_states_are_typed_old_ones_resume_and_a_malformed_one_is_named(tmp_path):
+    """Both loops' states are read through one typed record: a calibrator state written before
+    ``best``, ``restarts`` and ``config.restart`` existed resumes to the same weights, and a
+    missing or mistyped key is one line naming its path, before any tensor is loaded."""
+    from helpers import random_domain
+
+    from edge_calib.train.calibrate import CalibratorConfig, CalibratorTrainer
+    from edge_calib.train.loop import state_paths
+    from edge_calib.train.restarts import saved_batch
+    from edge_calib.train.supervised import Fit, fit
+
+    clf = random_classifier("dtn")
+    src, tgt = random_domain(48, seed=1, labelled=False), random_domain(48, seed=2, bright=40,
+                                                                        labelled=False)
+    cfg = CalibratorConfig(epochs=2, batch_size=16, arch="pointwise", eps=0.3, seed=3)
+
+    def trainer(name):
+        return CalibratorTrainer(clf, src, tgt, cfg, torch.device("cpu"),
+                                 *state_paths(tmp_path / f"{name}.calib.pt"))
+
+    straight, _ = trainer("a").run(progress=False)
+    trainer("b").run(progress=False, until_epoch=1)
+    state = state_paths(tmp_path / "b.calib.pt")[0]
+    _rewrite_state(state, lambda m: [m.pop("best"), m.pop("restarts"), m["config"].pop("restart")])
+    assert saved_batch(tmp_path / "b.calib.pt", cfg) == 16
+    old = trainer("b")
+    old.load_state()
+    assert old.epoch == 1 and old.restarts is None
+    resumed, _ = old.run(progress=False)
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+
+    _rewrite_state(state, lambda m: m["config"].update(batch_size="16"))
+    with pytest.raises(EdgeCalibError, match=r"training state is malformed \('config.batch_size' "
+                                             r"is a str\)"):
+        trainer("b").load_state()
+    _rewrite_state(state, lambda m: m.pop("history"))
+    with pytest.raises(EdgeCalibError, match=r"\('history' missing\)"):
+        saved_batch(tmp_path / "b.calib.pt", cfg)
+
+    data = random_domain(32, seed=4)
+    supervised = tmp_path / "clf.state.pt"
+    model = random_classifier("dtn", seed=1).module.requires_grad_(True)
+    fit(model, data, Fit(1, 16, 1e-3), torch.nn.functional.cross_entropy, "cpu",
+        state_path=supervised, progress=False)
+    _rewrite_state(supervised, lambda m: m["fit"].pop("batch_size"))
+    with pytest.raises(EdgeCalibError, match=r"clf.state.pt: training state is malformed "
+                                             r"\('fit.batch_size' missing\)"):
+        fit(model, data, Fit(2, 16, 1e-3), torch.nn.functional.cross_entropy, "cpu",
+            state_path=supervised, resume=True, progress=False, cap_batch=True)

@@ -1,6 +1,6 @@
-"""Typed records of what a checkpoint says about its model, read and checked in one place (as
-``bundle.Manifest`` is for a bundle): a classifier's and a calibrator's metadata, and whether a
-compression record means INT8."""
+"""Typed records of what a checkpoint says beside its tensors, read and checked in one place (as
+``bundle.Manifest`` is for a bundle): a classifier's and a calibrator's metadata, the two
+training loops' saved states, and whether a compression record means INT8. Torch-free."""
 
 from __future__ import annotations
 
@@ -17,27 +17,114 @@ def is_int8(compression: dict | None) -> bool:
     return bool((compression or {}).get("int8"))
 
 
+def _check_fields(cls, data: dict, where: str, kind: str) -> None:
+    """``data`` has ``cls._REQUIRED`` keys and each key of ``cls._TYPES`` it has is of its
+    type(s) (a nested ``"a.b"`` key is looked up inside ``a``): a missing or mistyped key is
+    one line naming its path."""
+    def lookup(path: str):
+        value = data
+        for part in path.split("."):
+            if not isinstance(value, dict) or part not in value:
+                return False, None
+            value = value[part]
+        return True, value
+
+    for key in cls._REQUIRED:
+        if not lookup(key)[0]:
+            raise EdgeCalibError(f"{where}: {kind} is malformed ({key!r} missing)")
+    for key, kinds in cls._TYPES.items():
+        found, value = lookup(key)
+        if found and (not isinstance(value, kinds) or (kinds is int and isinstance(value, bool))):
+            raise EdgeCalibError(f"{where}: {kind} is malformed ({key!r} is a "
+                                 f"{type(value).__name__})")
+
+
+def _split_known(cls, data: dict) -> tuple[dict, dict]:
+    """(the fields ``cls`` knows, the keys it does not, kept as read)."""
+    names = {f.name for f in dataclasses.fields(cls)} - {"extra", "input_spec"}
+    return ({k: v for k, v in data.items() if k in names},
+            {k: v for k, v in data.items() if k not in names})
+
+
 def _read_fields(cls, meta: dict, where: str, kind: str) -> tuple[InputSpec, dict, dict]:
     """A checkpoint's metadata checked against a record class (its ``_REQUIRED`` keys and
     ``_TYPES``): (input spec, the fields the class knows, the keys it does not). A missing or
     mistyped key is one line naming it."""
     data = dict(meta)
-    for key in cls._REQUIRED:
-        if key not in data:
-            raise EdgeCalibError(f"{where}: {kind} checkpoint is malformed ({key!r} missing)")
-    for key, kinds in cls._TYPES.items():
-        if key in data and (not isinstance(data[key], kinds)
-                            or (kinds is int and isinstance(data[key], bool))):
-            raise EdgeCalibError(f"{where}: {kind} checkpoint is malformed ({key!r} is a "
-                                 f"{type(data[key]).__name__})")
+    _check_fields(cls, data, where, f"{kind} checkpoint")
     try:
         spec = InputSpec.from_dict(data.pop("input_spec"))
     except (KeyError, TypeError, ValueError, AttributeError, EdgeCalibError) as exc:
         raise EdgeCalibError(f"{where}: {kind} checkpoint is malformed (input_spec: {exc})") \
             from None
-    names = {f.name for f in dataclasses.fields(cls)} - {"extra", "input_spec"}
-    known = {k: data.pop(k) for k in list(data) if k in names}
-    return spec, known, data
+    return (spec, *_split_known(cls, data))
+
+
+@dataclass
+class CalibratorTrainingState:
+    """What the calibrator trainer's state file (``X.calib.state.pt``) records beside its
+    tensors: the settings it trains with, the finished epochs and their metrics-log rows, the
+    frozen model's fingerprint, the selected epoch (``--select``) and the scored starts
+    (``--restarts``). States written before ``best`` and ``restarts`` existed read None."""
+
+    config: dict  # dataclasses.asdict(CalibratorConfig)
+    epoch: int
+    history: list
+    classifier_fingerprint: str
+    best: list | None = None  # [held-out score, epoch] of the epoch selected so far
+    restarts: list | None = None
+    extra: dict = field(default_factory=dict)
+
+    _TYPES = {"config": dict, "config.batch_size": int, "config.restart": int, "epoch": int,
+              "history": list, "classifier_fingerprint": str, "best": (list, type(None)),
+              "restarts": (list, type(None))}
+    _REQUIRED = ("config", "config.batch_size", "epoch", "history", "classifier_fingerprint")
+
+    @property
+    def batch_size(self) -> int:
+        """The batch the saved run trained at."""
+        return self.config["batch_size"]
+
+    @property
+    def restart(self) -> int:
+        """Which start the saved run is (0 before restarts existed)."""
+        return self.config.get("restart", 0)
+
+    @classmethod
+    def read(cls, meta: dict, where: str) -> "CalibratorTrainingState":
+        _check_fields(cls, meta, where, "training state")
+        known, extra = _split_known(cls, meta)
+        return cls(extra=extra, **known)
+
+    def to_dict(self) -> dict:
+        return self.extra | {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                             if f.name != "extra"}
+
+
+@dataclass
+class SupervisedTrainingState:
+    """What the supervised loop's state file (``X.state.pt``) records beside its tensors: the
+    finished epochs' rows and the loop's settings (``supervised.Fit``)."""
+
+    history: list
+    fit: dict
+    extra: dict = field(default_factory=dict)
+
+    _TYPES = {"history": list, "fit": dict, "fit.batch_size": int}
+    _REQUIRED = ("history", "fit", "fit.batch_size")
+
+    @property
+    def batch_size(self) -> int:
+        return self.fit["batch_size"]
+
+    @classmethod
+    def read(cls, meta: dict, where: str) -> "SupervisedTrainingState":
+        _check_fields(cls, meta, where, "training state")
+        known, extra = _split_known(cls, meta)
+        return cls(extra=extra, **known)
+
+    def to_dict(self) -> dict:
+        return self.extra | {"history": self.history, "fit": self.fit}
 
 
 @dataclass

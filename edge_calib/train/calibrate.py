@@ -36,7 +36,7 @@ from ..core.errors import EdgeCalibError
 from ..core.progress import echo_err, progress_bar
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.discriminators import FeatureDiscriminator, PixelDiscriminator
-from ..models.records import TrainingSummary
+from ..models.records import CalibratorTrainingState, TrainingSummary
 from ..models.store import Classifier, build_calibrator
 from .distributed import Distributed
 from .evaluate import scores
@@ -185,21 +185,23 @@ class CalibratorTrainer:
             tensors["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         if self.best is not None:
             tensors["best_G"] = self.best[2]
-        meta = {"config": dataclasses.asdict(self.cfg), "epoch": self.epoch,
-                "history": self.history, "classifier_fingerprint": self.fingerprint,
-                "best": None if self.best is None else list(self.best[:2]),
-                "restarts": self.restarts}
-        save_checkpoint(self.state_path, STATE, meta, tensors)
+        state = CalibratorTrainingState(
+            config=dataclasses.asdict(self.cfg), epoch=self.epoch, history=self.history,
+            classifier_fingerprint=self.fingerprint,
+            best=None if self.best is None else list(self.best[:2]), restarts=self.restarts)
+        save_checkpoint(self.state_path, STATE, state.to_dict(), tensors)
 
     def load_state(self):
         meta, t = load_checkpoint(self.state_path, STATE)
-        diffs = self.cfg.resumable_from(meta["config"])
+        state = CalibratorTrainingState.read(meta, str(self.state_path))
+        diffs = self.cfg.resumable_from(state.config)
         if diffs:
             raise EdgeCalibError(f"cannot resume {self.state_path}: settings differ from the saved "
                                  f"run ({', '.join(diffs)})")
-        if meta["classifier_fingerprint"] != self.fingerprint:
+        if state.classifier_fingerprint != self.fingerprint:
             raise EdgeCalibError(f"cannot resume {self.state_path}: it was trained against "
-                                 f"classifier {meta['classifier_fingerprint']}, not {self.fingerprint}")
+                                 f"classifier {state.classifier_fingerprint}, not "
+                                 f"{self.fingerprint}")
         self.G.load_state_dict(t["G"])
         self.D_pix.load_state_dict(t["D_pix"])
         self.D_feat.load_state_dict(t["D_feat"])
@@ -212,10 +214,10 @@ class CalibratorTrainer:
         torch.set_rng_state(t["rng_cpu"])
         if self.device.type == "cuda" and "rng_cuda" in t:
             torch.cuda.set_rng_state(t["rng_cuda"], self.device)
-        self.epoch, self.history = meta["epoch"], meta["history"]
-        if meta.get("best") is not None:
-            self.best = (meta["best"][0], meta["best"][1], t["best_G"])
-        self.restarts = meta.get("restarts")
+        self.epoch, self.history = state.epoch, state.history
+        if state.best is not None:
+            self.best = (state.best[0], state.best[1], t["best_G"])
+        self.restarts = state.restarts
 
     # -- one training step ------------------------------------------------------------------
     @torch.no_grad()

@@ -22,6 +22,7 @@ from typing import Callable
 
 from ..core.progress import echo_err
 from ..models.checkpoint import load_checkpoint_meta
+from ..models.records import CalibratorTrainingState
 from .calibrate import STATE, CalibratorTrainer
 from .settings import CalibratorConfig
 from .loop import state_paths
@@ -43,12 +44,17 @@ def training_files(out: Path, restarts: int) -> list[Path]:
     return files
 
 
+def saved_state(path: Path) -> CalibratorTrainingState:
+    """A saved state's record, read without its tensors."""
+    return CalibratorTrainingState.read(load_checkpoint_meta(path, STATE), str(path))
+
+
 def saved_batch(out: Path, cfg: CalibratorConfig) -> int:
     """The batch size the saved state of ``out``'s run (or of its first start, while the
     starts are being scored) was trained at; ``cfg``'s when none is saved."""
     for state in (state_paths(out)[0], start_paths(out, 0)[0]):
         if state.exists():
-            return load_checkpoint_meta(state, STATE)["config"]["batch_size"]
+            return saved_state(state).batch_size
     return cfg.batch_size
 
 
@@ -58,8 +64,7 @@ def chosen_trainer(make: MakeTrainer, cfg: CalibratorConfig, out: Path, resume: 
     several, the chosen start (scoring the starts first unless the choice was already made)."""
     state, metrics = state_paths(out)
     if cfg.restarts == 1 or (resume and state.exists()):
-        restart = (load_checkpoint_meta(state, STATE)["config"].get("restart", 0) if resume
-                   else 0)
+        restart = saved_state(state).restart if resume else 0
         trainer = make(dataclasses.replace(cfg, restart=restart), state, metrics)
         if resume:
             trainer.load_state()

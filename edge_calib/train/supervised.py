@@ -20,6 +20,7 @@ import torch
 from ..core.errors import EdgeCalibError
 from ..core.progress import progress_bar
 from ..models.checkpoint import load_checkpoint, load_checkpoint_meta, save_checkpoint
+from ..models.records import SupervisedTrainingState
 from .distributed import Distributed
 from .loop import kept_message, log_epoch, non_finite, out_of_memory_as_error
 from .memory_budget import StepMemory, batch_that_fits, left_as_found, step_memory
@@ -141,20 +142,22 @@ def _step_memory(model, data: DomainData, loss_fn, transform, device) -> StepMem
 def _save_state(path, model, optimiser, scheduler, history, cfg):
     tensors = {"model": model.state_dict(), "optimiser": optimiser.state_dict(),
                "scheduler": scheduler.state_dict(), "rng_cpu": torch.get_rng_state()}
-    save_checkpoint(path, STATE, {"history": history, "fit": cfg.__dict__}, tensors)
+    state = SupervisedTrainingState(history=history, fit=dataclasses.asdict(cfg))
+    save_checkpoint(path, STATE, state.to_dict(), tensors)
 
 
 def _saved_batch(path) -> int:
     """The batch size a saved training state was trained at."""
     if path is None or not Path(path).exists():
         raise EdgeCalibError(f"--resume: no training state at {path}")
-    return int(load_checkpoint_meta(path, STATE)["fit"]["batch_size"])
+    return SupervisedTrainingState.read(load_checkpoint_meta(path, STATE), str(path)).batch_size
 
 
 def _load_state(path, model, optimiser, scheduler) -> list[dict]:
     if path is None or not Path(path).exists():
         raise EdgeCalibError(f"--resume: no training state at {path}")
     meta, t = load_checkpoint(path, STATE)
+    state = SupervisedTrainingState.read(meta, str(path))
     try:
         model.load_state_dict(t["model"])
         optimiser.load_state_dict(t["optimiser"])
@@ -163,7 +166,7 @@ def _load_state(path, model, optimiser, scheduler) -> list[dict]:
     except (KeyError, RuntimeError, ValueError) as exc:
         raise EdgeCalibError(f"cannot resume {path}: it is from another model or run "
                              f"({str(exc).splitlines()[0][:120]})") from None
-    return meta["history"]
+    return state.history
 
 
 def class_weights(labels: np.ndarray, classes: int, ignore: int | None = None) -> torch.Tensor:
