@@ -190,3 +190,45 @@ def test_build_and_run_engines_on_gpu(bundle_dir, tmp_path, fused):
             assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.99
             assert np.abs(got - expected).max() < 1e-2
     assert add_tensorrt_engines(work, settings | {"precision": "fp16"})["cached"] is False
+
+
+class StandInRunner:
+    """Polygraphy's TrtRunner interface (infer, get_input_metadata, last_inference_time,
+    activate): TensorRT cannot run here, so this stand-in adds its ``offset`` to its input, which
+    shows which engines a frame went through."""
+
+    def __init__(self, offset: float):
+        self.offset, self.is_active, self.calls = offset, False, 0
+
+    def activate(self):
+        self.is_active = True
+
+    def deactivate(self):
+        self.is_active = False
+
+    def get_input_metadata(self):
+        return {"x": None}
+
+    def infer(self, feed, copy_outputs_to_host=True):
+        self.calls += 1
+        return {"y": feed["x"] + self.offset}
+
+    def last_inference_time(self):
+        return 0.001
+
+
+def test_a_domain_named_classifier_keeps_its_calibrator_engine_apart():
+    """The classifier's engine is not one of the domains': a domain called "classifier" runs its
+    calibrator engine and then the classifier's (they shared one dict key before)."""
+    from edge_calib.engines.tensorrt_backend import TrtEngines
+
+    engines = TrtEngines.__new__(TrtEngines)  # without Polygraphy: stand-in runners
+    engines.fused, engines.classifier = False, StandInRunner(1.0)
+    engines.runners = {"classifier": StandInRunner(10.0)}
+    x = np.zeros((1, 3, 2, 2), np.float32)
+    logits, ms = engines.infer("classifier", x)
+    assert float(logits.max()) == 11.0 and set(ms) == {"calibrator", "classifier", "network"}
+    assert float(engines.infer("mnist", x)[0].max()) == 1.0  # an identity domain
+    assert float(engines.calibrate("classifier", x).max()) == 10.0
+    engines.close()
+    assert engines.closed and engines.runners == {} and engines.classifier is None

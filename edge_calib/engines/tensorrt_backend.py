@@ -199,23 +199,26 @@ class TrtEngines(Engines):
 
         self.fused = entry.fused
         load = lambda path: TrtRunner(EngineFromBytes(bundle.path(path).read_bytes()))  # noqa: E731
-        self.runners = {}
+        # the domains' engines apart from the classifier's: a domain may be called "classifier"
+        self.classifier, self.runners = None, {}
         try:
             if entry.classifier:
-                self.runners["classifier"] = load(entry.classifier)
+                self.classifier = load(entry.classifier)
             for domain, path in entry.domains.items():
                 if path:
                     self.runners[domain] = load(path)
-            for runner in self.runners.values():
+            for runner in self._all():
                 runner.activate()
         except BaseException:
             self.close()
             raise
 
-    def _run(self, name: str, x, to_host: bool = True):
+    def _all(self) -> list:
+        return [r for r in (self.classifier, *self.runners.values()) if r is not None]
+
+    def _run(self, runner, x, to_host: bool = True):
         """One engine's output (on the device when ``to_host`` is False: the calibrator's
         output feeds the classifier without a copy) and its inference time in ms."""
-        runner = self.runners[name]
         out = runner.infer({next(iter(runner.get_input_metadata())): x},
                            copy_outputs_to_host=to_host)
         return next(iter(out.values())), runner.last_inference_time() * 1e3
@@ -230,25 +233,25 @@ class TrtEngines(Engines):
             return np.asarray(x)
         if self.fused:
             return None
-        out, _ = self._run(domain, np.ascontiguousarray(x, np.float32))
+        out, _ = self._run(self.runners[domain], np.ascontiguousarray(x, np.float32))
         return np.asarray(out)
 
     def infer(self, domain: str | None, x: np.ndarray) -> tuple[np.ndarray, dict]:
         x = np.ascontiguousarray(x, np.float32)
         if self.fused or domain not in self.runners:  # fused, or an identity domain
             started = time.perf_counter()
-            logits, _ = self._run(domain if domain in self.runners else "classifier", x)
+            logits, _ = self._run(self.runners.get(domain, self.classifier), x)
             return np.asarray(logits), {"network": (time.perf_counter() - started) * 1e3}
-        calibrated, cal_ms = self._run(domain, x, to_host=False)
-        logits, cls_ms = self._run("classifier", calibrated)
+        calibrated, cal_ms = self._run(self.runners[domain], x, to_host=False)
+        logits, cls_ms = self._run(self.classifier, calibrated)
         return np.asarray(logits), {"calibrator": cal_ms, "classifier": cls_ms,
                                     "network": cal_ms + cls_ms}
 
     def close(self) -> None:
-        for runner in self.runners.values():
+        for runner in self._all():
             if getattr(runner, "is_active", False):
                 runner.deactivate()
-        self.runners = {}
+        self.classifier, self.runners = None, {}
         self.closed = True
 
 
