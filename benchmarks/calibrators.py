@@ -174,13 +174,10 @@ def run_int8(args):
 
 
 def _session(model, threads: int = 1):
-    import onnxruntime as ort
+    """A CPU session of an ``onnx.ModelProto`` through the toolkit's ``make_session``."""
+    from edge_calib.deploy.ort_session import make_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
+    return make_session(model.graph.name or "graph", threads, model=model.SerializeToString())
 
 
 def _random_calibrator(arch: str, size: str, spec, seed: int = 0):
