@@ -115,9 +115,8 @@ class StreamRunner:
                 previous[sig] = signal.signal(sig, lambda *_: self.request_stop())
             except ValueError:  # not in the main thread (tests): rely on quit / max_frames
                 pass
-        ctl = self.controller
         if self.opts.watch:
-            ctl.watch()
+            self.controller.watch()
         self.capture.start()
         started = time.perf_counter()
         last_report = started
@@ -125,10 +124,6 @@ class StreamRunner:
         index = 0
         completed = False
         finished = None  # the frame before, for the controller's switch log
-
-        def commands() -> list:
-            return [] if self.control is None else self.control.pending()
-
         try:
             while not self.stop_requested:
                 if self.opts.max_frames is not None and index >= self.opts.max_frames:
@@ -136,83 +131,96 @@ class StreamRunner:
                 frame = self.capture.get()
                 if frame is None:
                     break
-                t0 = time.perf_counter()
-                u8 = self.spec.resize_uint8(frame.rgb[None])
-                t1 = time.perf_counter()
-                plan = ctl.next_frame(u8, frame.rgb, frame.captured, index, commands(),
-                                      self.status, finished)
-                domain, engines = plan.domain, plan.engines
-                pre_ms = (t1 - t0) * 1e3 + plan.fallback_ms
-                t_auto = time.perf_counter()
-                if engines.takes_frames(plan.calibrator):
-                    predictions, stage = engines.infer_frame(plan.calibrator, plan.frame)
-                    t2 = time.perf_counter()
-                else:  # a calibrator and a classifier in turn: normalise and ArgMax here
-                    x = self.spec.normalize(plan.frame)
-                    pre_ms += (time.perf_counter() - t_auto) * 1e3
-                    logits, stage = engines.infer(plan.calibrator, x)
-                    t2 = time.perf_counter()
-                    predictions = predictions_from_logits(self.task, logits)
-                result = self.output.summarise(predictions)
-                times = {"capture": frame.read_ms, "pre": pre_ms, **stage}
-                if plan.vote is not None:
-                    times["auto"] = plan.vote_ms
-                record = {"index": frame.index, "time": round(frame.captured - started, 6),
-                          "domain": domain, **result}
-                if plan.fallback:
-                    record["fallback"] = "histogram"
-                if plan.vote is not None:
-                    record["auto"] = {k: round(v, 4) if isinstance(v, float) else v
-                                      for k, v in plan.vote.items()}
-                annotated = None
-                if self.annotating:
-                    network = " ".join(f"{k[:3]} {v:.2f}" for k, v in stage.items())
-                    annotated = annotate(self.output.draw(frame.rgb, result), [
-                        f"{self.output.headline(result)}  domain {domain}"
-                        + (" [auto]" if plan.auto else ""),
-                        f"{self.times.fps():.1f} FPS  pre {times['pre']:.2f}  {network} ms"])
-                delivered = Delivered(index, domain, record, annotated, {
-                    "fps": self.times.fps(), "frames": self.times.frames,
-                    "auto": plan.auto, "last_switch": plan.last_switch,
-                    "collecting": plan.collecting})
-                for sink in self.sinks:
-                    if sink.needs_annotated:
-                        sink.write(delivered)
-                t3 = time.perf_counter()
-                finished = FinishedFrame(plan.number, domain, t3,
-                                         self.capture.counts["dropped"])
-                times["post"] = (t3 - t2) * 1e3
-                times["total"] = (t3 - t0) * 1e3 + frame.read_ms  # the stages above, summed
-                self.times.add(times)
-                self.domain_frames[domain] = self.domain_frames.get(domain, 0) + 1
-                record["latency_ms"] = {k: round(v, 4) for k, v in times.items()}
-                for sink in self.sinks:
-                    if not sink.needs_annotated:
-                        sink.write(delivered)
+                finished = self._process(frame, index, started, finished)
                 index += 1
                 if self.opts.verbose and time.perf_counter() - last_report >= self.opts.report_every:
                     last_report = time.perf_counter()
                     log("\n" + self.times.report(self.counters_text()))
             completed = True
         finally:
-            self.stop_requested = True
-            self.capture.stop()
-            if self.control is not None:
-                self.control.close()
-            if ctl.collector is not None:
-                self.collected = ctl.collector.close()
-            complete = completed and self.capture.error is None
-            for sink in self.sinks:
-                written = sink.close(complete)
-                failure = getattr(sink, "failure", None)
-                if failure:
-                    self.output_error = self.output_error or failure
-                if written is not None and (failure or not complete):
-                    self.partial_outputs.append(str(written))
-            ctl.close(finished)
+            self._close(completed, finished)
             for sig, handler in previous.items():  # a later signal is not this run's
                 signal.signal(sig, handler)
         return self.summary(time.perf_counter() - started)
+
+    def _process(self, frame, index: int, started: float,
+                 finished: FinishedFrame | None) -> FinishedFrame:
+        """One frame: the controller's plan (domain, engines, vote), inference, the record and
+        the overlay, every sink; returns what the controller's switch log needs of it."""
+        t0 = time.perf_counter()
+        u8 = self.spec.resize_uint8(frame.rgb[None])
+        t1 = time.perf_counter()
+        commands = [] if self.control is None else self.control.pending()
+        plan = self.controller.next_frame(u8, frame.rgb, frame.captured, index, commands,
+                                          self.status, finished)
+        domain, engines = plan.domain, plan.engines
+        pre_ms = (t1 - t0) * 1e3 + plan.fallback_ms
+        t_auto = time.perf_counter()
+        if engines.takes_frames(plan.calibrator):
+            predictions, stage = engines.infer_frame(plan.calibrator, plan.frame)
+            t2 = time.perf_counter()
+        else:  # a calibrator and a classifier in turn: normalise and ArgMax here
+            x = self.spec.normalize(plan.frame)
+            pre_ms += (time.perf_counter() - t_auto) * 1e3
+            logits, stage = engines.infer(plan.calibrator, x)
+            t2 = time.perf_counter()
+            predictions = predictions_from_logits(self.task, logits)
+        result = self.output.summarise(predictions)
+        times = {"capture": frame.read_ms, "pre": pre_ms, **stage}
+        if plan.vote is not None:
+            times["auto"] = plan.vote_ms
+        record = {"index": frame.index, "time": round(frame.captured - started, 6),
+                  "domain": domain, **result}
+        if plan.fallback:
+            record["fallback"] = "histogram"
+        if plan.vote is not None:
+            record["auto"] = {k: round(v, 4) if isinstance(v, float) else v
+                              for k, v in plan.vote.items()}
+        annotated = None
+        if self.annotating:
+            network = " ".join(f"{k[:3]} {v:.2f}" for k, v in stage.items())
+            annotated = annotate(self.output.draw(frame.rgb, result), [
+                f"{self.output.headline(result)}  domain {domain}"
+                + (" [auto]" if plan.auto else ""),
+                f"{self.times.fps():.1f} FPS  pre {times['pre']:.2f}  {network} ms"])
+        delivered = Delivered(index, domain, record, annotated, {
+            "fps": self.times.fps(), "frames": self.times.frames,
+            "auto": plan.auto, "last_switch": plan.last_switch,
+            "collecting": plan.collecting})
+        for sink in self.sinks:
+            if sink.needs_annotated:
+                sink.write(delivered)
+        t3 = time.perf_counter()
+        done = FinishedFrame(plan.number, domain, t3, self.capture.counts["dropped"])
+        times["post"] = (t3 - t2) * 1e3
+        times["total"] = (t3 - t0) * 1e3 + frame.read_ms  # the stages above, summed
+        self.times.add(times)
+        self.domain_frames[domain] = self.domain_frames.get(domain, 0) + 1
+        record["latency_ms"] = {k: round(v, 4) for k, v in times.items()}
+        for sink in self.sinks:
+            if not sink.needs_annotated:
+                sink.write(delivered)
+        return done
+
+    def _close(self, completed: bool, finished: FinishedFrame | None) -> None:
+        """Stop capture and the control channel, close the collection and every sink (keeping
+        what a failed run wrote as partial outputs), and the controller."""
+        self.stop_requested = True
+        self.capture.stop()
+        if self.control is not None:
+            self.control.close()
+        ctl = self.controller
+        if ctl.collector is not None:
+            self.collected = ctl.collector.close()
+        complete = completed and self.capture.error is None
+        for sink in self.sinks:
+            written = sink.close(complete)
+            failure = getattr(sink, "failure", None)
+            if failure:
+                self.output_error = self.output_error or failure
+            if written is not None and (failure or not complete):
+                self.partial_outputs.append(str(written))
+        ctl.close(finished)
 
     def request_stop(self):
         """Stop after the current frame, even while capture waits on a stalled source."""
