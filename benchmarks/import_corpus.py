@@ -48,9 +48,10 @@ class CorpusModel:
     std: float = STD
 
 
-def _net(head: str, pool: str):
-    """A small MNIST CNN; ``head`` picks how it flattens (view / flatten / reshape) and ``pool``
-    how it pools (max / adaptive)."""
+def _net(head: str, pool: str, seed: int = 0):
+    """A small MNIST CNN, its initial weights drawn from ``seed`` (the corpus is the same
+    whatever ran before it); ``head`` picks how it flattens (view / flatten / reshape) and
+    ``pool`` how it pools (max / adaptive)."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -78,6 +79,7 @@ def _net(head: str, pool: str):
             x = F.relu(self.fc1(x))
             return torch.matmul(x, self.w2) + self.b2  # MatMul + Add, not Gemm
 
+    torch.manual_seed(seed)
     return Net()
 
 

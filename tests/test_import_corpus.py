@@ -68,7 +68,10 @@ def test_every_corpus_model_goes_end_to_end(name, corpus, shared_data, lowlight_
     quantised = name.startswith("ort-")
     assert row["quantised"] == quantised
     # float graphs and static QDQ are exact up to float rounding; dynamic quantisation's int32
-    # accumulation lands a handful of values one step away
+    # accumulation lands a handful of values one step away. Static QDQ can too: ONNX Runtime
+    # runs it as integer QLinear kernels, and one corpus drawn from an unseeded start (before
+    # the corpus nets were seeded) had a value one uint8 step away (0.43% of the range, same
+    # top-1); the five seeded draws tried (0-4) were exact
     assert row["parity_relative_diff"] <= (1e-2 if name == "ort-dynamic" else 1e-5), row
     assert row["parity_top1"] == 1.0
     assert row["end_to_end"], row

@@ -258,6 +258,37 @@ def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: 
                  progress: bool = True, data_root=None) -> Manifest:
     """Export everything into ``out`` and write its manifest; returns the manifest."""
     out = Path(out)
+    _check_out(out, force)
+    clf = load_classifier(classifier_path)
+    loaded = _load_calibrators(clf, classifier_path, calibrators, precision)
+    with atomic_directory(out, force=force) as tmp:
+        (tmp / "calibrators").mkdir()
+        (tmp / "fused").mkdir()
+        classifier, graphs = _export_classifier(tmp, clf, precision)
+        domains = {}
+        for domain, path in calibrators:
+            domains[domain] = (DomainEntry(None, None) if path == IDENTITY else
+                               export_domain(tmp, domain, loaded[domain], graphs, domain))
+        commit, _ = git_commit()
+        manifest = Manifest(
+            task=clf.task, classifier=classifier, domains=domains,
+            default_domain=calibrators[0][0],
+            provenance={"created": datetime.datetime.now(datetime.timezone.utc)
+                        .isoformat(timespec="seconds"), "edge_calib": __version__,
+                        "built_on": platform.node(), "commit": commit,
+                        "from": {"classifier": Path(classifier_path).name,
+                                 "calibrators": {d: Path(p).name for d, p in calibrators}}})
+        entry = None if domain_classifier is None else domain_classifier(
+            tmp, clf.spec, calibrators, loaded, model_source(clf))
+        if entry is not None:
+            manifest.domain_classifier = DomainClassifierEntry(**entry)
+        _write_checks_and_source(tmp, manifest, clf, data_root)
+        write_manifest(tmp, manifest)
+    return manifest
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """``out`` is new, or a bundle that ``force`` may replace (never a user's file or folder)."""
     if out.exists() and not force:
         raise EdgeCalibError(f"{out} already exists; pass --force to replace it")
     if out.exists() and (not out.is_dir() or (any(out.iterdir())
@@ -265,7 +296,12 @@ def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: 
         raise EdgeCalibError(f"--out {out} is not a bundle (a file, or a folder without "
                              "manifest.json): --force replaces only a bundle; give another "
                              "--out")
-    clf = load_classifier(classifier_path)
+
+
+def _load_calibrators(clf, classifier_path: str, calibrators: list[tuple[str, str]],
+                      precision: str) -> dict:
+    """Every domain's calibrator (histogram matching built, identity left out), each checked
+    against the classifier and the bundle's precision before anything is written."""
     int8 = clf.int8
     if precision == "int8" and not int8:
         raise EdgeCalibError(f"--precision int8 needs an INT8 classifier; {classifier_path} is "
@@ -284,75 +320,64 @@ def build_bundle(classifier_path: str, calibrators: list[tuple[str, str]], out: 
                                      "classifier is INT8 too (TensorRT builds Q/DQ graphs as "
                                      "INT8 engines); use the float calibrator here")
             loaded[domain] = cal
-    spec = clf.spec
-    with atomic_directory(out, force=force) as tmp:
-        (tmp / "calibrators").mkdir()
-        (tmp / "fused").mkdir()
-        cls_ort = export_classifier(clf, "onnxruntime")
-        files = {"onnxruntime": "classifier.onnx", "tensorrt": "classifier.onnx"}
-        cls_trt = cls_ort
-        if clf.onnx_bytes is not None and clf.graph_layout == "NHWC":
-            onnx.save(cls_ort, tmp / "classifier.onnx")  # the user's graph behind a Transpose
-        elif clf.onnx_bytes is not None:  # the user's file, byte for byte, for every backend
-            (tmp / "classifier.onnx").write_bytes(clf.onnx_bytes)
-        elif int8:
-            onnx.save(cls_ort, tmp / "classifier.onnx")
-            cls_trt = export_classifier(clf, "tensorrt")
-            onnx.save(cls_trt, tmp / "classifier.trt.onnx")
-            files["tensorrt"] = "classifier.trt.onnx"
-        else:
-            onnx.save(cls_ort, tmp / "classifier.onnx")
-            onnx.save(export_classifier_fp16(clf), tmp / "classifier.fp16.onnx")
-            files["tensorrt_fp16"] = "classifier.fp16.onnx"
-        classifier = ClassifierEntry(
-            files=files, fingerprint=clf.fingerprint, arch=clf.arch, input_spec=spec.to_dict(),
-            labels=clf.labels, precision=precision, compression=clf.compression,
-            sparsity=(clf.compression or {}).get("sparsity", 0.0), params=clf.params,
-            opset=opset_of(cls_ort),
-            metrics={k: v for k, v in clf.metrics.items()
-                     if k.endswith("acc") or k in ("source_test", "source", "conversion_warning",
-                                                   "graph_layout")})
-        # calibrators are exported at the opset they need; the classifier is merged with them
-        # converted to it, or, where it cannot be, each domain runs two graphs
-        opset = calibrator_opset(cls_ort)
-        try:
-            fusable_ort = fusable(cls_ort, opset)
-            fusable_trt = fusable_ort if cls_trt is cls_ort else fusable(cls_trt, opset)
-            classifier.metrics["fusion"] = "fused" if opset_of(cls_ort) == opset else \
-                f"fused with the classifier converted from opset {opset_of(cls_ort)} to {opset}"
-        except EdgeCalibError as exc:
-            fusable_ort = fusable_trt = None
-            classifier.metrics["fusion"] = f"two graphs per domain (cannot fuse: {exc})"
-        graphs = ClassifierGraphs(cls_ort, cls_trt, fusable_ort, fusable_trt, opset, spec,
-                                  bool(int8 or clf.metrics.get("int8_graph")))
-        domains = {}
-        for domain, path in calibrators:
-            domains[domain] = (DomainEntry(None, None) if path == IDENTITY else
-                               export_domain(tmp, domain, loaded[domain], graphs, domain))
-        commit, _ = git_commit()
-        manifest = Manifest(
-            task=clf.task, classifier=classifier, domains=domains,
-            default_domain=calibrators[0][0],
-            provenance={"created": datetime.datetime.now(datetime.timezone.utc)
-                        .isoformat(timespec="seconds"), "edge_calib": __version__,
-                        "built_on": platform.node(), "commit": commit,
-                        "from": {"classifier": Path(classifier_path).name,
-                                 "calibrators": {d: Path(p).name for d, p in calibrators}}})
-        entry = None if domain_classifier is None else domain_classifier(
-            tmp, clf.spec, calibrators, loaded, model_source(clf))
-        if entry is not None:
-            manifest.domain_classifier = DomainClassifierEntry(**entry)
-        inputs, origin = check_images(clf, data_root)
-        (tmp / "checks").mkdir()
-        np.save(tmp / "checks" / "inputs.npy", inputs, allow_pickle=False)
-        manifest.checks = {"inputs": "checks/inputs.npy", "from": origin}
-        histograms = source_pixel_histograms(clf)
-        if histograms is not None:
-            write_json_atomic(tmp / SOURCE_PIXELS, {"levels": 256, "histograms": np.round(
-                histograms, 8).tolist()})
-            origin = Path(clf.path).name if clf.path else "the classifier"
-            manifest.source_pixels = {"file": SOURCE_PIXELS,
-                                      "from": f"the source statistics of {origin}"}
-        manifest.source_stats = write_source_record(tmp, clf, data_root)
-        write_manifest(tmp, manifest)
-    return manifest
+    return loaded
+
+
+def _export_classifier(tmp: Path, clf, precision: str) -> tuple[ClassifierEntry, ClassifierGraphs]:
+    """The classifier's graphs per backend (an imported model's own file where it can be), its
+    manifest entry, and what the domains' exports fuse with."""
+    int8 = clf.int8
+    cls_ort = export_classifier(clf, "onnxruntime")
+    files = {"onnxruntime": "classifier.onnx", "tensorrt": "classifier.onnx"}
+    cls_trt = cls_ort
+    if clf.onnx_bytes is not None and clf.graph_layout == "NHWC":
+        onnx.save(cls_ort, tmp / "classifier.onnx")  # the user's graph behind a Transpose
+    elif clf.onnx_bytes is not None:  # the user's file, byte for byte, for every backend
+        (tmp / "classifier.onnx").write_bytes(clf.onnx_bytes)
+    elif int8:
+        onnx.save(cls_ort, tmp / "classifier.onnx")
+        cls_trt = export_classifier(clf, "tensorrt")
+        onnx.save(cls_trt, tmp / "classifier.trt.onnx")
+        files["tensorrt"] = "classifier.trt.onnx"
+    else:
+        onnx.save(cls_ort, tmp / "classifier.onnx")
+        onnx.save(export_classifier_fp16(clf), tmp / "classifier.fp16.onnx")
+        files["tensorrt_fp16"] = "classifier.fp16.onnx"
+    classifier = ClassifierEntry(
+        files=files, fingerprint=clf.fingerprint, arch=clf.arch, input_spec=clf.spec.to_dict(),
+        labels=clf.labels, precision=precision, compression=clf.compression,
+        sparsity=(clf.compression or {}).get("sparsity", 0.0), params=clf.params,
+        opset=opset_of(cls_ort),
+        metrics={k: v for k, v in clf.metrics.items()
+                 if k.endswith("acc") or k in ("source_test", "source", "conversion_warning",
+                                               "graph_layout")})
+    # calibrators are exported at the opset they need; the classifier is merged with them
+    # converted to it, or, where it cannot be, each domain runs two graphs
+    opset = calibrator_opset(cls_ort)
+    try:
+        fusable_ort = fusable(cls_ort, opset)
+        fusable_trt = fusable_ort if cls_trt is cls_ort else fusable(cls_trt, opset)
+        classifier.metrics["fusion"] = "fused" if opset_of(cls_ort) == opset else \
+            f"fused with the classifier converted from opset {opset_of(cls_ort)} to {opset}"
+    except EdgeCalibError as exc:
+        fusable_ort = fusable_trt = None
+        classifier.metrics["fusion"] = f"two graphs per domain (cannot fuse: {exc})"
+    return classifier, ClassifierGraphs(cls_ort, cls_trt, fusable_ort, fusable_trt, opset,
+                                        clf.spec, bool(int8 or clf.metrics.get("int8_graph")))
+
+
+def _write_checks_and_source(tmp: Path, manifest: Manifest, clf, data_root) -> None:
+    """The bundle's check images, the source's pixel histograms and its statistics record
+    (what ``doctor``, ``run --unknown histogram`` and ``adapt`` read on the device)."""
+    inputs, origin = check_images(clf, data_root)
+    (tmp / "checks").mkdir()
+    np.save(tmp / "checks" / "inputs.npy", inputs, allow_pickle=False)
+    manifest.checks = {"inputs": "checks/inputs.npy", "from": origin}
+    histograms = source_pixel_histograms(clf)
+    if histograms is not None:
+        write_json_atomic(tmp / SOURCE_PIXELS, {"levels": 256, "histograms": np.round(
+            histograms, 8).tolist()})
+        origin = Path(clf.path).name if clf.path else "the classifier"
+        manifest.source_pixels = {"file": SOURCE_PIXELS,
+                                  "from": f"the source statistics of {origin}"}
+    manifest.source_stats = write_source_record(tmp, clf, data_root)
