@@ -46,6 +46,7 @@ from edge_calib.core.fileio import write_bytes_atomic, write_json_atomic  # noqa
 from edge_calib.core.provenance import capture, git_commit  # noqa: E402
 from edge_calib.data import load_dataset  # noqa: E402
 from edge_calib.runtime.control import send_command  # noqa: E402
+from edge_calib.runtime.summary import RunSummary  # noqa: E402
 from edge_calib.runtime.testvideo import write_domain_video  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "adapt_loop"
@@ -135,7 +136,7 @@ def run_loop(name: str, case: dict, start_bundle: Path, work: Path, root: str,
             except OSError:
                 run.terminate()
         out, _ = run.communicate(timeout=120)
-    summary = json.loads(out.strip().splitlines()[-1])
+    summary = RunSummary.from_dict(json.loads(out.strip().splitlines()[-1]))
     records = [json.loads(line) for line in preds.read_text().splitlines()]
     first_new = next(r for r in records if truth[r["index"] % loop_frames] == case["new"])
     first_unknown = next((r for r in records if r["domain"] == "unknown"), None)
@@ -144,8 +145,8 @@ def run_loop(name: str, case: dict, start_bundle: Path, work: Path, root: str,
         1 for r in records if first_new["index"] <= r["index"] < first_unknown["index"]
         and truth[r["index"] % loop_frames] == case["new"])
     record = json.loads((collection / "collection.json").read_text()) if collection else {}
-    return {"loop_frames": loop_frames, "frames_run": summary["frames"],
-            "run_exit": run.returncode, "run_error": summary.get("error"),
+    return {"loop_frames": loop_frames, "frames_run": summary.frames,
+            "run_exit": run.returncode, "run_error": summary.error,
             "first_new_frame": first_new["index"],
             "frames_until_unknown": detection,
             "fallback_on_first_unknown": None if first_unknown is None
@@ -155,7 +156,7 @@ def run_loop(name: str, case: dict, start_bundle: Path, work: Path, root: str,
             "adapt": adapt_result,
             "unknown_to_calibrated_s": None if calibrated is None or first_unknown is None
             else round(calibrated["time"] - first_unknown["time"], 1),
-            "reloads": summary.get("reloads"), "switches": summary.get("switches")}
+            "reloads": summary.reloads, "switches": summary.switches}
 
 
 def votes(bundle: Path, dataset: str, root: str) -> dict:

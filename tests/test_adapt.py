@@ -257,7 +257,7 @@ def watching_device(bundle, video, tmp_path):
                                      control=sock, realtime=True, watch=True),
                           parse_source(None, str(video), fps=40, loop=True))
     result = {}
-    thread = threading.Thread(target=lambda: result.update(runner.run()))
+    thread = threading.Thread(target=lambda: result.update(runner.run().to_dict()))
     thread.start()
     try:
         wait_until(lambda: os.path.exists(sock) and runner.times.frames >= 5, thread)

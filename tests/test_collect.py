@@ -94,7 +94,7 @@ def test_collect_commands_on_the_control_socket(bundle_dir, new_domain_video, tm
                       realtime=True, collect=str(out), collect_rate=0)
     runner = StreamRunner(opts, parse_source(None, str(new_domain_video), fps=60, loop=False))
     result = {}
-    thread = threading.Thread(target=lambda: result.update(runner.run()))
+    thread = threading.Thread(target=lambda: result.update(runner.run().to_dict()))
     thread.start()
     wait_until(lambda: os.path.exists(sock) and runner.times.frames >= 5, thread)
     assert send_command(sock, "collect unknown")["ok"] is False  # a reserved name

@@ -76,7 +76,7 @@ def closed(sockets) -> int:
 
 def start(runner):
     result = {}
-    thread = threading.Thread(target=lambda: result.update(runner.run()))
+    thread = threading.Thread(target=lambda: result.update(runner.run().to_dict()))
     thread.start()
     return thread, result
 
@@ -133,7 +133,7 @@ def test_stalled_viewers_do_not_slow_the_loop(bundle_dir, domain_video):
             reader.start()
             wait_until(lambda: view._viewers == 4, reader, what="the viewers")
         started = time.perf_counter()
-        summary = runner.run()
+        summary = runner.run().to_dict()
         wall = time.perf_counter() - started
         for s in viewers:
             s.close()

@@ -54,7 +54,7 @@ def start_runner(bundle_dir, url, timeout):
     opts = RunOptions(deploy=str(bundle_dir), domain="usps", headless=True, reconnect_timeout=timeout)
     runner = StreamRunner(opts, parse_source(None, url))
     result = {}
-    thread = threading.Thread(target=lambda: result.update(runner.run()))
+    thread = threading.Thread(target=lambda: result.update(runner.run().to_dict()))
     thread.start()
     return runner, thread, result
 

@@ -9,6 +9,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from edge_calib.deploy.bundle import open_bundle
@@ -71,7 +72,7 @@ def test_control_socket_switch_while_frames_flow(bundle_dir, domain_video, tmp_p
                       predictions=str(preds), realtime=True)
     runner = StreamRunner(opts, parse_source(None, str(video), fps=60, loop=False))
     result = {}
-    thread = threading.Thread(target=lambda: result.update(runner.run()))
+    thread = threading.Thread(target=lambda: result.update(runner.run().to_dict()))
     thread.start()
     wait_until(lambda: os.path.exists(sock) and runner.times.frames >= 10, thread)
     assert send_command(sock, "status")["domain"] == "mnist"
@@ -179,7 +180,7 @@ def test_reload_swaps_good_bundles_and_keeps_old_on_bad(bundle_dir, domain_video
                       watch=True)
     runner = StreamRunner(opts, parse_source(None, str(video), fps=40, loop=True))
     result = {}
-    thread = threading.Thread(target=lambda: result.update(runner.run()))
+    thread = threading.Thread(target=lambda: result.update(runner.run().to_dict()))
     thread.start()
     wait_until(lambda: os.path.exists(sock) and runner.times.frames >= 5, thread)
     first = runner.controller.engines
@@ -298,3 +299,23 @@ def test_auto_domain_on_a_stream_rendered_differently(bundle_dir, shared_data, t
     scores = score_predictions(preds, truth)
     assert scores["mnist"]["auto_frame_accuracy"] > 80, scores
     assert scores["usps"]["auto_frame_accuracy"] > 80, scores
+
+
+def test_the_run_summary_is_one_typed_record(bundle_dir, domain_video):
+    """``run --json`` prints ``RunSummary.to_dict``, and ``from_dict`` reads exactly that back
+    (a missing or unknown key is one line)."""
+    from edge_calib.core.errors import EdgeCalibError
+    from edge_calib.runtime.summary import RunSummary
+
+    r = CliRunner().invoke(main, ["run", "--deploy", str(bundle_dir), "--input",
+                                  str(domain_video[0]), "--domain", "usps", "--headless",
+                                  "--max-frames", "4", "--json"])
+    assert r.exit_code == 0, r.output
+    printed = json.loads(r.stdout.strip().splitlines()[-1])
+    summary = RunSummary.from_dict(printed)
+    assert summary.to_dict() == printed and list(printed) == list(summary.to_dict())
+    assert summary.frames == 4 and summary.error is None and summary.domain_frames == {"usps": 4}
+    with pytest.raises(EdgeCalibError, match="run summary: 'frames' missing"):
+        RunSummary.from_dict({k: v for k, v in printed.items() if k != "frames"})
+    with pytest.raises(EdgeCalibError, match="unknown key 'latency'"):
+        RunSummary.from_dict(printed | {"latency": 1})

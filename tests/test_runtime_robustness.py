@@ -54,7 +54,7 @@ def test_long_stream_keeps_timing_memory_bounded(bundle_dir, frame_folder):
         return original()
 
     runner.capture.get = switching_get
-    summary = runner.run()
+    summary = runner.run().to_dict()
     assert summary["frames"] == frames
     for stage in ("capture", "pre", "network", "post", "total"):
         assert len(runner.times.recent[stage]) == WINDOW, stage
@@ -221,7 +221,7 @@ def test_a_stall_is_noticed_within_the_reconnect_timeout(bundle_dir):
     runner = StreamRunner(opts, parse_source(None, server.url))
     started = time.monotonic()
     try:
-        summary = runner.run()
+        summary = runner.run().to_dict()
     finally:
         server.stop()
     assert summary["frames"] >= 30

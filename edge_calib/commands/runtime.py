@@ -97,12 +97,12 @@ def run(deploy, camera, uri, domain, auto_radius_scale, unknown_rule, collect_di
     summary = runner.run()
     click.echo(runner.times.report(runner.counters_text()), err=True)
     if as_json:
-        click.echo(json.dumps(summary))
-    if summary["error"]:
-        kept = summary["partial_outputs"]
-        click.echo(f"error: {summary['error']}" + (f" (the frames before it: {', '.join(kept)}; "
-                                                    f"previous outputs left as they were)"
-                                                    if kept else ""), err=True)
+        click.echo(json.dumps(summary.to_dict()))
+    if summary.error:
+        kept = summary.partial_outputs
+        click.echo(f"error: {summary.error}" + (f" (the frames before it: {', '.join(kept)}; "
+                                                 f"previous outputs left as they were)"
+                                                 if kept else ""), err=True)
         sys.exit(1)
-    if summary["frames"] == 0:
+    if summary.frames == 0:
         raise EdgeCalibError(f"{source.describe()} delivered no frames")

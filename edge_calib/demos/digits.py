@@ -137,8 +137,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     click.echo(f"\nOutputs in {work}: {bundle.name}/, {video.name} (+ .truth.json), "
                "annotated_auto.avi, predictions_auto.jsonl, predictions_mnist.jsonl, "
                "*.metrics.jsonl")
-    return {"results": {k: {"scores": v["scores"], "fps": v["summary"]["fps"],
-                            "switches": v["summary"]["switch_log"]} for k, v in results.items()},
+    return {"results": {k: {"scores": v["scores"], "fps": v["summary"].fps,
+                            "switches": v["summary"].switch_log} for k, v in results.items()},
             "work": str(work)}
 
 

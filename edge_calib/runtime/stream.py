@@ -22,6 +22,7 @@ from .outputs import annotate
 from .postprocess import output_for, predictions_from_logits
 from .sinks import Delivered, is_live_url, open_sinks
 from .sources import SourceSpec
+from .summary import RunSummary
 from .timing import StageTimes
 
 
@@ -108,7 +109,7 @@ class StreamRunner:
                 **self.capture.counts}
 
     # -- the loop -----------------------------------------------------------------------------
-    def run(self) -> dict:
+    def run(self) -> RunSummary:
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -232,23 +233,22 @@ class StreamRunner:
         return (f", {c['dropped']} dropped, {c['corrupt']} corrupt, {c['reconnects']} reconnects, "
                 f"{self.controller.switch_count} switches")
 
-    def summary(self, wall: float) -> dict:
+    def summary(self, wall: float) -> RunSummary:
         ctl = self.controller
-        return {"deploy": str(self.opts.deploy), "backend": self.opts.backend,
-                "source": self.source.describe(), "frames": self.times.frames,
-                "source_frames_expected": self.capture.expected,
-                "wall_s": round(wall, 3), "fps": round(self.times.frames / wall, 2) if wall else 0.0,
-                **self.capture.counts, "switches": ctl.switch_count,
-                "switch_log": list(ctl.switches),
-                "switch_to_first_frame_ms": summarize([s["to_first_frame_ms"]
-                                                       for s in ctl.switches]),
-                "switch_dropped_frames": sum(s["dropped_meanwhile"] for s in ctl.switches),
-                "domain_frames": self.domain_frames, "final_domain": ctl.domain,
-                "auto": self.opts.domain == "auto", "reloads": list(ctl.reloads),
-                "stages_ms": self.times.summary(),
-                "error": (self.capture.error or (self.collected or {}).get("error")
-                          or self.output_error),
-                "partial_outputs": self.partial_outputs, "collect": self.collected,
-                "outputs": {"video": [o for o in self.opts.outputs if not is_live_url(o)],
-                            "live_view": [s.url for s in self.sinks if isinstance(s, LiveView)],
-                            "predictions": self.opts.predictions}}
+        return RunSummary(
+            deploy=str(self.opts.deploy), backend=self.opts.backend,
+            source=self.source.describe(), frames=self.times.frames,
+            source_frames_expected=self.capture.expected, wall_s=round(wall, 3),
+            fps=round(self.times.frames / wall, 2) if wall else 0.0, **self.capture.counts,
+            switches=ctl.switch_count, switch_log=list(ctl.switches),
+            switch_to_first_frame_ms=summarize([s["to_first_frame_ms"] for s in ctl.switches]),
+            switch_dropped_frames=sum(s["dropped_meanwhile"] for s in ctl.switches),
+            domain_frames=self.domain_frames, final_domain=ctl.domain,
+            auto=self.opts.domain == "auto", reloads=list(ctl.reloads),
+            stages_ms=self.times.summary(),
+            error=(self.capture.error or (self.collected or {}).get("error")
+                   or self.output_error),
+            partial_outputs=self.partial_outputs, collect=self.collected,
+            outputs={"video": [o for o in self.opts.outputs if not is_live_url(o)],
+                     "live_view": [s.url for s in self.sinks if isinstance(s, LiveView)],
+                     "predictions": self.opts.predictions})
