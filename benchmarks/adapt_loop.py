@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -163,7 +162,6 @@ def votes(bundle: Path, dataset: str, root: str) -> dict:
     """Each labelled test frame's own vote (no window) by the bundle's domain model: the share
     named each domain, or unknown."""
     from edge_calib.deploy.bundle import open_bundle
-    from edge_calib.imaging.domain_features import frame_features
     from edge_calib.runtime.domain_auto import AutoDomain, load_domain_model
 
     b = open_bundle(bundle)

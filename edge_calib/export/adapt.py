@@ -41,7 +41,7 @@ from ..core.errors import EdgeCalibError
 from ..core.fileio import derived_path, file_digest, write_json_atomic
 from ..core.names import check_domain_name
 from ..core.progress import echo_err
-from ..deploy.bundle import MANIFEST, DomainClassifierEntry, Manifest, open_bundle, write_manifest
+from ..deploy.bundle import MANIFEST, DomainClassifierEntry, open_bundle, write_manifest
 
 MIN_FRAMES = 16  # fewer cannot hold out a fifth and still train and radius a domain
 HOLDOUT = 0.2

@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..core.errors import EdgeCalibError
-from ..core.progress import echo_err, progress_bar
+from ..core.progress import echo_err
 from ..models.checkpoint import load_checkpoint, save_checkpoint
 from ..models.discriminators import FeatureDiscriminator, PixelDiscriminator
 from ..models.records import CalibratorTrainingState, TrainingSummary
@@ -56,7 +55,8 @@ from .losses import (
 from .settings import CalibratorConfig
 from .source_stats import SourceStats, activation_taps, record_source_stats, stats_distance, \
     tap_moments
-from .tensors import DomainData, epoch_order
+from .scaffold import Epochs, non_finite_values
+from .tensors import DomainData
 
 STATE = "calibrator-training-state"
 
@@ -353,41 +353,31 @@ class CalibratorTrainer:
                       "entropy": entropy.item()}
 
     def _train_epoch(self, progress: bool) -> CalibratorEpoch:
-        cfg, b, shard = self.cfg, self.batch, self.dist.shard
-        order_t = epoch_order(len(self.target), cfg.run_seed, self.epoch)
-        order_s = epoch_order(len(self.source), cfg.run_seed + 1, self.epoch)
-        sums: dict[str, float] = {}
-        started = time.time()
-        self.G.train()
-        label = f"calibrator epoch {self.epoch + 1}/{cfg.epochs}"
-        with progress_bar(self.steps, label, progress and self.dist.is_main) as bar:
-            for step in range(self.steps):
-                it = shard(order_t[step * b:(step + 1) * b].numpy())
-                src = shard(order_s[step * b:(step + 1) * b].numpy())
-                xs, xt = self.source.batch(src, self.device), self.target.batch(it, self.device)
-                values = self.dist.average(self._step(xs, xt, src, it))
-                if not np.all(np.isfinite(list(values.values()))):
-                    self._diverged(step, values)
-                self.sched_G.step()
-                if cfg.objective == "adversarial":
-                    self.sched_D.step()
-                for key, value in values.items():
-                    sums[key] = sums.get(key, 0.0) + value
-                bar.update(1, current_item=" ".join(
-                    f"{k} {values[k]:.3f}" for k in ("loss_d_pixel", "loss_d_feature", "loss_g",
-                                                     "loss_stats") if k in values))
-        return CalibratorEpoch(epoch=self.epoch + 1, steps=self.steps,
-                               time_s=time.time() - started,
-                               values={k: v / self.steps for k, v in sums.items()},
-                               lr=self.sched_G.get_last_lr()[0],
-                               world_size=self.dist.world_size, score_name=SCORE[self.task])
+        """One pass over the smaller domain, each drawn in its own order."""
+        cfg = self.cfg
 
-    def _diverged(self, step: int, values: dict) -> None:
-        """Stop: a non-finite loss would poison the weights, the EMA and every later epoch."""
-        bad = ", ".join(f"{k} {v:.3g}" for k, v in values.items() if not np.isfinite(v))
-        raise non_finite(self.epoch, step, "losses", bad, self.state_path,
-                         "Try a lower --lr/--d-lr or a smaller --eps",
-                         written=" and no calibrator was written")
+        def step(_, it, src) -> dict:
+            xs, xt = self.source.batch(src, self.device), self.target.batch(it, self.device)
+            values = self._step(xs, xt, src, it)
+            self.sched_G.step()
+            if cfg.objective == "adversarial":
+                self.sched_D.step()
+            return values
+
+        def stop(step_number: int, values: dict) -> Exception:
+            """A non-finite loss would poison the weights, the EMA and every later epoch."""
+            return non_finite(self.epoch, step_number, "losses", non_finite_values(values),
+                              self.state_path, "Try a lower --lr/--d-lr or a smaller --eps",
+                              written=" and no calibrator was written")
+
+        self.G.train()
+        epochs = Epochs((len(self.target), len(self.source)), (cfg.run_seed, cfg.run_seed + 1),
+                        self.batch, self.steps, cfg.epochs, "calibrator epoch", self.dist)
+        means, seconds = epochs.run(self.epoch, step, stop, progress, shown=(
+            "loss_d_pixel", "loss_d_feature", "loss_g", "loss_stats"))
+        return CalibratorEpoch(epoch=self.epoch + 1, steps=self.steps, time_s=seconds,
+                               values=means, lr=self.sched_G.get_last_lr()[0],
+                               world_size=self.dist.world_size, score_name=SCORE[self.task])
 
     def _evaluate(self, row: CalibratorEpoch) -> CalibratorEpoch:
         """The epoch's scores, computed on rank 0 and given to every rank."""

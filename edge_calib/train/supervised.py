@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,14 +17,14 @@ import numpy as np
 import torch
 
 from ..core.errors import EdgeCalibError
-from ..core.progress import progress_bar
 from ..models.checkpoint import load_checkpoint, load_checkpoint_meta, save_checkpoint
 from ..models.records import SupervisedTrainingState
 from .distributed import Distributed
 from .loop import kept_message, log_epoch, non_finite, out_of_memory_as_error
 from .memory_budget import StepMemory, batch_that_fits, left_as_found, step_memory
 from .loop import scheduler as lr_schedule
-from .tensors import DomainData, epoch_order
+from .scaffold import Epochs, non_finite_values
+from .tensors import DomainData
 
 STATE = "supervised-training-state"
 
@@ -82,36 +81,30 @@ def fit(model: torch.nn.Module, data: DomainData, cfg: Fit, loss_fn: Callable, d
     def kept() -> str:
         return kept_message(state_path) if state_path is not None else "nothing was written"
 
+    def step(_, idx) -> dict:
+        x, y = data.batch(idx, device), data.labels_of(idx, device)
+        if transform is not None:
+            x, y = transform(x, y)
+        loss = loss_fn(net(x), y)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        scheduler.step()
+        if after_step is not None:
+            after_step(model)
+        return {"loss": loss.item()}
+
+    epochs = Epochs((len(data),), (cfg.seed,), cfg.batch_size, steps, cfg.epochs, cfg.label, dist)
     with out_of_memory_as_error(lambda: cfg.batch_size, kept):
         for epoch in range(len(history), cfg.epochs):
             model.train()
-            order = epoch_order(len(data), cfg.seed, epoch)
-            started, loss_sum, seen = time.time(), 0.0, 0
-            label = f"{cfg.label} {epoch + 1}/{cfg.epochs}"
-            with progress_bar(steps, label, progress and dist.is_main) as bar:
-                for step in range(steps):
-                    idx = dist.shard(order[step * cfg.batch_size:(step + 1) * cfg.batch_size].numpy())
-                    x, y = data.batch(idx, device), data.labels_of(idx, device)
-                    if transform is not None:
-                        x, y = transform(x, y)
-                    loss = loss_fn(net(x), y)
-                    mean_loss = dist.average({"loss": loss.item()})["loss"]
-                    if not math.isfinite(mean_loss):
-                        raise non_finite(epoch, step, "loss", f"{mean_loss:.3g}", state_path,
-                                         "Try a lower --lr")
-                    optimiser.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimiser.step()
-                    scheduler.step()
-                    if after_step is not None:
-                        after_step(model)
-                    loss_sum += mean_loss * len(idx)
-                    seen += len(idx)
-                    bar.update(1, current_item=f"loss {loss_sum / seen:.4f}")
+            means, seconds = epochs.run(epoch, step, lambda s, values: non_finite(
+                epoch, s, "loss", non_finite_values(values), state_path, "Try a lower --lr"),
+                progress, shown=("loss",))
             model.eval()
-            row = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1),
-                   "lr": scheduler.get_last_lr()[0], "time_s": time.time() - started,
-                   "batch_size": cfg.batch_size, "world_size": dist.world_size}
+            row = {"epoch": epoch + 1, "loss": means["loss"], "lr": scheduler.get_last_lr()[0],
+                   "time_s": seconds, "batch_size": cfg.batch_size,
+                   "world_size": dist.world_size}
             if evaluate is not None:
                 row |= dist.from_main(lambda: evaluate(epoch + 1))
             history.append(row)
