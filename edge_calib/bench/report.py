@@ -94,9 +94,9 @@ def stage_share(bundle_dir: str, video: str, domain: str, threads: int) -> dict:
     cap.release()
     s = StreamRunner(RunOptions(deploy=bundle_dir, domain=domain, headless=True, threads=threads),
                      parse_source(None, video)).run()
-    st = s["stages_ms"]
+    st = s.stages_ms
     total, network = st["total"]["median"], st["network"]["median"]
-    return {"domain": domain, "frames": s["frames"], "fps": s["fps"],
+    return {"domain": domain, "frames": s.frames, "fps": s.fps,
             "frame_size": size,
             "median_ms": {k: v["median"] for k, v in st.items() if v.get("count")},
             "outside_network_pct": round(100 * (total - network) / total, 1)}
@@ -130,7 +130,7 @@ def stream_benchmark(bundle_dir: str, video: str, fps: float = 30.0,
                                        control=sock, realtime=True, threads=threads),
                             parse_source(None, video, fps=fps))
         result: dict = {}
-        thread = threading.Thread(target=lambda: result.update(live.run()))
+        thread = threading.Thread(target=lambda: result.update(summary=live.run()))
         thread.start()
         k = 0
         while thread.is_alive():
@@ -141,15 +141,16 @@ def stream_benchmark(bundle_dir: str, video: str, fps: float = 30.0,
             except OSError:  # the run ended between the check and the command
                 break
         thread.join()
-    return {"video": video, "frames": auto["frames"], "fps": auto["fps"],
-            "stages_ms": auto["stages_ms"], "auto_switches": auto["switch_log"],
+    paced = result["summary"]
+    return {"video": video, "frames": auto.frames, "fps": auto.fps,
+            "stages_ms": auto.stages_ms, "auto_switches": auto.switch_log,
             "where_time_goes": shares, "threads": threads,
-            "dropped": auto["dropped"],
+            "dropped": auto.dropped,
             "switching": {"paced_fps": fps, "command_every_s": switch_every_s,
-                          "frames": result["frames"], "switches": result["switches"],
-                          "to_first_frame_ms": result["switch_to_first_frame_ms"],
-                          "dropped_during_switches": result["switch_dropped_frames"],
-                          "dropped_total": result["dropped"]}}
+                          "frames": paced.frames, "switches": paced.switches,
+                          "to_first_frame_ms": paced.switch_to_first_frame_ms,
+                          "dropped_during_switches": paced.switch_dropped_frames,
+                          "dropped_total": paced.dropped}}
 
 
 def make_video(bundle, data_root, folder: Path, frames: int) -> str | None:
