@@ -87,6 +87,9 @@ def test_bench_report_files(bundle_dir, shared_data, tmp_path):
                                   str(shared_data)])
     assert r.exit_code == 0, r.output
     report = json.loads((out / "report.json").read_text())
+    from edge_calib.bench.report import BenchReport
+
+    assert BenchReport(**report).to_dict() == report  # one typed record, keyed as written
     ort = report["latency"]["onnxruntime"]
     assert set(ort) == {"batch1", "batch4"}
     assert set(ort["batch1"]["configs"]) == {"classifier", "calibrator[usps]",

@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def write_plots(report: dict, out_dir: Path) -> list[str]:
+def write_plots(report, out_dir: Path) -> list[str]:
+    """The latency and overhead plots of a ``report.BenchReport``; the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     written = []
-    ort = report["latency"].get("onnxruntime", {})
+    ort = report.latency.get("onnxruntime", {})
     tables = [t for k, t in ort.items() if k.startswith("batch")]
     if tables:
         fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 4), squeeze=False)
@@ -35,7 +36,7 @@ def write_plots(report: dict, out_dir: Path) -> list[str]:
                 for kind, v in o.items():
                     labels.append(f"{domain} {kind} b{table['batch']}")
                     values.append(v["pct"])
-        ratios = report["overhead_ratios"]
+        ratios = report.overhead_ratios
         for name, r in ratios.items():
             labels.append(f"{name} params")
             values.append(r["params_pct_of_classifier"])

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,29 @@ from .latency import engine_configs, latency_table, measure
 from .roofline import project
 
 PAPER = {"ratio_to_dtn_pct": 5.8, "segmentation_ratio_pct": 0.24}
+
+
+@dataclass
+class BenchReport:
+    """What ``bench`` measures (``report.json``, keyed as ``to_dict`` writes it), read by the
+    Markdown report, the plots and the command's ``--json`` line."""
+
+    created: str
+    command: str
+    deploy: str
+    environment: dict  # core.provenance.capture
+    bundle: dict  # classifier fingerprint, precision, sparsity, domains
+    method: dict  # iterations, warm-up, interleaving, the statistic
+    latency: dict = field(default_factory=dict)  # backend -> batchN -> latency_table, or skipped
+    static: dict = field(default_factory=dict)  # static_costs
+    overhead_ratios: dict = field(default_factory=dict)
+    jetson_projection_estimate: dict = field(default_factory=dict)  # roofline.project
+    stream: dict | None = None  # stream_benchmark, where a video ran
+    plots: list | str | None = None  # the PNGs written, or why none
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        return {k: v for k, v in out.items() if v is not None or k not in ("stream", "plots")}
 DTN_PARAMS, LENET_PARAMS = 3_133_962, 431_080
 
 
@@ -172,33 +197,30 @@ def make_video(bundle, data_root, folder: Path, frames: int) -> str | None:
 def run_bench(deploy: str, report_dir: str, batches=(1, 16), iterations: int = 200,
               warmup: int = 20, threads: int = 0, video: str | None = None, data_root=None,
               stream_frames: int = 600, stream: bool = True,
-              log=print) -> dict:
+              log=print) -> BenchReport:
     bundle = open_bundle(deploy)
     out_dir = Path(report_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     domains = bundle.domains
-    report = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "command": " ".join(sys.argv), "deploy": str(deploy),
-              "environment": capture_provenance(threads or None),
-              "bundle": {"classifier_fingerprint": bundle.manifest.classifier.fingerprint,
-                         "precision": bundle.manifest.classifier.precision,
-                         "sparsity": bundle.manifest.classifier.sparsity,
-                         "domains": domains},
-              "method": {"iterations": iterations, "warmup": warmup, "interleaved": True,
-                         "statistic": "median; overhead = median of per-round paired differences"},
-              "latency": {}}
     parts = static_costs(bundle)
-    report["static"] = parts
-    report["overhead_ratios"] = overhead_ratios(parts)
-    report["jetson_projection_estimate"] = project(
-        {k: v for k, v in parts.items()})
+    report = BenchReport(
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        command=" ".join(sys.argv), deploy=str(deploy),
+        environment=capture_provenance(threads or None),
+        bundle={"classifier_fingerprint": bundle.manifest.classifier.fingerprint,
+                "precision": bundle.manifest.classifier.precision,
+                "sparsity": bundle.manifest.classifier.sparsity, "domains": domains},
+        method={"iterations": iterations, "warmup": warmup, "interleaved": True,
+                "statistic": "median; overhead = median of per-round paired differences"},
+        static=parts, overhead_ratios=overhead_ratios(parts),
+        jetson_projection_estimate=project(dict(parts)))
     for backend in BACKENDS:
         try:
             fused = open_engines(bundle, backend, threads=threads, fused=True)
         except EdgeCalibError as exc:  # no TensorRT here, or no engines built for this device
             if backend == "onnxruntime":  # the embedded default: a failure is the bundle's
                 raise
-            report["latency"][backend] = {"skipped": str(exc)}
+            report.latency[backend] = {"skipped": str(exc)}
             log(f"{backend}: skipped ({exc})")
             continue
         with fused, open_engines(bundle, backend, threads=threads, fused=False) as separate:
@@ -208,7 +230,7 @@ def run_bench(deploy: str, report_dir: str, batches=(1, 16), iterations: int = 2
                 configs = engine_configs(fused, separate, bundle, x)
                 log(f"{backend} batch {batch}: {len(configs)} configurations x {iterations} "
                     "rounds")
-                report["latency"].setdefault(backend, {})[f"batch{batch}"] = latency_table(
+                report.latency.setdefault(backend, {})[f"batch{batch}"] = latency_table(
                     configs, measure(configs, iterations, warmup), batch)
     with tempfile.TemporaryDirectory() as scratch:  # a generated video is not a result
         label = video
@@ -217,16 +239,16 @@ def run_bench(deploy: str, report_dir: str, batches=(1, 16), iterations: int = 2
             label = "a generated video of the domains' test images, alternating"
         if stream and video is not None and bundle.manifest.domain_classifier is not None:
             log(f"stream through edge-calib run on {video}")
-            report["stream"] = {**stream_benchmark(deploy, video, threads=threads), "video": label}
-    write_json_atomic(out_dir / "report.json", report)
+            report.stream = {**stream_benchmark(deploy, video, threads=threads), "video": label}
+    write_json_atomic(out_dir / "report.json", report.to_dict())
     write_bytes_atomic(out_dir / "report.md", markdown(report).encode())
     try:
         from .plots import write_plots
 
-        report["plots"] = write_plots(report, out_dir)
+        report.plots = write_plots(report, out_dir)
     except ImportError as exc:
-        report["plots"] = f"skipped: {exc}"
-    write_json_atomic(out_dir / "report.json", report)
+        report.plots = f"skipped: {exc}"
+    write_json_atomic(out_dir / "report.json", report.to_dict())
     return report
 
 
@@ -238,20 +260,20 @@ def _pct(v):
     return "-" if v is None else f"{v:.1f}"
 
 
-def markdown(report: dict) -> str:
-    env = report["environment"]
+def markdown(report: BenchReport) -> str:
+    env = report.environment
     lines = ["# edge-calib latency and overhead report", "",
-             f"Bundle `{report['deploy']}` (classifier {report['bundle']['classifier_fingerprint']}, "
-             f"{report['bundle']['precision']}, sparsity {report['bundle']['sparsity']}), "
-             f"measured {report['created']}.", "",
+             f"Bundle `{report.deploy}` (classifier {report.bundle['classifier_fingerprint']}, "
+             f"{report.bundle['precision']}, sparsity {report.bundle['sparsity']}), "
+             f"measured {report.created}.", "",
              f"Machine: {env['cpu']}, {env['cores']} cores ({env['affinity_cores']} usable), "
              f"{env['memory_gib']} GiB, {env['os']}, Python {env['python']}; "
              + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
              + (f"; GPU {env['gpu']}" if env.get("gpu") else "; no GPU") + ".", "",
-             f"Command: `{report['command']}`. Method: {report['method']['warmup']} warm-up runs "
-             f"per configuration, then {report['method']['iterations']} interleaved rounds; "
-             f"{report['method']['statistic']}.", ""]
-    for backend, per_batch in report["latency"].items():
+             f"Command: `{report.command}`. Method: {report.method['warmup']} warm-up runs "
+             f"per configuration, then {report.method['iterations']} interleaved rounds; "
+             f"{report.method['statistic']}.", ""]
+    for backend, per_batch in report.latency.items():
         if "skipped" in per_batch:
             lines += [f"## {backend}: skipped ({per_batch['skipped']})", ""]
             continue
@@ -276,29 +298,29 @@ def markdown(report: dict) -> str:
     lines += ["## Static costs (batch 1, from the ONNX graphs)", "",
               "| part | parameters | MACs | weight bytes | activations (total / peak bytes) |",
               "|---|---|---|---|---|"]
-    for name, c in report["static"].items():
+    for name, c in report.static.items():
         lines.append(f"| {name} | {c['params']:,} | {c['macs']:,} | {c['weight_bytes']:,} | "
                      f"{c['activation_bytes_total']:,} / {c['activation_bytes_peak']:,} |")
     lines += ["", "Overhead ratios (the paper claims 5.8% of the DTN's parameters, 0.24% for "
                   "segmentation; parameters are not latency):", "",
               "| calibrator | params % of this classifier | MACs % | weight bytes % | "
               "params % of DTN | params % of LeNet |", "|---|---|---|---|---|---|"]
-    for name, r in report["overhead_ratios"].items():
+    for name, r in report.overhead_ratios.items():
         lines.append(f"| {name} | {r['params_pct_of_classifier']:.2f} | {r['macs_pct_of_classifier']:.2f} | "
                      f"{r['weight_bytes_pct_of_classifier']:.2f} | {r['params_pct_of_dtn']:.2f} | "
                      f"{r['params_pct_of_lenet']:.2f} |")
     lines += ["", "## Jetson projection (ESTIMATE from MACs and bytes, not a measurement)", "",
               "Roofline lower bounds in µs; real kernels on these boards are bound by launch "
               "overhead for a network this small.", "",
-              "| device | peak | " + " | ".join(next(iter(report["jetson_projection_estimate"].values()))["parts"]) + " |",
-              "|---|---|" + "---|" * len(next(iter(report["jetson_projection_estimate"].values()))["parts"])]
-    for device, d in report["jetson_projection_estimate"].items():
+              "| device | peak | " + " | ".join(next(iter(report.jetson_projection_estimate.values()))["parts"]) + " |",
+              "|---|---|" + "---|" * len(next(iter(report.jetson_projection_estimate.values()))["parts"])]
+    for device, d in report.jetson_projection_estimate.items():
         peak = d["peak"]
         cells = [f"{p['bound_us']:.2f} ({p['bound_by']})" for p in d["parts"].values()]
         lines.append(f"| {device} | {peak['ops_per_s'] / 1e12:g} TOPS {peak['precision']}, "
                      f"{peak['bandwidth'] / 1e9:g} GB/s | " + " | ".join(cells) + " |")
-    if "stream" in report:
-        s = report["stream"]
+    if report.stream is not None:
+        s = report.stream
         lines += ["", "## Stream (`edge-calib run --domain auto --headless`)", "",
                   f"{s['frames']} frames of `{s['video']}`: {s['fps']:.1f} FPS end to end, "
                   f"{s['dropped']} dropped, {len(s['auto_switches'])} automatic switches. "

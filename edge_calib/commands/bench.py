@@ -34,14 +34,14 @@ def bench(deploy, report_dir, batches, iterations, warmup, threads, video, strea
     report = run_bench(deploy, report_dir, tuple(batches), iterations, warmup, threads, video,
                        data_root or default_data_root(), stream_frames, stream,
                        log=lambda m: click.echo(m, err=True))
-    plots = report.get("plots")
+    plots = report.plots
     click.echo(f"wrote {report_dir}/report.json, report.md"
                + (f", {', '.join(plots)}" if isinstance(plots, list) and plots else
                   f" (plots {plots})" if plots else ""), err=True)
     if as_json:
-        ort = report["latency"]["onnxruntime"]
-        click.echo(json.dumps({"report": report_dir, "static": report["static"],
-                               "overhead_ratios": report["overhead_ratios"],
+        ort = report.latency["onnxruntime"]
+        click.echo(json.dumps({"report": report_dir, "static": report.static,
+                               "overhead_ratios": report.overhead_ratios,
                                "onnxruntime": {b: {"medians_ms": {k: v["median"] for k, v in t["configs"].items()},
                                                    "overhead": t["overhead"]} for b, t in ort.items()}}))
     else:
