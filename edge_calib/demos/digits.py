@@ -12,7 +12,7 @@ already there (a different target or calibrator gets its own files).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -56,7 +56,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from ..export.bundle_builder import build_bundle
     from ..export.domain_model import bundle_domain_classifier
     from ..models.classifiers import default_input_spec
-    from ..models.store import load_classifier, save_calibrator
+    from ..models.store import load_classifier
     from ..runtime.sources import parse_source
     from ..runtime.stream import RunOptions, StreamRunner
     from ..runtime.testvideo import (
@@ -64,10 +64,10 @@ def run_demo(cfg: DemoConfig) -> dict:
         score_predictions,
         write_domain_video,
     )
-    from ..models.records import CalibratorRecord
-    from ..train.calibrate import CalibratorTrainer
     from ..train.settings import CalibratorConfig
     from ..train.classifier import train_classifier
+    from ..train.distributed import Distributed
+    from ..train.jobs import DomainTask, SharedInputs, train_domain
     from ..train.loop import state_paths
     from ..train.tensors import DomainData, resolve_device
 
@@ -92,20 +92,17 @@ def run_demo(cfg: DemoConfig) -> dict:
         test=domain("mnist", "test"), progress=progress).save(int8_path))
     cal_path = work / f"{name}.{cfg.arch}.calib.pt"
 
-    def train_cal():
+    def train_cal():  # as `edge-calib train` trains one domain
         clf = load_classifier(int8_path)
-        cfg_c = CalibratorConfig(epochs=cfg.calibrator_epochs, lr=3e-4, d_lr=3e-4, arch=cfg.arch)
-        state, metrics = state_paths(cal_path)
-        trainer = CalibratorTrainer(clf, domain("mnist", "train", cfg.target_samples),
-                                    domain(target, "train", cfg.target_samples), cfg_c, device,
-                                    state, metrics, source_test=domain("mnist", "test", 2000))
-        if state.exists():
-            trainer.load_state()
-        module, summary = trainer.run(progress=progress)
-        save_calibrator(cal_path, module, CalibratorRecord(
-            domain=name, classifier_fingerprint=clf.fingerprint, classifier_path=str(int8_path),
-            input_spec=spec, source="mnist", target=target, config=asdict(cfg_c),
-            training=summary))
+        shared = SharedInputs(str(int8_path), clf, "mnist",
+                              domain("mnist", "train", cfg.target_samples),
+                              domain("mnist", "test", 2000), "test", spec, root,
+                              cfg.target_samples, 0, monitor_test=False)
+        train_domain(DomainTask(name, target, cal_path),
+                     CalibratorConfig(epochs=cfg.calibrator_epochs, lr=3e-4, d_lr=3e-4,
+                                      arch=cfg.arch),
+                     shared, device, Distributed(), resume=state_paths(cal_path)[0].exists(),
+                     force=False, progress=progress)
 
     _step(f"{name} calibrator ({cfg.arch}, trained against the INT8 model)", cal_path, train_cal)
     bundle = work / f"bundle-{name}-{cfg.arch}"
