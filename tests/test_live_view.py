@@ -233,3 +233,27 @@ def test_one_address_cannot_hold_every_connection(bundle_dir, domain_video, monk
         runner.request_stop()
         thread.join(timeout=60)
     assert result["error"] is None
+
+
+def test_every_sink_implements_the_declared_interface(tmp_path):
+    """The display, video, predictions and live-view outputs are each a ``Sink``; a class
+    without ``close`` is not."""
+    from edge_calib.runtime.sinks import DisplaySink, Sink, open_sinks
+
+    sinks = open_sinks((str(tmp_path / "v.avi"), "http://127.0.0.1:0"),
+                       str(tmp_path / "p.jsonl"), True, 30.0, None, lambda m: None)
+    try:
+        assert [type(s).__name__ for s in sinks] == ["VideoSink", "LiveView", "PredictionSink"]
+        assert all(isinstance(s, Sink) for s in sinks)
+    finally:
+        for s in sinks:
+            s.close(False)
+    assert isinstance(DisplaySink(lambda *a: None), Sink)
+
+    class NoClose:
+        needs_annotated = False
+
+        def write(self, delivered):
+            pass
+
+    assert not isinstance(NoClose(), Sink)

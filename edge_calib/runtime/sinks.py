@@ -1,13 +1,16 @@
 """Where each processed frame goes: the display window, video files, the predictions log and
-the live view. Every sink has one small interface (as jetson-inference's ``videoOutput`` has
-for its URIs): ``write(delivered)`` once per frame and ``close(complete) -> Path | None`` at the
-end (the file it finished, if any); ``needs_annotated`` says whether it draws on the frame."""
+the live view. Every sink implements one small interface, ``Sink`` (as jetson-inference's
+``videoOutput`` does for its URIs): ``write(delivered)`` once per frame and
+``close(complete) -> Path | None`` at the end (the file it finished, if any);
+``needs_annotated`` says whether it draws on the frame."""
 
 from __future__ import annotations
 
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -25,6 +28,19 @@ class Delivered:
     record: dict  # the predictions line
     annotated: np.ndarray | None  # BGR with the overlay, made when a sink needs it
     status: dict = field(default_factory=dict)  # fps, frames, auto, last_switch
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """What the frame loop calls on each output (``StreamRunner``)."""
+
+    needs_annotated: bool  # the loop draws the overlay only when some sink shows it
+
+    def write(self, delivered: Delivered) -> None:
+        """One processed frame."""
+
+    def close(self, complete: bool = True) -> Path | None:
+        """End of the run (``complete``: it ended cleanly); the file finished, if any."""
 
 
 class DisplaySink:
@@ -69,10 +85,10 @@ def is_live_url(target: str) -> bool:
 
 
 def open_sinks(outputs: tuple[str, ...], predictions: str | None, headless: bool, fps: float,
-               on_key, log) -> list:
+               on_key, log) -> list[Sink]:
     """The sinks a run asked for, in a fixed order; one that cannot open closes those opened
     before it (their files are not written) and raises its one-line error."""
-    sinks: list = []
+    sinks: list[Sink] = []
     try:
         if not headless:
             if sys.platform.startswith("linux") and not os.environ.get("DISPLAY") \
