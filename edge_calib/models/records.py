@@ -60,8 +60,23 @@ def _read_fields(cls, meta: dict, where: str, kind: str) -> tuple[InputSpec, dic
     return (spec, *_split_known(cls, data))
 
 
+class _TrainingStateRecord:
+    """Reading and writing a training state's metadata: its fields by name, checked against
+    ``_REQUIRED``/``_TYPES``, the keys this version does not know kept as read."""
+
+    @classmethod
+    def read(cls, meta: dict, where: str):
+        _check_fields(cls, meta, where, "training state")
+        known, extra = _split_known(cls, meta)
+        return cls(extra=extra, **known)
+
+    def to_dict(self) -> dict:
+        return self.extra | {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                             if f.name != "extra"}
+
+
 @dataclass
-class CalibratorTrainingState:
+class CalibratorTrainingState(_TrainingStateRecord):
     """What the calibrator trainer's state file (``X.calib.state.pt``) records beside its
     tensors: the settings it trains with, the finished epochs and their metrics-log rows, the
     frozen model's fingerprint, the selected epoch (``--select``) and the scored starts
@@ -90,19 +105,9 @@ class CalibratorTrainingState:
         """Which start the saved run is (0 before restarts existed)."""
         return self.config.get("restart", 0)
 
-    @classmethod
-    def read(cls, meta: dict, where: str) -> "CalibratorTrainingState":
-        _check_fields(cls, meta, where, "training state")
-        known, extra = _split_known(cls, meta)
-        return cls(extra=extra, **known)
-
-    def to_dict(self) -> dict:
-        return self.extra | {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                             if f.name != "extra"}
-
 
 @dataclass
-class SupervisedTrainingState:
+class SupervisedTrainingState(_TrainingStateRecord):
     """What the supervised loop's state file (``X.state.pt``) records beside its tensors: the
     finished epochs' rows and the loop's settings (``supervised.Fit``)."""
 
@@ -116,15 +121,6 @@ class SupervisedTrainingState:
     @property
     def batch_size(self) -> int:
         return self.fit["batch_size"]
-
-    @classmethod
-    def read(cls, meta: dict, where: str) -> "SupervisedTrainingState":
-        _check_fields(cls, meta, where, "training state")
-        known, extra = _split_known(cls, meta)
-        return cls(extra=extra, **known)
-
-    def to_dict(self) -> dict:
-        return self.extra | {"history": self.history, "fit": self.fit}
 
 
 @dataclass

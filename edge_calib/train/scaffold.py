@@ -12,8 +12,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
-
 from ..core.progress import progress_bar
 from .distributed import Distributed
 from .tensors import epoch_order
@@ -59,4 +57,4 @@ class Epochs:
 
 def non_finite_values(values: dict) -> str:
     """The non-finite entries of a step's values, for the stop's message."""
-    return ", ".join(f"{k} {v:.3g}" for k, v in values.items() if not np.isfinite(v))
+    return ", ".join(f"{k} {v:.3g}" for k, v in values.items() if not math.isfinite(v))
