@@ -40,7 +40,7 @@ from ..models.store import Classifier, build_calibrator
 from .distributed import Distributed
 from .evaluate import scores
 from .frozen import FrozenForward
-from .loop import log_epoch, non_finite, scheduler
+from .loop import log_epoch, scheduler
 from .memory_budget import StepMemory, batch_that_fits, left_as_found, step_memory
 from .metrics_log import SCORE, CalibratorEpoch
 from .losses import (
@@ -55,7 +55,7 @@ from .losses import (
 from .settings import CalibratorConfig
 from .source_stats import SourceStats, activation_taps, record_source_stats, stats_distance, \
     tap_moments
-from .scaffold import Epochs, non_finite_values
+from .scaffold import Epochs
 from .tensors import DomainData
 
 STATE = "calibrator-training-state"
@@ -364,16 +364,13 @@ class CalibratorTrainer:
                 self.sched_D.step()
             return values
 
-        def stop(step_number: int, values: dict) -> Exception:
-            """A non-finite loss would poison the weights, the EMA and every later epoch."""
-            return non_finite(self.epoch, step_number, "losses", non_finite_values(values),
-                              self.state_path, "Try a lower --lr/--d-lr or a smaller --eps",
-                              written=" and no calibrator was written")
-
         self.G.train()
+        # a non-finite loss would poison the weights, the EMA and every later epoch
         epochs = Epochs((len(self.target), len(self.source)), (cfg.run_seed, cfg.run_seed + 1),
-                        self.batch, self.steps, cfg.epochs, "calibrator epoch", self.dist)
-        means, seconds = epochs.run(self.epoch, step, stop, progress, shown=(
+                        self.batch, self.steps, cfg.epochs, "calibrator epoch", self.state_path,
+                        "losses", "Try a lower --lr/--d-lr or a smaller --eps",
+                        written=" and no calibrator was written", dist=self.dist)
+        means, seconds = epochs.run(self.epoch, step, progress, shown=(
             "loss_d_pixel", "loss_d_feature", "loss_g", "loss_stats"))
         return CalibratorEpoch(epoch=self.epoch + 1, steps=self.steps, time_s=seconds,
                                values=means, lr=self.sched_G.get_last_lr()[0],

@@ -20,10 +20,10 @@ from ..core.errors import EdgeCalibError
 from ..models.checkpoint import load_checkpoint, load_checkpoint_meta, save_checkpoint
 from ..models.records import SupervisedTrainingState
 from .distributed import Distributed
-from .loop import kept_message, log_epoch, non_finite, out_of_memory_as_error
+from .loop import kept_message, log_epoch, out_of_memory_as_error
 from .memory_budget import StepMemory, batch_that_fits, left_as_found, step_memory
 from .loop import scheduler as lr_schedule
-from .scaffold import Epochs, non_finite_values
+from .scaffold import Epochs
 from .tensors import DomainData
 
 STATE = "supervised-training-state"
@@ -94,13 +94,12 @@ def fit(model: torch.nn.Module, data: DomainData, cfg: Fit, loss_fn: Callable, d
             after_step(model)
         return {"loss": loss.item()}
 
-    epochs = Epochs((len(data),), (cfg.seed,), cfg.batch_size, steps, cfg.epochs, cfg.label, dist)
+    epochs = Epochs((len(data),), (cfg.seed,), cfg.batch_size, steps, cfg.epochs, cfg.label,
+                    state_path, "loss", "Try a lower --lr", dist=dist)
     with out_of_memory_as_error(lambda: cfg.batch_size, kept):
         for epoch in range(len(history), cfg.epochs):
             model.train()
-            means, seconds = epochs.run(epoch, step, lambda s, values: non_finite(
-                epoch, s, "loss", non_finite_values(values), state_path, "Try a lower --lr"),
-                progress, shown=("loss",))
+            means, seconds = epochs.run(epoch, step, progress, shown=("loss",))
             model.eval()
             row = {"epoch": epoch + 1, "loss": means["loss"], "lr": scheduler.get_last_lr()[0],
                    "time_s": seconds, "batch_size": cfg.batch_size,
