@@ -38,29 +38,35 @@ def test_novelty_ratio_is_the_documented_distance(bundle_dir, shared_data):
         d = np.sort([[np.sqrt(np.mean((zi - r) ** 2)) for r in ref] for zi in z], axis=1)
         np.testing.assert_allclose(model.ratios(z)[:, k], d[:, o["k"] - 1] / o["radii"][k],
                                    rtol=1e-6)
-    assert bundle.manifest.domain_classifier.holdout_known >= 94  # out of fold, 95th percentile
+    assert bundle.manifest.domain_classifier.holdout_known >= 94  # out of fold: 1.5 x the 90th pct
     assert bundle.manifest.domain_classifier.novelty == o["rule"]  # the manifest states it
     assert f"blocked {FOLDS}-fold cross-validated" in o["rule"]
 
 
-def test_radii_come_from_blocked_cross_validation():
+@pytest.mark.parametrize("constants", [{}, {"k": 1, "percentile": 90.0, "margin": 2.0}])
+def test_radii_come_from_blocked_cross_validation(constants):
     """Each frame's distance is measured to the other blocks only (blocks are stretches in
-    file order, a frame and its rendering share one), and the radius is MARGIN x the
-    PERCENTILE-th percentile of those distances; recomputed with plain loops."""
+    file order, a frame and its rendering share one), and the radius is margin x the
+    percentile-th percentile of those distances (the module's constants unless given);
+    recomputed with plain loops."""
+    k = constants.get("k", K_NEAREST)
+    percentile = constants.get("percentile", PERCENTILE)
+    margin = constants.get("margin", MARGIN)
     rng = np.random.default_rng(0)
     z = rng.normal(size=(40, 4))
     order = np.tile(np.arange(20), 2)
-    novelty, ratios = fit_novelty([(z, order)])
+    novelty, ratios = fit_novelty([(z, order)], **constants)
     distances = []
     for i in range(40):
         block = order[i] * FOLDS // 20
         others = [np.sqrt(np.mean((z[i] - z[j]) ** 2)) for j in range(40)
                   if order[j] * FOLDS // 20 != block]
-        distances.append(sorted(others)[K_NEAREST - 1])
-    radius = MARGIN * np.percentile(distances, PERCENTILE)
+        distances.append(sorted(others)[k - 1])
+    radius = margin * np.percentile(distances, percentile)
     assert novelty["radii"][0] == pytest.approx(radius)
     np.testing.assert_allclose(ratios[0], np.asarray(distances) / radius)
     assert len(novelty["references"][0]) == 40
+    assert (novelty["k"], novelty["percentile"], novelty["margin"]) == (k, percentile, margin)
 
 
 def test_features_see_colour_that_grey_statistics_miss(shared_data):

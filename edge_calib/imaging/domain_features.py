@@ -28,9 +28,11 @@ NAME = "thumb-colour-v2"
 FEATURES = 50  # 24 histogram bins, 6 channel moments, 16 grey profiles, 4 statistics
 THUMBNAIL = 64  # pixels on the thumbnail's long side
 
-K_NEAREST = 3
+# Chosen on training and validation frames only (benchmarks/novelty_selection.py: the most new
+# shifts found with at most 3% of a known domain's unseen frames called unknown)
+K_NEAREST = 1
 FOLDS = 5
-PERCENTILE = 95.0
+PERCENTILE = 90.0
 MARGIN = 1.5
 MAX_REFERENCES = 600  # per domain, spread evenly over its frames (the vote's cost is bounded)
 
@@ -124,11 +126,13 @@ def kth_distance(z: np.ndarray, references: np.ndarray, k: int = K_NEAREST,
     return np.sqrt(np.partition(d2, k - 1, axis=1)[:, k - 1])
 
 
-def fit_novelty(domains: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+def fit_novelty(domains: list[tuple[np.ndarray, np.ndarray]], k: int = K_NEAREST,
+                percentile: float = PERCENTILE, margin: float = MARGIN) -> dict:
     """Per domain: (standardised features z (n, F), block order (n,): the frame's position in
     file order, equal for a frame and its renderings). Returns the references (at most
     MAX_REFERENCES, evenly spread), the radii by blocked ``FOLDS``-fold cross-validation (module
-    docstring) and each frame's out-of-fold ratio, for the build's report."""
+    docstring; ``k``, ``percentile`` and ``margin`` default to its constants) and each frame's
+    out-of-fold ratio, for the build's report."""
     references, radii, ratios = [], [], []
     for z, order in domains:
         block = (order * FOLDS) // (int(order.max()) + 1)
@@ -136,19 +140,19 @@ def fit_novelty(domains: list[tuple[np.ndarray, np.ndarray]]) -> dict:
         for b in range(FOLDS):
             inside = block == b
             if inside.any() and (~inside).any():
-                distances[inside] = kth_distance(z[inside], z[~inside])
+                distances[inside] = kth_distance(z[inside], z[~inside], k)
             elif inside.any():  # one block only (a single frame): no cross-validation possible
                 distances[inside] = 0.0
-        radius = max(float(np.percentile(distances, PERCENTILE)) * MARGIN, 1e-3)
+        radius = max(float(np.percentile(distances, percentile)) * margin, 1e-3)
         spread = np.linspace(0, len(z) - 1, min(len(z), MAX_REFERENCES))
         keep = np.unique(spread.round().astype(int))
         references.append(z[keep].round(5).tolist())
         radii.append(radius)
         ratios.append(distances / radius)
-    return {"rule": f"k-nearest ({K_NEAREST}) reference distance over the radius; radius = "
-                    f"{MARGIN} x the {PERCENTILE:g}th percentile of blocked {FOLDS}-fold "
+    return {"rule": f"k-nearest ({k}) reference distance over the radius; radius = "
+                    f"{margin} x the {percentile:g}th percentile of blocked {FOLDS}-fold "
                     "cross-validated distances (blocks in file order)",
-            "k": K_NEAREST, "folds": FOLDS, "percentile": PERCENTILE, "margin": MARGIN,
+            "k": k, "folds": FOLDS, "percentile": percentile, "margin": margin,
             "references": references, "radii": radii}, ratios
 
 
