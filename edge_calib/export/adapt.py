@@ -2,8 +2,9 @@
 nothing but the bundle (no checkpoint, no source dataset).
 
 1. The bundle's frozen model is read back from its own ONNX graph (``import-model``'s
-   converter, checked against ONNX Runtime as an import is), with the source statistics and
-   the few source frames the bundle carries (``bundle_builder.write_source_record``).
+   converter, checked against ONNX Runtime as an import is, on the few source frames the
+   bundle carries), with the source statistics and those frames
+   (``bundle_builder.write_source_record``).
 2. A calibrator is trained on the frames (``CalibratorTrainer``, the curve family and the
    statistics recipe by default), 20% of them held out.
 3. The choice: the trained calibrator and per-frame histogram matching to the source pixels are
@@ -45,6 +46,7 @@ from ..deploy.bundle import MANIFEST, DomainClassifierEntry, open_bundle, write_
 
 MIN_FRAMES = 16  # fewer cannot hold out a fifth and still train and radius a domain
 HOLDOUT = 0.2
+CHECK_FRAMES = 8  # the bundle's source frames the imported model is checked on
 LOCK = ".adapt.lock"
 
 
@@ -107,22 +109,30 @@ def read_frames(folder: Path, spec):
     return data, record
 
 
-def frozen_model(bundle):
-    """The bundle's ONNX Runtime classifier graph as a frozen torch module (the importer's
-    converter and check), with the bundle's source statistics attached."""
-    from ..models.importer import ImportRequest, import_onnx
-    from ..models.source_record import SourceStats
-
+def source_record(bundle) -> dict:
+    """The bundle's source record (statistics, frames), or the one line saying it has none."""
     stats = bundle.manifest.source_stats
     if stats is None:
         raise EdgeCalibError(f"--deploy {bundle.root}: the bundle holds no source statistics "
                              "(exported before `adapt` existed, or from a model without them); "
                              "export it again with this release")
+    return stats
+
+
+def frozen_model(bundle, check_frames: np.ndarray):
+    """The bundle's ONNX Runtime classifier graph as a frozen torch module (the importer's
+    converter and check, on ``check_frames``: uint8 source frames the bundle carries), with
+    the bundle's source statistics attached."""
+    from ..models.importer import ImportRequest, import_onnx
+    from ..models.source_record import SourceStats
+
+    stats = source_record(bundle)
     spec = bundle.spec
     request = ImportRequest(task=bundle.task, mean=tuple(spec.mean), std=tuple(spec.std),
                             colour_order=spec.colour_order, layout="nchw",
                             labels=list(bundle.labels))
-    clf = import_onnx(bundle.classifier_file("onnxruntime"), request)
+    clf = import_onnx(bundle.classifier_file("onnxruntime"), request, check_frames,
+                      f"the bundle's {stats['dataset']} frames")
     try:
         with np.load(bundle.path(stats["file"]), allow_pickle=False) as saved:
             tensors = {k: torch.from_numpy(saved[k]) for k in saved.files}
@@ -143,7 +153,7 @@ def source_frames(bundle, count: int):
     from ..data.catalog import ImageSet
     from ..train.tensors import DomainData
 
-    stats = bundle.manifest.source_stats
+    stats = source_record(bundle)
     if not stats.get("frames"):
         raise EdgeCalibError(f"--deploy {bundle.root}: the bundle holds no source frames (its "
                              f"source {stats['dataset']} could not be read when it was exported); "
@@ -236,11 +246,11 @@ def adapt_bundle(req: AdaptRequest) -> dict:
     check_writable(root)
     with bundle_lock(root):
         target, collection = read_frames(Path(req.frames), bundle.spec)
-        clf = frozen_model(bundle)
+        source = source_frames(bundle, len(target))
+        clf = frozen_model(bundle, source.images[:CHECK_FRAMES])
         device = resolve_device(req.device)
         cfg = dataclasses.replace(req.cfg, holdout=HOLDOUT)
         cfg.validate()
-        source = source_frames(bundle, len(target))
         echo_err(f"adapt: {len(target)} frames of {req.domain} from {req.frames}; training a "
                  f"{cfg.arch} calibrator ({cfg.epochs} epochs) against {bundle.root}'s frozen "
                  f"model on {device}")
