@@ -17,16 +17,18 @@ its new calibrator. From the run's predictions log and summary:
 
 Cases (models you train first; see ``benchmarks/results/adapt_loop/README.md``):
 
-- ``camvid``: an INT8 LR-ASPP segmenter (180x240) whose bundle knows only ``day``; stream = 40
-  day validation frames, then the 62 unlabelled dusk training frames; scored on the 62 dusk and
-  171 day test frames.
+- ``camvid``: an INT8 LR-ASPP segmenter whose bundle knows only ``day`` (the README's 2:4 +
+  INT8 segmenter at 360x480, record ``camvid_full``; an earlier record, ``camvid``, used a
+  40-epoch one at 180x240); stream = 40 day validation frames, then the 62 unlabelled dusk
+  training frames; scored on the 62 dusk and 171 day test frames.
 - ``digits``: an INT8 DTN whose bundle knows only ``mnist``; stream = 100 MNIST test digits,
   then 300 mnist:colour training digits; scored on 2,000 test digits of each.
 
     python benchmarks/adapt_loop.py camvid --bundle runs/adapt/day_bundle --data-root \
         ../shared/data --work runs/adapt/loop-camvid
 
-writes ``benchmarks/results/adapt_loop/CASE.json`` and ``CASE.md``.
+writes ``benchmarks/results/adapt_loop/CASE.json`` and ``CASE.md`` (``--record NAME``: NAME.json,
+NAME.md).
 """
 
 from __future__ import annotations
@@ -179,14 +181,17 @@ def main() -> None:
     parser.add_argument("--data-root", required=True)
     parser.add_argument("--work", required=True, type=Path)
     parser.add_argument("--timeout", type=float, default=3600.0)
+    parser.add_argument("--record", help="The record's name under benchmarks/results/adapt_loop/ "
+                                         "[default: the case's]")
     parser.add_argument("--rescore", action="store_true",
                         help="Keep the recorded loop (CASE.json) and the adapted bundle in "
                              "--work; score again.")
     args = parser.parse_args()
     case = CASES[args.case]
+    name = args.record or args.case
     started = time.time()
     if args.rescore:
-        previous = json.loads((OUT / f"{args.case}.json").read_text())
+        previous = json.loads((OUT / f"{name}.json").read_text())
         loop = previous["loop"]
     else:
         loop = run_loop(args.case, case, args.bundle, args.work, args.data_root, args.timeout)
@@ -214,8 +219,8 @@ def main() -> None:
               "commit": commit, "dirty": dirty, "machine": capture(),
               "wall_s": previous["wall_s"] if args.rescore else round(time.time() - started, 1)}
     OUT.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(OUT / f"{args.case}.json", report)
-    write_bytes_atomic(OUT / f"{args.case}.md", markdown(report).encode())
+    write_json_atomic(OUT / f"{name}.json", report)
+    write_bytes_atomic(OUT / f"{name}.md", markdown(report).encode())
     print(markdown(report))
 
 
