@@ -84,9 +84,10 @@ class Bundle:
 
 def score(constants: dict, sets: list[tuple[Bundle, dict, dict]]) -> dict:
     false, found = {}, {}
-    for bundle, known, new in sets:
-        false |= bundle.unknown_share(constants, known) if known else {}
-        found |= bundle.unknown_share(constants, new) if new else {}
+    for bundle, known, new in sets:  # one fit per bundle scores its known and new sets
+        shares = bundle.unknown_share(constants, known | new)
+        false |= {name: shares[name] for name in known}
+        found |= {name: shares[name] for name in new}
     digits = [v for name, v in found.items() if not name.startswith("camvid")]
     return {**constants, "false_unknown": false, "detected": found,
             "worst_false": max(false.values()),
@@ -148,7 +149,7 @@ def markdown(r: dict) -> str:
              + " | ".join(f"found: {n}" for n in new) + " | objective |",
              "|---" * (4 + len(known) + len(new)) + "|"]
     for row in r["rows"]:
-        mark = " **chosen**" if r["chosen"] is row or row == r["chosen"] else ""
+        mark = " **chosen**" if row == r["chosen"] else ""
         mark += " (shipped)" if row == r["shipped"] else ""
         mark += " (previous)" if row == r["previous"] else ""
         lines.append(f"| {row['k']} | {row['percentile']:g} | {row['margin']:g}{mark} | "
